@@ -1,0 +1,32 @@
+"""errands: background jobs for Python services, on PostgreSQL alone."""
+
+from errands.backoff import Backoff
+from errands.client import Client
+from errands.errors import (
+    ConfigurationError,
+    ErrandsError,
+    FieldError,
+    IdempotencyConflict,
+    InvalidJob,
+    InvalidState,
+    JobNotFound,
+)
+from errands.queue import Job, JobState
+from errands.tasks import CurrentJob, current_job, task
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "ConfigurationError",
+    "CurrentJob",
+    "ErrandsError",
+    "FieldError",
+    "IdempotencyConflict",
+    "InvalidJob",
+    "InvalidState",
+    "Job",
+    "JobNotFound",
+    "JobState",
+    "current_job",
+    "task",
+]

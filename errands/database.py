@@ -1,0 +1,48 @@
+"""Finding the database and opening connections to it, schema brought up to date."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import structlog
+
+from errands import embedded
+from errands.config import Settings
+from errands.schema import migrate
+
+_log = structlog.get_logger("errands.database")
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+def resolve_url(settings: Settings) -> str:
+    """The configured database URL, or that of the embedded development database."""
+    if settings.database_url:
+        return settings.database_url
+    url = embedded.start(settings.data_dir)
+    _log.warning(
+        "using the embedded development PostgreSQL; set ERRANDS_DATABASE_URL in production",
+        data_dir=str(settings.data_dir or embedded.default_data_dir()),
+        url=url,
+    )
+    return url
+
+
+def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection to a database whose schema is up to date."""
+    conn = psycopg.connect(url, autocommit=True, **kwargs)
+    ensure_schema(conn, url)
+    return conn
+
+
+def ensure_schema(conn: psycopg.Connection[Any], url: str) -> None:
+    """Apply pending migrations, once per process and database."""
+    if url in _migrated:
+        return
+    with _migrate_lock:
+        if url not in _migrated:
+            for migration in migrate(conn):
+                _log.info("migration applied", version=migration.version, name=migration.name)
+            _migrated.add(url)

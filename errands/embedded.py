@@ -1,0 +1,67 @@
+"""A private PostgreSQL for development, started when no database URL is configured.
+
+It runs from the `pgserver` package (the `errands[embedded]` extra), listens on a
+Unix socket inside its data directory only, and is shared by every process on
+the machine that names the same directory. It keeps running after errands
+exits, so the next start is instant; it is a development database, never a
+production one.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from pathlib import Path
+
+from errands.errors import ConfigurationError
+
+_MISSING = (
+    "No database configured: set ERRANDS_DATABASE_URL (or DATABASE_URL) to a PostgreSQL URL, "
+    "or install the development extra, pip install 'errands[embedded]', to let errands start "
+    "a private PostgreSQL."
+)
+
+
+def default_data_dir() -> Path:
+    """Where the embedded database lives unless ERRANDS_DATA_DIR says otherwise.
+
+    As root, pgserver runs PostgreSQL as a separate system user and opens every
+    parent directory of the data directory to all users (chmod o+rx); under
+    /var/lib that changes nothing, whereas under /root it would expose root's home.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/errands/pgdata")
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "errands" / "pgdata"
+
+
+def start(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Start (or join) the embedded PostgreSQL; returns its connection URL."""
+    pgdata = Path(data_dir) if data_dir else default_data_dir()
+    pgdata = pgdata.expanduser().absolute()
+    pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if os.geteuid() == 0:
+        _refuse_private_parents(pgdata)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver  # noqa: PLC0415 - an optional extra, imported only when needed
+        except ImportError:
+            raise ConfigurationError(_MISSING) from None
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def _refuse_private_parents(pgdata: Path) -> None:
+    """Stop before pgserver, running as root, makes a private directory world-readable."""
+    opened = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+    private = [p for p in pgdata.parents if p.stat().st_mode & opened != opened]
+    if private:
+        raise ConfigurationError(
+            f"Refusing to start the embedded PostgreSQL in {pgdata}: running as root, pgserver "
+            f"would make {', '.join(map(str, private))} readable by every user. Choose an "
+            "ERRANDS_DATA_DIR whose parent directories are already world-readable, such as "
+            "/var/lib/errands/pgdata."
+        )

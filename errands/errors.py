@@ -1,0 +1,57 @@
+"""Every error errands raises on purpose derives from `ErrandsError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ErrandsError(Exception):
+    """Base class of the errors errands raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field of a job request, named the way the HTTP body names it."""
+
+    field: str
+    message: str
+
+
+class InvalidJob(ErrandsError, ValueError):
+    """A job request with invalid fields; nothing was stored."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+
+
+class IdempotencyConflict(ErrandsError):
+    """The idempotency key is taken by a job with a different task, queue or payload."""
+
+    def __init__(self, key: str, job_id: int) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(
+            f"idempotency key {key!r} already belongs to job {job_id}, submitted with a "
+            "different task, queue or payload"
+        )
+
+
+class JobNotFound(ErrandsError, LookupError):
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} does not exist")
+
+
+class InvalidState(ErrandsError):
+    """A retry or cancel that the job's current state forbids."""
+
+    def __init__(self, job_id: int, action: str, state: str) -> None:
+        self.job_id = job_id
+        self.action = action
+        self.state = state
+        super().__init__(f"cannot {action} job {job_id}: it is {state}")
+
+
+class ConfigurationError(ErrandsError):
+    """Settings that cannot work, reported before anything starts."""

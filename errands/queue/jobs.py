@@ -1,0 +1,55 @@
+"""What a job is: its states and the immutable snapshot the queue hands out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored in `errands_jobs` at the moment it was read."""
+
+    id: int
+    queue: str
+    task: str
+    payload: dict[str, Any]
+    state: JobState
+    priority: int
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    last_error: str | None
+    errors: list[dict[str, Any]]
+    result: Any
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        values = {name: row[name] for name in JOB_COLUMNS}
+        values["state"] = JobState(values["state"])
+        return cls(**values)
+
+
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))

@@ -1,0 +1,157 @@
+"""The lease protocol (design §3): claim, heartbeat, finish, and recovery of lost jobs.
+
+Each function is one statement, so one round trip. Heartbeat, completion and
+failure are fenced: they match the job's id, its attempt number, the lease
+owner and `in_progress`, so a worker whose lease was taken away (a zombie after
+a long pause, a partition) changes nothing, and learns it from the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from errands.queue.jobs import Job, JobState
+from errands.queue.queries import query
+
+# Any constant unique to errands: one reaper at a time across every host.
+_REAPER_LOCK = 0x6572_7261_6E64_0002
+
+LEASE_EXPIRED = "lease expired (worker or host lost)"
+WORKER_EXITED = "worker process exited while running the job"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A job a worker believes it holds: enough to fence any write about it."""
+
+    id: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    id: int
+    attempts: int
+    result_json: str
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A job taken back from a lost worker."""
+
+    id: int
+    queue: str
+    task: str
+    state: JobState  # pending, or dead when its budget was spent
+    attempts: int
+
+
+def claim(
+    conn: psycopg.Connection[Any],
+    owner: str,
+    queues: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+) -> list[Job]:
+    """Take up to `limit` due jobs from `queues` for `owner`, best first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            query("claim"),
+            {"owner": owner, "queues": list(queues), "limit": limit, "lease_seconds": lease_seconds},
+        ).fetchall()
+    jobs = [Job.from_row(row) for row in rows]
+    jobs.sort(key=lambda job: (-job.priority, job.run_at, job.id))
+    return jobs
+
+
+def heartbeat(
+    conn: psycopg.Connection[Any], owner: str, held: Iterable[Held], lease_seconds: float
+) -> set[int]:
+    """Renew the leases of `held`; returns the ids still held (the rest were lost)."""
+    held = list(held)
+    if not held:
+        return set()
+    rows = conn.execute(
+        query("heartbeat"),
+        {
+            "owner": owner,
+            "ids": [h.id for h in held],
+            "attempts": [h.attempts for h in held],
+            "lease_seconds": lease_seconds,
+        },
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completion]) -> set[int]:
+    """Store the results of finished jobs; returns the ids actually completed."""
+    if not done:
+        return set()
+    rows = conn.execute(
+        query("complete"),
+        {
+            "owner": owner,
+            "ids": [d.id for d in done],
+            "attempts": [d.attempts for d in done],
+            "results": [d.result_json for d in done],
+        },
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def fail(
+    conn: psycopg.Connection[Any],
+    owner: str,
+    held: Held,
+    error: str,
+    traceback: str | None,
+    retry_in: float,
+) -> JobState | None:
+    """Record a failed attempt; the job's new state (failed or dead), None if the lease was lost."""
+    row = conn.execute(
+        query("fail"),
+        {
+            "owner": owner,
+            "id": held.id,
+            "attempts": held.attempts,
+            "error": error,
+            "traceback": traceback,
+            "retry_in": retry_in,
+        },
+    ).fetchone()
+    return JobState(row[0]) if row else None
+
+
+def release(conn: psycopg.Connection[Any], owner: str, reason: str = WORKER_EXITED) -> list[Recovered]:
+    """Return every job `owner` holds to pending (dead when spent): its process is gone."""
+    return _recover(conn, owner, reason)
+
+
+def reap(conn: psycopg.Connection[Any]) -> list[Recovered] | None:
+    """Recover every job whose lease has expired; None when another reaper is running."""
+    with conn.transaction():
+        # Transaction-scoped, so it works behind a transaction-pooling PgBouncer.
+        locked = conn.execute("select pg_try_advisory_xact_lock(%s)", (_REAPER_LOCK,)).fetchone()
+        if not locked or not locked[0]:
+            return None
+        return _recover(conn, None, LEASE_EXPIRED)
+
+
+def _recover(conn: psycopg.Connection[Any], owner: str | None, reason: str) -> list[Recovered]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("recover"), {"owner": owner, "reason": reason}).fetchall()
+    return [
+        Recovered(row["id"], row["queue"], row["task"], JobState(row["state"]), row["attempts"])
+        for row in rows
+    ]
+
+
+def encode_result(result: Any) -> str:
+    """A task's return value as stored JSON; ValueError or TypeError when it is not JSON."""
+    return json.dumps(result, allow_nan=False)

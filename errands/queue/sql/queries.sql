@@ -1,0 +1,212 @@
+-- The statements that read and move jobs, one per operation.
+-- Every statement that changes a running job's state is fenced: it matches the
+-- job's id, its attempt number, the lease owner and state = 'in_progress', so a
+-- worker whose lease was taken away changes nothing.
+
+-- name: enqueue
+-- Insert one job. With an idempotency key already stored, insert nothing and
+-- return the stored job instead (created = false): the statement's snapshot
+-- holds only the rows committed before it, never the one it inserts. A key
+-- inserted by a
+-- transaction still in flight is invisible to this statement's snapshot; the
+-- caller runs it again when it returns no row.
+with inserted as (
+    insert into errands_jobs (task, queue, payload, priority, run_at, max_attempts, idempotency_key)
+    values (%(task)s, %(queue)s, %(payload)s, %(priority)s, coalesce(%(run_at)s, now()),
+            %(max_attempts)s, %(idempotency_key)s)
+    on conflict (idempotency_key) do nothing
+    returning *
+)
+select true as created, * from inserted
+union all
+select false, * from errands_jobs
+where idempotency_key = %(idempotency_key)s;
+
+-- name: enqueue_many
+-- Insert many jobs in one statement, as enqueue does for one. Rows whose key is
+-- already stored come back with created = false.
+with requested as (
+    select * from unnest(
+        %(tasks)s::text[], %(queues)s::text[], %(payloads)s::jsonb[], %(priorities)s::int[],
+        %(run_ats)s::timestamptz[], %(max_attempts)s::int[], %(idempotency_keys)s::text[]
+    ) with ordinality as r(task, queue, payload, priority, run_at, max_attempts, idempotency_key, n)
+),
+inserted as (
+    insert into errands_jobs (task, queue, payload, priority, run_at, max_attempts, idempotency_key)
+    select task, queue, payload, priority, coalesce(run_at, now()), max_attempts, idempotency_key
+    from requested order by n
+    on conflict (idempotency_key) do nothing
+    returning *
+)
+select true as created, * from inserted
+union all
+select false, * from errands_jobs
+where idempotency_key in (select idempotency_key from requested);
+
+-- name: claim
+-- Take up to `limit` claimable jobs of the given queues, best first; rows other
+-- workers are claiming right now are skipped, never waited for or shared.
+with claimable as (
+    select id from errands_jobs
+    where state in ('pending', 'failed') and run_at <= now() and queue = any(%(queues)s)
+    order by priority desc, run_at, id
+    limit %(limit)s
+    for update skip locked
+)
+update errands_jobs as job
+set state = 'in_progress',
+    attempts = job.attempts + 1,
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    started_at = now(),
+    updated_at = now()
+from claimable
+where job.id = claimable.id
+returning job.*;
+
+-- name: heartbeat
+-- Renew every lease the owner believes it holds; the ids that come back are the
+-- ones it still holds.
+update errands_jobs as job
+set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+from unnest(%(ids)s::bigint[], %(attempts)s::int[]) as held(id, attempts)
+where job.id = held.id and job.attempts = held.attempts
+  and job.lease_owner = %(owner)s and job.state = 'in_progress'
+returning job.id;
+
+-- name: complete
+-- Store the results of finished jobs; the ids that come back were completed.
+update errands_jobs as job
+set state = 'completed',
+    result = done.result,
+    finished_at = now(),
+    updated_at = now(),
+    lease_owner = null,
+    lease_expires_at = null
+from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) as done(id, attempts, result)
+where job.id = done.id and job.attempts = done.attempts
+  and job.lease_owner = %(owner)s and job.state = 'in_progress'
+returning job.id;
+
+-- name: fail
+-- Record a failed attempt: retried after `retry_in` seconds while budget is
+-- left, dead once it is spent.
+update errands_jobs as job
+set state = (case when job.attempts >= job.max_attempts then 'dead' else 'failed' end)::errands_job_state,
+    run_at = case when job.attempts >= job.max_attempts then job.run_at
+                  else now() + make_interval(secs => %(retry_in)s) end,
+    finished_at = case when job.attempts >= job.max_attempts then now() end,
+    last_error = %(error)s,
+    errors = job.errors || jsonb_build_object(
+        'attempt', job.attempts, 'at', now(), 'error', %(error)s::text, 'traceback', %(traceback)s::text),
+    updated_at = now(),
+    lease_owner = null,
+    lease_expires_at = null
+where job.id = %(id)s and job.attempts = %(attempts)s
+  and job.lease_owner = %(owner)s and job.state = 'in_progress'
+returning job.state::text;
+
+-- name: recover
+-- Return lost jobs to pending (dead when their budget is spent): those of one
+-- owner when `owner` is given (its process exited), else those whose lease has
+-- expired. The expiry is checked in this same statement, so a lease renewed a
+-- moment ago is never taken. Idle workers are woken for the returned jobs.
+with recovered as (
+    update errands_jobs as job
+    set state = (case when job.attempts >= job.max_attempts then 'dead' else 'pending' end)::errands_job_state,
+        finished_at = case when job.attempts >= job.max_attempts then now() end,
+        last_error = %(reason)s,
+        errors = job.errors || jsonb_build_object(
+            'attempt', job.attempts, 'at', now(), 'error', %(reason)s::text, 'worker', job.lease_owner),
+        updated_at = now(),
+        lease_owner = null,
+        lease_expires_at = null
+    where job.state = 'in_progress'
+      and case when %(owner)s::text is null then job.lease_expires_at < now()
+               else job.lease_owner = %(owner)s end
+    returning job.id, job.queue, job.task, job.state::text, job.attempts
+)
+select recovered.*, pg_notify('errands_jobs', recovered.queue)::text as notified
+from recovered;
+
+-- name: retry
+-- A manual retry: a dead or cancelled job runs again with a fresh attempt
+-- budget; its error history stays.
+with retried as (
+    update errands_jobs
+    set state = 'pending', attempts = 0, run_at = now(), finished_at = null, updated_at = now()
+    where id = %(id)s and state in ('dead', 'cancelled')
+    returning *
+)
+select retried.*, pg_notify('errands_jobs', retried.queue)::text as notified
+from retried;
+
+-- name: cancel
+update errands_jobs
+set state = 'cancelled', finished_at = now(), updated_at = now()
+where id = %(id)s and state in ('pending', 'failed')
+returning *;
+
+-- name: get
+select * from errands_jobs where id = %(id)s;
+
+-- name: list
+-- Newest first; `after` is the last id of the previous page, so pages neither
+-- skip nor repeat while new jobs arrive.
+select * from errands_jobs
+where (%(state)s::errands_job_state is null or state = %(state)s::errands_job_state)
+  and (%(queue)s::text is null or queue = %(queue)s)
+  and (%(task)s::text is null or task = %(task)s)
+  and (%(after)s::bigint is null or id < %(after)s)
+order by id desc
+limit %(limit)s;
+
+-- name: stats
+-- Live jobs are counted through their partial indexes; finished jobs are read
+-- from the counters the trigger keeps, never counted row by row.
+select queue, state::text, count(*) as jobs
+from errands_jobs where state in ('pending', 'failed') group by queue, state
+union all
+select queue, state::text, count(*)
+from errands_jobs where state = 'in_progress' group by queue, state
+union all
+select queue, state::text, sum(jobs)::bigint
+from errands_finished_counts group by queue, state having sum(jobs) <> 0;
+
+-- name: oldest_pending
+-- Age of the oldest job that is due and waiting, per queue.
+select queue, extract(epoch from now() - min(run_at))::float8 as seconds
+from errands_jobs
+where state in ('pending', 'failed') and run_at <= now()
+group by queue;
+
+-- name: prune
+-- Delete one bounded batch of jobs finished before the retention window.
+with expired as (
+    select id from errands_jobs
+    where state in ('completed', 'dead', 'cancelled')
+      and finished_at < now() - make_interval(secs => %(retention_seconds)s)
+    order by finished_at
+    limit %(batch)s
+    for update skip locked
+)
+delete from errands_jobs as job using expired where job.id = expired.id;
+
+-- name: worker_heartbeat
+insert into errands_workers (id, host, pid, queues, concurrency)
+values (%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s)
+on conflict (id) do update set heartbeat_at = now();
+
+-- name: worker_gone
+delete from errands_workers where id = %(id)s;
+
+-- name: live_workers
+-- Workers heard from within the last lease; older rows are deleted on the way.
+with forgotten as (
+    delete from errands_workers
+    where heartbeat_at < now() - make_interval(secs => %(silence_seconds)s)
+)
+select id, host, pid, queues, concurrency, started_at, heartbeat_at
+from errands_workers
+where heartbeat_at >= now() - make_interval(secs => %(silence_seconds)s)
+order by started_at, id;

@@ -1,0 +1,110 @@
+"""Putting jobs on the queue: one, or many in one round trip, idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from errands.errors import ErrandsError, IdempotencyConflict
+from errands.queue.jobs import Job
+from errands.queue.queries import query
+from errands.queue.requests import JobRequest
+
+# A key committed by a concurrent transaction while our statement ran is seen by
+# the next statement; one more try settles it, a few more cover bad luck.
+_KEY_RACE_TRIES = 5
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job: Job
+    created: bool  # False: an idempotent replay of a stored job
+
+
+class _KeyRace(Exception):
+    """A key our statement could neither insert nor see; run it again."""
+
+
+def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
+    """Store one job, or return the stored job that holds the same idempotency key."""
+    params = {
+        "task": request.task,
+        "queue": request.queue,
+        "payload": request.payload_json,
+        "priority": request.priority,
+        "run_at": request.run_at,
+        "max_attempts": request.max_attempts,
+        "idempotency_key": request.idempotency_key,
+    }
+    with conn.cursor(row_factory=dict_row) as cur:
+        for _ in range(_KEY_RACE_TRIES):
+            row = cur.execute(query("enqueue"), params).fetchone()
+            if row is not None:
+                return _answer(request, Job.from_row(row), created=row["created"])
+    raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
+
+
+def enqueue_many(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) -> list[Enqueued]:
+    """Store many jobs in one statement and one transaction: all of them or none."""
+    if not requests:
+        return []
+    params = {
+        "tasks": [r.task for r in requests],
+        "queues": [r.queue for r in requests],
+        "payloads": [r.payload_json for r in requests],
+        "priorities": [r.priority for r in requests],
+        "run_ats": [r.run_at for r in requests],
+        "max_attempts": [r.max_attempts for r in requests],
+        "idempotency_keys": [r.idempotency_key for r in requests],
+    }
+    for _ in range(_KEY_RACE_TRIES):
+        try:
+            # A savepoint when the caller has a transaction open: a conflict or
+            # a race undoes this batch only.
+            with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                rows = cur.execute(query("enqueue_many"), params).fetchall()
+                return _match(requests, rows)
+        except _KeyRace:
+            continue
+    raise ErrandsError("could not settle the idempotency keys of a batch")
+
+
+def _match(requests: Sequence[JobRequest], rows: list[dict[str, Any]]) -> list[Enqueued]:
+    """Pair each request with its row: by key when it has one, else in insertion order."""
+    by_key: dict[str, dict[str, Any]] = {}
+    unkeyed: list[dict[str, Any]] = []
+    for row in rows:
+        if row["idempotency_key"] is None:
+            unkeyed.append(row)
+        else:
+            by_key[row["idempotency_key"]] = row
+    unkeyed.sort(key=lambda row: row["id"])
+    fresh = iter(unkeyed)
+
+    answers = []
+    answered_keys: set[str] = set()
+    for request in requests:
+        key = request.idempotency_key
+        if key is None:
+            row = next(fresh)
+            answers.append(Enqueued(Job.from_row(row), created=True))
+            continue
+        if key not in by_key:
+            raise _KeyRace
+        row = by_key[key]
+        # A key repeated inside one batch is created once; later copies replay it.
+        created = row["created"] and key not in answered_keys
+        answered_keys.add(key)
+        answers.append(_answer(request, Job.from_row(row), created))
+    return answers
+
+
+def _answer(request: JobRequest, job: Job, created: bool) -> Enqueued:
+    if not created and not request.same_request_as(job.task, job.queue, job.payload):
+        raise IdempotencyConflict(request.idempotency_key or "", job.id)
+    return Enqueued(job, created)
+
