@@ -38,11 +38,6 @@ def default_data_dir() -> Path:
 
 def start(data_dir: str | os.PathLike[str] | None = None) -> str:
     """Start (or join) the embedded PostgreSQL; returns its connection URL."""
-    pgdata = Path(data_dir) if data_dir else default_data_dir()
-    pgdata = pgdata.expanduser().absolute()
-    pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    if os.geteuid() == 0:
-        _refuse_private_parents(pgdata)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
         warnings.simplefilter("ignore")
@@ -50,7 +45,13 @@ def start(data_dir: str | os.PathLike[str] | None = None) -> str:
             import pgserver  # noqa: PLC0415 - an optional extra, imported only when needed
         except ImportError:
             raise ConfigurationError(_MISSING) from None
-        server = pgserver.get_server(pgdata, cleanup_mode=None)
+
+    pgdata = Path(data_dir) if data_dir else default_data_dir()
+    pgdata = pgdata.expanduser().absolute()
+    pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if os.geteuid() == 0:
+        _refuse_private_parents(pgdata)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
     return str(server.get_uri())
 
 

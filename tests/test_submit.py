@@ -1,0 +1,137 @@
+"""Submitting jobs: one, many, idempotently, and inside the caller's transaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+import errands
+from errands import Client, IdempotencyConflict, JobState
+
+
+def count_jobs(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select count(*) from errands_jobs").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_enqueue_stores_a_pending_job_with_defaults(client: Client) -> None:
+    job = client.enqueue("send_email", {"to": "a@example.com"})
+    assert job.state is JobState.PENDING
+    assert (job.queue, job.priority, job.attempts, job.max_attempts) == ("default", 0, 0, 5)
+    assert job.payload == {"to": "a@example.com"}
+    assert client.get(job.id) == job
+
+
+def test_enqueue_keeps_every_field_given(client: Client) -> None:
+    run_at = datetime(2030, 1, 1, tzinfo=UTC)
+    job = client.enqueue(
+        "report", {"rows": 3}, queue="reports", priority=7, run_at=run_at, max_attempts=2
+    )
+    assert (job.queue, job.priority, job.run_at, job.max_attempts) == ("reports", 7, run_at, 2)
+
+
+def test_delay_schedules_the_job_in_the_future(client: Client) -> None:
+    job = client.enqueue("report", delay=timedelta(minutes=5))
+    assert job.run_at - job.created_at >= timedelta(minutes=4)
+
+
+def test_same_key_and_request_returns_the_stored_job(client: Client, conn: Any) -> None:
+    first = client.enqueue("send_email", {"to": "a"}, idempotency_key="k1")
+    again = client.enqueue("send_email", {"to": "a"}, idempotency_key="k1")
+    assert again.id == first.id
+    assert count_jobs(conn) == 1
+
+
+def test_same_key_with_another_payload_is_a_conflict(client: Client, conn: Any) -> None:
+    client.enqueue("send_email", {"to": "a"}, idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict):
+        client.enqueue("send_email", {"to": "b"}, idempotency_key="k1")
+    assert count_jobs(conn) == 1
+
+
+def test_same_key_with_another_task_or_queue_is_a_conflict(client: Client) -> None:
+    client.enqueue("send_email", {}, idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict):
+        client.enqueue("other", {}, idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict):
+        client.enqueue("send_email", {}, queue="q2", idempotency_key="k1")
+
+
+def test_a_key_blocks_new_jobs_even_after_its_job_finished(client: Client, conn: Any) -> None:
+    job = client.enqueue("send_email", {}, idempotency_key="k1")
+    client.cancel(job.id)
+    assert client.enqueue("send_email", {}, idempotency_key="k1").id == job.id
+    assert count_jobs(conn) == 1
+
+
+def test_enqueue_many_stores_all_jobs_in_order(client: Client) -> None:
+    jobs = client.enqueue_many([{"task": "t", "payload": {"n": n}} for n in range(50)])
+    assert [job.payload["n"] for job in jobs] == list(range(50))
+    assert [job.id for job in jobs] == sorted(job.id for job in jobs)
+
+
+def test_enqueue_many_replays_stored_keys(client: Client, conn: Any) -> None:
+    stored = client.enqueue("t", {"n": 1}, idempotency_key="k1")
+    jobs = client.enqueue_many(
+        [{"task": "t", "payload": {"n": 0}}, {"task": "t", "payload": {"n": 1}, "idempotency_key": "k1"}]
+    )
+    assert jobs[1].id == stored.id
+    assert count_jobs(conn) == 2
+
+
+def test_enqueue_many_is_all_or_nothing_on_a_conflict(client: Client, conn: Any) -> None:
+    client.enqueue("t", {"n": 1}, idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict):
+        client.enqueue_many(
+            [{"task": "t", "payload": {"n": 0}}, {"task": "t", "payload": {"n": 2}, "idempotency_key": "k1"}]
+        )
+    assert count_jobs(conn) == 1
+
+
+def test_enqueue_many_is_all_or_nothing_on_an_invalid_spec(client: Client, conn: Any) -> None:
+    with pytest.raises(errands.InvalidJob) as raised:
+        client.enqueue_many([{"task": "ok"}, {"task": "not ok"}])
+    assert [e.field for e in raised.value.errors] == ["[1].task"]
+    assert count_jobs(conn) == 0
+
+
+def test_a_key_repeated_within_one_batch_makes_one_job(client: Client, conn: Any) -> None:
+    jobs = client.enqueue_many([{"task": "t", "idempotency_key": "k"}] * 3)
+    assert len({job.id for job in jobs}) == 1
+    assert count_jobs(conn) == 1
+
+
+def test_enqueue_in_a_rolled_back_transaction_leaves_no_job(client: Client, db_url: str) -> None:
+    with psycopg.connect(db_url) as app_conn:
+        client.enqueue("send_email", {}, conn=app_conn)
+        client.enqueue_many([{"task": "a"}, {"task": "b"}], conn=app_conn)
+        app_conn.rollback()
+    assert client.list() == []
+
+
+def test_enqueue_in_a_committed_transaction_stores_the_job(client: Client, db_url: str) -> None:
+    with psycopg.connect(db_url) as app_conn:
+        job = client.enqueue("send_email", {}, conn=app_conn)
+        app_conn.commit()
+    assert client.get(job.id) is not None
+
+
+def test_enqueue_notifies_listeners_of_its_queue(client: Client, db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("listen errands_jobs")
+        client.enqueue("send_email", {}, queue="mail")
+        note = next(listener.notifies(timeout=5))
+    assert (note.channel, note.payload) == ("errands_jobs", "mail")
+
+
+def test_registered_task_supplies_queue_and_budget_defaults(client: Client) -> None:
+    @errands.task("registered_for_defaults", queue="mail", max_attempts=9)
+    def send(to: str) -> None: ...
+
+    job = client.enqueue("registered_for_defaults", {"to": "x"})
+    assert (job.queue, job.max_attempts) == ("mail", 9)
+    assert client.enqueue("registered_for_defaults", queue="other").queue == "other"
