@@ -103,9 +103,7 @@ class Client:
     ) -> builtins.list[Job]:
         """Jobs newest first; pass the last id of a page as `after` for the next page."""
         with self._connection() as db:
-            return ops.list_jobs(
-                db, state=state, queue=queue, task=task, limit=limit, after=after
-            )
+            return ops.list_jobs(db, state=state, queue=queue, task=task, limit=limit, after=after)
 
     def retry(self, job_id: int) -> Job:
         """Run a dead or cancelled job again; `InvalidState` for any other state."""
@@ -155,4 +153,3 @@ class Client:
                 open=True,
             )
         return self._pool
-

@@ -75,7 +75,9 @@ class Settings:
             api_tokens=get("ERRANDS_API_TOKENS", _comma_list, default.api_tokens),
             http_addr=get("ERRANDS_HTTP_ADDR", _http_addr, default.http_addr),
             log_format=get(
-                "ERRANDS_LOG_FORMAT", _choice(LOG_FORMATS), "console" if sys.stderr.isatty() else "json"
+                "ERRANDS_LOG_FORMAT",
+                _choice(LOG_FORMATS),
+                "console" if sys.stderr.isatty() else "json",
             ),
             log_level=get("ERRANDS_LOG_LEVEL", _log_level, default.log_level),
         )

@@ -42,7 +42,7 @@ def start(data_dir: str | os.PathLike[str] | None = None) -> str:
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
         warnings.simplefilter("ignore")
         try:
-            import pgserver  # noqa: PLC0415 - an optional extra, imported only when needed
+            from pgserver import postgres_server  # noqa: PLC0415 - an optional extra
         except ImportError:
             raise ConfigurationError(_MISSING) from None
 
@@ -51,7 +51,7 @@ def start(data_dir: str | os.PathLike[str] | None = None) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     if os.geteuid() == 0:
         _refuse_private_parents(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    server = postgres_server.get_server(pgdata, cleanup_mode=None)
     return str(server.get_uri())
 
 

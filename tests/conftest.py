@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from psycopg.conninfo import make_conninfo
 
-from errands import embedded
+from errands import Client, embedded
 from errands.schema import migrate
 
 settings.register_profile(
@@ -106,8 +106,6 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 @pytest.fixture
-def client(db_url: str) -> Iterator[Any]:
-    from errands import Client
-
+def client(db_url: str) -> Iterator[Client]:
     with Client(db_url) as c:
         yield c

@@ -22,7 +22,9 @@ def test_database_url_falls_back_to_database_url() -> None:
 
 
 def test_lists_are_comma_separated() -> None:
-    settings = Settings.from_env({"ERRANDS_TASKS": "app.tasks, app.more ,", "ERRANDS_API_TOKENS": "a,b"})
+    settings = Settings.from_env(
+        {"ERRANDS_TASKS": "app.tasks, app.more ,", "ERRANDS_API_TOKENS": "a,b"}
+    )
     assert settings.tasks == ("app.tasks", "app.more")
     assert settings.api_tokens == ("a", "b")
 

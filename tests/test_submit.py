@@ -77,7 +77,10 @@ def test_enqueue_many_stores_all_jobs_in_order(client: Client) -> None:
 def test_enqueue_many_replays_stored_keys(client: Client, conn: Any) -> None:
     stored = client.enqueue("t", {"n": 1}, idempotency_key="k1")
     jobs = client.enqueue_many(
-        [{"task": "t", "payload": {"n": 0}}, {"task": "t", "payload": {"n": 1}, "idempotency_key": "k1"}]
+        [
+            {"task": "t", "payload": {"n": 0}},
+            {"task": "t", "payload": {"n": 1}, "idempotency_key": "k1"},
+        ]
     )
     assert jobs[1].id == stored.id
     assert count_jobs(conn) == 2
@@ -87,7 +90,10 @@ def test_enqueue_many_is_all_or_nothing_on_a_conflict(client: Client, conn: Any)
     client.enqueue("t", {"n": 1}, idempotency_key="k1")
     with pytest.raises(IdempotencyConflict):
         client.enqueue_many(
-            [{"task": "t", "payload": {"n": 0}}, {"task": "t", "payload": {"n": 2}, "idempotency_key": "k1"}]
+            [
+                {"task": "t", "payload": {"n": 0}},
+                {"task": "t", "payload": {"n": 2}, "idempotency_key": "k1"},
+            ]
         )
     assert count_jobs(conn) == 1
 

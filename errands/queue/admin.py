@@ -98,9 +98,7 @@ def oldest_pending_seconds(conn: psycopg.Connection[Any]) -> dict[str, float]:
     return {queue: seconds for queue, seconds in conn.execute(query("oldest_pending"))}
 
 
-def prune(
-    conn: psycopg.Connection[Any], retention_seconds: float, batch: int = PRUNE_BATCH
-) -> int:
+def prune(conn: psycopg.Connection[Any], retention_seconds: float, batch: int = PRUNE_BATCH) -> int:
     """Delete jobs finished longer ago than the retention, in bounded batches; returns how many."""
     deleted = 0
     while True:

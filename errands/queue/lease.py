@@ -63,7 +63,12 @@ def claim(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             query("claim"),
-            {"owner": owner, "queues": list(queues), "limit": limit, "lease_seconds": lease_seconds},
+            {
+                "owner": owner,
+                "queues": list(queues),
+                "limit": limit,
+                "lease_seconds": lease_seconds,
+            },
         ).fetchall()
     jobs = [Job.from_row(row) for row in rows]
     jobs.sort(key=lambda job: (-job.priority, job.run_at, job.id))
@@ -128,7 +133,9 @@ def fail(
     return JobState(row[0]) if row else None
 
 
-def release(conn: psycopg.Connection[Any], owner: str, reason: str = WORKER_EXITED) -> list[Recovered]:
+def release(
+    conn: psycopg.Connection[Any], owner: str, reason: str = WORKER_EXITED
+) -> list[Recovered]:
     """Return every job `owner` holds to pending (dead when spent): its process is gone."""
     return _recover(conn, owner, reason)
 

@@ -18,7 +18,9 @@ def _all() -> dict[str, bytes]:
     text = resources.files("errands.queue").joinpath("sql/queries.sql").read_text("utf-8")
     parts = _NAME.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip().encode() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return {
+        name: body.strip().encode() for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
 
 
 def query(name: str) -> bytes:

@@ -82,6 +82,7 @@ def parse_request(fields: Mapping[str, Any], *, prefix: str = "") -> JobRequest:
 
     if errors:
         raise InvalidJob(errors)
+    assert isinstance(task, str)  # checked above; tells the type checker
     return JobRequest(
         task=task,
         payload=payload,
@@ -142,7 +143,11 @@ def _run_at(run_at: Any, delay: Any) -> tuple[datetime | None, str | None]:
     if delay is not None:
         if isinstance(delay, timedelta):
             delay = delay.total_seconds()
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+        ):
             return None, "must be a number of seconds"
         if not 0 <= delay <= MAX_DELAY_SECONDS:
             return None, f"must be between 0 and {MAX_DELAY_SECONDS} seconds"

@@ -107,4 +107,3 @@ def _answer(request: JobRequest, job: Job, created: bool) -> Enqueued:
     if not created and not request.same_request_as(job.task, job.queue, job.payload):
         raise IdempotencyConflict(request.idempotency_key or "", job.id)
     return Enqueued(job, created)
-

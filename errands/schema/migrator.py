@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 
@@ -39,7 +40,7 @@ def available_migrations() -> list[Migration]:
     return sorted(migrations, key=lambda m: m.version)
 
 
-def applied_versions(conn: psycopg.Connection[object]) -> set[int]:
+def applied_versions(conn: psycopg.Connection[Any]) -> set[int]:
     """Versions already recorded; empty on a database errands has never seen."""
     exists = conn.execute("select to_regclass('errands_migrations') is not null").fetchone()
     if not exists or not exists[0]:
@@ -47,7 +48,7 @@ def applied_versions(conn: psycopg.Connection[object]) -> set[int]:
     return {row[0] for row in conn.execute("select version from errands_migrations")}
 
 
-def migrate(conn: psycopg.Connection[object]) -> list[Migration]:
+def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
     """Bring the schema up to date; returns the migrations this call applied."""
     pending = _pending(conn)
     if not pending:
@@ -71,6 +72,6 @@ def migrate(conn: psycopg.Connection[object]) -> list[Migration]:
     return pending
 
 
-def _pending(conn: psycopg.Connection[object]) -> list[Migration]:
+def _pending(conn: psycopg.Connection[Any]) -> list[Migration]:
     done = applied_versions(conn)
     return [m for m in available_migrations() if m.version not in done]

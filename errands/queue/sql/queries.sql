@@ -46,12 +46,20 @@ where idempotency_key in (select idempotency_key from requested);
 -- name: claim
 -- Take up to `limit` claimable jobs of the given queues, best first; rows other
 -- workers are claiming right now are skipped, never waited for or shared.
+-- One index range scan per queue (a plain `queue = any(...)` would sort every
+-- claimable row instead).
 with claimable as (
-    select id from errands_jobs
-    where state in ('pending', 'failed') and run_at <= now() and queue = any(%(queues)s)
-    order by priority desc, run_at, id
+    select candidate.id
+    from unnest(%(queues)s::text[]) as wanted(queue)
+    cross join lateral (
+        select id, priority, run_at from errands_jobs
+        where queue = wanted.queue and state in ('pending', 'failed') and run_at <= now()
+        order by priority desc, run_at, id
+        limit %(limit)s
+        for update skip locked
+    ) as candidate
+    order by candidate.priority desc, candidate.run_at, candidate.id
     limit %(limit)s
-    for update skip locked
 )
 update errands_jobs as job
 set state = 'in_progress',

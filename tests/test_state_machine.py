@@ -1,0 +1,401 @@
+"""The job state machine (design §2-§3), driven through the real statements.
+
+Hypothesis runs random sequences of enqueues, claims by several workers,
+heartbeats, completions, failures, lease expiries, reaps, releases, manual
+retries and cancels against PostgreSQL, and after every step compares every
+job with a plain Python model. Each worker keeps every lease it was ever given,
+so fenced calls made with stale leases (zombies) are tried as often as live ones.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from errands import IdempotencyConflict, InvalidState, JobNotFound, JobState
+from errands import queue as q
+from errands.queue import Completion, Held, Job
+
+OWNERS = ("w1", "w2", "w3")
+QUEUE_CHOICES = (("q1",), ("q2",), ("q1", "q2"))
+TASKS = ("send_email", "resize")
+KEYS = ("k1", "k2", "k3")
+PAYLOADS: tuple[dict[str, Any], ...] = ({}, {"n": 1}, {"n": 2}, {"to": "a@b", "tags": ["x"]})
+LEASE_SECONDS = 600.0  # never runs out by itself during a test: only `expire_lease` ends one
+MISSING_ID = 10**12
+CLAIMABLE = frozenset({JobState.PENDING, JobState.FAILED})
+RETRYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
+
+# One row per job, in the shape `ModelJob.row` gives; `expired` is null unless in progress.
+ROWS = """
+select id, queue, task, payload, priority, state::text, attempts, max_attempts,
+       lease_owner, lease_expires_at < now() as expired, jsonb_array_length(errors)
+from errands_jobs order by id
+"""
+
+# Fenced calls seen, by (operation, "live" | "stale"): proves both kinds were exercised.
+FENCED_CALLS: Counter[tuple[str, str]] = Counter()
+
+
+@dataclass
+class ModelJob:
+    """What the database should hold for one job."""
+
+    id: int
+    queue: str
+    task: str
+    payload: dict[str, Any]
+    priority: int
+    max_attempts: int
+    state: JobState = JobState.PENDING
+    attempts: int = 0
+    owner: str | None = None
+    expired: bool = False
+    errors: int = 0
+
+    def holds(self, owner: str, lease: Held) -> bool:
+        """Whether a fenced write by `owner` with `lease` must take effect."""
+        return (
+            self.state is JobState.IN_PROGRESS
+            and self.owner == owner
+            and self.attempts == lease.attempts
+        )
+
+    def recovered_state(self) -> JobState:
+        return JobState.DEAD if self.attempts >= self.max_attempts else JobState.PENDING
+
+    def recover(self) -> None:
+        self.state = self.recovered_state()
+        self.owner = None
+        self.expired = False
+        self.errors += 1
+
+    def row(self) -> tuple[Any, ...]:
+        in_progress = self.state is JobState.IN_PROGRESS
+        return (
+            self.id,
+            self.queue,
+            self.task,
+            self.payload,
+            self.priority,
+            self.state.value,
+            self.attempts,
+            self.max_attempts,
+            self.owner,
+            self.expired if in_progress else None,
+            self.errors,
+        )
+
+
+def _lease_order(lease: Held) -> tuple[int, int]:
+    return (lease.id, lease.attempts)
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """Every queue operation against an empty database, checked against `ModelJob`s."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        super().__init__()
+        self.conn = conn
+        conn.execute("truncate errands_jobs, errands_finished_counts restart identity")
+        self.jobs: dict[int, ModelJob] = {}
+        self.keys: dict[str, int] = {}
+        self.ever_held: dict[str, set[Held]] = {owner: set() for owner in OWNERS}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _draw_leases(self, data: st.DataObject, max_size: int) -> tuple[str, list[Held]]:
+        """An owner and some of the leases it was ever given, live or stale."""
+        owner = data.draw(st.sampled_from([o for o in OWNERS if self.ever_held[o]]), label="owner")
+        choices = sorted(self.ever_held[owner], key=_lease_order)
+        leases = data.draw(
+            st.lists(st.sampled_from(choices), min_size=1, max_size=max_size, unique=True),
+            label="leases",
+        )
+        return owner, leases
+
+    def _live(self, owner: str, leases: list[Held], operation: str) -> set[int]:
+        """The ids a fenced call with `leases` must affect; counts live and stale calls."""
+        live = {lease.id for lease in leases if self.jobs[lease.id].holds(owner, lease)}
+        for lease in leases:
+            FENCED_CALLS[
+                operation, "live" if self.jobs[lease.id].holds(owner, lease) else "stale"
+            ] += 1
+        return live
+
+    def _snapshot(self, ids: set[int]) -> dict[int, Job | None]:
+        return {job_id: q.get(self.conn, job_id) for job_id in ids}
+
+    def _assert_untouched(self, before: dict[int, Job | None]) -> None:
+        for job_id, job in before.items():
+            assert q.get(self.conn, job_id) == job, f"a stale lease changed job {job_id}"
+
+    def _pick_job(self, data: st.DataObject, states: frozenset[JobState]) -> ModelJob:
+        ids = sorted(i for i, j in self.jobs.items() if j.state in states)
+        return self.jobs[data.draw(st.sampled_from(ids), label="job")]
+
+    def _pick_job_or_missing(self, data: st.DataObject) -> ModelJob | None:
+        """Any job, or now and then one that does not exist (None)."""
+        job_id = data.draw(st.sampled_from([*sorted(self.jobs), MISSING_ID]), label="job")
+        return self.jobs.get(job_id)
+
+    def _any_in(self, states: frozenset[JobState]) -> bool:
+        return any(job.state in states for job in self.jobs.values())
+
+    # -- rules -----------------------------------------------------------------------------
+
+    @rule(
+        task=st.sampled_from(TASKS),
+        queue=st.sampled_from(("q1", "q2")),
+        payload=st.sampled_from(PAYLOADS),
+        priority=st.integers(0, 2),
+        max_attempts=st.integers(1, 3),
+        key=st.none() | st.sampled_from(KEYS),
+    )
+    def enqueue(
+        self,
+        task: str,
+        queue: str,
+        payload: dict[str, Any],
+        priority: int,
+        max_attempts: int,
+        key: str | None,
+    ) -> None:
+        request = q.parse_request(
+            {
+                "task": task,
+                "queue": queue,
+                "payload": payload,
+                "priority": priority,
+                "max_attempts": max_attempts,
+                "idempotency_key": key,
+            }
+        )
+        stored = self.jobs[self.keys[key]] if key in self.keys else None
+        if stored is not None and (stored.task, stored.queue, stored.payload) != (
+            task,
+            queue,
+            payload,
+        ):
+            with pytest.raises(IdempotencyConflict) as conflict:
+                q.enqueue(self.conn, request)
+            assert conflict.value.job_id == stored.id
+            return
+        answer = q.enqueue(self.conn, request)
+        if stored is not None:
+            assert not answer.created
+            assert answer.job == q.get(self.conn, stored.id)
+            return
+        assert answer.created
+        job = answer.job
+        assert (job.state, job.attempts, job.idempotency_key) == (JobState.PENDING, 0, key)
+        self.jobs[job.id] = ModelJob(job.id, queue, task, payload, priority, max_attempts)
+        if key is not None:
+            self.keys[key] = job.id
+
+    @rule(
+        owner=st.sampled_from(OWNERS),
+        queues=st.sampled_from(QUEUE_CHOICES),
+        limit=st.integers(1, 3),
+    )
+    def claim(self, owner: str, queues: tuple[str, ...], limit: int) -> None:
+        claimable = {
+            i: job for i, job in self.jobs.items() if job.state in CLAIMABLE and job.queue in queues
+        }
+        claimed = q.claim(self.conn, owner, queues, limit, LEASE_SECONDS)
+        assert len(claimed) == min(limit, len(claimable))
+        assert {job.id for job in claimed} <= set(claimable)
+        assert claimed == sorted(claimed, key=lambda job: (-job.priority, job.run_at, job.id))
+        passed_over = [j.priority for i, j in claimable.items() if i not in {c.id for c in claimed}]
+        if claimed and passed_over:
+            assert min(job.priority for job in claimed) >= max(passed_over)
+        for job in claimed:
+            model = self.jobs[job.id]
+            assert job.state is JobState.IN_PROGRESS
+            assert (job.attempts, job.lease_owner) == (model.attempts + 1, owner)
+            model.state = JobState.IN_PROGRESS
+            model.attempts = job.attempts
+            model.owner = owner
+            model.expired = False
+            self.ever_held[owner].add(Held(job.id, job.attempts))
+
+    @precondition(lambda self: any(self.ever_held.values()))
+    @rule(data=st.data())
+    def heartbeat(self, data: st.DataObject) -> None:
+        owner, leases = self._draw_leases(data, max_size=3)
+        live = self._live(owner, leases, "heartbeat")
+        before = self._snapshot({lease.id for lease in leases} - live)
+        assert q.heartbeat(self.conn, owner, leases, LEASE_SECONDS) == live
+        self._assert_untouched(before)
+        for job_id in live:
+            self.jobs[job_id].expired = False
+
+    @precondition(lambda self: any(self.ever_held.values()))
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        owner, leases = self._draw_leases(data, max_size=3)
+        live = self._live(owner, leases, "complete")
+        before = self._snapshot({lease.id for lease in leases} - live)
+        done = [
+            Completion(lease.id, lease.attempts, q.encode_result({"attempt": lease.attempts}))
+            for lease in leases
+        ]
+        assert q.complete(self.conn, owner, done) == live
+        self._assert_untouched(before)
+        for job_id in live:
+            model = self.jobs[job_id]
+            stored = q.get(self.conn, job_id)
+            assert stored is not None
+            assert stored.result == {"attempt": model.attempts}
+            model.state = JobState.COMPLETED
+            model.owner = None
+            model.expired = False
+
+    @precondition(lambda self: any(self.ever_held.values()))
+    @rule(data=st.data())
+    def fail(self, data: st.DataObject) -> None:
+        owner, (lease,) = self._draw_leases(data, max_size=1)
+        model = self.jobs[lease.id]
+        live = self._live(owner, [lease], "fail")
+        before = self._snapshot({lease.id} - live)
+        state = q.fail(self.conn, owner, lease, "boom", "Traceback: boom", retry_in=0)
+        self._assert_untouched(before)
+        if not live:
+            assert state is None
+            return
+        expected = JobState.FAILED if model.attempts < model.max_attempts else JobState.DEAD
+        assert state is expected
+        model.state = expected
+        model.owner = None
+        model.expired = False
+        model.errors += 1
+
+    @precondition(lambda self: self._any_in(frozenset({JobState.IN_PROGRESS})))
+    @rule(data=st.data())
+    def expire_lease(self, data: st.DataObject) -> None:
+        """The worker went silent: its lease runs out (the only direct SQL of this test)."""
+        model = self._pick_job(data, frozenset({JobState.IN_PROGRESS}))
+        self.conn.execute(
+            "update errands_jobs set lease_expires_at = now() - interval '1 second'"
+            " where id = %s and state = 'in_progress'",
+            (model.id,),
+        )
+        model.expired = True
+
+    @rule()
+    def reap(self) -> None:
+        lost = [j for j in self.jobs.values() if j.state is JobState.IN_PROGRESS and j.expired]
+        recovered = q.reap(self.conn)
+        assert recovered is not None, "no other reaper runs, so this one must get the lock"
+        assert {(r.id, r.state, r.attempts) for r in recovered} == {
+            (j.id, j.recovered_state(), j.attempts) for j in lost
+        }
+        for job in lost:
+            job.recover()
+
+    @rule(owner=st.sampled_from(OWNERS))
+    def release(self, owner: str) -> None:
+        lost = [
+            j for j in self.jobs.values() if j.state is JobState.IN_PROGRESS and j.owner == owner
+        ]
+        recovered = q.release(self.conn, owner)
+        assert {(r.id, r.state, r.attempts) for r in recovered} == {
+            (j.id, j.recovered_state(), j.attempts) for j in lost
+        }
+        for job in lost:
+            job.recover()
+
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        model = self._pick_job_or_missing(data)
+        if model is None:
+            with pytest.raises(JobNotFound):
+                q.retry(self.conn, MISSING_ID)
+            return
+        if model.state not in RETRYABLE:
+            with pytest.raises(InvalidState) as refused:
+                q.retry(self.conn, model.id)
+            assert refused.value.state == model.state.value
+            return
+        before = q.get(self.conn, model.id)
+        assert before is not None
+        retried = q.retry(self.conn, model.id)
+        assert (retried.state, retried.attempts) == (JobState.PENDING, 0)
+        assert retried.errors == before.errors, "a manual retry keeps the error history"
+        model.state = JobState.PENDING
+        model.attempts = 0
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        model = self._pick_job_or_missing(data)
+        if model is None:
+            with pytest.raises(JobNotFound):
+                q.cancel(self.conn, MISSING_ID)
+            return
+        if model.state not in CLAIMABLE:
+            with pytest.raises(InvalidState) as refused:
+                q.cancel(self.conn, model.id)
+            assert refused.value.state == model.state.value
+            return
+        assert q.cancel(self.conn, model.id).state is JobState.CANCELLED
+        model.state = JobState.CANCELLED
+
+    # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def database_matches_model(self) -> None:
+        rows = self.conn.execute(ROWS).fetchall()
+        assert rows == [self.jobs[i].row() for i in sorted(self.jobs)]
+
+    @invariant()
+    def attempts_never_exceed_budget(self) -> None:
+        for job in self.jobs.values():
+            assert 0 <= job.attempts <= job.max_attempts
+
+    @invariant()
+    def at_most_one_holder_per_job(self) -> None:
+        """Of all the leases ever handed out, only the running job's current one is live."""
+        for job in self.jobs.values():
+            holders = {
+                owner
+                for owner, leases in self.ever_held.items()
+                for lease in leases
+                if lease.id == job.id and job.holds(owner, lease)
+            }
+            assert holders == ({job.owner} if job.state is JobState.IN_PROGRESS else set())
+
+    @invariant()
+    def stats_match_model(self) -> None:
+        stats = q.stats(self.conn, worker_silence_seconds=LEASE_SECONDS)
+        counted = {
+            (queue.queue, state): jobs
+            for queue in stats.queues
+            for state, jobs in queue.counts.items()
+            if jobs
+        }
+        assert counted == dict(Counter((job.queue, job.state) for job in self.jobs.values()))
+
+
+def test_queue_operations_match_the_model(conn: psycopg.Connection[Any]) -> None:
+    """Any sequence of queue operations leaves every job where the design says it is."""
+    FENCED_CALLS.clear()
+    run_state_machine_as_test(
+        lambda: QueueMachine(conn),
+        settings=settings(max_examples=300, stateful_step_count=30),
+    )
+    for operation in ("heartbeat", "complete", "fail"):
+        for kind in ("live", "stale"):
+            assert FENCED_CALLS[operation, kind], f"no {kind} {operation} was ever tried"
