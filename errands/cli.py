@@ -11,12 +11,16 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
+from errands.client import Client
 from errands.config import Settings
 from errands.database import connect, resolve_url
-from errands.errors import ErrandsError
+from errands.errors import ConfigurationError, ErrandsError
 from errands.log import configure_logging
+from errands.queue import Job, JobState
 from errands.queue import prune as prune_jobs
 from errands.schema import migrate as apply_migrations
+from errands.supervisor import Supervisor, SupervisorOptions
+from errands.workers import WorkerOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +31,9 @@ class Context:
 
     def database_url(self) -> str:
         return resolve_url(self.settings)
+
+    def client(self) -> Client:
+        return Client(self.database_url())
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -53,7 +60,255 @@ def json_option(func: F) -> F:
 
 
 def emit(as_json: bool, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, default=str, indent=2) if as_json else text)
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Worker processes [env: ERRANDS_WORKERS]"
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Jobs each worker process runs at once, on threads (for I/O-bound tasks).",
+)
+@click.option(
+    "--queues",
+    help="Comma-separated queues to work [default: 'default' and the registered tasks' queues]",
+)
+@click.option("--tasks", help="Comma-separated modules that register tasks [env: ERRANDS_TASKS]")
+@click.option(
+    "--lease", type=click.FloatRange(min=0.1), help="Lease seconds [env: ERRANDS_LEASE_SECONDS]"
+)
+@click.option(
+    "--poll", type=click.FloatRange(min=0.01), help="Poll seconds [env: ERRANDS_POLL_SECONDS]"
+)
+@click.option(
+    "--reaper",
+    type=click.FloatRange(min=0.01),
+    help="Reaper interval seconds [env: ERRANDS_REAPER_SECONDS]",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    help="Shutdown grace seconds [env: ERRANDS_GRACE_SECONDS]",
+)
+@click.option(
+    "--ack",
+    type=click.Choice(["batched", "immediate"]),
+    default="batched",
+    show_default=True,
+    help="batched: acknowledgements ride with the next claim; immediate: one statement each.",
+)
+@click.option(
+    "--poll-only", is_flag=True, help="No LISTEN/NOTIFY (behind a transaction-pooling PgBouncer)."
+)
+@click.option("--no-http", is_flag=True, help="Do not start the HTTP API child.")
+@pass_context
+def run(
+    ctx: Context,
+    workers: int | None,
+    concurrency: int,
+    queues: str | None,
+    tasks: str | None,
+    lease: float | None,
+    poll: float | None,
+    reaper: float | None,
+    grace: float | None,
+    ack: str,
+    poll_only: bool,
+    no_http: bool,
+) -> None:
+    """Run the supervisor: worker processes (and the HTTP API), until SIGTERM/SIGINT."""
+    s = ctx.settings
+    worker = WorkerOptions(
+        url=ctx.database_url(),
+        worker_id="",
+        task_modules=_split(tasks) if tasks is not None else s.tasks,
+        queues=_split(queues) if queues else (),
+        concurrency=concurrency,
+        lease_seconds=lease or s.lease_seconds,
+        poll_seconds=poll or s.poll_seconds,
+        backoff=s.backoff,
+        ack="immediate" if ack == "immediate" else "batched",
+        listen=not poll_only,
+    )
+    options = SupervisorOptions(
+        worker=worker,
+        workers=workers or s.workers,
+        grace_seconds=s.grace_seconds if grace is None else grace,
+        reaper_seconds=reaper or s.reaper_seconds,
+    )
+    sys.exit(Supervisor(options).run())
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("payload", required=False, default="{}")
+@click.option("--queue", help="Queue [default: the task's, else 'default']")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--delay", type=float, help="Seconds before the job may run.")
+@click.option("--idempotency-key", help="Submissions with the same key create one job.")
+@click.option("--max-attempts", type=int, help="Attempt budget [default: 5]")
+@json_option
+@pass_context
+def enqueue(
+    ctx: Context,
+    task: str,
+    payload: str,
+    queue: str | None,
+    priority: int,
+    delay: float | None,
+    idempotency_key: str | None,
+    max_attempts: int | None,
+    as_json: bool,
+) -> None:
+    """Submit a job: TASK with PAYLOAD, a JSON object of keyword arguments."""
+    try:
+        arguments = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD") from None
+    with ctx.client() as client:
+        job = client.enqueue(
+            task,
+            arguments,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+        )
+    emit(as_json, job.to_dict(), f"job {job.id} {job.state.value}: {job.task} on {job.queue}")
+
+
+@cli.group()
+def jobs() -> None:
+    """List, show, retry and cancel jobs."""
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice([s.value for s in JobState]))
+@click.option("--queue")
+@click.option("--task")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--after", type=int, help="Show jobs older than this id (the last id of a page).")
+@json_option
+@pass_context
+def list_jobs(
+    ctx: Context,
+    state: str | None,
+    queue: str | None,
+    task: str | None,
+    limit: int,
+    after: int | None,
+    as_json: bool,
+) -> None:
+    """Jobs, newest first."""
+    with ctx.client() as client:
+        found = client.list(state=state, queue=queue, task=task, limit=limit, after=after)
+    lines = [f"{'ID':>8}  {'STATE':<11}  {'ATTEMPTS':>8}  {'QUEUE':<12}  {'TASK':<20}  CREATED"]
+    lines += [
+        f"{j.id:>8}  {j.state.value:<11}  {f'{j.attempts}/{j.max_attempts}':>8}  "
+        f"{j.queue:<12}  {j.task:<20}  {j.created_at:%Y-%m-%d %H:%M:%S}"
+        for j in found
+    ]
+    emit(as_json, [j.to_dict() for j in found], "\n".join(lines))
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@json_option
+@pass_context
+def show_job(ctx: Context, job_id: int, as_json: bool) -> None:
+    """One job, every field."""
+    with ctx.client() as client:
+        job = client.get(job_id)
+    if job is None:
+        raise click.ClickException(f"job {job_id} does not exist")
+    emit(as_json, job.to_dict(), _describe(job))
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+@json_option
+@pass_context
+def retry_job(ctx: Context, job_id: int, as_json: bool) -> None:
+    """Run a dead or cancelled job again, with a fresh attempt budget."""
+    with ctx.client() as client:
+        job = client.retry(job_id)
+    emit(as_json, job.to_dict(), f"job {job.id} is {job.state.value} again")
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@json_option
+@pass_context
+def cancel_job(ctx: Context, job_id: int, as_json: bool) -> None:
+    """Cancel a job that has not started."""
+    with ctx.client() as client:
+        job = client.cancel(job_id)
+    emit(as_json, job.to_dict(), f"job {job.id} {job.state.value}")
+
+
+def _describe(job: Job) -> str:
+    fields = job.to_dict()
+    errors = fields.pop("errors")
+    lines = [f"{name:>17}: {value}" for name, value in fields.items() if name != "payload"]
+    lines.insert(3, f"{'payload':>17}: {json.dumps(job.payload)}")
+    for error in errors:
+        attempt, at, text = error.get("attempt"), error.get("at"), error.get("error")
+        lines.append(f"{'error':>17}: attempt {attempt} at {at}: {text}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@json_option
+@pass_context
+def stats(ctx: Context, as_json: bool) -> None:
+    """Jobs per queue and state, and live workers."""
+    with ctx.client() as client:
+        result = client.stats()
+    queues = {q.queue: {s.value: n for s, n in q.counts.items()} for q in result.queues}
+    data = {
+        "queues": queues,
+        "workers": [
+            {
+                "id": w.id,
+                "host": w.host,
+                "pid": w.pid,
+                "queues": w.queues,
+                "concurrency": w.concurrency,
+                "started_at": w.started_at.isoformat(),
+                "heartbeat_at": w.heartbeat_at.isoformat(),
+            }
+            for w in result.workers
+        ],
+    }
+    states = [s.value for s in JobState]
+    lines = [f"{'QUEUE':<16}" + "".join(f"{s:>13}" for s in states)]
+    for queue, counts in queues.items():
+        lines.append(f"{queue:<16}" + "".join(f"{counts[s]:>13}" for s in states))
+    lines.append(f"\n{len(result.workers)} live worker(s)")
+    lines += [
+        f"  {w.id}  queues={','.join(w.queues)}  concurrency={w.concurrency}"
+        for w in result.workers
+    ]
+    emit(as_json, data, "\n".join(lines))
+
+
+# -- maintenance -----------------------------------------------------------------------------
 
 
 @cli.command()
@@ -87,6 +342,9 @@ def prune(ctx: Context, older_than: float, as_json: bool) -> None:
 def main() -> None:
     try:
         cli(standalone_mode=True)
-    except ErrandsError as exc:
+    except ConfigurationError as exc:
         click.echo(f"errands: {exc}", err=True)
         sys.exit(2)
+    except ErrandsError as exc:
+        click.echo(f"errands: {exc}", err=True)
+        sys.exit(1)

@@ -150,6 +150,9 @@ class Client:
                 min_size=1,
                 max_size=self._max_connections,
                 kwargs={"autocommit": True},
+                # One empty round trip per checkout, so that a database restart costs
+                # the caller nothing but a reconnection instead of an error.
+                check=ConnectionPool.check_connection,
                 open=True,
             )
         return self._pool

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -46,3 +48,21 @@ def ensure_schema(conn: psycopg.Connection[Any], url: str) -> None:
             for migration in migrate(conn):
                 _log.info("migration applied", version=migration.version, name=migration.name)
             _migrated.add(url)
+
+
+def connect_retrying(
+    url: str, *, give_up: Callable[[], bool] = lambda: False, **kwargs: Any
+) -> psycopg.Connection[Any] | None:
+    """Connect, retrying with backoff while the database is unreachable.
+
+    Returns None only when `give_up()` turns true first (the process is stopping).
+    """
+    delay = 0.05
+    while not give_up():
+        try:
+            return connect(url, **kwargs)
+        except psycopg.OperationalError as exc:
+            _log.warning("database unreachable; retrying", retry_in=round(delay, 2), error=str(exc))
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return None

@@ -11,8 +11,12 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 
 from errands import Client, embedded
 from errands.schema import migrate
+from tests.daemon import Daemon
 
 settings.register_profile(
     "errands", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -33,12 +38,18 @@ TEMPLATE = "errands_test_template"
 _numbers = itertools.count()
 
 
+@dataclass
+class Server:
+    url: str
+    pgdata: Path | None  # known when this session started the server itself
+
+
 @pytest.fixture(scope="session")
-def server_url() -> Iterator[str]:
-    """The PostgreSQL server of this session, as a URL to its maintenance database."""
+def server() -> Iterator[Server]:
+    """The PostgreSQL server of this session."""
     url = os.environ.get("ERRANDS_TEST_DATABASE_URL")
     if url:
-        yield url
+        yield Server(url, None)
         return
     with tempfile.TemporaryDirectory(prefix="errands-test-") as tmp:
         Path(tmp).chmod(0o755)  # pgserver, as root, runs PostgreSQL as another user
@@ -49,9 +60,33 @@ def server_url() -> Iterator[str]:
                 conn.execute(f"alter system set {setting} = off")
             conn.execute("select pg_reload_conf()")
         try:
-            yield url
+            yield Server(url, pgdata)
         finally:
             _stop(pgdata)
+
+
+@pytest.fixture(scope="session")
+def server_url(server: Server) -> str:
+    return server.url
+
+
+@pytest.fixture
+def restart_database(server: Server) -> Callable[[], None]:
+    """Restart the session's PostgreSQL (fast shutdown), as an operator or a crash would."""
+    if server.pgdata is None:
+        pytest.skip("needs the embedded server: ERRANDS_TEST_DATABASE_URL names one we cannot restart")
+    pgdata = server.pgdata
+
+    def restart() -> None:
+        _stop(pgdata)
+        deadline = time.monotonic() + 30
+        while (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # A new process: pgserver remembers, per process, servers it has started.
+        code = f"from errands import embedded; embedded.start({str(pgdata)!r})"
+        subprocess.run([sys.executable, "-c", code], check=True)
+
+    return restart
 
 
 def _postmaster_pid(pgdata: Path) -> int:
@@ -109,3 +144,25 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
 def client(db_url: str) -> Iterator[Client]:
     with Client(db_url) as c:
         yield c
+
+
+@pytest.fixture
+def start_daemon(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start `errands run` on this test's database; every daemon is stopped afterwards."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "create table if not exists test_executions ("
+            " job_id bigint, attempt int, pid int, at timestamptz default clock_timestamp())"
+        )
+    started: list[Daemon] = []
+
+    def start(*args: str, **env: str) -> Daemon:
+        daemon = Daemon(db_url, tmp_path / f"daemon-{len(started)}.log", *args, **env).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process and daemon.process.poll() is None:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.process.wait()

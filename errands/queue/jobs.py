@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -44,6 +44,15 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: states as strings, timestamps in RFC 3339 with their offset."""
+        data = asdict(self)
+        data["state"] = self.state.value
+        for name, value in data.items():
+            if isinstance(value, datetime):
+                data[name] = value.isoformat()
+        return data
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:

@@ -61,15 +61,42 @@ def claim(
 ) -> list[Job]:
     """Take up to `limit` due jobs from `queues` for `owner`, best first."""
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            query("claim"),
-            {
-                "owner": owner,
-                "queues": list(queues),
-                "limit": limit,
-                "lease_seconds": lease_seconds,
-            },
-        ).fetchall()
+        rows = cur.execute(query("claim"), _claim_params(owner, queues, limit, lease_seconds))
+        return _claimed(rows.fetchall())
+
+
+def complete_and_claim(
+    conn: psycopg.Connection[Any],
+    owner: str,
+    done: Sequence[Completion],
+    queues: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+) -> tuple[set[int], list[Job]]:
+    """Acknowledge finished jobs and claim the next ones: one round trip, one commit.
+
+    Returns the ids actually completed (the others' leases were lost) and the
+    jobs claimed.
+    """
+    if not done:
+        return set(), claim(conn, owner, queues, limit, lease_seconds)
+    if limit <= 0:
+        return complete(conn, owner, done), []
+    with conn.pipeline(), conn.transaction():
+        completed = conn.execute(query("complete"), _complete_params(owner, done))
+        claimed = conn.cursor(row_factory=dict_row).execute(
+            query("claim"), _claim_params(owner, queues, limit, lease_seconds)
+        )
+    return {row[0] for row in completed.fetchall()}, _claimed(claimed.fetchall())
+
+
+def _claim_params(
+    owner: str, queues: Sequence[str], limit: int, lease_seconds: float
+) -> dict[str, Any]:
+    return {"owner": owner, "queues": list(queues), "limit": limit, "lease_seconds": lease_seconds}
+
+
+def _claimed(rows: list[dict[str, Any]]) -> list[Job]:
     jobs = [Job.from_row(row) for row in rows]
     jobs.sort(key=lambda job: (-job.priority, job.run_at, job.id))
     return jobs
@@ -98,16 +125,17 @@ def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completio
     """Store the results of finished jobs; returns the ids actually completed."""
     if not done:
         return set()
-    rows = conn.execute(
-        query("complete"),
-        {
-            "owner": owner,
-            "ids": [d.id for d in done],
-            "attempts": [d.attempts for d in done],
-            "results": [d.result_json for d in done],
-        },
-    ).fetchall()
+    rows = conn.execute(query("complete"), _complete_params(owner, done)).fetchall()
     return {row[0] for row in rows}
+
+
+def _complete_params(owner: str, done: Sequence[Completion]) -> dict[str, Any]:
+    return {
+        "owner": owner,
+        "ids": [d.id for d in done],
+        "attempts": [d.attempts for d in done],
+        "results": [d.result_json for d in done],
+    }
 
 
 def fail(

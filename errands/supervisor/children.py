@@ -1,0 +1,97 @@
+"""Forking a child process, and what the supervisor remembers about each one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import structlog
+
+from errands.errors import ConfigurationError
+
+EXIT_STARTUP = 3  # the child could not start (e.g. a task module failed to import)
+
+_log = structlog.get_logger("errands.supervisor")
+
+
+@dataclass
+class Slot:
+    """A place for one child; it outlives the processes that fill it in turn."""
+
+    kind: str  # "worker" or "http"
+    number: int
+    crashes: int = 0  # consecutive quick deaths, for the restart backoff
+    start_after: float = 0.0  # monotonic time before which it must not be restarted
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.number}"
+
+
+@dataclass
+class Child:
+    slot: Slot
+    pid: int
+    worker_id: str | None  # the lease owner, for a worker child
+    status_fd: int  # the child writes why it could not start here
+    started: float = field(default_factory=time.monotonic)
+    reason: str = ""
+
+    def read_status(self) -> None:
+        try:
+            data = os.read(self.status_fd, 65536)
+        except OSError:
+            return
+        self.reason += data.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.read_status()
+        os.close(self.status_fd)
+
+
+def fork_child(slot: Slot, main: Callable[[], int], inherited_fds: Iterable[int]) -> Child:
+    """Fork a child that runs `main` and exits with its return code, never returning here."""
+    status_r, status_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.close(status_w)
+        os.set_blocking(status_r, False)
+        return Child(slot, pid, None, status_r)
+    _become_child(inherited_fds, status_r)
+    code = 1
+    try:
+        code = main()
+    except BaseException as exc:
+        code = EXIT_STARTUP if isinstance(exc, ConfigurationError) else 1
+        os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:65536])
+        _log.error(
+            "child failed", child=slot.name, error=str(exc), traceback=traceback.format_exc()
+        )
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # never run the supervisor's cleanup (atexit, finalizers) in a child
+
+
+def _become_child(inherited_fds: Iterable[int], status_r: int) -> None:
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in (*inherited_fds, status_r):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"

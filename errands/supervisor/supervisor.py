@@ -1,0 +1,282 @@
+"""The supervisor: forks the children, restarts the dead, recovers their jobs, reaps leases.
+
+It is single-threaded and sleeps in one select() on a wake-up pipe (signals,
+including SIGCHLD, write to it) and the children's status pipes, with a
+timeout for the next reaper run, restart or shutdown deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import secrets
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import psycopg
+import structlog
+
+from errands.database import connect, connect_retrying
+from errands.queue import Recovered, forget, reap, release
+from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
+from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
+
+QUICK_DEATH_SECONDS = 10.0  # a child dying sooner than this counts towards a crash loop
+MAX_RESTART_DELAY = 30.0
+
+_log = structlog.get_logger("errands.supervisor")
+
+
+@dataclass(frozen=True)
+class SupervisorOptions:
+    worker: WorkerOptions  # template; each child gets its own worker_id and parent_pid
+    workers: int = 2
+    grace_seconds: float = 20.0
+    reaper_seconds: float = 5.0
+    http_main: Callable[[], int] | None = None  # the HTTP child, unless --no-http
+
+
+class Supervisor:
+    def __init__(self, options: SupervisorOptions) -> None:
+        self.options = options
+        self._url = options.worker.url
+        self._slots = [Slot("worker", n) for n in range(1, options.workers + 1)]
+        if options.http_main is not None:
+            self._slots.append(Slot("http", 1))
+        self._children: dict[int, Child] = {}
+        self._signals: list[int] = []
+        self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
+        self._conn: psycopg.Connection[Any] | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop_deadline: float | None = None
+        self._next_reap = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signum, self._on_signal)
+        _log.info(
+            "supervisor starting",
+            pid=os.getpid(),
+            workers=self.options.workers,
+            concurrency=self.options.worker.concurrency,
+            http=self.options.http_main is not None,
+            grace_seconds=self.options.grace_seconds,
+        )
+        self._conn = connect_retrying(self._url, give_up=lambda: bool(self._signals))
+        while True:
+            self._handle_signals()
+            self._reap_children()
+            if self._stop_deadline is not None and not self._children:
+                break
+            self._start_due_children()
+            self._release_unreleased()
+            self._run_reaper_when_due()
+            self._enforce_grace()
+            self._sleep()
+        self._release_unreleased()
+        if self._unreleased:
+            _log.error(
+                "could not release the jobs of exited workers; the reaper recovers them "
+                "when their leases expire",
+                workers=self._unreleased,
+            )
+        if self._conn is not None:
+            self._conn.close()
+        _log.info("supervisor stopped")
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        signals, self._signals = self._signals, []
+        for signum in signals:
+            if signum == signal.SIGCHLD:
+                continue
+            name = signal.Signals(signum).name
+            if self._stop_deadline is None:
+                self._stop_deadline = time.monotonic() + self.options.grace_seconds
+                _log.info(
+                    "shutdown requested: no new jobs; running jobs get the grace period",
+                    signal=name,
+                    grace_seconds=self.options.grace_seconds,
+                )
+                self._signal_children(signal.SIGTERM)
+            else:
+                _log.warning("second signal: skipping the grace period", signal=name)
+                self._stop_deadline = time.monotonic()
+
+    def _enforce_grace(self) -> None:
+        if self._stop_deadline is None or time.monotonic() < self._stop_deadline:
+            return
+        if self._children:
+            _log.warning(
+                "grace period over: killing children still running; their jobs return to pending",
+                children=[c.slot.name for c in self._children.values()],
+            )
+            self._signal_children(signal.SIGKILL)
+
+    def _signal_children(self, signum: int) -> None:
+        for pid in self._children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    # -- children --------------------------------------------------------------------------
+
+    def _start_due_children(self) -> None:
+        if self._stop_deadline is not None:
+            return
+        occupied = {child.slot.name for child in self._children.values()}
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.name not in occupied and slot.start_after <= now:
+                self._start(slot)
+
+    def _start(self, slot: Slot) -> None:
+        fds = [self._wake_r, self._wake_w, *(c.status_fd for c in self._children.values())]
+        if slot.kind == "http":
+            assert self.options.http_main is not None
+            child = fork_child(slot, self.options.http_main, fds)
+        else:
+            token = secrets.token_hex(3)
+            parent = os.getpid()
+
+            def worker_main() -> int:
+                worker_id = f"{socket.gethostname()}:{os.getpid()}:{token}"
+                options = dataclasses.replace(
+                    self.options.worker, worker_id=worker_id, parent_pid=parent
+                )
+                return run_worker(options)
+
+            child = fork_child(slot, worker_main, fds)
+            child.worker_id = f"{socket.gethostname()}:{child.pid}:{token}"
+        self._children[child.pid] = child
+        _log.info("child started", child=slot.name, pid=child.pid, worker=child.worker_id)
+
+    def _reap_children(self) -> None:
+        for child in self._children.values():
+            child.read_status()
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self._children:
+                self._on_child_exit(self._children.pop(pid), status)
+
+    def _on_child_exit(self, child: Child, status: int) -> None:
+        child.close()
+        if child.worker_id is not None:
+            self._unreleased.append(child.worker_id)
+            self._release_unreleased()
+        lived = time.monotonic() - child.started
+        code = os.waitstatus_to_exitcode(status)
+        fields: dict[str, Any] = {
+            "child": child.slot.name,
+            "pid": child.pid,
+            "how": describe_exit(status),
+            "lived_seconds": round(lived, 2),
+        }
+        if child.reason:
+            fields["reason"] = child.reason.strip()
+        if self._stop_deadline is not None:
+            _log.info("child exited", **fields)
+            return
+        slot = child.slot
+        if code == EXIT_REPLACE:
+            slot.crashes, delay = 0, 0.0
+        elif code == EXIT_STARTUP or lived < QUICK_DEATH_SECONDS:
+            slot.crashes += 1
+            delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (slot.crashes - 1))
+        else:
+            slot.crashes, delay = 0, 0.0
+        slot.start_after = time.monotonic() + delay
+        log = _log.info if code == EXIT_REPLACE else _log.error
+        log("child exited; restarting", restart_in_seconds=delay, crash_loop=slot.crashes, **fields)
+
+    # -- the database ----------------------------------------------------------------------
+
+    def _release_unreleased(self) -> None:
+        while self._unreleased:
+            worker_id = self._unreleased[0]
+            try:
+                conn = self._connection()
+                recovered = release(conn, worker_id)
+                forget(conn, worker_id)
+            except psycopg.OperationalError as exc:
+                self._drop_connection(exc)
+                return
+            self._unreleased.pop(0)
+            _log_recovered(recovered, "released the jobs of an exited worker", worker_id)
+
+    def _run_reaper_when_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_reap:
+            return
+        self._next_reap = now + self.options.reaper_seconds
+        try:
+            recovered = reap(self._connection())
+        except psycopg.OperationalError as exc:
+            self._drop_connection(exc)
+            return
+        _log_recovered(recovered or [], "reaper recovered jobs whose lease expired", None)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._url, connect_timeout=5)
+        return self._conn
+
+    def _drop_connection(self, exc: Exception) -> None:
+        _log.warning("database unavailable; will retry", error=str(exc))
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    # -- sleeping --------------------------------------------------------------------------
+
+    def _sleep(self) -> None:
+        now = time.monotonic()
+        wake_at = [self._next_reap]
+        if self._stop_deadline is not None:
+            wake_at.append(self._stop_deadline if self._children else now)
+        else:
+            wake_at += [s.start_after for s in self._slots if s.start_after > now]
+        if self._unreleased:
+            wake_at.append(now + 1.0)
+        timeout = max(0.0, min(wake_at) - now)
+        fds = [self._wake_r, *(c.status_fd for c in self._children.values())]
+        try:
+            select.select(fds, [], [], timeout)
+        except OSError as exc:  # a status pipe closed under us: the next reap tidies up
+            if exc.errno != errno.EBADF:
+                raise
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+
+def _log_recovered(recovered: list[Recovered], message: str, worker_id: str | None) -> None:
+    for job in recovered:
+        _log.warning(
+            message,
+            job_id=job.id,
+            task=job.task,
+            attempt=job.attempts,
+            worker=worker_id,
+            state=job.state.value,
+        )

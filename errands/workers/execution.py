@@ -1,0 +1,53 @@
+"""Running one job's task function and turning what happened into an outcome."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+
+from errands.queue import Job, encode_result
+from errands.tasks import CurrentJob, registered, registered_tasks, running
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    result_json: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: str
+    traceback: str | None
+    seconds: float
+
+
+Outcome = Succeeded | Failed
+
+
+def execute(job: Job) -> Outcome:
+    """Call the job's task with its payload as keyword arguments; never raises."""
+    started = time.monotonic()
+    spec = registered(job.task)
+    if spec is None:
+        known = ", ".join(sorted(registered_tasks())) or "none"
+        return Failed(
+            f"task {job.task!r} is not registered in this worker (registered: {known}); "
+            "retried in case a deploy is rolling out",
+            None,
+            time.monotonic() - started,
+        )
+    current = CurrentJob(job.id, job.task, job.queue, job.attempts, job.max_attempts, job.payload)
+    try:
+        with running(current):
+            result = spec.func(**job.payload)
+        result_json = encode_result(result)
+    except (Exception, SystemExit) as exc:  # a task's sys.exit() is its failure, not ours
+        return Failed(_describe(exc), traceback.format_exc(), time.monotonic() - started)
+    return Succeeded(result_json, time.monotonic() - started)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

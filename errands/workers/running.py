@@ -1,0 +1,85 @@
+"""The jobs a worker process is running now, shared by its claim loop and its lease keeper."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from errands.queue import Held, Job
+
+
+@dataclass(eq=False)
+class Entry:
+    """One running attempt. Identity matters: a newer claim of the same job is another Entry."""
+
+    job: Job
+    deadline: float | None  # monotonic time past which the attempt is timed out
+    started: float = field(default_factory=time.monotonic)
+    lost: bool = False  # the lease is gone: the outcome must not be written
+
+    @property
+    def held(self) -> Held:
+        return Held(self.job.id, self.job.attempts)
+
+
+class RunningJobs:
+    """Thread-safe registry of running attempts, keyed by job id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, Entry] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def start(self, job: Job, timeout: float | None) -> Entry:
+        entry = Entry(job, time.monotonic() + timeout if timeout else None)
+        with self._lock:
+            # A job claimed again while an older attempt of it still runs here
+            # (its lease was lost, the job reclaimed): the old attempt is stale.
+            if stale := self._entries.get(job.id):
+                stale.lost = True
+            self._entries[job.id] = entry
+        return entry
+
+    def finish(self, entry: Entry) -> bool:
+        """Forget `entry`; True when its outcome may still be written."""
+        with self._lock:
+            if self._entries.get(entry.job.id) is entry:
+                del self._entries[entry.job.id]
+            return not entry.lost
+
+    def held(self) -> list[Entry]:
+        with self._lock:
+            return [e for e in self._entries.values() if not e.lost]
+
+    def mark_lost(self, entries: list[Entry]) -> None:
+        with self._lock:
+            for entry in entries:
+                entry.lost = True
+
+    def take_overdue(self, now: float) -> list[Entry]:
+        """Remove and return the attempts past their deadline: their outcome is dropped."""
+        with self._lock:
+            overdue = [
+                e
+                for e in self._entries.values()
+                if e.deadline is not None and e.deadline < now and not e.lost
+            ]
+            for entry in overdue:
+                entry.lost = True
+                del self._entries[entry.job.id]
+        return overdue
+
+
+def log_fields(entry: Entry, worker_id: str) -> dict[str, Any]:
+    """What every log line about a job carries."""
+    return {
+        "job_id": entry.job.id,
+        "task": entry.job.task,
+        "attempt": entry.job.attempts,
+        "worker": worker_id,
+    }

@@ -1,0 +1,294 @@
+"""The worker process: claim jobs, run them on threads, acknowledge them (fenced).
+
+One loop on the main thread owns the database connection for claims and
+acknowledgements and LISTENs on it; job threads report back through a queue
+and a wake-up pipe; the lease keeper (keeper.py) renews leases on a connection
+of its own. Acknowledgements of jobs that finish while a statement is in flight
+are batched into the next one, fused with the next claim: a job costs about one
+round trip, and a crash re-runs at most the jobs finished in that window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Literal
+
+import psycopg
+import structlog
+
+from errands.backoff import Backoff
+from errands.database import connect_retrying
+from errands.queue import Completion, Job, complete, complete_and_claim, fail
+from errands.tasks import registered, registered_tasks
+from errands.workers.execution import Failed, Outcome, Succeeded, execute
+from errands.workers.keeper import LeaseKeeper
+from errands.workers.loading import load_task_modules
+from errands.workers.running import Entry, RunningJobs, log_fields
+
+EXIT_OK = 0
+EXIT_REPLACE = 4  # a timed-out job is stuck on a thread: start a fresh process
+
+AckMode = Literal["batched", "immediate"]
+CHANNEL = "errands_jobs"
+
+_log = structlog.get_logger("errands.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    url: str
+    worker_id: str
+    task_modules: Sequence[str] = ()
+    queues: Sequence[str] = ()  # empty: "default" and every queue a registered task names
+    concurrency: int = 1
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    backoff: Backoff = field(default_factory=Backoff)
+    ack: AckMode = "batched"
+    listen: bool = True
+    parent_pid: int = 0
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.running = RunningJobs()
+        self._outcomes: queue.SimpleQueue[tuple[Entry, Outcome]] = queue.SimpleQueue()
+        self._acks: list[tuple[Entry, Succeeded]] = []
+        self._failures: list[tuple[Entry, Failed]] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._stopping = False
+        self._replacing = False
+        self._conn: psycopg.Connection[Any] | None = None
+        self._queues: list[str] = list(options.queues)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Load tasks, then claim and run jobs until told to stop; returns the exit code."""
+        load_task_modules(self.options.task_modules)
+        if not self._queues:
+            self._queues = sorted({"default"} | {t.queue for t in registered_tasks().values()})
+        self._install_signal_handlers()
+        keeper = LeaseKeeper(
+            url=self.options.url,
+            worker_id=self.options.worker_id,
+            queues=self._queues,
+            concurrency=self.options.concurrency,
+            lease_seconds=self.options.lease_seconds,
+            running=self.running,
+            retry_delay=self.retry_delay,
+            on_timeout=self._replace,
+            parent_pid=self.options.parent_pid,
+        )
+        keeper.start()
+        _log.info(
+            "worker started",
+            worker=self.options.worker_id,
+            queues=self._queues,
+            concurrency=self.options.concurrency,
+            tasks=sorted(registered_tasks()),
+        )
+        pool = ThreadPoolExecutor(self.options.concurrency, "errands-job")
+        self._loop(pool)
+        # Never join: a timed-out job may be stuck on its thread, and the process exits anyway.
+        pool.shutdown(wait=False, cancel_futures=True)
+        keeper.stop()
+        keeper.join(timeout=2)
+        if self._conn is not None:
+            self._conn.close()
+        code = EXIT_REPLACE if self._replacing else EXIT_OK
+        _log.info("worker stopped", worker=self.options.worker_id, exit_code=code)
+        return code
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs finish and are acknowledged, then run() returns."""
+        self._stopping = True
+        self._wake()
+
+    def _replace(self) -> None:
+        self._replacing = True
+        self._wake()
+
+    def _install_signal_handlers(self) -> None:
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            if not self._stopping:
+                _log.info("stop requested; finishing running jobs", worker=self.options.worker_id)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_term)
+        # Ctrl-C reaches the whole process group; the supervisor decides what happens.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self, pool: ThreadPoolExecutor) -> None:
+        while True:
+            self._collect_outcomes()
+            draining = self._stopping or self._replacing
+            if draining and not len(self.running) and not self._acks and not self._failures:
+                return
+            free = 0 if draining else self.options.concurrency - len(self.running)
+            try:
+                conn = self._connection()
+                if conn is None:
+                    return
+                self._send_failures(conn)
+                claimed = self._acknowledge_and_claim(conn, free)
+            except psycopg.OperationalError as exc:
+                self._lose_connection(exc)
+                continue
+            for job in claimed:
+                entry = self.running.start(job, self._timeout_of(job))
+                pool.submit(self._execute, entry)
+            if claimed and len(claimed) == free:
+                continue  # there may be more work right now
+            self._wait(listen_too=free > 0)
+
+    def _acknowledge_and_claim(self, conn: psycopg.Connection[Any], free: int) -> list[Job]:
+        if not self._acks and free <= 0:
+            return []
+        acks, self._acks = self._acks, []
+        done = [Completion(e.job.id, e.job.attempts, o.result_json) for e, o in acks]
+        try:
+            if self.options.ack == "immediate" and done:
+                completed = complete(conn, self.options.worker_id, done)
+                claimed: list[Job] = []
+            else:
+                completed, claimed = complete_and_claim(
+                    conn,
+                    self.options.worker_id,
+                    done,
+                    self._queues,
+                    free,
+                    self.options.lease_seconds,
+                )
+        except psycopg.OperationalError:
+            self._acks = acks + self._acks  # fenced: safe to send again
+            raise
+        for entry, outcome in acks:
+            if entry.job.id in completed:
+                _log.info(
+                    "job completed",
+                    seconds=round(outcome.seconds, 4),
+                    **log_fields(entry, self.options.worker_id),
+                )
+            else:
+                self._report_lost(entry)
+        return claimed
+
+    def _send_failures(self, conn: psycopg.Connection[Any]) -> None:
+        while self._failures:
+            entry, outcome = self._failures[0]
+            state = fail(
+                conn,
+                self.options.worker_id,
+                entry.held,
+                outcome.error,
+                outcome.traceback,
+                self.retry_delay(entry.job),
+            )
+            self._failures.pop(0)
+            if state is None:
+                self._report_lost(entry)
+            else:
+                _log.warning(
+                    "job failed",
+                    error=outcome.error,
+                    state=state.value,
+                    **log_fields(entry, self.options.worker_id),
+                )
+
+    def _collect_outcomes(self) -> None:
+        while True:
+            try:
+                entry, outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                return
+            if not self.running.finish(entry):
+                self._report_lost(entry)
+            elif isinstance(outcome, Succeeded):
+                self._acks.append((entry, outcome))
+            else:
+                self._failures.append((entry, outcome))
+
+    def _execute(self, entry: Entry) -> None:
+        with structlog.contextvars.bound_contextvars(**log_fields(entry, self.options.worker_id)):
+            outcome = execute(entry.job)
+        self._outcomes.put((entry, outcome))
+        self._wake()
+
+    def _report_lost(self, entry: Entry) -> None:
+        _log.warning("lease lost; result not written", **log_fields(entry, self.options.worker_id))
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def _wait(self, listen_too: bool) -> None:
+        """Sleep until a job finishes, a signal arrives, a NOTIFY comes, or the poll interval."""
+        watched = [self._wake_r]
+        conn = self._conn
+        if listen_too and conn is not None and self.options.listen:
+            if self._pending_notifications(conn):
+                return
+            watched.append(conn.fileno())
+        ready, _, _ = select.select(watched, [], [], self.options.poll_seconds)
+        if self._wake_r in ready:
+            os.read(self._wake_r, 4096)
+
+    def _pending_notifications(self, conn: psycopg.Connection[Any]) -> bool:
+        try:
+            return bool(list(conn.notifies(timeout=0)))
+        except psycopg.OperationalError as exc:
+            self._lose_connection(exc)
+            return True
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
+            os.write(self._wake_w, b"!")
+
+    # -- the connection --------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any] | None:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect_retrying(
+                self.options.url, give_up=self._must_give_up, connect_timeout=5
+            )
+            if self._conn is not None and self.options.listen:
+                self._conn.execute(f"listen {CHANNEL}")
+        return self._conn
+
+    def _must_give_up(self) -> bool:
+        # Stopping with nothing left to report: no reason to wait for the database.
+        return self._stopping and not len(self.running) and not self._acks and not self._failures
+
+    def _lose_connection(self, exc: Exception) -> None:
+        _log.warning(
+            "database connection lost; reconnecting", error=str(exc), worker=self.options.worker_id
+        )
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    # -- policy ----------------------------------------------------------------------------
+
+    def retry_delay(self, job: Job) -> float:
+        spec = registered(job.task)
+        backoff = spec.backoff if spec and spec.backoff else self.options.backoff
+        return backoff.delay(job.attempts)
+
+    def _timeout_of(self, job: Job) -> float | None:
+        spec = registered(job.task)
+        return spec.timeout if spec else None
+
+
+def run_worker(options: WorkerOptions) -> int:
+    return Worker(options).run()
