@@ -67,7 +67,6 @@ def test_a_worker_killed_mid_job_has_its_job_run_again_before_the_lease_could_ex
     assert time.monotonic() - killed_at < 30
     (first, second) = executions(daemon, job.id)
     assert (first[0], second[0]) == (1, 2) and second[1] != victim
-    print(f"\nrecovery after worker SIGKILL: {(second[2] - first[2]).total_seconds():.3f}s since first start")
 
 
 def test_a_killed_supervisors_workers_exit_and_the_next_supervisors_reaper_recovers_the_job(
@@ -206,3 +205,28 @@ def test_both_acknowledgement_modes_complete_every_job_once(
         wait_for_state(client, job.id, JobState.COMPLETED)
     starts = daemon.query("select job_id, count(*) from test_executions group by job_id")
     assert sorted(starts) == [(job.id, 1) for job in jobs]
+
+
+def test_a_worker_paused_past_its_lease_cannot_overwrite_the_job_it_lost(
+    start_daemon: StartDaemon, client: Client
+) -> None:
+    daemon = start_daemon("--workers", "2")
+    daemon.wait_for_workers(2)
+    job = client.enqueue("hold", {"seconds": 3})
+    ((_, zombie, _),) = wait_for_executions(daemon, job.id, 1)
+    os.kill(zombie, signal.SIGSTOP)  # past its 2 s lease: the reaper gives the job away
+    try:
+        wait_for_state(client, job.id, JobState.COMPLETED)
+    finally:
+        os.kill(zombie, signal.SIGCONT)
+    done = client.get(job.id)
+    assert done is not None and done.attempts == 2 and done.result["pid"] != zombie
+
+    def zombie_noticed() -> bool:
+        return any(
+            e.get("event", "").startswith("lease lost") and e.get("job_id") == job.id
+            for e in daemon.log_events()
+        )
+
+    wait_for(zombie_noticed, what="the zombie to report its lost lease")
+    assert client.get(job.id) == done  # nothing the zombie did changed the job

@@ -1,0 +1,120 @@
+"""The `errands` command as a person or a script uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from errands import Client, JobState
+
+
+def errands(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ERRANDS_DATABASE_URL": db_url, "ERRANDS_LOG_FORMAT": "json"}
+    return subprocess.run(
+        [sys.executable, "-m", "errands", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+def errands_json(db_url: str, *args: str) -> Any:
+    return json.loads(errands(db_url, *args, "--json").stdout)
+
+
+def test_enqueue_with_every_option(db_url: str) -> None:
+    job = errands_json(
+        db_url,
+        "enqueue",
+        "send_email",
+        '{"to": "a@example.com"}',
+        "--queue",
+        "mail",
+        "--priority",
+        "3",
+        "--delay",
+        "60",
+        "--idempotency-key",
+        "k",
+        "--max-attempts",
+        "2",
+    )
+    assert (job["task"], job["queue"], job["priority"], job["max_attempts"]) == (
+        "send_email",
+        "mail",
+        3,
+        2,
+    )
+    assert job["payload"] == {"to": "a@example.com"} and job["idempotency_key"] == "k"
+    assert job["run_at"] > job["created_at"]
+
+
+def test_enqueue_refuses_a_payload_that_is_not_json(db_url: str) -> None:
+    result = errands(db_url, "enqueue", "t", "{nope", check=False)
+    assert result.returncode == 2 and "PAYLOAD" in result.stderr
+
+
+def test_enqueue_refuses_an_invalid_task_name_and_says_why(db_url: str) -> None:
+    result = errands(db_url, "enqueue", "bad name", check=False)
+    assert result.returncode == 1 and "task: must match" in result.stderr
+
+
+def test_jobs_list_and_show(client: Client, db_url: str) -> None:
+    first = client.enqueue("a")
+    second = client.enqueue("b")
+    listed = errands_json(db_url, "jobs", "list")
+    assert [job["id"] for job in listed] == [second.id, first.id]
+    assert errands_json(db_url, "jobs", "show", str(first.id))["task"] == "a"
+    assert "STATE" in errands(db_url, "jobs", "list").stdout
+
+
+def test_jobs_show_of_an_unknown_job_fails(db_url: str) -> None:
+    result = errands(db_url, "jobs", "show", "999", check=False)
+    assert result.returncode == 1 and "does not exist" in result.stderr
+
+
+def test_jobs_cancel_and_retry(client: Client, db_url: str) -> None:
+    job = client.enqueue("a")
+    assert errands_json(db_url, "jobs", "cancel", str(job.id))["state"] == "cancelled"
+    assert errands_json(db_url, "jobs", "retry", str(job.id))["state"] == "pending"
+
+
+def test_jobs_retry_of_a_pending_job_is_refused(client: Client, db_url: str) -> None:
+    job = client.enqueue("a")
+    result = errands(db_url, "jobs", "retry", str(job.id), check=False)
+    assert result.returncode == 1 and "pending" in result.stderr
+    assert client.get(job.id).state is JobState.PENDING  # type: ignore[union-attr]
+
+
+def test_stats_counts_by_queue_and_state(client: Client, db_url: str) -> None:
+    client.enqueue("a", queue="mail")
+    stats = errands_json(db_url, "stats")
+    assert stats["queues"]["mail"]["pending"] == 1
+    assert stats["workers"] == []
+
+
+def test_migrate_is_idempotent(empty_db_url: str) -> None:
+    assert errands_json(empty_db_url, "migrate") == {"applied": ["0001_jobs"]}
+    assert errands_json(empty_db_url, "migrate") == {"applied": []}
+
+
+def test_prune_deletes_old_finished_jobs(client: Client, db_url: str) -> None:
+    job = client.enqueue("a")
+    client.cancel(job.id)
+    assert errands_json(db_url, "prune", "--older-than", "0") == {"deleted": 1}
+
+
+def test_an_invalid_setting_stops_the_command_with_its_name(db_url: str) -> None:
+    env = {**os.environ, "ERRANDS_DATABASE_URL": db_url, "ERRANDS_LEASE_SECONDS": "soon"}
+    result = subprocess.run(
+        [sys.executable, "-m", "errands", "stats"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "ERRANDS_LEASE_SECONDS" in result.stderr

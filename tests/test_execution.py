@@ -1,0 +1,145 @@
+"""What running one job's task produces, and the demo tasks that ship with errands."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import errands
+from errands import demo
+from errands.queue import Job, JobState
+from errands.tasks import CurrentJob, running
+from errands.workers.execution import Failed, Succeeded, execute
+
+
+def a_job(task: str, payload: dict[str, Any] | None = None, attempts: int = 1) -> Job:
+    now = datetime.now(UTC)
+    return Job(
+        id=1,
+        queue="default",
+        task=task,
+        payload=payload or {},
+        state=JobState.IN_PROGRESS,
+        priority=0,
+        run_at=now,
+        attempts=attempts,
+        max_attempts=5,
+        idempotency_key=None,
+        lease_owner="w",
+        lease_expires_at=now,
+        last_error=None,
+        errors=[],
+        result=None,
+        created_at=now,
+        started_at=now,
+        finished_at=None,
+        updated_at=now,
+    )
+
+
+@errands.task("execution.echo")
+def echo(**kwargs: Any) -> dict[str, Any]:
+    return {"kwargs": kwargs, "attempt": errands.current_job().attempt}
+
+
+@errands.task("execution.raises")
+def raises() -> None:
+    raise ValueError("bad input")
+
+
+@errands.task("execution.exits")
+def exits() -> None:
+    raise SystemExit(3)
+
+
+@errands.task("execution.returns_a_set")
+def returns_a_set() -> set[int]:
+    return {1}
+
+
+def test_success_stores_the_json_result_and_the_task_sees_its_job() -> None:
+    outcome = execute(a_job("execution.echo", {"x": 1}, attempts=2))
+    assert isinstance(outcome, Succeeded)
+    assert json.loads(outcome.result_json) == {"kwargs": {"x": 1}, "attempt": 2}
+
+
+def test_an_exception_is_a_failure_with_its_traceback() -> None:
+    outcome = execute(a_job("execution.raises"))
+    assert isinstance(outcome, Failed)
+    assert outcome.error == "ValueError: bad input"
+    assert outcome.traceback is not None and "raise ValueError" in outcome.traceback
+
+
+def test_a_task_calling_sys_exit_fails_without_stopping_the_worker() -> None:
+    outcome = execute(a_job("execution.exits"))
+    assert isinstance(outcome, Failed) and outcome.error == "SystemExit: 3"
+
+
+def test_a_result_that_is_not_json_is_a_failure() -> None:
+    outcome = execute(a_job("execution.returns_a_set"))
+    assert isinstance(outcome, Failed) and "not JSON serializable" in outcome.error
+
+
+def test_wrong_payload_fields_are_a_failure() -> None:
+    outcome = execute(a_job("execution.raises", {"surprise": 1}))
+    assert isinstance(outcome, Failed) and "surprise" in outcome.error
+
+
+def test_an_unregistered_task_fails_with_a_clear_error() -> None:
+    outcome = execute(a_job("nobody.registered.this"))
+    assert isinstance(outcome, Failed)
+    assert "'nobody.registered.this' is not registered" in outcome.error
+
+
+@pytest.fixture
+def as_job() -> Iterator[None]:
+    with running(CurrentJob(7, "demo", "default", 1, 5, {})):
+        yield
+
+
+def test_demo_send_email_simulates_delivery(as_job: None) -> None:
+    assert demo.send_email("a@example.com", "hi")["delivered"] is True
+
+
+def test_demo_generate_report_aggregates_rows(as_job: None) -> None:
+    assert demo.generate_report(rows=10)["rows"] == 10
+
+
+def test_demo_fail_always_raises(as_job: None) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        demo.fail()
+
+
+def test_demo_flaky_fails_at_its_rate(as_job: None) -> None:
+    assert demo.flaky(fail_rate=0.0) == {"attempt": 1}
+    with pytest.raises(RuntimeError, match="flaky"):
+        demo.flaky(fail_rate=1.0)
+
+
+def test_demo_sleep_returns_what_it_slept(as_job: None) -> None:
+    assert demo.sleep(0.01) == {"slept": 0.01}
+
+
+def test_demo_http_call_fetches_a_url(as_job: None) -> None:
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args: Any) -> None: ...
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        assert demo.http_call(url) == {"status": 200, "bytes": 5}
+    finally:
+        server.shutdown()
