@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -15,6 +16,7 @@ from errands.client import Client
 from errands.config import Settings
 from errands.database import connect, resolve_url
 from errands.errors import ConfigurationError, ErrandsError
+from errands.harness.bench import WORKLOADS, Bench, as_json, table
 from errands.log import configure_logging
 from errands.queue import Job, JobState
 from errands.queue import prune as prune_jobs
@@ -337,6 +339,26 @@ def prune(ctx: Context, older_than: float, as_json: bool) -> None:
     with connect(ctx.database_url()) as conn:
         deleted = prune_jobs(conn, retention_seconds=older_than * 3600)
     emit(as_json, {"deleted": deleted}, f"deleted {deleted} finished jobs")
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="A smaller run, about a minute.")
+@click.option("--only", help=f"Comma-separated workloads of: {', '.join(WORKLOADS)}")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures here."
+)
+@pass_context
+def bench(ctx: Context, quick: bool, only: str | None, json_path: str | None) -> None:
+    """Measure errands against pgbench on the same PostgreSQL, in a fresh database."""
+    url = ctx.database_url()
+    figures = Bench(url, quick, lambda line: click.echo(line, err=True)).run(
+        set(_split(only)) if only else None
+    )
+    click.echo(table(figures))
+    if json_path:
+        with psycopg.connect(url) as conn:
+            version = str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
+        Path(json_path).write_text(json.dumps(as_json(figures, version), indent=2) + "\n")
 
 
 def main() -> None:

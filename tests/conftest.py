@@ -74,7 +74,9 @@ def server_url(server: Server) -> str:
 def restart_database(server: Server) -> Callable[[], None]:
     """Restart the session's PostgreSQL (fast shutdown), as an operator or a crash would."""
     if server.pgdata is None:
-        pytest.skip("needs the embedded server: ERRANDS_TEST_DATABASE_URL names one we cannot restart")
+        pytest.skip(
+            "needs the embedded server: ERRANDS_TEST_DATABASE_URL names one we cannot restart"
+        )
     pgdata = server.pgdata
 
     def restart() -> None:
@@ -163,6 +165,4 @@ def start_daemon(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]
 
     yield start
     for daemon in started:
-        if daemon.process and daemon.process.poll() is None:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.process.wait()
+        daemon.kill()

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from errands import Client, JobState
-from tests.daemon import Daemon, alive, wait_for
+from errands.harness.process import alive
+from tests.daemon import Daemon, wait_for
 
 StartDaemon = Callable[..., Daemon]
 

@@ -26,7 +26,7 @@ import structlog
 
 from errands.backoff import Backoff
 from errands.database import connect_retrying
-from errands.queue import Completion, Job, complete, complete_and_claim, fail
+from errands.queue import Completion, Job, claim, complete, complete_and_claim, fail
 from errands.tasks import registered, registered_tasks
 from errands.workers.execution import Failed, Outcome, Succeeded, execute
 from errands.workers.keeper import LeaseKeeper
@@ -150,41 +150,35 @@ class Worker:
             for job in claimed:
                 entry = self.running.start(job, self._timeout_of(job))
                 pool.submit(self._execute, entry)
-            if claimed and len(claimed) == free:
-                continue  # there may be more work right now
+            if claimed:
+                continue  # there may be more work right now: sleep only when a claim finds none
             self._wait(listen_too=free > 0)
 
     def _acknowledge_and_claim(self, conn: psycopg.Connection[Any], free: int) -> list[Job]:
         if not self._acks and free <= 0:
             return []
         acks, self._acks = self._acks, []
+        owner, lease = self.options.worker_id, self.options.lease_seconds
         done = [Completion(e.job.id, e.job.attempts, o.result_json) for e, o in acks]
         try:
             if self.options.ack == "immediate" and done:
-                completed = complete(conn, self.options.worker_id, done)
-                claimed: list[Job] = []
-            else:
-                completed, claimed = complete_and_claim(
-                    conn,
-                    self.options.worker_id,
-                    done,
-                    self._queues,
-                    free,
-                    self.options.lease_seconds,
-                )
+                self._report_completions(acks, complete(conn, owner, done))
+                acks = []
+                return claim(conn, owner, self._queues, free, lease) if free else []
+            completed, claimed = complete_and_claim(conn, owner, done, self._queues, free, lease)
         except psycopg.OperationalError:
             self._acks = acks + self._acks  # fenced: safe to send again
             raise
+        self._report_completions(acks, completed)
+        return claimed
+
+    def _report_completions(self, acks: list[tuple[Entry, Succeeded]], completed: set[int]) -> None:
         for entry, outcome in acks:
             if entry.job.id in completed:
-                _log.info(
-                    "job completed",
-                    seconds=round(outcome.seconds, 4),
-                    **log_fields(entry, self.options.worker_id),
-                )
+                fields = log_fields(entry, self.options.worker_id)
+                _log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
             else:
                 self._report_lost(entry)
-        return claimed
 
     def _send_failures(self, conn: psycopg.Connection[Any]) -> None:
         while self._failures:

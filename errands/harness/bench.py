@@ -1,0 +1,402 @@
+"""`errands bench`: throughput, latency, recovery and memory, each beside pgbench's figure.
+
+Every run creates a fresh database on the server, measures pgbench there
+first, then each workload, and drops the database. Throughputs are divided by
+the matching pgbench figure of the same run, so results from different
+machines compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import signal
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from errands.client import Client
+from errands.database import connect
+from errands.harness import pgbench
+from errands.harness.process import DaemonProcess, ProcStat, rss_megabytes, tree_cpu_seconds
+
+NOOP = "bench.noop"
+HOLD = "bench.hold"
+
+
+@dataclass
+class Figure:
+    id: str
+    workload: str
+    value: float
+    unit: str
+    ratio: float | None = None  # to the matching pgbench figure
+    ratio_to: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    baseline_seconds: float
+    enqueue_single: int
+    enqueue_batch: int
+    drain: int
+    latency_jobs: int
+    supervisor_lease: float  # lease for the supervisor-kill recovery (default settings: 30)
+
+    @classmethod
+    def for_run(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(3, 1000, 10_000, 3000, 200, 3.0)
+        return cls(10, 5000, 50_000, 20_000, 1000, 30.0)
+
+
+WORKLOADS = (
+    "baseline",
+    "enqueue-single",
+    "enqueue-batch",
+    "drain",
+    "drain-immediate",
+    "latency",
+    "recovery",
+    "recovery-supervisor",
+)
+
+
+class Bench:
+    def __init__(
+        self,
+        server_url: str,
+        quick: bool,
+        report: Callable[[str], None],
+        drain_jobs: int | None = None,
+    ) -> None:
+        self.server_url = server_url
+        self.sizes = Sizes.for_run(quick)
+        if drain_jobs:
+            self.sizes = dataclasses.replace(self.sizes, drain=drain_jobs)
+        self.quick = quick
+        self.report = report
+        self.figures: list[Figure] = []
+        self.pgbench_tps: dict[str, float] = {}
+        self.logs = Path(tempfile.mkdtemp(prefix="errands-bench-"))
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self, only: set[str] | None = None) -> list[Figure]:
+        with self._fresh_database() as url:
+            self.url = url
+            chosen = [w for w in WORKLOADS if only is None or w in only or w == "baseline"]
+            for workload in chosen:
+                self.report(f"running {workload} ...")
+                getattr(self, workload.replace("-", "_"))()
+                self._reset()
+        return self.figures
+
+    @contextmanager
+    def _fresh_database(self) -> Iterator[str]:
+        name = f"errands_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.server_url, autocommit=True) as admin:
+            admin.execute(f"create database {name}")
+        url = make_conninfo(self.server_url, dbname=name)
+        try:
+            with connect(url):  # migrates
+                pass
+            yield url
+        finally:
+            with psycopg.connect(self.server_url, autocommit=True) as admin:
+                admin.execute(f"drop database {name} with (force)")
+
+    def _reset(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("truncate errands_jobs, errands_finished_counts, errands_workers")
+            conn.execute("vacuum analyze errands_jobs")
+
+    def _add(self, figure: Figure) -> None:
+        if figure.ratio_to:
+            figure.ratio = figure.value / self.pgbench_tps[figure.ratio_to]
+        self.figures.append(figure)
+        ratio = f"  ({figure.ratio:.2f} x {figure.ratio_to})" if figure.ratio is not None else ""
+        self.report(f"  {figure.id:<30} {figure.value:>12,.3f} {figure.unit}{ratio}")
+
+    def _daemon(self, *args: str, **env: str) -> DaemonProcess:
+        log = self.logs / f"daemon-{len(list(self.logs.iterdir()))}.log"
+        environment = {
+            **os.environ,
+            "ERRANDS_DATABASE_URL": self.url,
+            "ERRANDS_LOG_FORMAT": "json",
+            **env,
+        }
+        command = ["run", "--no-http", "--workers", "2", "--tasks", "errands.harness.bench_tasks"]
+        return DaemonProcess([*command, *args], environment, log).start()
+
+    # -- workloads -------------------------------------------------------------------------
+
+    def baseline(self) -> None:
+        pgbench.initialise(self.url)
+        seconds = self.sizes.baseline_seconds
+        for key, clients, measure in (
+            ("pgbench -N 4 clients", 4, pgbench.tps_simple_update),
+            ("INSERT 1 client", 1, pgbench.tps_single_insert),
+            ("INSERT 4 clients", 4, pgbench.tps_single_insert),
+        ):
+            self.pgbench_tps[key] = measure(self.url, clients, seconds)
+            self._add(Figure(f"baseline {key}", "pgbench", self.pgbench_tps[key], "tps"))
+
+    def enqueue_single(self) -> None:
+        jobs = self.sizes.enqueue_single
+        with Client(self.url) as client:
+            client.enqueue(NOOP)
+            started = time.perf_counter()
+            for _ in range(jobs):
+                client.enqueue(NOOP)
+            rate = jobs / (time.perf_counter() - started)
+        self._add(
+            Figure(
+                "enqueue-single",
+                "Client.enqueue, one per transaction",
+                rate,
+                "jobs/s",
+                ratio_to="INSERT 1 client",
+            )
+        )
+
+    def enqueue_batch(self) -> None:
+        jobs, batch = self.sizes.enqueue_batch, 1000
+        specs = [{"task": NOOP}] * batch
+        with Client(self.url) as client:
+            started = time.perf_counter()
+            for _ in range(jobs // batch):
+                client.enqueue_many(specs)
+            rate = jobs / (time.perf_counter() - started)
+        self._add(
+            Figure(
+                "enqueue-batch",
+                f"enqueue_many, batches of {batch}",
+                rate,
+                "jobs/s",
+                ratio_to="INSERT 1 client",
+            )
+        )
+
+    def drain(self, ack: str = "batched") -> None:
+        jobs = self.sizes.drain
+        with Client(self.url) as client:
+            for first in range(0, jobs, 1000):
+                client.enqueue_many([{"task": NOOP}] * min(1000, jobs - first))
+        postmaster = self._postmaster_pid()
+        pg_cpu_before = tree_cpu_seconds(postmaster) if postmaster else 0.0
+        daemon = self._daemon("--ack", ack)
+        try:
+            self._wait_until_drained(jobs)
+            worker_cpu = tree_cpu_seconds(daemon.pid)
+            pg_cpu = tree_cpu_seconds(postmaster) - pg_cpu_before if postmaster else None
+            memory = sum(rss_megabytes(pid) for pid in [daemon.pid, *daemon.children()])
+        finally:
+            daemon.stop()
+        seconds = self._busy_seconds()
+        figure_id = "drain" if ack == "batched" else "drain-immediate"
+        rate = jobs / seconds
+        self._add(
+            Figure(
+                figure_id,
+                f"{jobs:,} no-op jobs, 2 workers, --ack {ack}",
+                rate,
+                "jobs/s",
+                ratio_to="pgbench -N 4 clients",
+            )
+        )
+        per_thousand = {"supervisor + workers": worker_cpu, "PostgreSQL": pg_cpu}
+        for who, cpu in per_thousand.items():
+            if cpu is not None:
+                self._add(
+                    Figure(
+                        f"{figure_id} cpu {who.split()[0].lower()}",
+                        f"CPU seconds per 1,000 jobs: {who}",
+                        cpu / jobs * 1000,
+                        "s",
+                    )
+                )
+        if ack == "batched":
+            self._add(
+                Figure("memory", "RSS of supervisor + 2 workers after the drain", memory, "MB")
+            )
+
+    def drain_immediate(self) -> None:
+        self.drain(ack="immediate")
+
+    def latency(self) -> None:
+        jobs, rate = self.sizes.latency_jobs, 100.0
+        daemon = self._daemon()
+        try:
+            self._wait_for_workers(2)
+            with Client(self.url) as client:
+                start = time.perf_counter()
+                for n in range(jobs):
+                    time.sleep(max(0.0, start + n / rate - time.perf_counter()))
+                    client.enqueue(NOOP)
+            self._wait_until_drained(jobs)
+        finally:
+            daemon.stop()
+        with psycopg.connect(self.url) as conn:
+            waits = [
+                row[0] * 1000
+                for row in conn.execute(
+                    "select extract(epoch from started_at - created_at)::float8 from errands_jobs"
+                )
+            ]
+        cuts = statistics.quantiles(waits, n=100, method="inclusive")
+        for name, value in (
+            ("p50", cuts[49]),
+            ("p95", cuts[94]),
+            ("p99", cuts[98]),
+            ("max", max(waits)),
+        ):
+            self._add(
+                Figure(
+                    f"latency {name}",
+                    f"enqueue to start, {rate:.0f} jobs/s, idle daemon",
+                    value,
+                    "ms",
+                )
+            )
+
+    def recovery(self) -> None:
+        daemon = self._daemon()
+        try:
+            self._wait_for_workers(2)
+            recovered = self._kill_and_time(lambda owner: os.kill(_pid_of(owner), signal.SIGKILL))
+        finally:
+            daemon.stop()
+        self._add(
+            Figure("recovery", "worker SIGKILLed mid-job, until the job runs again", recovered, "s")
+        )
+
+    def recovery_supervisor(self) -> None:
+        lease = self.sizes.supervisor_lease
+        env = {"ERRANDS_LEASE_SECONDS": str(lease)}
+        first = self._daemon(**env)
+        second: list[DaemonProcess] = []
+
+        def kill_supervisor(owner: str) -> None:
+            first.signal(signal.SIGKILL)
+            first.wait()
+            second.append(self._daemon(**env))
+
+        try:
+            self._wait_for_workers(2)
+            recovered = self._kill_and_time(kill_supervisor)
+        finally:
+            first.kill()
+            for daemon in second:
+                daemon.stop()
+        self._add(
+            Figure(
+                "recovery-supervisor",
+                f"supervisor SIGKILLed, another started at once (lease {lease:g}s), "
+                "until the job runs again",
+                recovered,
+                "s",
+            )
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _kill_and_time(self, kill: Callable[[str], None]) -> float:
+        """Start a long job, kill its holder with `kill`, and time until it runs again."""
+        with Client(self.url) as client:
+            job = client.enqueue(HOLD, {"seconds": 600})
+            owner = _poll(lambda: (j := client.get(job.id)) and j.lease_owner, "the job to start")
+            killed_at = time.time()
+            kill(owner)
+            again = _poll(
+                lambda: (j := client.get(job.id)) and j.attempts >= 2 and j.started_at,
+                "the job to run again",
+                timeout=120,
+            )
+        return float(again.timestamp() - killed_at)
+
+    def _wait_for_workers(self, count: int) -> None:
+        _poll(
+            lambda: self._count("select count(*) from errands_workers") >= count, "workers to start"
+        )
+
+    def _wait_until_drained(self, jobs: int) -> None:
+        unfinished = (
+            "select count(*) from errands_jobs where state in ('pending', 'failed', 'in_progress')"
+        )
+        _poll(
+            lambda: self._count(unfinished) == 0,
+            f"{jobs} jobs to finish",
+            timeout=600,
+            interval=0.05,
+        )
+
+    def _count(self, sql: bytes | str) -> int:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute(sql.encode() if isinstance(sql, str) else sql).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _busy_seconds(self) -> float:
+        with psycopg.connect(self.url) as conn:
+            busy = "max(finished_at) - min(started_at)"
+            row = conn.execute(
+                f"select extract(epoch from {busy})::float8 from errands_jobs"
+            ).fetchone()
+        assert row is not None
+        return float(row[0])
+
+    def _postmaster_pid(self) -> int | None:
+        """The local PostgreSQL's parent process; None when the server runs elsewhere."""
+        with psycopg.connect(self.url) as conn:
+            row = conn.execute("select pg_backend_pid()").fetchone()
+            assert row is not None
+            stat = ProcStat.read(row[0])
+        return stat.ppid if stat else None
+
+
+def _pid_of(owner: str) -> int:
+    return int(owner.split(":")[1])
+
+
+def _poll(check: Callable[[], Any], what: str, timeout: float = 60, interval: float = 0.005) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
+def environment() -> dict[str, Any]:
+    """The machine a run happened on, for the record."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def as_json(figures: list[Figure], postgres_version: str) -> dict[str, Any]:
+    return {**environment(), "postgres": postgres_version, "figures": [asdict(f) for f in figures]}
+
+
+def table(figures: list[Figure]) -> str:
+    lines = [f"{'id':<30} {'figure':>12} {'unit':<7} {'ratio':>7}  workload"]
+    for f in figures:
+        ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
+        lines.append(f"{f.id:<30} {f.value:>12,.3f} {f.unit:<7} {ratio:>7}  {f.workload}")
+    return "\n".join(lines)

@@ -1,0 +1,19 @@
+"""Tasks the benchmark runs: nothing at all, and something long enough to be killed."""
+
+from __future__ import annotations
+
+import time
+
+from errands.tasks import current_job, task
+
+
+@task("bench.noop")
+def noop() -> None:
+    """No work: what remains is the queue's own cost."""
+
+
+@task("bench.hold")
+def hold(seconds: float) -> None:
+    """Run long on the first attempt only, so a recovered job finishes at once."""
+    if current_job().attempt == 1:
+        time.sleep(seconds)
