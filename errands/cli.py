@@ -344,16 +344,18 @@ def prune(ctx: Context, older_than: float, as_json: bool) -> None:
 @cli.command()
 @click.option("--quick", is_flag=True, help="A smaller run, about a minute.")
 @click.option("--only", help=f"Comma-separated workloads of: {', '.join(WORKLOADS)}")
+@click.option("--drain-jobs", type=click.IntRange(min=1), help="Jobs the drain workloads run.")
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures here."
 )
 @pass_context
-def bench(ctx: Context, quick: bool, only: str | None, json_path: str | None) -> None:
+def bench(
+    ctx: Context, quick: bool, only: str | None, drain_jobs: int | None, json_path: str | None
+) -> None:
     """Measure errands against pgbench on the same PostgreSQL, in a fresh database."""
     url = ctx.database_url()
-    figures = Bench(url, quick, lambda line: click.echo(line, err=True)).run(
-        set(_split(only)) if only else None
-    )
+    runner = Bench(url, quick, lambda line: click.echo(line, err=True), drain_jobs)
+    figures = runner.run(set(_split(only)) if only else None)
     click.echo(table(figures))
     if json_path:
         with psycopg.connect(url) as conn:

@@ -14,6 +14,7 @@ import psycopg
 
 import errands
 
+
 def _record_start() -> None:
     job = errands.current_job()
     # A connection per call: it survives the database restarts some tests cause.

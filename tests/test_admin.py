@@ -30,7 +30,8 @@ def test_retry_of_a_dead_job_gives_a_fresh_budget_and_keeps_history(
 ) -> None:
     job_id = make_dead(client, conn)
     retried = client.retry(job_id)
-    assert (retried.state, retried.attempts, retried.finished_at) == (JobState.PENDING, 0, None)
+    assert (retried.state, retried.finished_at) == (JobState.PENDING, None)
+    assert (retried.attempts, retried.max_attempts) == (1, 2)  # one more attempt, as enqueued
     assert [e["error"] for e in retried.errors] == ["boom"]
     assert len(claim(conn, "w1", ["default"], 1, 30)) == 1
 
@@ -149,3 +150,14 @@ def test_stats_list_live_workers(client: Client, conn: Conn) -> None:
     forget(conn, "host:2:def")
     workers = client.stats().workers
     assert [(w.id, w.queues, w.concurrency) for w in workers] == [("host:1:abc", ["default"], 2)]
+
+
+def test_an_attempt_from_before_a_manual_retry_cannot_finish_the_job(
+    client: Client, conn: Conn
+) -> None:
+    job_id = make_dead(client, conn)  # attempt 1 by w1, failed for good
+    (stale,) = conn.execute("select id, attempts from errands_jobs where id = %s", (job_id,))
+    client.retry(job_id)
+    (again,) = claim(conn, "w1", ["default"], 1, 30)  # the same owner claims attempt 2
+    assert complete(conn, "w1", [Completion(stale[0], stale[1], '"stale"')]) == set()
+    assert client.get(job_id) == again

@@ -242,3 +242,8 @@ def test_the_database_refuses_a_lease_outside_in_progress(client: Client, conn: 
     job = client.enqueue("t")
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("update errands_jobs set lease_owner = 'x' where id = %s", (job.id,))
+
+
+def test_a_queue_named_twice_is_claimed_from_once(client: Client, conn: Conn) -> None:
+    client.enqueue_many([{"task": "t"}, {"task": "t"}])
+    assert len(claim(conn, "w1", ["default", "default"], limit=2, lease_seconds=30)) == 2

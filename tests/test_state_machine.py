@@ -75,6 +75,7 @@ class ModelJob:
     payload: dict[str, Any]
     priority: int
     max_attempts: int
+    budget: int  # what a manual retry grants again
     state: JobState = JobState.PENDING
     attempts: int = 0
     owner: str | None = None
@@ -218,6 +219,7 @@ class QueueMachine(RuleBasedStateMachine):
             request.payload,
             request.priority,
             request.max_attempts,
+            budget=request.max_attempts,
         )
         if key is not None:
             self.keys[key] = job.id
@@ -363,8 +365,10 @@ class QueueMachine(RuleBasedStateMachine):
         after = manage(self.conn, job_id)
         assert after.errors == before.errors, "the error history stays"
         if action == "retry":
-            assert (after.state, after.attempts) == (JobState.PENDING, 0), "a fresh budget"
-            model.attempts = 0
+            # Attempts keep counting (they fence writes); the budget is granted again.
+            assert after.attempts == before.attempts, "attempts never go back"
+            assert after.max_attempts == before.attempts + model.budget, "a fresh budget"
+            model.max_attempts = after.max_attempts
         model.state = after.state
         assert model.state is (JobState.PENDING if action == "retry" else JobState.CANCELLED)
 

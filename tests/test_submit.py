@@ -141,3 +141,27 @@ def test_registered_task_supplies_queue_and_budget_defaults(client: Client) -> N
     job = client.enqueue("registered_for_defaults", {"to": "x"})
     assert (job.queue, job.max_attempts) == ("mail", 9)
     assert client.enqueue("registered_for_defaults", queue="other").queue == "other"
+
+
+def test_a_replay_matches_numbers_by_value_as_the_database_stores_them(
+    client: Client, conn: Any
+) -> None:
+    first = client.enqueue("t", {"n": 1e23}, idempotency_key="big")
+    assert client.enqueue("t", {"n": 1e23}, idempotency_key="big").id == first.id
+    assert (
+        client.enqueue_many([{"task": "t", "payload": {"n": 1e23}, "idempotency_key": "big"}])[0].id
+        == first.id
+    )
+
+
+def test_a_key_repeated_in_a_batch_with_another_payload_is_a_conflict(
+    client: Client, conn: Any
+) -> None:
+    with pytest.raises(IdempotencyConflict):
+        client.enqueue_many(
+            [
+                {"task": "t", "idempotency_key": "k"},
+                {"task": "t", "payload": {"x": 1}, "idempotency_key": "k"},
+            ]
+        )
+    assert count_jobs(conn) == 0

@@ -49,9 +49,9 @@ class JobRequest:
     def payload_json(self) -> str:
         return json.dumps(self.payload, allow_nan=False, separators=(",", ":"))
 
-    def same_request_as(self, task: str, queue: str, payload: Any) -> bool:
-        """Whether a stored job answers this request (the idempotent replay test)."""
-        return (task, queue, payload) == (self.task, self.queue, self.payload)
+    def same_request_as(self, other: JobRequest) -> bool:
+        """Whether `other` replays this request: the same task, queue and payload."""
+        return (self.task, self.queue, self.payload) == (other.task, other.queue, other.payload)
 
 
 def parse_request(fields: Mapping[str, Any], *, prefix: str = "") -> JobRequest:

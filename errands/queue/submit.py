@@ -44,7 +44,7 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
         for _ in range(_KEY_RACE_TRIES):
             row = cur.execute(query("enqueue"), params).fetchone()
             if row is not None:
-                return _answer(request, Job.from_row(row), created=row["created"])
+                return _answer(request, row)
     raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
 
 
@@ -86,24 +86,27 @@ def _match(requests: Sequence[JobRequest], rows: list[dict[str, Any]]) -> list[E
     fresh = iter(unkeyed)
 
     answers = []
-    answered_keys: set[str] = set()
+    first_with_key: dict[str, JobRequest] = {}
     for request in requests:
         key = request.idempotency_key
         if key is None:
-            row = next(fresh)
-            answers.append(Enqueued(Job.from_row(row), created=True))
-            continue
-        if key not in by_key:
+            answers.append(Enqueued(Job.from_row(next(fresh)), created=True))
+        elif key not in by_key:
             raise _KeyRace
-        row = by_key[key]
-        # A key repeated inside one batch is created once; later copies replay it.
-        created = row["created"] and key not in answered_keys
-        answered_keys.add(key)
-        answers.append(_answer(request, Job.from_row(row), created))
+        elif key not in first_with_key:
+            first_with_key[key] = request
+            answers.append(_answer(request, by_key[key]))
+        else:
+            # A key repeated inside one batch: later copies replay the first.
+            job = Job.from_row(by_key[key])
+            if not request.same_request_as(first_with_key[key]):
+                raise IdempotencyConflict(key, job.id)
+            answers.append(Enqueued(job, created=False))
     return answers
 
 
-def _answer(request: JobRequest, job: Job, created: bool) -> Enqueued:
-    if not created and not request.same_request_as(job.task, job.queue, job.payload):
+def _answer(request: JobRequest, row: dict[str, Any]) -> Enqueued:
+    job = Job.from_row(row)
+    if not row["same_request"]:
         raise IdempotencyConflict(request.idempotency_key or "", job.id)
-    return Enqueued(job, created)
+    return Enqueued(job, created=row["created"])

@@ -11,15 +11,18 @@
 -- transaction still in flight is invisible to this statement's snapshot; the
 -- caller runs it again when it returns no row.
 with inserted as (
-    insert into errands_jobs (task, queue, payload, priority, run_at, max_attempts, idempotency_key)
+    insert into errands_jobs
+        (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
     values (%(task)s, %(queue)s, %(payload)s, %(priority)s, coalesce(%(run_at)s, now()),
-            %(max_attempts)s, %(idempotency_key)s)
+            %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s)
     on conflict (idempotency_key) do nothing
     returning *
 )
-select true as created, * from inserted
+select true as created, true as same_request, * from inserted
 union all
-select false, * from errands_jobs
+-- jsonb compares numbers by value: 1e23 in the request equals the stored 100000000000000000000000.
+select false, (task, queue, payload) = (%(task)s, %(queue)s, %(payload)s::jsonb), *
+from errands_jobs
 where idempotency_key = %(idempotency_key)s;
 
 -- name: enqueue_many
@@ -32,16 +35,25 @@ with requested as (
     ) with ordinality as r(task, queue, payload, priority, run_at, max_attempts, idempotency_key, n)
 ),
 inserted as (
-    insert into errands_jobs (task, queue, payload, priority, run_at, max_attempts, idempotency_key)
-    select task, queue, payload, priority, coalesce(run_at, now()), max_attempts, idempotency_key
+    insert into errands_jobs
+        (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
+    select task, queue, payload, priority, coalesce(run_at, now()), max_attempts, max_attempts,
+           idempotency_key
     from requested order by n
     on conflict (idempotency_key) do nothing
     returning *
 )
-select true as created, * from inserted
+select true as created, true as same_request, * from inserted
 union all
-select false, * from errands_jobs
-where idempotency_key in (select idempotency_key from requested);
+-- A stored job answers the first request of the batch that names its key.
+select false, (job.task, job.queue, job.payload) = (first.task, first.queue, first.payload), job.*
+from errands_jobs as job
+cross join lateral (
+    select task, queue, payload from requested
+    where requested.idempotency_key = job.idempotency_key
+    order by n limit 1
+) as first
+where job.idempotency_key in (select idempotency_key from requested);
 
 -- name: claim
 -- Take up to `limit` claimable jobs of the given queues, best first; rows other
@@ -50,7 +62,7 @@ where idempotency_key in (select idempotency_key from requested);
 -- claimable row instead).
 with claimable as (
     select candidate.id
-    from unnest(%(queues)s::text[]) as wanted(queue)
+    from (select distinct unnest(%(queues)s::text[])) as wanted(queue)
     cross join lateral (
         select id, priority, run_at from errands_jobs
         where queue = wanted.queue and state in ('pending', 'failed') and run_at <= now()
@@ -139,10 +151,11 @@ from recovered;
 
 -- name: retry
 -- A manual retry: a dead or cancelled job runs again with a fresh attempt
--- budget; its error history stays.
+-- budget; attempts keep counting (they fence writes) and its error history stays.
 with retried as (
     update errands_jobs
-    set state = 'pending', attempts = 0, run_at = now(), finished_at = null, updated_at = now()
+    set state = 'pending', max_attempts = attempts + attempt_budget, run_at = now(),
+        finished_at = null, updated_at = now()
     where id = %(id)s and state in ('dead', 'cancelled')
     returning *
 )

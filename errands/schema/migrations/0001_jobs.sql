@@ -15,6 +15,9 @@ create table errands_jobs (
     run_at           timestamptz not null default now(),
     attempts         integer not null default 0,
     max_attempts     integer not null default 5,
+    -- The budget a manual retry grants again; attempts never go back, so that a
+    -- fenced write by an attempt from before the retry can never match.
+    attempt_budget   integer not null default 5,
     idempotency_key  text unique,
     lease_owner      text,
     lease_expires_at timestamptz,
@@ -30,7 +33,9 @@ create table errands_jobs (
     constraint errands_jobs_queue_name check (queue ~ '^[A-Za-z0-9_.:-]{1,200}$'),
     constraint errands_jobs_payload_object check (jsonb_typeof(payload) = 'object'),
     constraint errands_jobs_errors_array check (jsonb_typeof(errors) = 'array'),
-    constraint errands_jobs_budget check (max_attempts >= 1 and attempts between 0 and max_attempts),
+    constraint errands_jobs_budget check (
+        max_attempts >= 1 and attempt_budget >= 1 and attempts between 0 and max_attempts
+    ),
     constraint errands_jobs_idempotency_key_length check (length(idempotency_key) between 1 and 255),
     -- A lease exists exactly while the job runs.
     constraint errands_jobs_lease_iff_in_progress check (
