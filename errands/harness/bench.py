@@ -217,14 +217,18 @@ class Bench:
                 ratio_to="pgbench -N 4 clients",
             )
         )
-        per_thousand = {"supervisor + workers": worker_cpu, "PostgreSQL": pg_cpu}
-        for who, cpu in per_thousand.items():
+        cpu_by = {
+            "workers": ("supervisor + workers", worker_cpu),
+            "postgres": ("PostgreSQL", pg_cpu),
+        }
+        for short, (who, cpu) in cpu_by.items():
             if cpu is not None:
+                per_thousand = cpu / jobs * 1000
                 self._add(
                     Figure(
-                        f"{figure_id} cpu {who.split()[0].lower()}",
-                        f"CPU seconds per 1,000 jobs: {who}",
-                        cpu / jobs * 1000,
+                        f"{figure_id} cpu {short}",
+                        f"CPU s per 1,000 jobs: {who}",
+                        per_thousand,
                         "s",
                     )
                 )
