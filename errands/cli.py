@@ -6,12 +6,14 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import psycopg
 
+from errands.api import serve
 from errands.client import Client
 from errands.config import Settings
 from errands.database import connect, resolve_url
@@ -68,6 +70,13 @@ def emit(as_json: bool, data: Any, text: str) -> None:
 # -- the daemon ------------------------------------------------------------------------------
 
 
+def http_options(func: F) -> F:
+    func = click.option(
+        "--port", type=click.IntRange(1, 65535), help="HTTP port [env: ERRANDS_HTTP_ADDR]"
+    )(func)
+    return click.option("--host", help="HTTP address to bind [env: ERRANDS_HTTP_ADDR]")(func)
+
+
 @cli.command()
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Worker processes [env: ERRANDS_WORKERS]"
@@ -111,6 +120,7 @@ def emit(as_json: bool, data: Any, text: str) -> None:
     "--poll-only", is_flag=True, help="No LISTEN/NOTIFY (behind a transaction-pooling PgBouncer)."
 )
 @click.option("--no-http", is_flag=True, help="Do not start the HTTP API child.")
+@http_options
 @pass_context
 def run(
     ctx: Context,
@@ -125,6 +135,8 @@ def run(
     ack: str,
     poll_only: bool,
     no_http: bool,
+    host: str | None,
+    port: int | None,
 ) -> None:
     """Run the supervisor: worker processes (and the HTTP API), until SIGTERM/SIGINT."""
     s = ctx.settings
@@ -140,13 +152,38 @@ def run(
         ack="immediate" if ack == "immediate" else "batched",
         listen=not poll_only,
     )
+    grace_seconds = s.grace_seconds if grace is None else grace
+    http_main = None if no_http else partial(_serve_api, ctx, worker.url, host, port, grace_seconds)
     options = SupervisorOptions(
         worker=worker,
         workers=workers or s.workers,
-        grace_seconds=s.grace_seconds if grace is None else grace,
+        grace_seconds=grace_seconds,
         reaper_seconds=reaper or s.reaper_seconds,
+        http_main=http_main,
     )
     sys.exit(Supervisor(options).run())
+
+
+@cli.command()
+@http_options
+@pass_context
+def api(ctx: Context, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API alone (no workers)."""
+    sys.exit(_serve_api(ctx, ctx.database_url(), host, port, ctx.settings.grace_seconds))
+
+
+def _serve_api(
+    ctx: Context, url: str, host: str | None, port: int | None, grace_seconds: float
+) -> int:
+    default_host, default_port = ctx.settings.http_host_port
+    return serve(
+        url,
+        host or default_host,
+        port or default_port,
+        tokens=ctx.settings.api_tokens,
+        lease_seconds=ctx.settings.lease_seconds,
+        grace_seconds=grace_seconds,
+    )
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -282,22 +319,8 @@ def stats(ctx: Context, as_json: bool) -> None:
     """Jobs per queue and state, and live workers."""
     with ctx.client() as client:
         result = client.stats()
-    queues = {q.queue: {s.value: n for s, n in q.counts.items()} for q in result.queues}
-    data = {
-        "queues": queues,
-        "workers": [
-            {
-                "id": w.id,
-                "host": w.host,
-                "pid": w.pid,
-                "queues": w.queues,
-                "concurrency": w.concurrency,
-                "started_at": w.started_at.isoformat(),
-                "heartbeat_at": w.heartbeat_at.isoformat(),
-            }
-            for w in result.workers
-        ],
-    }
+    data = result.to_dict()
+    queues = data["queues"]
     states = [s.value for s in JobState]
     lines = [f"{'QUEUE':<16}" + "".join(f"{s:>13}" for s in states)]
     for queue, counts in queues.items():

@@ -11,21 +11,26 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+import uvicorn
 from hypothesis import HealthCheck, settings
 from psycopg.conninfo import make_conninfo
 
 from errands import Client, embedded
+from errands.api import App
 from errands.schema import migrate
 from tests.daemon import Daemon
 
@@ -35,6 +40,7 @@ settings.register_profile(
 settings.load_profile("errands")
 
 TEMPLATE = "errands_test_template"
+ServeApi = Callable[..., httpx.Client]
 _numbers = itertools.count()
 
 
@@ -166,3 +172,42 @@ def start_daemon(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]
     yield start
     for daemon in started:
         daemon.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def serve_api(db_url: str) -> Iterator[ServeApi]:
+    """Start the API on a free port (uvicorn on a thread); returns an HTTP client for it."""
+    servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
+
+    def start(tokens: tuple[str, ...] = (), url: str = db_url) -> httpx.Client:
+        port = free_port()
+        app = App(url, tokens, lease_seconds=30)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.01)
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        servers.append((server, thread, http))
+        return http
+
+    yield start
+    for server, thread, http in servers:
+        http.close()
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def api(serve_api: ServeApi) -> httpx.Client:
+    return serve_api()

@@ -36,11 +36,14 @@ def wait_for(check: Callable[[], T | None], timeout: float = 20, what: str = "")
 
 
 class Daemon(DaemonProcess):
-    """`errands run --no-http` on a test's database, with short leases and test tasks."""
+    """`errands run` on a test's database, with short leases and test tasks.
+
+    Without `--port` among its arguments it runs without the HTTP child.
+    """
 
     def __init__(self, db_url: str, log_path: Path, *args: str, **env: str) -> None:
         super().__init__(
-            ["run", "--no-http", *args],
+            ["run", *args] if "--port" in args else ["run", "--no-http", *args],
             {
                 **os.environ,
                 "ERRANDS_DATABASE_URL": db_url,

@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from errands import Client, JobState
 from errands.harness.process import alive
+from tests.conftest import free_port
 from tests.daemon import Daemon, wait_for
 
 StartDaemon = Callable[..., Daemon]
@@ -231,3 +233,35 @@ def test_a_worker_paused_past_its_lease_cannot_overwrite_the_job_it_lost(
 
     wait_for(zombie_noticed, what="the zombie to report its lost lease")
     assert client.get(job.id) == done  # nothing the zombie did changed the job
+
+
+def test_metrics_from_every_process_move_as_jobs_run(
+    start_daemon: StartDaemon, client: Client
+) -> None:
+    port = free_port()
+    daemon = start_daemon("--workers", "2", "--port", str(port))
+    (victim, _) = daemon.wait_for_workers(2)
+    jobs = client.enqueue_many([{"task": "record"}] * 10)
+    for job in jobs:
+        wait_for_state(client, job.id, JobState.COMPLETED)
+    os.kill(victim, signal.SIGKILL)
+    daemon.wait_for_workers(2)
+
+    def scrape() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("errands_")
+        }
+
+    def settled() -> dict[str, float] | None:
+        found = scrape()
+        return found if found.get("errands_worker_restarts_total") == 1 else None
+
+    metrics = wait_for(settled, what="the restart to be counted")
+    assert metrics['errands_jobs_completed_total{queue="default",task="record"}'] == 10
+    assert metrics["errands_workers_alive"] == 2
+    assert metrics['errands_queue_jobs{queue="default",state="completed"}'] == 10
+    assert metrics['errands_job_duration_seconds_count{queue="default",task="record"}'] == 10
+    assert daemon.stop() == 0

@@ -61,8 +61,10 @@ def test_a_boolean_is_not_an_integer() -> None:
         parse_request({"task": "t", "max_attempts": True})
 
 
-# PostgreSQL's jsonb cannot hold NUL characters; everything else JSON can say is fine.
-json_text = st.text(alphabet=st.characters(exclude_characters="\x00"), max_size=10)
+# PostgreSQL cannot hold NUL characters nor lone surrogates; everything else JSON says is fine.
+json_text = st.text(
+    alphabet=st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=10
+)
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -83,3 +85,23 @@ def test_any_json_object_is_a_valid_payload(payload: dict[str, Any]) -> None:
 def test_any_non_object_payload_is_refused(payload: Any) -> None:
     with pytest.raises(InvalidJob, match="payload"):
         parse_request({"task": "t", "payload": payload})
+
+
+def test_an_integral_float_is_an_integer_as_json_schema_says() -> None:
+    request = parse_request({"task": "t", "priority": 3.0, "max_attempts": 2.0})
+    assert (request.priority, request.max_attempts) == (3, 2)
+    assert isinstance(request.priority, int)
+
+
+def test_a_lone_surrogate_is_refused_before_the_database_sees_it() -> None:
+    with pytest.raises(InvalidJob, match="payload"):
+        parse_request({"task": "t", "payload": {"k": "\ud800"}})
+    with pytest.raises(InvalidJob, match="idempotency_key"):
+        parse_request({"task": "t", "idempotency_key": "\ud800"})
+
+
+def test_run_at_is_kept_in_utc_whatever_its_offset() -> None:
+    request = parse_request({"task": "t", "run_at": "2030-01-01T00:00:00-18:30"})
+    assert request.run_at is not None and request.run_at.isoformat() == "2030-01-01T18:30:00+00:00"
+    with pytest.raises(InvalidJob, match="run_at"):
+        parse_request({"task": "t", "run_at": "9999-12-31T23:59:59-05:00"})

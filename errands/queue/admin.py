@@ -80,17 +80,37 @@ class Stats:
     queues: list[QueueCounts]
     workers: list[WorkerInfo]
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as the CLI and the HTTP API show it."""
+        return {
+            "queues": {q.queue: {s.value: n for s, n in q.counts.items()} for q in self.queues},
+            "workers": [
+                {
+                    "id": w.id,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "queues": w.queues,
+                    "concurrency": w.concurrency,
+                    "started_at": w.started_at.isoformat(),
+                    "heartbeat_at": w.heartbeat_at.isoformat(),
+                }
+                for w in self.workers
+            ],
+        }
+
 
 def stats(conn: psycopg.Connection[Any], worker_silence_seconds: float) -> Stats:
-    """Jobs per queue and state (finished rows are never counted one by one), and live workers."""
+    """Jobs per queue and state, and the workers heard from within `worker_silence_seconds`."""
+    return Stats(job_counts(conn), live_workers(conn, worker_silence_seconds))
+
+
+def job_counts(conn: psycopg.Connection[Any]) -> list[QueueCounts]:
+    """Jobs per queue and state; finished rows are never counted one by one."""
     counts: dict[str, dict[JobState, int]] = {}
     for queue, state, jobs in conn.execute(query("stats")):
         per_state = counts.setdefault(queue, dict.fromkeys(JobState, 0))
         per_state[JobState(state)] += int(jobs)
-    return Stats(
-        queues=[QueueCounts(queue, counts[queue]) for queue in sorted(counts)],
-        workers=live_workers(conn, worker_silence_seconds),
-    )
+    return [QueueCounts(queue, counts[queue]) for queue in sorted(counts)]
 
 
 def oldest_pending_seconds(conn: psycopg.Connection[Any]) -> dict[str, float]:

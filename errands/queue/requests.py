@@ -71,10 +71,12 @@ def parse_request(fields: Mapping[str, Any], *, prefix: str = "") -> JobRequest:
     check("queue", _name_problem(queue, QUEUE_NAME, "a queue name", required=True))
     payload, problem = _payload(fields.get("payload"))
     check("payload", problem)
-    priority = fields.get("priority", 0)
-    check("priority", _integer_problem(priority, *INT32))
-    max_attempts = fields.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
-    check("max_attempts", _integer_problem(max_attempts, 1, MAX_ATTEMPTS_LIMIT))
+    priority, problem = _integer(fields.get("priority", 0), *INT32)
+    check("priority", problem)
+    max_attempts, problem = _integer(
+        fields.get("max_attempts", DEFAULT_MAX_ATTEMPTS), 1, MAX_ATTEMPTS_LIMIT
+    )
+    check("max_attempts", problem)
     key = fields.get("idempotency_key")
     check("idempotency_key", _key_problem(key))
     run_at, problem = _run_at(fields.get("run_at"), fields.get("delay"))
@@ -104,12 +106,15 @@ def _name_problem(value: Any, pattern: re.Pattern[str], what: str, required: boo
     return None
 
 
-def _integer_problem(value: Any, low: int, high: int) -> str | None:
+def _integer(value: Any, low: int, high: int) -> tuple[int, str | None]:
+    # JSON has one number type: 3.0 is the integer 3, as JSON Schema also says.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        return "must be an integer"
+        return 0, "must be an integer"
     if not low <= value <= high:
-        return f"must be between {low} and {high}"
-    return None
+        return 0, f"must be between {low} and {high}"
+    return value, None
 
 
 def _key_problem(value: Any) -> str | None:
@@ -117,7 +122,18 @@ def _key_problem(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY:
         return f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"
+    if "\x00" in value or not _is_unicode(value):
+        return "must be valid Unicode without NUL characters"
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    """JSON may carry lone surrogates ("\\ud800"); UTF-8, and so PostgreSQL, cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _payload(value: Any) -> tuple[dict[str, Any], str | None]:
@@ -134,6 +150,8 @@ def _payload(value: Any) -> tuple[dict[str, Any], str | None]:
         return {}, f"must be JSON-serialisable without NaN or infinity ({exc})"
     if _ESCAPED_NUL.search(text):
         return {}, "must not contain NUL characters (PostgreSQL cannot store them)"
+    if not _is_unicode(json.dumps(value, ensure_ascii=False)):
+        return {}, "must be valid Unicode (a lone surrogate is not)"
     return json.loads(text), None
 
 
@@ -163,4 +181,8 @@ def _run_at(run_at: Any, delay: Any) -> tuple[datetime | None, str | None]:
         return None, "must be a timestamp"
     if run_at.tzinfo is None or run_at.utcoffset() is None:
         return None, "must carry a time zone offset (a naive time is ambiguous)"
-    return run_at, None
+    try:
+        # In UTC: PostgreSQL refuses offsets beyond ±15:59 that Python accepts.
+        return run_at.astimezone(UTC), None
+    except OverflowError:
+        return None, "is out of range"

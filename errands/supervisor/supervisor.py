@@ -13,11 +13,14 @@ import errno
 import os
 import secrets
 import select
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -25,6 +28,7 @@ import psycopg
 import structlog
 
 from errands.database import connect, connect_retrying
+from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
 from errands.queue import Recovered, forget, reap, release
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
 from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
@@ -62,6 +66,16 @@ class Supervisor:
     # -- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> int:
+        given = os.environ.get(MULTIPROC_ENV)
+        metrics_dir = Path(given or tempfile.mkdtemp(prefix="errands-metrics-"))
+        enable_multiprocess(metrics_dir)
+        try:
+            return self._run()
+        finally:
+            if not given:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _run(self) -> int:
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w)
@@ -181,6 +195,7 @@ class Supervisor:
 
     def _on_child_exit(self, child: Child, status: int) -> None:
         child.close()
+        process_exited(child.pid)
         if child.worker_id is not None:
             self._unreleased.append(child.worker_id)
             self._release_unreleased()
@@ -206,6 +221,7 @@ class Supervisor:
         else:
             slot.crashes, delay = 0, 0.0
         slot.start_after = time.monotonic() + delay
+        metrics().worker_restarts.inc()
         log = _log.info if code == EXIT_REPLACE else _log.error
         log("child exited; restarting", restart_in_seconds=delay, crash_loop=slot.crashes, **fields)
 
@@ -223,6 +239,7 @@ class Supervisor:
                 return
             self._unreleased.pop(0)
             _log_recovered(recovered, "released the jobs of an exited worker", worker_id)
+            metrics().jobs_recovered.labels("worker_exited").inc(len(recovered))
 
     def _run_reaper_when_due(self) -> None:
         now = time.monotonic()
@@ -235,6 +252,7 @@ class Supervisor:
             self._drop_connection(exc)
             return
         _log_recovered(recovered or [], "reaper recovered jobs whose lease expired", None)
+        metrics().jobs_recovered.labels("lease_expired").inc(len(recovered or []))
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:

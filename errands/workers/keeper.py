@@ -18,6 +18,7 @@ import psycopg
 import structlog
 
 from errands.database import connect
+from errands.metrics import record_failure
 from errands.queue import Job, announce, fail, heartbeat
 from errands.workers.running import Entry, RunningJobs, log_fields
 
@@ -118,7 +119,7 @@ class LeaseKeeper(threading.Thread):
                 **log_fields(entry, self._worker_id),
             )
             try:
-                fail(
+                state = fail(
                     self._connection(),
                     self._worker_id,
                     entry.held,
@@ -126,6 +127,8 @@ class LeaseKeeper(threading.Thread):
                     None,
                     self._retry_delay(entry.job),
                 )
+                if state is not None:
+                    record_failure(entry.job, state)
             except psycopg.OperationalError as exc:
                 # Its lease expires and the reaper takes it back, attempt spent.
                 self._drop_connection()

@@ -18,6 +18,7 @@ class Entry:
     deadline: float | None  # monotonic time past which the attempt is timed out
     started: float = field(default_factory=time.monotonic)
     lost: bool = False  # the lease is gone: the outcome must not be written
+    timed_out: bool = False  # failed by the lease keeper: the outcome is moot
 
     @property
     def held(self) -> Held:
@@ -70,7 +71,7 @@ class RunningJobs:
                 if e.deadline is not None and e.deadline < now and not e.lost
             ]
             for entry in overdue:
-                entry.lost = True
+                entry.lost = entry.timed_out = True
                 del self._entries[entry.job.id]
         return overdue
 

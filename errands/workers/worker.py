@@ -26,6 +26,7 @@ import structlog
 
 from errands.backoff import Backoff
 from errands.database import connect_retrying
+from errands.metrics import metrics, record_failure
 from errands.queue import Completion, Job, claim, complete, complete_and_claim, fail
 from errands.tasks import registered, registered_tasks
 from errands.workers.execution import Failed, Outcome, Succeeded, execute
@@ -91,6 +92,7 @@ class Worker:
             parent_pid=self.options.parent_pid,
         )
         keeper.start()
+        metrics().workers_alive.set(1)
         _log.info(
             "worker started",
             worker=self.options.worker_id,
@@ -148,6 +150,7 @@ class Worker:
                 self._lose_connection(exc)
                 continue
             for job in claimed:
+                _record_wait(job)
                 entry = self.running.start(job, self._timeout_of(job))
                 pool.submit(self._execute, entry)
             if claimed:
@@ -177,6 +180,7 @@ class Worker:
             if entry.job.id in completed:
                 fields = log_fields(entry, self.options.worker_id)
                 _log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
+                metrics().jobs_completed.labels(entry.job.queue, entry.job.task).inc()
             else:
                 self._report_lost(entry)
 
@@ -195,6 +199,7 @@ class Worker:
             if state is None:
                 self._report_lost(entry)
             else:
+                record_failure(entry.job, state)
                 _log.warning(
                     "job failed",
                     error=outcome.error,
@@ -208,8 +213,11 @@ class Worker:
                 entry, outcome = self._outcomes.get_nowait()
             except queue.Empty:
                 return
+            job = entry.job
+            metrics().job_duration.labels(job.queue, job.task).observe(outcome.seconds)
             if not self.running.finish(entry):
-                self._report_lost(entry)
+                if not entry.timed_out:  # a timed-out attempt's failure is recorded already
+                    self._report_lost(entry)
             elif isinstance(outcome, Succeeded):
                 self._acks.append((entry, outcome))
             else:
@@ -223,6 +231,7 @@ class Worker:
 
     def _report_lost(self, entry: Entry) -> None:
         _log.warning("lease lost; result not written", **log_fields(entry, self.options.worker_id))
+        metrics().leases_lost.inc()
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -282,6 +291,12 @@ class Worker:
     def _timeout_of(self, job: Job) -> float | None:
         spec = registered(job.task)
         return spec.timeout if spec else None
+
+
+def _record_wait(job: Job) -> None:
+    if job.started_at is not None:
+        waited = max(0.0, (job.started_at - job.run_at).total_seconds())
+        metrics().job_wait.labels(job.queue, job.task).observe(waited)
 
 
 def run_worker(options: WorkerOptions) -> int:

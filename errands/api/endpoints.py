@@ -1,0 +1,190 @@
+"""What each endpoint does: validate, call the queue functions, shape the answer.
+
+Handlers are plain functions run on worker threads with a pooled connection;
+they raise HTTPError for every answer that is not a success.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from errands import queue
+from errands.api.http import HTTPError, Request, Response, invalid, json_body
+from errands.api.openapi import MAX_BATCH
+from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
+from errands.metrics import exposition, metrics, queue_gauges
+from errands.queue import Enqueued, Job, JobRequest, JobState
+from errands.queue.admin import MAX_LIST_LIMIT
+
+MAX_ID = 2**63 - 1
+LIST_FIELDS = frozenset({"state", "queue", "task", "limit", "after"})
+
+Conn = psycopg.Connection[Any]
+
+
+def submit(conn: Conn, request: Request) -> Response:
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise invalid([FieldError("body", "must be a JSON object with the job's fields")])
+    job_request = _parse(_with_header_key(body, request), prefix="")
+    answer = _enqueue(lambda: [queue.enqueue(conn, job_request)])[0]
+    status, headers = (201, []) if answer.created else (200, [("Idempotent-Replayed", "true")])
+    headers.append(("Location", f"/jobs/{answer.job.id}"))
+    return Response.json(status, answer.job.to_dict(), headers=headers, job_id=answer.job.id)
+
+
+def submit_batch(conn: Conn, request: Request) -> Response:
+    body = json_body(request)
+    if not isinstance(body, dict) or set(body) != {"jobs"}:
+        raise invalid([FieldError("body", 'must be an object with one field, "jobs"')])
+    items = body["jobs"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise invalid([FieldError("jobs", f"must be a list of 1 to {MAX_BATCH} jobs")])
+    requests, errors = [], []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append(FieldError(f"jobs[{n}]", "must be a JSON object"))
+            continue
+        try:
+            requests.append(queue.parse_request(item, prefix=f"jobs[{n}]."))
+        except InvalidJob as exc:
+            errors += exc.errors
+    if errors:
+        raise invalid(errors)
+    answers = _enqueue(lambda: queue.enqueue_many(conn, requests))
+    return Response.json(201, {"jobs": [a.job.to_dict() for a in answers]})
+
+
+def get_job(conn: Conn, request: Request) -> Response:
+    job = queue.get(conn, _job_id(request))
+    if job is None:
+        raise _not_found(request)
+    return Response.json(200, job.to_dict(), job_id=job.id)
+
+
+def list_jobs(conn: Conn, request: Request) -> Response:
+    query = request.query
+    errors = [
+        FieldError(name, "unknown query parameter") for name in sorted(set(query) - LIST_FIELDS)
+    ]
+    state = query.get("state")
+    if state is not None and state not in {s.value for s in JobState}:
+        errors.append(FieldError("state", f"must be one of {', '.join(s.value for s in JobState)}"))
+    errors += [
+        FieldError(name, "must not contain NUL characters")
+        for name in ("queue", "task")
+        if "\x00" in query.get(name, "")
+    ]
+    limit = _int_param(query, "limit", 100, 1, MAX_LIST_LIMIT, errors)
+    after = _int_param(query, "after", None, 1, MAX_ID, errors)
+    if errors:
+        raise invalid(errors)
+    jobs = queue.list_jobs(
+        conn,
+        state=state,
+        queue=query.get("queue"),
+        task=query.get("task"),
+        limit=limit,
+        after=after,
+    )
+    next_after = jobs[-1].id if len(jobs) == limit else None
+    return Response.json(200, {"jobs": [j.to_dict() for j in jobs], "next_after": next_after})
+
+
+def retry_job(conn: Conn, request: Request) -> Response:
+    return _manage(conn, request, queue.retry)
+
+
+def cancel_job(conn: Conn, request: Request) -> Response:
+    return _manage(conn, request, queue.cancel)
+
+
+def stats(conn: Conn, request: Request, lease_seconds: float) -> Response:
+    return Response.json(200, queue.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
+
+
+def ready(conn: Conn, request: Request) -> Response:
+    conn.execute("select 1")
+    return Response.json(200, {"status": "ready"})
+
+
+def prometheus(conn: Conn, request: Request) -> Response:
+    def database_gauges() -> list[Any]:
+        counts = [
+            (q.queue, state.value, n)
+            for q in queue.job_counts(conn)
+            for state, n in q.counts.items()
+        ]
+        return queue_gauges(counts, queue.oldest_pending_seconds(conn))
+
+    return Response(200, exposition(database_gauges), "text/plain; version=0.0.4; charset=utf-8")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _with_header_key(body: dict[str, Any], request: Request) -> dict[str, Any]:
+    header = request.headers.get("idempotency-key")
+    if header is None:
+        return body
+    if "idempotency_key" in body and body["idempotency_key"] != header:
+        raise invalid([FieldError("idempotency_key", "differs from the Idempotency-Key header")])
+    return {**body, "idempotency_key": header}
+
+
+def _parse(fields: dict[str, Any], prefix: str) -> JobRequest:
+    try:
+        return queue.parse_request(fields, prefix=prefix)
+    except InvalidJob as exc:
+        raise invalid(exc.errors) from None
+
+
+def _enqueue(store: Any) -> list[Enqueued]:
+    try:
+        answers: list[Enqueued] = store()
+    except IdempotencyConflict as exc:
+        raise HTTPError(409, "idempotency_conflict", str(exc)) from None
+    for answer in answers:
+        if answer.created:
+            metrics().jobs_enqueued.labels(answer.job.queue, answer.job.task).inc()
+    return answers
+
+
+def _manage(conn: Conn, request: Request, action: Any) -> Response:
+    try:
+        job: Job = action(conn, _job_id(request))
+    except JobNotFound:
+        raise _not_found(request) from None
+    except InvalidState as exc:
+        raise HTTPError(409, "invalid_state", str(exc)) from None
+    return Response.json(200, job.to_dict(), job_id=job.id)
+
+
+def _job_id(request: Request) -> int:
+    job_id = int(request.params["id"])  # the route matched digits only
+    if job_id > MAX_ID:
+        raise _not_found(request)
+    return job_id
+
+
+def _not_found(request: Request) -> HTTPError:
+    return HTTPError(404, "not_found", f"job {request.params.get('id')} does not exist")
+
+
+def _int_param(
+    query: dict[str, str],
+    name: str,
+    default: int | None,
+    low: int,
+    high: int,
+    errors: list[FieldError],
+) -> Any:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        errors.append(FieldError(name, f"must be an integer between {low} and {high}"))
+        return default
+    return int(raw)
