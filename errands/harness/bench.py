@@ -9,10 +9,15 @@ machines compare.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
+import re
+import shutil
 import signal
+import socket
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -23,15 +28,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from errands.client import Client
 from errands.database import connect
+from errands.errors import ConfigurationError
 from errands.harness import pgbench
 from errands.harness.process import DaemonProcess, ProcStat, rss_megabytes, tree_cpu_seconds
 
 NOOP = "bench.noop"
+JSON = {"Content-Type": "application/json"}
 HOLD = "bench.hold"
 
 
@@ -66,6 +74,8 @@ WORKLOADS = (
     "baseline",
     "enqueue-single",
     "enqueue-batch",
+    "http-single",
+    "http-batch",
     "drain",
     "drain-immediate",
     "latency",
@@ -189,6 +199,54 @@ class Bench:
                 ratio_to="INSERT 1 client",
             )
         )
+
+    def http_single(self) -> None:
+        seconds = self.sizes.baseline_seconds
+        with self._api() as base:
+            rate = wrk_post(
+                f"{base}/jobs", '{"task": "bench.noop"}', connections=16, seconds=seconds
+            )
+        self._add(
+            Figure(
+                "http-single",
+                "POST /jobs, 16 keep-alive connections (wrk)",
+                rate,
+                "jobs/s",
+                ratio_to="INSERT 4 clients",
+            )
+        )
+
+    def http_batch(self) -> None:
+        jobs, batch = self.sizes.enqueue_batch, 1000
+        body = json.dumps({"jobs": [{"task": NOOP}] * batch})
+        with self._api() as base, httpx.Client(base_url=base, timeout=60) as http:
+            started = time.perf_counter()
+            for _ in range(jobs // batch):
+                response = http.post("/jobs/batch", content=body, headers=JSON)
+                response.raise_for_status()
+            rate = jobs / (time.perf_counter() - started)
+        self._add(
+            Figure(
+                "http-batch",
+                f"POST /jobs/batch of {batch}, one client",
+                rate,
+                "jobs/s",
+                ratio_to="INSERT 1 client",
+            )
+        )
+
+    @contextmanager
+    def _api(self) -> Iterator[str]:
+        port = _free_port()
+        log = self.logs / f"api-{port}.log"
+        env = {**os.environ, "ERRANDS_DATABASE_URL": self.url, "ERRANDS_LOG_FORMAT": "json"}
+        api = DaemonProcess(["api", "--host", "127.0.0.1", "--port", str(port)], env, log).start()
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _poll(lambda: _answers(f"{base}/health"), "the API to start", interval=0.05)
+            yield base
+        finally:
+            api.stop()
 
     def drain(self, ack: str = "batched") -> None:
         jobs = self.sizes.drain
@@ -369,6 +427,56 @@ class Bench:
             assert row is not None
             stat = ProcStat.read(row[0])
         return stat.ppid if stat else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wrk_post(url: str, body: str, connections: int, seconds: float) -> float:
+    """Requests per second that `wrk` sustains POSTing `body`; every answer must be a 2xx."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise ConfigurationError("wrk not found: install it (Debian: apt-get install wrk)")
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(body)}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        out = subprocess.run(
+            [
+                wrk,
+                "-t",
+                "2",
+                "-c",
+                str(connections),
+                "-d",
+                f"{round(seconds)}s",
+                "-s",
+                str(script),
+                url,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"the API refused requests under load:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no rate:\n{out}")
+    return float(match.group(1))
 
 
 def _pid_of(owner: str) -> int:
