@@ -10,7 +10,11 @@ production one.
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -66,3 +70,20 @@ def _refuse_private_parents(pgdata: Path) -> None:
             "ERRANDS_DATA_DIR whose parent directories are already world-readable, such as "
             "/var/lib/errands/pgdata."
         )
+
+
+def stop(data_dir: str | os.PathLike[str]) -> None:
+    """Fast shutdown of the embedded PostgreSQL (SIGINT to the postmaster), waiting for it."""
+    pid_file = Path(data_dir) / "postmaster.pid"
+    os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def restart(data_dir: str | os.PathLike[str]) -> None:
+    """Fast shutdown and start again, as an operator or a crash would."""
+    stop(data_dir)
+    # In a new process: pgserver remembers, per process, the servers it has started.
+    code = f"from errands import embedded; embedded.start({str(data_dir)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +66,7 @@ def server() -> Iterator[Server]:
         try:
             yield Server(url, pgdata)
         finally:
-            _stop(pgdata)
+            embedded.stop(pgdata)
 
 
 @pytest.fixture(scope="session")
@@ -83,26 +81,7 @@ def restart_database(server: Server) -> Callable[[], None]:
         pytest.skip(
             "needs the embedded server: ERRANDS_TEST_DATABASE_URL names one we cannot restart"
         )
-    pgdata = server.pgdata
-
-    def restart() -> None:
-        _stop(pgdata)
-        deadline = time.monotonic() + 30
-        while (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        # A new process: pgserver remembers, per process, servers it has started.
-        code = f"from errands import embedded; embedded.start({str(pgdata)!r})"
-        subprocess.run([sys.executable, "-c", code], check=True)
-
-    return restart
-
-
-def _postmaster_pid(pgdata: Path) -> int:
-    return int((pgdata / "postmaster.pid").read_text().split()[0])
-
-
-def _stop(pgdata: Path) -> None:
-    os.kill(_postmaster_pid(pgdata), signal.SIGINT)  # fast shutdown
+    return partial(embedded.restart, server.pgdata)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -16,6 +17,8 @@ import structlog
 from errands.errors import ConfigurationError
 
 EXIT_STARTUP = 3  # the child could not start (e.g. a task module failed to import)
+EXIT_ORPHANED = 5  # the supervisor died
+ORPHAN_CHECK_SECONDS = 0.25
 
 _log = structlog.get_logger("errands.supervisor")
 
@@ -66,6 +69,7 @@ def fork_child(slot: Slot, main: Callable[[], int], inherited_fds: Iterable[int]
         os.set_blocking(status_r, False)
         return Child(slot, pid, None, status_r)
     _become_child(inherited_fds, status_r)
+    _exit_when_orphaned(slot, os.getppid())
     code = 1
     try:
         code = main()
@@ -89,6 +93,19 @@ def _become_child(inherited_fds: Iterable[int], status_r: int) -> None:
     for fd in (*inherited_fds, status_r):
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _exit_when_orphaned(slot: Slot, supervisor_pid: int) -> None:
+    """A child outliving its supervisor would hold jobs and ports nobody watches: exit."""
+
+    def watch() -> None:
+        while os.getppid() == supervisor_pid:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        # Its jobs go back to pending when their leases expire (the next reaper).
+        _log.error("supervisor is gone; exiting", child=slot.name, pid=os.getpid())
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="errands-orphan-watch", daemon=True).start()
 
 
 def describe_exit(status: int) -> str:

@@ -166,14 +166,10 @@ class Supervisor:
             child = fork_child(slot, self.options.http_main, fds)
         else:
             token = secrets.token_hex(3)
-            parent = os.getpid()
 
             def worker_main() -> int:
                 worker_id = f"{socket.gethostname()}:{os.getpid()}:{token}"
-                options = dataclasses.replace(
-                    self.options.worker, worker_id=worker_id, parent_pid=parent
-                )
-                return run_worker(options)
+                return run_worker(dataclasses.replace(self.options.worker, worker_id=worker_id))
 
             child = fork_child(slot, worker_main, fds)
             child.worker_id = f"{socket.gethostname()}:{child.pid}:{token}"

@@ -1,12 +1,10 @@
 """The worker process: claim loop, execution on threads, lease heartbeats."""
 
-from errands.workers.keeper import EXIT_ORPHANED
 from errands.workers.loading import TaskModuleError
 from errands.workers.worker import EXIT_OK, EXIT_REPLACE, Worker, WorkerOptions, run_worker
 
 __all__ = [
     "EXIT_OK",
-    "EXIT_ORPHANED",
     "EXIT_REPLACE",
     "TaskModuleError",
     "Worker",

@@ -2,13 +2,12 @@
 
 Every lease/3 it renews the leases of all running jobs in one statement and
 refreshes the worker's presence; on every tick it stops attempts that ran past
-their task's timeout and checks that the supervisor is still alive. A busy or
+their task's timeout . A busy or
 slow job therefore never looks dead, and renewals go on while the worker drains.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +20,6 @@ from errands.database import connect
 from errands.metrics import record_failure
 from errands.queue import Job, announce, fail, heartbeat
 from errands.workers.running import Entry, RunningJobs, log_fields
-
-EXIT_ORPHANED = 5
 
 _log = structlog.get_logger("errands.worker")
 
@@ -39,7 +36,6 @@ class LeaseKeeper(threading.Thread):
         running: RunningJobs,
         retry_delay: Callable[[Job], float],
         on_timeout: Callable[[], None],
-        parent_pid: int,
     ) -> None:
         super().__init__(name="errands-lease-keeper", daemon=True)
         self._url = url
@@ -50,7 +46,6 @@ class LeaseKeeper(threading.Thread):
         self._running = running
         self._retry_delay = retry_delay
         self._on_timeout = on_timeout
-        self._parent_pid = parent_pid
         self._stopped = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self._renewed_at = time.monotonic()
@@ -62,7 +57,6 @@ class LeaseKeeper(threading.Thread):
         tick = min(0.25, self._lease / 6)
         next_renewal = 0.0
         while not self._stopped.wait(tick):
-            self._exit_if_orphaned()
             now = time.monotonic()
             if overdue := self._running.take_overdue(now):
                 self._fail_timed_out(overdue)
@@ -71,12 +65,6 @@ class LeaseKeeper(threading.Thread):
                 next_renewal = now + (self._lease / 3 if self._renew() else min(1.0, tick * 4))
         if self._conn is not None:
             self._conn.close()
-
-    def _exit_if_orphaned(self) -> None:
-        if os.getppid() != self._parent_pid:
-            # The reaper of the next supervisor recovers our jobs once their leases expire.
-            _log.error("supervisor is gone; worker exiting", worker=self._worker_id)
-            os._exit(EXIT_ORPHANED)
 
     def _renew(self) -> bool:
         held = self._running.held()

@@ -55,7 +55,6 @@ class WorkerOptions:
     backoff: Backoff = field(default_factory=Backoff)
     ack: AckMode = "batched"
     listen: bool = True
-    parent_pid: int = 0
 
 
 class Worker:
@@ -89,7 +88,6 @@ class Worker:
             running=self.running,
             retry_delay=self.retry_delay,
             on_timeout=self._replace,
-            parent_pid=self.options.parent_pid,
         )
         keeper.start()
         metrics().workers_alive.set(1)
