@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -13,12 +14,14 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
+from errands import embedded
 from errands.api import serve
 from errands.client import Client
 from errands.config import Settings
 from errands.database import connect, resolve_url
 from errands.errors import ConfigurationError, ErrandsError
 from errands.harness.bench import WORKLOADS, Bench, as_json, table
+from errands.harness.chaos import Chaos, Profile, shell_restart
 from errands.log import configure_logging
 from errands.queue import Job, JobState
 from errands.queue import prune as prune_jobs
@@ -384,6 +387,52 @@ def bench(
         with psycopg.connect(url) as conn:
             version = str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
         Path(json_path).write_text(json.dumps(as_json(figures, version), indent=2) + "\n")
+
+
+@cli.command()
+@click.option(
+    "--profile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A chaos profile (TOML), such as chaos/ci.toml or chaos/soak.toml.",
+)
+@click.option("--duration", type=click.FloatRange(min=1), help="Seconds of faults and load.")
+@click.option("--seed", type=int, help="Seed of the fault schedule and the workload.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the daemon.")
+@click.option(
+    "--pg-restart-cmd",
+    help="Shell command that restarts PostgreSQL (a database errands did not start itself).",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report here.")
+@pass_context
+def chaos(
+    ctx: Context,
+    profile: Path | None,
+    duration: float | None,
+    seed: int | None,
+    workers: int | None,
+    pg_restart_cmd: str | None,
+    json_path: str | None,
+) -> None:
+    """SIGKILL workers under load, and prove at-least-once, fencing and idempotency."""
+    settings = Profile.load(profile) if profile else Profile()
+    if duration is not None:
+        settings = dataclasses.replace(settings, duration=duration)
+    if workers is not None:
+        settings = dataclasses.replace(settings, workers=workers)
+    url = ctx.database_url()
+    restart: Callable[[], None] | None = None
+    if pg_restart_cmd:
+        restart = shell_restart(pg_restart_cmd)
+    elif not ctx.settings.database_url:  # the embedded database: errands manages it
+        restart = partial(embedded.restart, ctx.settings.data_dir or embedded.default_data_dir())
+    chosen_seed = seed if seed is not None else random.randrange(2**32)
+    report = Chaos(
+        url, settings, chosen_seed, restart, lambda line: click.echo(line, err=True)
+    ).run()
+    click.echo(report.text())
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    sys.exit(0 if report.passed else 1)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -36,7 +35,13 @@ from errands.client import Client
 from errands.database import connect
 from errands.errors import ConfigurationError
 from errands.harness import pgbench
-from errands.harness.process import DaemonProcess, ProcStat, rss_megabytes, tree_cpu_seconds
+from errands.harness.process import (
+    DaemonProcess,
+    ProcStat,
+    free_port,
+    rss_megabytes,
+    tree_cpu_seconds,
+)
 
 NOOP = "bench.noop"
 JSON = {"Content-Type": "application/json"}
@@ -237,7 +242,7 @@ class Bench:
 
     @contextmanager
     def _api(self) -> Iterator[str]:
-        port = _free_port()
+        port = free_port()
         log = self.logs / f"api-{port}.log"
         env = {**os.environ, "ERRANDS_DATABASE_URL": self.url, "ERRANDS_LOG_FORMAT": "json"}
         api = DaemonProcess(["api", "--host", "127.0.0.1", "--port", str(port)], env, log).start()
@@ -427,12 +432,6 @@ class Bench:
             assert row is not None
             stat = ProcStat.read(row[0])
         return stat.ppid if stat else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(url: str) -> bool:

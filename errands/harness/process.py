@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,13 @@ class ProcStat:
         tick = os.sysconf("SC_CLK_TCK")
         utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
         return cls(pid, fields[0], int(fields[1]), (utime + stime) / tick, (cutime + cstime) / tick)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def alive(pid: int) -> bool:

@@ -1,0 +1,616 @@
+"""`errands chaos`: faults at random moments under load, then a verdict on design §6.
+
+A run creates a fresh database, starts a daemon with short leases, submits a
+mixed workload through the Python client and the HTTP API, injects faults at
+seeded random moments (SIGKILL or SIGSTOP a busy worker, SIGKILL the supervisor
+or the HTTP child, restart PostgreSQL), lets the system settle, and checks the
+invariants against the tasks' own record of what ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import statistics
+import subprocess
+import threading
+import time
+import tomllib
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from errands.client import Client
+from errands.database import connect
+from errands.harness.chaos_tasks import RECORD_TABLES
+from errands.harness.process import DaemonProcess, alive, free_port
+
+FAULTS = ("kill_worker", "stop_worker", "kill_supervisor", "restart_postgres", "kill_http")
+KINDS = {"quick": 6, "slow": 1, "flaky": 2, "doomed": 1}
+BUDGET = 10  # attempts of jobs that should complete: room for many crashes
+DOOMED_BUDGET = 3
+
+
+@dataclass(frozen=True)
+class Profile:
+    duration: float = 120.0
+    workers: int = 2
+    concurrency: int = 2
+    lease_seconds: float = 2.0
+    submit_interval: float = 0.05  # seconds between submissions of each submitter
+    fault_every: tuple[float, float] = (2.0, 6.0)  # seconds between faults, uniformly
+    fault_weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "kill_worker": 4,
+            "stop_worker": 1,
+            "kill_supervisor": 1,
+            "restart_postgres": 1,
+            "kill_http": 1,
+        }
+    )
+    settle_seconds: float = 180.0
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        data = tomllib.loads(path.read_text())
+        if "fault_every" in data:
+            data["fault_every"] = tuple(data["fault_every"])
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class Submission:
+    key: str
+    kind: str
+    task: str
+    payload: dict[str, Any]
+    via: str  # "python" | "http"
+    outcome: str = "pending"  # accepted | refused
+    job_id: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class Fault:
+    kind: str
+    at: float  # wall-clock time
+    job_id: int | None = None
+    attempt: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    seed: int
+    profile: dict[str, Any]
+    database: str
+    jobs: dict[str, int]
+    executions: int
+    duplicate_executions: int
+    submissions: dict[str, int]
+    faults: dict[str, int]
+    recovery_seconds: dict[str, float | None]
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def text(self) -> str:
+        lines = [
+            f"chaos run, seed {self.seed}: {'PASSED' if self.passed else 'FAILED'}",
+            f"  jobs                 {sum(self.jobs.values())}  {dict(self.jobs)}",
+            f"  submissions          {self.submissions}",
+            f"  executions           {self.executions} starts; "
+            f"{self.duplicate_executions} duplicate successful executions",
+            f"  faults               {self.faults}",
+            "  recovery after kill  "
+            + ", ".join(
+                f"{k} {v:.3f}s" if v is not None else f"{k} -"
+                for k, v in self.recovery_seconds.items()
+            ),
+        ]
+        lines += [
+            f"  [{'ok' if c.passed else 'FAIL'}] {c.name}{': ' + c.detail if c.detail else ''}"
+            for c in self.checks
+        ]
+        return "\n".join(lines)
+
+
+class Chaos:
+    def __init__(
+        self,
+        server_url: str,
+        profile: Profile,
+        seed: int,
+        restart_postgres: Callable[[], None] | None,
+        say: Callable[[str], None],
+    ) -> None:
+        self.server_url = server_url
+        self.profile = profile
+        self.seed = seed
+        self.random = random.Random(seed)
+        self.restart_postgres = restart_postgres
+        self.say = say
+        self.submissions: list[Submission] = []
+        self.bursts: list[tuple[str, list[int | None]]] = []
+        self.faults: list[Fault] = []
+        self.stopped_pids: set[int] = set()
+        self.lock = threading.Lock()
+        self.logs = (
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"errands-chaos-{seed}-{uuid.uuid4().hex[:6]}"
+        )
+        self.logs.mkdir(parents=True)
+        self.daemons: list[DaemonProcess] = []
+        self.port = free_port()
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        name = f"errands_chaos_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.server_url, autocommit=True) as admin:
+            admin.execute(f"create database {name}".encode())
+        self.url = make_conninfo(self.server_url, dbname=name)
+        with connect(self.url) as conn:
+            conn.execute(RECORD_TABLES.encode())
+        report = None
+        try:
+            self._start_daemon()
+            self._wait_for_http()
+            self.say(f"storm: {self.profile.duration:g}s, seed {self.seed}, logs in {self.logs}")
+            self._storm()
+            self.say("settling ...")
+            settled = self._settle()
+            exit_code = self.daemons[-1].stop(timeout=60)
+            report = self._verdict(settled, exit_code, name)
+            return report
+        finally:
+            for daemon in self.daemons:
+                daemon.kill()
+            if report is not None and report.passed:
+                with psycopg.connect(self.server_url, autocommit=True) as admin:
+                    admin.execute(f"drop database {name} with (force)".encode())
+
+    def _start_daemon(self) -> None:
+        p = self.profile
+        env = {
+            **os.environ,
+            "ERRANDS_DATABASE_URL": self.url,
+            "ERRANDS_LOG_FORMAT": "json",
+            "ERRANDS_LEASE_SECONDS": str(p.lease_seconds),
+            "ERRANDS_REAPER_SECONDS": str(p.lease_seconds / 4),
+            "ERRANDS_POLL_SECONDS": "0.25",
+            "ERRANDS_GRACE_SECONDS": "5",
+            "ERRANDS_BACKOFF_BASE_SECONDS": "0.1",
+            "ERRANDS_BACKOFF_MAX_SECONDS": "1",
+        }
+        args = [
+            "run",
+            "--workers",
+            str(p.workers),
+            "--concurrency",
+            str(p.concurrency),
+            "--tasks",
+            "errands.harness.chaos_tasks",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        log = self.logs / f"daemon-{len(self.daemons)}.log"
+        self.daemons.append(DaemonProcess(args, env, log).start())
+
+    @property
+    def daemon(self) -> DaemonProcess:
+        return self.daemons[-1]
+
+    def _wait_for_http(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self._base}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the daemon's HTTP API did not come up")
+
+    @property
+    def _base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _storm(self) -> None:
+        end = time.monotonic() + self.profile.duration
+        threads = [
+            threading.Thread(target=self._submit_python, args=(end,), name="chaos-python"),
+            threading.Thread(target=self._submit_http, args=(end,), name="chaos-http"),
+            threading.Thread(target=self._bursts, args=(end,), name="chaos-bursts"),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._inject_faults(end)
+        finally:
+            for thread in threads:
+                thread.join()
+            for pid in list(self.stopped_pids):
+                _signal(pid, signal.SIGCONT)
+
+    # -- the workload ----------------------------------------------------------------------
+
+    def _new_submission(self, via: str, n: int) -> Submission:
+        with self.lock:
+            kind = self.random.choices(list(KINDS), weights=list(KINDS.values()))[0]
+        work: dict[str, tuple[str, dict[str, Any]]] = {
+            "quick": ("chaos.quick", {}),
+            "slow": ("chaos.slow", {"seconds": self.profile.lease_seconds * 2.5}),
+            "flaky": ("chaos.flaky", {"fail_times": 2}),
+            "doomed": ("chaos.doomed", {}),
+        }
+        task, payload = work[kind]
+        submission = Submission(f"{via}-{n}", kind, task, payload, via)
+        with self.lock:
+            self.submissions.append(submission)
+        return submission
+
+    def _submit_python(self, end: float) -> None:
+        with Client(self.url) as client:
+            n = 0
+            while time.monotonic() < end:
+                n += 1
+                s = self._new_submission("python", n)
+                budget = DOOMED_BUDGET if s.kind == "doomed" else BUDGET
+                self._until_answered(s, end, partial(_enqueue, client, s, budget))
+                time.sleep(self.profile.submit_interval)
+
+    def _submit_http(self, end: float) -> None:
+        with httpx.Client(base_url=self._base, timeout=5) as http:
+            n = 0
+            while time.monotonic() < end:
+                n += 1
+                s = self._new_submission("http", n)
+                body = {
+                    "task": s.task,
+                    "payload": s.payload,
+                    "max_attempts": DOOMED_BUDGET if s.kind == "doomed" else BUDGET,
+                }
+                self._until_answered(s, end, partial(_post, http, body, s.key))
+                time.sleep(self.profile.submit_interval)
+
+    def _until_answered(self, s: Submission, end: float, submit: Callable[[], int]) -> None:
+        """Submit; after an unclear failure (connection lost, database down), again, same key."""
+        for _ in range(200):
+            try:
+                s.job_id, s.outcome = submit(), "accepted"
+                return
+            except (httpx.HTTPError, psycopg.Error, _Refused) as exc:
+                s.outcome, s.detail = "refused", f"{type(exc).__name__}: {exc}"[:200]
+                if time.monotonic() > end + 30:
+                    return
+                time.sleep(0.2)
+
+    def _bursts(self, end: float) -> None:
+        """Eight clients submit one key at the same instant; one job must come of it."""
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            key = f"burst-{n}"
+            barrier = threading.Barrier(8)
+            ids: list[int | None] = [None] * 8
+
+            def one(
+                i: int,
+                key: str = key,
+                barrier: threading.Barrier = barrier,
+                ids: list[int | None] = ids,
+            ) -> None:
+                with httpx.Client(base_url=self._base, timeout=5) as http:
+                    barrier.wait()
+                    try:
+                        ids[i] = _post(http, {"task": "chaos.quick", "max_attempts": BUDGET}, key)
+                    except (httpx.HTTPError, _Refused):
+                        ids[i] = None
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            self.bursts.append((key, ids))
+            time.sleep(2)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def _inject_faults(self, end: float) -> None:
+        weights = {
+            kind: w
+            for kind, w in self.profile.fault_weights.items()
+            if kind != "restart_postgres" or self.restart_postgres is not None
+        }
+        while True:
+            time.sleep(self.random.uniform(*self.profile.fault_every))
+            if time.monotonic() >= end:
+                return
+            kind = self.random.choices(list(weights), weights=list(weights.values()))[0]
+            fault = getattr(self, f"_{kind}")()
+            if fault is not None:
+                self.faults.append(fault)
+                self.say(f"  fault: {fault.kind} {fault.detail}")
+
+    def _busy_worker(self) -> tuple[int, int, int] | None:
+        """(pid, job id, attempt) of a worker of the current daemon running a job."""
+        mine = set(self.daemon.children())
+        try:
+            with psycopg.connect(self.url, connect_timeout=2) as conn:
+                rows = conn.execute(
+                    "select lease_owner, id, attempts from errands_jobs where state = 'in_progress'"
+                ).fetchall()
+        except psycopg.Error:
+            return None
+        busy = [(int(owner.split(":")[1]), job, attempt) for owner, job, attempt in rows]
+        busy = [b for b in busy if b[0] in mine and b[0] not in self.stopped_pids]
+        return self.random.choice(busy) if busy else None
+
+    def _kill_worker(self) -> Fault | None:
+        target = self._busy_worker()
+        if target is None:
+            return None
+        pid, job_id, attempt = target
+        _signal(pid, signal.SIGKILL)
+        return Fault("kill_worker", time.time(), job_id, attempt, f"pid {pid} running job {job_id}")
+
+    def _stop_worker(self) -> Fault | None:
+        target = self._busy_worker()
+        if target is None:
+            return None
+        pid, job_id, attempt = target
+        pause = self.profile.lease_seconds * 2.5
+        _signal(pid, signal.SIGSTOP)
+        self.stopped_pids.add(pid)
+
+        def wake() -> None:
+            _signal(pid, signal.SIGCONT)
+            self.stopped_pids.discard(pid)
+
+        threading.Timer(pause, wake).start()
+        return Fault(
+            "stop_worker", time.time(), job_id, attempt, f"pid {pid} for {pause:g}s (job {job_id})"
+        )
+
+    def _kill_supervisor(self) -> Fault:
+        old = self.daemon
+        old.signal(signal.SIGKILL)
+        old.wait()
+        self._start_daemon()
+        return Fault(
+            "kill_supervisor", time.time(), detail=f"pid {old.pid}; started {self.daemon.pid}"
+        )
+
+    def _restart_postgres(self) -> Fault:
+        assert self.restart_postgres is not None
+        started = time.time()
+        self.restart_postgres()
+        return Fault("restart_postgres", started, detail=f"down {time.time() - started:.2f}s")
+
+    def _kill_http(self) -> Fault | None:
+        started = [
+            e
+            for e in self.daemon.log_events()
+            if e.get("event") == "child started" and e.get("child") == "http-1"
+        ]
+        if not started or not alive(started[-1]["pid"]):
+            return None
+        pid = started[-1]["pid"]
+        _signal(pid, signal.SIGKILL)
+        return Fault("kill_http", time.time(), detail=f"pid {pid}")
+
+    # -- the verdict -----------------------------------------------------------------------
+
+    def _settle(self) -> bool:
+        deadline = time.monotonic() + self.profile.settle_seconds
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self.url) as conn:
+                    row = conn.execute(
+                        "select count(*) from errands_jobs"
+                        " where state in ('pending', 'failed', 'in_progress')"
+                    ).fetchone()
+                if row is not None and row[0] == 0:
+                    return True
+            except psycopg.Error:
+                pass
+            time.sleep(0.5)
+        return False
+
+    def _verdict(self, settled: bool, exit_code: int, database: str) -> Report:
+        with psycopg.connect(self.url) as conn:
+            jobs = {
+                row[0]: row
+                for row in conn.execute(
+                    "select id, idempotency_key, task, payload, state::text, attempts,"
+                    " max_attempts, result, lease_expires_at < now() from errands_jobs"
+                )
+            }
+            starts = conn.execute("select job_id, attempt, at from chaos_starts").fetchall()
+            finishes = conn.execute("select job_id, attempt, token from chaos_finishes").fetchall()
+        by_key = Counter(row[1] for row in jobs.values() if row[1] is not None)
+        job_by_key = {row[1]: row for row in jobs.values() if row[1] is not None}
+        started_jobs = {job_id for job_id, _, _ in starts}
+        finish_tokens = {(job_id, attempt, token) for job_id, attempt, token in finishes}
+        finishes_per_job = Counter(job_id for job_id, _, _ in finishes)
+
+        checks = [Check("the system settled: no job left pending, failed or in progress", settled)]
+        accepted = [s for s in self.submissions if s.outcome == "accepted"]
+        wrong = [
+            s.key
+            for s in accepted
+            if by_key[s.key] != 1
+            or job_by_key[s.key][0] != s.job_id
+            or (job_by_key[s.key][2], job_by_key[s.key][3]) != (s.task, s.payload)
+        ]
+        checks.append(
+            Check(
+                "every accepted submission exists exactly once, as submitted",
+                not wrong,
+                _some(wrong),
+            )
+        )
+        refused = [s for s in self.submissions if s.outcome == "refused"]
+        half = [
+            s.key
+            for s in refused
+            if by_key[s.key] > 1
+            or (
+                s.key in job_by_key
+                and (job_by_key[s.key][2], job_by_key[s.key][3]) != (s.task, s.payload)
+            )
+        ]
+        checks.append(
+            Check("refused submissions were stored whole or not at all", not half, _some(half))
+        )
+        split = [
+            key
+            for key, ids in self.bursts
+            if by_key[key] > 1 or len({i for i in ids if i is not None}) > 1
+        ]
+        checks.append(
+            Check("concurrent submissions with one key made one job", not split, _some(split))
+        )
+
+        kinds = {s.key: s.kind for s in self.submissions}
+        unfinished = []
+        for row in jobs.values():
+            job_id, key, _, _, state, attempts, max_attempts = row[:7]
+            doomed = kinds.get(key) == "doomed"
+            if not (state == "completed" and not doomed) and not (
+                doomed and state == "dead" and attempts == max_attempts
+            ):
+                unfinished.append(f"{job_id}:{state}")
+        checks.append(
+            Check(
+                "every job completed, or is dead with its budget spent when it always fails",
+                not unfinished,
+                _some(unfinished),
+            )
+        )
+        never_ran = [
+            job_id
+            for job_id, row in jobs.items()
+            if row[4] == "completed" and job_id not in started_jobs
+        ]
+        checks.append(
+            Check("every completed job ran at least once", not never_ran, _some(never_ran))
+        )
+        stale = [
+            job_id
+            for job_id, row in jobs.items()
+            if row[4] == "completed"
+            and (
+                row[7]["attempt"] != row[5]
+                or (job_id, row[7]["attempt"], row[7]["token"]) not in finish_tokens
+            )
+        ]
+        checks.append(
+            Check(
+                "every stored result came from the job's last attempt (fencing)",
+                not stale,
+                _some(stale),
+            )
+        )
+        lingering = [job_id for job_id, row in jobs.items() if row[4] == "in_progress" and row[8]]
+        checks.append(
+            Check("nothing stays in progress past its lease", not lingering, _some(lingering))
+        )
+        checks.append(
+            Check(
+                "the last supervisor exited 0 on SIGTERM", exit_code == 0, f"exit code {exit_code}"
+            )
+        )
+
+        return Report(
+            seed=self.seed,
+            profile=asdict(self.profile),
+            database=database,
+            jobs=dict(Counter(row[4] for row in jobs.values())),
+            executions=len(starts),
+            duplicate_executions=sum(n - 1 for n in finishes_per_job.values() if n > 1),
+            submissions=dict(Counter(f"{s.via} {s.outcome}" for s in self.submissions)),
+            faults=dict(Counter(f.kind for f in self.faults)),
+            recovery_seconds=self._recovery(starts),
+            checks=checks,
+        )
+
+    def _recovery(self, starts: list[tuple[int, int, Any]]) -> dict[str, float | None]:
+        """From each worker kill to its job's next start."""
+        times = []
+        for fault in self.faults:
+            if fault.kind != "kill_worker":
+                continue
+            later = [
+                at.timestamp()
+                for job_id, attempt, at in starts
+                if job_id == fault.job_id and attempt > (fault.attempt or 0)
+            ]
+            if later:
+                times.append(min(later) - fault.at)
+        if not times:
+            return {"p50": None, "p99": None, "max": None}
+        cuts = (
+            statistics.quantiles(times, n=100, method="inclusive")
+            if len(times) > 1
+            else [times[0]] * 99
+        )
+        return {"p50": cuts[49], "p99": cuts[98], "max": max(times)}
+
+
+class _Refused(Exception):
+    """The API answered, and not with success."""
+
+
+def _enqueue(client: Client, s: Submission, max_attempts: int) -> int:
+    return client.enqueue(s.task, s.payload, idempotency_key=s.key, max_attempts=max_attempts).id
+
+
+def _post(http: httpx.Client, body: dict[str, Any], key: str) -> int:
+    response = http.post("/jobs", json=body, headers={"Idempotency-Key": key})
+    if response.status_code not in (200, 201):
+        raise _Refused(f"{response.status_code} {response.text[:100]}")
+    return int(response.json()["id"])
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _some(items: list[Any]) -> str:
+    return "" if not items else f"{len(items)}: {items[:10]}"
+
+
+def shell_restart(command: str) -> Callable[[], None]:
+    def restart() -> None:
+        subprocess.run(command, shell=True, check=True)
+
+    return restart
