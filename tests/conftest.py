@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from errands import Client, embedded
 from errands.api import App
+from errands.harness.process import free_port
 from errands.schema import migrate
 from tests.daemon import Daemon
 
@@ -151,12 +151,6 @@ def start_daemon(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]
     yield start
     for daemon in started:
         daemon.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

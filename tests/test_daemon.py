@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from errands import Client, JobState
-from errands.harness.process import alive
-from tests.conftest import free_port
+from errands.harness.process import alive, free_port
 from tests.daemon import Daemon, wait_for
 
 StartDaemon = Callable[..., Daemon]

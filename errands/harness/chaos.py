@@ -35,8 +35,6 @@ from errands.database import connect
 from errands.harness.chaos_tasks import RECORD_TABLES
 from errands.harness.process import DaemonProcess, alive, free_port
 
-FAULTS = ("kill_worker", "stop_worker", "kill_supervisor", "restart_postgres", "kill_http")
-KINDS = {"quick": 6, "slow": 1, "flaky": 2, "doomed": 1}
 BUDGET = 10  # attempts of jobs that should complete: room for many crashes
 DOOMED_BUDGET = 3
 
@@ -45,9 +43,14 @@ DOOMED_BUDGET = 3
 class Profile:
     duration: float = 120.0
     workers: int = 2
-    concurrency: int = 2
+    concurrency: int = 4
     lease_seconds: float = 2.0
-    submit_interval: float = 0.05  # seconds between submissions of each submitter
+    submit_interval: float = 0.15  # seconds between submissions of each submitter
+    # Shares of the workload; slow jobs hold a slot for 2.5 leases, so keep them few
+    # enough that the workers keep up, or the run cannot settle.
+    kind_weights: dict[str, float] = field(
+        default_factory=lambda: {"quick": 12, "slow": 1, "flaky": 2, "doomed": 1}
+    )
     fault_every: tuple[float, float] = (2.0, 6.0)  # seconds between faults, uniformly
     fault_weights: dict[str, float] = field(
         default_factory=lambda: {
@@ -262,7 +265,8 @@ class Chaos:
 
     def _new_submission(self, via: str, n: int) -> Submission:
         with self.lock:
-            kind = self.random.choices(list(KINDS), weights=list(KINDS.values()))[0]
+            weights = self.profile.kind_weights
+            kind = self.random.choices(list(weights), weights=list(weights.values()))[0]
         work: dict[str, tuple[str, dict[str, Any]]] = {
             "quick": ("chaos.quick", {}),
             "slow": ("chaos.slow", {"seconds": self.profile.lease_seconds * 2.5}),

@@ -1,0 +1,549 @@
+"""The deployment files, checked without a Docker engine (none runs where the tests do).
+
+The compose file, the Dockerfile, the lock, the Prometheus configuration and its alert rules
+are read as text or YAML and checked against the code they deploy: services and their
+wiring, ports, healthchecks, that every ERRANDS_* variable exists in errands/config.py,
+that every command is a real `errands` command, and that alerts use real metric names.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from errands.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+LOCK = ROOT / "requirements.lock"
+DOCKERIGNORE = ROOT / ".dockerignore"
+DEPLOY = ROOT / "deploy"
+ERRANDS_SERVICES = ("migrate", "api", "worker")  # run the image built from this repository
+LONG_RUNNING = ("api", "worker")
+INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+ERRANDS_VARIABLE = re.compile(r"\bERRANDS_[A-Z0-9_]+\b")
+
+
+# -- reading the files -------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return document
+
+
+def service(name: str) -> dict[str, Any]:
+    services: dict[str, dict[str, Any]] = compose()["services"]
+    return services[name]
+
+
+def interpolated(value: Any) -> str:
+    """A compose value as Compose would resolve it with no variable set: the defaults."""
+    return INTERPOLATION.sub(lambda m: m.group("default") or "", str(value))
+
+
+def environment(name: str) -> dict[str, str]:
+    return {key: interpolated(value) for key, value in service(name)["environment"].items()}
+
+
+def port_of(addr: str) -> int:
+    return int(addr.rpartition(":")[2])
+
+
+def container_port(mapping: str | int) -> int:
+    return int(str(mapping).rpartition(":")[2].split("/")[0])
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration such as 30s, 1m30s or 1h."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", duration)
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    lines = [
+        line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")
+    ]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    instructions = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, arguments = line.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def only(keyword: str) -> str:
+    found = [arguments for word, arguments in final_stage() if word == keyword]
+    assert len(found) == 1, f"expected one {keyword} in the final stage, found {found}"
+    return found[0]
+
+
+def exec_form(arguments: str) -> list[str]:
+    """The JSON array of an exec-form instruction; fails on the shell form."""
+    assert arguments.startswith("["), f"shell form, not exec form: {arguments}"
+    parsed = json.loads(arguments)
+    assert isinstance(parsed, list)
+    return [str(item) for item in parsed]
+
+
+def healthcheck_command() -> list[str]:
+    arguments = only("HEALTHCHECK")
+    return exec_form(arguments[arguments.index("CMD ") + len("CMD ") :])
+
+
+def lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version.strip(), f"not an exact pin: {line!r}"
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def prometheus_config() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    return document
+
+
+def scrape_job(name: str) -> dict[str, Any]:
+    jobs = {job["job_name"]: job for job in prometheus_config()["scrape_configs"]}
+    return jobs[name]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def config_variables() -> set[str]:
+    return set(ERRANDS_VARIABLE.findall((ROOT / "errands" / "config.py").read_text()))
+
+
+def exposed_metrics() -> set[str]:
+    """Metric names errands defines (errands/metrics.py), with a histogram's series."""
+    names = set(re.findall(r'"(errands_[a-z_]+)"', (ROOT / "errands" / "metrics.py").read_text()))
+    histograms = {"errands_job_duration_seconds", "errands_job_wait_seconds"}
+    assert histograms <= names
+    return names | {f"{h}_{suffix}" for h in histograms for suffix in ("bucket", "sum", "count")}
+
+
+def parse_cli(args: list[str]) -> click.Context:
+    """Parse an `errands` command line as click would, without running it."""
+    command: click.Command = cli
+    name = "errands"
+    while isinstance(command, click.Group) and args:
+        name, args = args[0], args[1:]
+        found = command.commands.get(name)
+        assert found is not None, f"errands has no command {name!r}"
+        command = found
+    return command.make_context(name, list(args))
+
+
+# -- compose: services and their wiring --------------------------------------------------------
+
+
+def test_compose_defines_postgres_migrate_api_worker_and_prometheus() -> None:
+    assert {"postgres", "migrate", "api", "worker", "prometheus"} <= set(compose()["services"])
+
+
+def test_errands_services_are_built_from_this_repository() -> None:
+    for name in ERRANDS_SERVICES:
+        assert service(name)["build"] == ".", name
+
+
+def test_postgres_is_version_16_on_port_5432_with_a_named_volume() -> None:
+    postgres = service("postgres")
+    assert postgres["image"] == "postgres:16"
+    assert [container_port(p) for p in postgres["ports"]] == [5432]
+    volume = postgres["volumes"][0].split(":")[0]
+    assert volume in compose()["volumes"]
+
+
+def test_postgres_is_healthy_when_pg_isready_says_so() -> None:
+    assert "pg_isready" in service("postgres")["healthcheck"]["test"]
+
+
+def test_migrate_runs_once_when_postgres_is_healthy() -> None:
+    migrate = service("migrate")
+    assert migrate["command"] == ["migrate"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_service_waits_for_a_healthy_database_and_a_finished_migration(name: str) -> None:
+    assert service(name)["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
+    }
+
+
+def test_api_publishes_the_port_it_listens_on() -> None:
+    api = service("api")
+    listens = port_of(environment("api")["ERRANDS_HTTP_ADDR"])
+    assert listens == 3000
+    assert [container_port(p) for p in api["ports"]] == [listens]
+
+
+def test_worker_http_child_listens_on_an_internal_port_only() -> None:
+    worker = service("worker")
+    listens = port_of(environment("worker")["ERRANDS_HTTP_ADDR"])
+    assert "ports" not in worker
+    assert [int(p) for p in worker["expose"]] == [listens]
+
+
+def test_worker_can_be_scaled() -> None:
+    worker = service("worker")
+    assert "container_name" not in worker
+    assert "ports" not in worker
+
+
+def test_worker_runs_the_configured_number_of_worker_processes() -> None:
+    assert service("worker")["command"] == ["run"]
+    assert int(environment("worker")["ERRANDS_WORKERS"]) >= 1
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_service_healthcheck_is_the_images(name: str) -> None:
+    assert service(name)["healthcheck"]["test"] == ["CMD", *healthcheck_command()]
+
+
+@pytest.mark.parametrize("name", ["migrate", "prune"])
+def test_one_shot_service_has_no_healthcheck(name: str) -> None:
+    assert service(name)["healthcheck"] == {"disable": True}
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_stop_grace_period_outlasts_the_supervisor_grace(name: str) -> None:
+    grace = float(environment(name)["ERRANDS_GRACE_SECONDS"])
+    example = dict(re.findall(r"^(ERRANDS_\w+)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert float(example["ERRANDS_GRACE_SECONDS"]) == grace
+    # After the grace the supervisor kills what still runs and releases its jobs: leave time.
+    assert seconds(service(name)["stop_grace_period"]) >= grace + 5
+
+
+def test_database_url_points_at_the_postgres_service() -> None:
+    postgres = service("postgres")["environment"]
+    for name in ERRANDS_SERVICES:
+        url = environment(name)["ERRANDS_DATABASE_URL"]
+        user, db = postgres["POSTGRES_USER"], postgres["POSTGRES_DB"]
+        password = interpolated(postgres["POSTGRES_PASSWORD"])
+        assert url == f"postgresql://{user}:{password}@postgres:5432/{db}", name
+
+
+@pytest.mark.parametrize("name", [*ERRANDS_SERVICES, "prune"])
+def test_compose_command_is_a_real_errands_command(name: str) -> None:
+    spec = service(name)
+    assert "entrypoint" not in spec  # the image's: errands
+    parse_cli([interpolated(arg) for arg in spec["command"]])
+
+
+def test_prometheus_runs_only_under_its_profile() -> None:
+    assert service("prometheus")["profiles"] == ["prometheus"]
+
+
+def test_prometheus_mounts_its_configuration_and_rules_from_the_repository() -> None:
+    mounts = dict(v.split(":")[:2] for v in service("prometheus")["volumes"] if v.startswith("./"))
+    assert mounts["./deploy/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert mounts["./deploy/alerts.yml"] == "/etc/prometheus/alerts.yml"
+    for source in mounts:
+        assert (ROOT / source).is_file(), source
+
+
+# -- environment variables -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [COMPOSE_FILE, ENV_EXAMPLE, DOCKERFILE], ids=lambda p: p.name)
+def test_every_errands_variable_named_exists_in_the_configuration(path: Path) -> None:
+    named = set(ERRANDS_VARIABLE.findall(path.read_text()))
+    assert named, f"{path.name} names no ERRANDS_ variable"
+    assert named <= config_variables(), named - config_variables()
+
+
+def test_env_example_lists_every_variable_compose_reads_with_its_default() -> None:
+    defaults = {
+        m.group("name"): m.group("default") or ""
+        for m in INTERPOLATION.finditer(COMPOSE_FILE.read_text())
+    }
+    example = dict(re.findall(r"^(\w+)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert example == defaults
+
+
+def test_env_example_explains_every_setting() -> None:
+    for paragraph in ENV_EXAMPLE.read_text().split("\n\n"):
+        lines = paragraph.strip().splitlines()
+        settings = [line for line in lines if re.match(r"^\w+=", line)]
+        assert not settings or lines[0].startswith("#"), f"no explanation for {settings}"
+
+
+# -- Prometheus and alerts ---------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_api_where_it_listens() -> None:
+    job = scrape_job("errands-api")
+    port = port_of(environment("api")["ERRANDS_HTTP_ADDR"])
+    assert job["static_configs"] == [{"targets": [f"api:{port}"]}]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def test_prometheus_discovers_every_worker_replica_where_it_listens() -> None:
+    job = scrape_job("errands-worker")
+    port = port_of(environment("worker")["ERRANDS_HTTP_ADDR"])
+    assert job["dns_sd_configs"] == [
+        {"names": ["worker"], "type": "A", "port": port, "refresh_interval": "15s"}
+    ]
+
+
+def test_prometheus_loads_the_alert_rules() -> None:
+    assert prometheus_config()["rule_files"] == ["alerts.yml"]
+
+
+def test_alert_rules_cover_stuck_jobs_dead_jobs_and_queue_age() -> None:
+    rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    assert set(rules) == {"ErrandsJobsStuck", "ErrandsDeadJobsRising", "ErrandsQueueAgeGrowing"}
+    assert "errands_queue_jobs" in rules["ErrandsJobsStuck"]
+    assert "errands_jobs_dead_total" in rules["ErrandsDeadJobsRising"]
+    assert "errands_queue_oldest_pending_seconds" in rules["ErrandsQueueAgeGrowing"]
+
+
+def test_alert_rules_use_only_metrics_errands_exposes() -> None:
+    used = {name for rule in alert_rules() for name in re.findall(r"\berrands_\w+", rule["expr"])}
+    assert used
+    assert used <= exposed_metrics(), used - exposed_metrics()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_alert_rules_fire_as_their_unit_tests_expect() -> None:
+    result = subprocess.run(
+        ["promtool", "test", "rules", "alerts.test.yml"],
+        cwd=DEPLOY,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- Dockerfile --------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_on_python_311_slim() -> None:
+    images = [args.split()[0] for word, args in dockerfile_instructions() if word == "FROM"]
+    assert images
+    assert set(images) == {"python:3.11-slim"}
+
+
+def test_entrypoint_is_errands_in_exec_form() -> None:
+    assert exec_form(only("ENTRYPOINT")) == ["errands"]
+
+
+def test_default_command_is_run_in_exec_form() -> None:
+    command = exec_form(only("CMD"))
+    assert command == ["run"]
+    parse_cli(command)
+
+
+def test_image_runs_as_a_non_root_user() -> None:
+    users = [args for word, args in final_stage() if word == "USER"]
+    assert users
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+
+
+def test_image_installs_the_lock_then_errands_without_dependencies() -> None:
+    runs = [args for word, args in final_stage() if word == "RUN" and "pip install" in args]
+    assert len(runs) == 2, runs
+    locked, project = runs
+    assert "requirements.lock" in locked
+    assert "--no-deps" in project
+    assert "pip check" in project
+
+
+def test_image_installs_no_extras() -> None:
+    text = DOCKERFILE.read_text()
+    assert "[dev" not in text
+    assert "[embedded" not in text
+
+
+class _Health(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b'{"status": "ok"}')
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A stand-in for /health answering with the status given by parametrization."""
+    handler = type("Handler", (_Health,), {"status": request.param})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_healthcheck(http_addr: str) -> int:
+    program, *arguments = healthcheck_command()
+    assert program == "python"
+    env = {"ERRANDS_HTTP_ADDR": http_addr}
+    result = subprocess.run([sys.executable, *arguments], env=env, capture_output=True, check=False)
+    return result.returncode
+
+
+@pytest.mark.parametrize("health_server", [200], indirect=True)
+def test_healthcheck_passes_when_health_answers_on_the_configured_port(health_server: int) -> None:
+    assert run_healthcheck(f"0.0.0.0:{health_server}") == 0
+
+
+@pytest.mark.parametrize("health_server", [503], indirect=True)
+def test_healthcheck_fails_when_health_answers_an_error(health_server: int) -> None:
+    assert run_healthcheck(f"0.0.0.0:{health_server}") != 0
+
+
+def test_healthcheck_fails_when_nothing_listens() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    assert run_healthcheck(f"0.0.0.0:{free_port}") != 0
+
+
+def test_dockerignore_admits_what_the_dockerfile_copies_and_nothing_private() -> None:
+    rules = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def admitted(name: str) -> bool:
+        verdict = True
+        for rule in rules:
+            pattern = rule.removeprefix("!").rstrip("/")
+            if "/" not in pattern and Path(name).match(pattern):
+                verdict = rule.startswith("!")
+        return verdict
+
+    copied = [
+        source
+        for word, args in dockerfile_instructions()
+        if word == "COPY" and not args.startswith("--from")
+        for source in args.split()[:-1]
+    ]
+    assert copied
+    for source in copied:
+        assert admitted(source.rstrip("/").split("/")[0]), source
+    for private in (".git", ".venv", ".env", "tests", ".hypothesis"):
+        assert not admitted(private), private
+
+
+# -- the lock ----------------------------------------------------------------------------------
+
+
+def test_lock_pins_exact_versions() -> None:
+    assert lock_pins()  # every line is name==version, or lock_pins fails
+
+
+def test_lock_covers_every_runtime_dependency_and_theirs() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pending = [Requirement(spec) for spec in pyproject["project"]["dependencies"]]
+    needed: set[str] = set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if name in needed:
+            continue
+        needed.add(name)
+        extras = {"", *requirement.extras}
+        for spec in metadata.requires(requirement.name) or []:
+            dependency = Requirement(spec)
+            marker = dependency.marker
+            if marker is None or any(marker.evaluate({"extra": e}) for e in extras):
+                pending.append(dependency)
+    missing = needed - set(lock_pins())
+    assert not missing, f"requirements.lock lacks {sorted(missing)}"
+
+
+def test_lock_provides_every_module_errands_imports_at_start_up() -> None:
+    """Module-level imports run when `errands` starts; lazy ones inside functions do not."""
+
+    def module_level_imports(body: list[ast.stmt]) -> Iterator[str]:
+        for node in body:
+            if isinstance(node, ast.Import):
+                yield from (alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                yield node.module.split(".")[0]
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                yield from module_level_imports(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                yield from module_level_imports(node.body)
+
+    modules = {
+        module
+        for path in (ROOT / "errands").rglob("*.py")
+        for module in module_level_imports(ast.parse(path.read_text()).body)
+    }
+    third_party = modules - set(sys.stdlib_module_names) - {"errands", "__future__"}
+    distributions = metadata.packages_distributions()
+    unlocked = {
+        module: distributions.get(module)
+        for module in third_party
+        if not {canonicalize_name(d) for d in distributions.get(module, [])} & set(lock_pins())
+    }
+    assert not unlocked, f"imported at start-up but not in requirements.lock: {unlocked}"
+
+
+# -- the operator's guide ----------------------------------------------------------------------
+
+
+def test_every_errands_command_in_the_readme_is_valid() -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:sh|console|bash)\n(.*?)```", text, re.DOTALL)
+    commands = [
+        shlex.split(line.split(" #")[0])
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.startswith("errands ")
+    ]
+    assert commands
+    for command in commands:
+        parse_cli(command[1:])
