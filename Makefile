@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: run test lint bench chaos
+.PHONY: run test lint bench bench-quick chaos
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,12 @@ lint: $(INSTALLED)
 
 test: lint
 	$(BIN)/pytest
+
+bench: $(INSTALLED)
+	$(BIN)/errands bench --json bench/last-run.json
+
+bench-quick: $(INSTALLED)
+	$(BIN)/errands bench --quick
+
+chaos: $(INSTALLED)
+	$(BIN)/errands chaos --profile chaos/ci.toml
