@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -16,6 +18,17 @@ from errands.config import Settings
 from errands.database import ensure_schema, resolve_url
 from errands.queue import Job, JobState, Stats
 from errands.tasks import registered
+
+# A connection idle for longer than this is checked (one empty round trip) before use,
+# so that a database restart costs the caller a reconnection rather than an error,
+# while a busy caller pays nothing.
+IDLE_CHECK_SECONDS = 0.2
+_last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
+    if time.monotonic() - _last_used.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+        ConnectionPool.check_connection(conn)
 
 
 class Client:
@@ -138,7 +151,10 @@ class Client:
             yield conn
             return
         with pool.connection() as pooled:
-            yield pooled
+            try:
+                yield pooled
+            finally:
+                _last_used[pooled] = time.monotonic()
 
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
@@ -150,9 +166,7 @@ class Client:
                 min_size=1,
                 max_size=self._max_connections,
                 kwargs={"autocommit": True},
-                # One empty round trip per checkout, so that a database restart costs
-                # the caller nothing but a reconnection instead of an error.
-                check=ConnectionPool.check_connection,
+                check=_check_if_idle,
                 open=True,
             )
         return self._pool
