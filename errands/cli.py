@@ -92,6 +92,13 @@ def http_options(func: F) -> F:
     help="Jobs each worker process runs at once, on threads (for I/O-bound tasks).",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Jobs each worker claims beyond its free slots, held under lease until one frees.",
+)
+@click.option(
     "--queues",
     help="Comma-separated queues to work [default: 'default' and the registered tasks' queues]",
 )
@@ -129,6 +136,7 @@ def run(
     ctx: Context,
     workers: int | None,
     concurrency: int,
+    prefetch: int,
     queues: str | None,
     tasks: str | None,
     lease: float | None,
@@ -149,6 +157,7 @@ def run(
         task_modules=_split(tasks) if tasks is not None else s.tasks,
         queues=_split(queues) if queues else (),
         concurrency=concurrency,
+        prefetch=prefetch,
         lease_seconds=lease or s.lease_seconds,
         poll_seconds=poll or s.poll_seconds,
         backoff=s.backoff,

@@ -197,11 +197,13 @@ def test_work_resumes_after_the_database_restarts(
     assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize("ack", ["batched", "immediate"])
-def test_both_acknowledgement_modes_complete_every_job_once(
-    start_daemon: StartDaemon, client: Client, ack: str
+@pytest.mark.parametrize(("ack", "prefetch"), [("batched", 0), ("immediate", 0), ("batched", 8)])
+def test_every_acknowledgement_mode_completes_every_job_once(
+    start_daemon: StartDaemon, client: Client, ack: str, prefetch: int
 ) -> None:
-    daemon = start_daemon("--workers", "2", "--concurrency", "2", "--ack", ack)
+    daemon = start_daemon(
+        "--workers", "2", "--concurrency", "2", "--ack", ack, "--prefetch", str(prefetch)
+    )
     jobs = client.enqueue_many([{"task": "record"}] * 200)
     for job in jobs:
         wait_for_state(client, job.id, JobState.COMPLETED)

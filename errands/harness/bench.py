@@ -153,7 +153,17 @@ class Bench:
             "ERRANDS_LOG_FORMAT": "json",
             **env,
         }
-        command = ["run", "--no-http", "--workers", "2", "--tasks", "errands.harness.bench_tasks"]
+        command = [
+            "run",
+            "--workers",
+            "2",
+            "--tasks",
+            "errands.harness.bench_tasks",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ]
         return DaemonProcess([*command, *args], environment, log).start()
 
     # -- workloads -------------------------------------------------------------------------
@@ -297,7 +307,12 @@ class Bench:
                 )
         if ack == "batched":
             self._add(
-                Figure("memory", "RSS of supervisor + 2 workers after the drain", memory, "MB")
+                Figure(
+                    "memory",
+                    "RSS of supervisor + 2 workers + HTTP child after the drain",
+                    memory,
+                    "MB",
+                )
             )
 
     def drain_immediate(self) -> None:

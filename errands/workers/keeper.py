@@ -89,7 +89,7 @@ class LeaseKeeper(threading.Thread):
     def _give_up_expired(self, held: list[Entry], exc: Exception) -> None:
         """Past its lease without a renewal, a job may already run elsewhere: treat it as lost."""
         now = time.monotonic()
-        expired = [e for e in held if now - max(self._renewed_at, e.started) > self._lease]
+        expired = [e for e in held if now - max(self._renewed_at, e.claimed) > self._lease]
         _log.warning("cannot renew leases; database unreachable", error=str(exc), running=len(held))
         for entry in expired:
             _log.warning(
@@ -100,8 +100,9 @@ class LeaseKeeper(threading.Thread):
 
     def _fail_timed_out(self, overdue: list[Entry]) -> None:
         for entry in overdue:
-            timeout = (entry.deadline or entry.started) - entry.started
-            error = f"TimeoutError: the task ran past its timeout of {timeout:g}s and was stopped"
+            error = (
+                f"TimeoutError: the task ran past its timeout of {entry.timeout:g}s and was stopped"
+            )
             _log.error(
                 "job timed out; the worker will be replaced to stop it",
                 **log_fields(entry, self._worker_id),

@@ -12,11 +12,12 @@ from errands.queue import Held, Job
 
 @dataclass(eq=False)
 class Entry:
-    """One running attempt. Identity matters: a newer claim of the same job is another Entry."""
+    """One claimed attempt. Identity matters: a newer claim of the same job is another Entry."""
 
     job: Job
-    deadline: float | None  # monotonic time past which the attempt is timed out
-    started: float = field(default_factory=time.monotonic)
+    claimed: float = field(default_factory=time.monotonic)
+    timeout: float | None = None  # the task's, once the attempt runs
+    deadline: float | None = None  # monotonic time past which the attempt is timed out
     lost: bool = False  # the lease is gone: the outcome must not be written
     timed_out: bool = False  # failed by the lease keeper: the outcome is moot
 
@@ -26,7 +27,7 @@ class Entry:
 
 
 class RunningJobs:
-    """Thread-safe registry of running attempts, keyed by job id."""
+    """Thread-safe registry of the attempts a worker holds (running or about to), by job id."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -36,8 +37,8 @@ class RunningJobs:
         with self._lock:
             return len(self._entries)
 
-    def start(self, job: Job, timeout: float | None) -> Entry:
-        entry = Entry(job, time.monotonic() + timeout if timeout else None)
+    def hold(self, job: Job) -> Entry:
+        entry = Entry(job)
         with self._lock:
             # A job claimed again while an older attempt of it still runs here
             # (its lease was lost, the job reclaimed): the old attempt is stale.
@@ -45,6 +46,12 @@ class RunningJobs:
                 stale.lost = True
             self._entries[job.id] = entry
         return entry
+
+    def begin(self, entry: Entry, timeout: float | None) -> None:
+        """The attempt starts running now; its timeout counts from here."""
+        with self._lock:
+            entry.timeout = timeout
+            entry.deadline = time.monotonic() + timeout if timeout else None
 
     def finish(self, entry: Entry) -> bool:
         """Forget `entry`; True when its outcome may still be written."""

@@ -15,6 +15,8 @@ import os
 import queue
 import select
 import signal
+import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ class WorkerOptions:
     task_modules: Sequence[str] = ()
     queues: Sequence[str] = ()  # empty: "default" and every queue a registered task names
     concurrency: int = 1
+    prefetch: int = 0  # jobs claimed beyond the free slots, held (leased) until a slot frees
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
     backoff: Backoff = field(default_factory=Backoff)
@@ -64,6 +67,8 @@ class Worker:
         self._outcomes: queue.SimpleQueue[tuple[Entry, Outcome]] = queue.SimpleQueue()
         self._acks: list[tuple[Entry, Succeeded]] = []
         self._failures: list[tuple[Entry, Failed]] = []
+        self._ready: deque[Entry] = deque()  # claimed, waiting for a free slot
+        self._executing = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._stopping = False
@@ -132,12 +137,14 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self, pool: ThreadPoolExecutor) -> None:
+        capacity = self.options.concurrency + self.options.prefetch
         while True:
             self._collect_outcomes()
+            self._dispatch(pool)
             draining = self._stopping or self._replacing
             if draining and not len(self.running) and not self._acks and not self._failures:
                 return
-            free = 0 if draining else self.options.concurrency - len(self.running)
+            free = 0 if draining else capacity - len(self.running)
             try:
                 conn = self._connection()
                 if conn is None:
@@ -147,10 +154,8 @@ class Worker:
             except psycopg.OperationalError as exc:
                 self._lose_connection(exc)
                 continue
-            for job in claimed:
-                _record_wait(job)
-                entry = self.running.start(job, self._timeout_of(job))
-                pool.submit(self._execute, entry)
+            self._ready.extend(self.running.hold(job) for job in claimed)
+            self._dispatch(pool)
             if claimed:
                 continue  # there may be more work right now: sleep only when a claim finds none
             self._wait(listen_too=free > 0)
@@ -205,12 +210,26 @@ class Worker:
                     **log_fields(entry, self.options.worker_id),
                 )
 
+    def _dispatch(self, pool: ThreadPoolExecutor) -> None:
+        """Start held jobs while a slot is free, in claim order."""
+        while self._ready and self._executing < self.options.concurrency:
+            entry = self._ready.popleft()
+            if entry.lost:  # its lease went while it waited: another worker has it
+                self.running.finish(entry)
+                self._report_lost(entry)
+                continue
+            self.running.begin(entry, self._timeout_of(entry.job))
+            _record_wait(entry)
+            self._executing += 1
+            pool.submit(self._execute, entry)
+
     def _collect_outcomes(self) -> None:
         while True:
             try:
                 entry, outcome = self._outcomes.get_nowait()
             except queue.Empty:
                 return
+            self._executing -= 1
             job = entry.job
             metrics().job_duration.labels(job.queue, job.task).observe(outcome.seconds)
             if not self.running.finish(entry):
@@ -291,10 +310,12 @@ class Worker:
         return spec.timeout if spec else None
 
 
-def _record_wait(job: Job) -> None:
+def _record_wait(entry: Entry) -> None:
+    """From due to running: until the claim, plus any wait in the prefetch buffer."""
+    job = entry.job
     if job.started_at is not None:
-        waited = max(0.0, (job.started_at - job.run_at).total_seconds())
-        metrics().job_wait.labels(job.queue, job.task).observe(waited)
+        waited = (job.started_at - job.run_at).total_seconds() + time.monotonic() - entry.claimed
+        metrics().job_wait.labels(job.queue, job.task).observe(max(0.0, waited))
 
 
 def run_worker(options: WorkerOptions) -> int:
