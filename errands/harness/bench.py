@@ -83,6 +83,7 @@ WORKLOADS = (
     "http-batch",
     "drain",
     "drain-immediate",
+    "drain-prefetch",
     "latency",
     "recovery",
     "recovery-supervisor",
@@ -263,14 +264,15 @@ class Bench:
         finally:
             api.stop()
 
-    def drain(self, ack: str = "batched") -> None:
+    def drain(self, figure_id: str = "drain", *options: str) -> None:
+        """Drain pre-enqueued no-op jobs with `errands run --workers 2 [options]`."""
         jobs = self.sizes.drain
         with Client(self.url) as client:
             for first in range(0, jobs, 1000):
                 client.enqueue_many([{"task": NOOP}] * min(1000, jobs - first))
         postmaster = self._postmaster_pid()
         pg_cpu_before = tree_cpu_seconds(postmaster) if postmaster else 0.0
-        daemon = self._daemon("--ack", ack)
+        daemon = self._daemon(*options)
         try:
             self._wait_until_drained(jobs)
             worker_cpu = tree_cpu_seconds(daemon.pid)
@@ -279,12 +281,11 @@ class Bench:
         finally:
             daemon.stop()
         seconds = self._busy_seconds()
-        figure_id = "drain" if ack == "batched" else "drain-immediate"
         rate = jobs / seconds
         self._add(
             Figure(
                 figure_id,
-                f"{jobs:,} no-op jobs, 2 workers, --ack {ack}",
+                f"{jobs:,} no-op jobs, 2 workers {' '.join(options) or '(defaults)'}",
                 rate,
                 "jobs/s",
                 ratio_to="pgbench -N 4 clients",
@@ -305,7 +306,7 @@ class Bench:
                         "s",
                     )
                 )
-        if ack == "batched":
+        if not options:
             self._add(
                 Figure(
                     "memory",
@@ -316,7 +317,10 @@ class Bench:
             )
 
     def drain_immediate(self) -> None:
-        self.drain(ack="immediate")
+        self.drain("drain-immediate", "--ack", "immediate")
+
+    def drain_prefetch(self) -> None:
+        self.drain("drain-prefetch", "--prefetch", "32")
 
     def latency(self) -> None:
         jobs, rate = self.sizes.latency_jobs, 100.0
