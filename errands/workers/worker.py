@@ -38,6 +38,9 @@ from errands.workers.running import Entry, RunningJobs, log_fields
 
 EXIT_OK = 0
 EXIT_REPLACE = 4  # a timed-out job is stuck on a thread: start a fresh process
+# The longest a finished job waits for its acknowledgement to be sent with others: the
+# window in which a crash re-runs a job that had already finished.
+ACK_FLUSH_SECONDS = 0.01
 
 AckMode = Literal["batched", "immediate"]
 CHANNEL = "errands_jobs"
@@ -68,6 +71,7 @@ class Worker:
         self._acks: list[tuple[Entry, Succeeded]] = []
         self._failures: list[tuple[Entry, Failed]] = []
         self._ready: deque[Entry] = deque()  # claimed, waiting for a free slot
+        self._acks_since = 0.0  # when the oldest unsent acknowledgement was made
         self._executing = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -145,20 +149,41 @@ class Worker:
             if draining and not len(self.running) and not self._acks and not self._failures:
                 return
             free = 0 if draining else capacity - len(self.running)
-            try:
-                conn = self._connection()
-                if conn is None:
-                    return
-                self._send_failures(conn)
-                claimed = self._acknowledge_and_claim(conn, free)
-            except psycopg.OperationalError as exc:
-                self._lose_connection(exc)
-                continue
-            self._ready.extend(self.running.hold(job) for job in claimed)
-            self._dispatch(pool)
-            if claimed:
-                continue  # there may be more work right now: sleep only when a claim finds none
-            self._wait(listen_too=free > 0)
+            # Refill when the prefetch buffer runs low; without one, whenever a slot is free.
+            refill = free > 0 and len(self._ready) <= self.options.prefetch // 2
+            if self._failures or refill or self._acks_due(draining):
+                try:
+                    conn = self._connection()
+                    if conn is None:
+                        return
+                    self._send_failures(conn)
+                    claimed = self._acknowledge_and_claim(conn, free if refill else 0)
+                except psycopg.OperationalError as exc:
+                    self._lose_connection(exc)
+                    continue
+                self._ready.extend(self.running.hold(job) for job in claimed)
+                self._dispatch(pool)
+                if claimed:
+                    continue  # there may be more work now: sleep only when a claim finds none
+            self._wait(listen_too=refill, timeout=self._until_acks_due())
+
+    def _acks_due(self, draining: bool) -> bool:
+        """Acknowledge now, or let more finished jobs join the batch (at most ACK_FLUSH_SECONDS)."""
+        if not self._acks:
+            return False
+        idle = not self._executing and not self._ready
+        return (
+            self.options.ack == "immediate"
+            or draining
+            or idle
+            or time.monotonic() - self._acks_since >= ACK_FLUSH_SECONDS
+        )
+
+    def _until_acks_due(self) -> float:
+        if not self._acks:
+            return self.options.poll_seconds
+        due = self._acks_since + ACK_FLUSH_SECONDS - time.monotonic()
+        return max(0.0, min(self.options.poll_seconds, due))
 
     def _acknowledge_and_claim(self, conn: psycopg.Connection[Any], free: int) -> list[Job]:
         if not self._acks and free <= 0:
@@ -236,6 +261,8 @@ class Worker:
                 if not entry.timed_out:  # a timed-out attempt's failure is recorded already
                     self._report_lost(entry)
             elif isinstance(outcome, Succeeded):
+                if not self._acks:
+                    self._acks_since = time.monotonic()
                 self._acks.append((entry, outcome))
             else:
                 self._failures.append((entry, outcome))
@@ -252,7 +279,7 @@ class Worker:
 
     # -- waiting ---------------------------------------------------------------------------
 
-    def _wait(self, listen_too: bool) -> None:
+    def _wait(self, listen_too: bool, timeout: float) -> None:
         """Sleep until a job finishes, a signal arrives, a NOTIFY comes, or the poll interval."""
         watched = [self._wake_r]
         conn = self._conn
@@ -260,7 +287,7 @@ class Worker:
             if self._pending_notifications(conn):
                 return
             watched.append(conn.fileno())
-        ready, _, _ = select.select(watched, [], [], self.options.poll_seconds)
+        ready, _, _ = select.select(watched, [], [], timeout)
         if self._wake_r in ready:
             os.read(self._wake_r, 4096)
 
