@@ -164,6 +164,9 @@ def parse_cli(args: list[str]) -> click.Context:
     command: click.Command = cli
     name = "errands"
     while isinstance(command, click.Group) and args:
+        while args[0].startswith("-"):  # the group's own options, such as --database-url
+            option = next(p for p in command.params if args[0] in p.opts)
+            args = args[1 if getattr(option, "is_flag", False) else 2 :]
         name, args = args[0], args[1:]
         found = command.commands.get(name)
         assert found is not None, f"errands has no command {name!r}"
