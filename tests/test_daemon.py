@@ -266,3 +266,15 @@ def test_metrics_from_every_process_move_as_jobs_run(
     assert metrics['errands_queue_jobs{queue="default",state="completed"}'] == 10
     assert metrics['errands_job_duration_seconds_count{queue="default",task="record"}'] == 10
     assert daemon.stop() == 0
+
+
+def test_every_child_exits_when_the_supervisor_is_killed(start_daemon: StartDaemon) -> None:
+    # The HTTP child too: left alive it would hold the port the next supervisor needs.
+    daemon = start_daemon("--workers", "2", "--port", str(free_port()))
+    daemon.wait_for_workers(2)
+    children = wait_for(
+        lambda: len(daemon.children()) == 3 and daemon.children(), what="3 children"
+    )
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
+    wait_for(lambda: not any(alive(pid) for pid in children), timeout=5, what="children to exit")
