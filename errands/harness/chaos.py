@@ -22,9 +22,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import psycopg
@@ -449,122 +449,66 @@ class Chaos:
         return False
 
     def _verdict(self, settled: bool, exit_code: int, database: str) -> Report:
-        with psycopg.connect(self.url) as conn:
-            jobs = {
-                row[0]: row
-                for row in conn.execute(
-                    "select id, idempotency_key, task, payload, state::text, attempts,"
-                    " max_attempts, result, lease_expires_at < now() from errands_jobs"
-                )
-            }
-            starts = conn.execute("select job_id, attempt, at from chaos_starts").fetchall()
-            finishes = conn.execute("select job_id, attempt, token from chaos_finishes").fetchall()
-        by_key = Counter(row[1] for row in jobs.values() if row[1] is not None)
-        job_by_key = {row[1]: row for row in jobs.values() if row[1] is not None}
-        started_jobs = {job_id for job_id, _, _ in starts}
-        finish_tokens = {(job_id, attempt, token) for job_id, attempt, token in finishes}
-        finishes_per_job = Counter(job_id for job_id, _, _ in finishes)
-
-        checks = [Check("the system settled: no job left pending, failed or in progress", settled)]
-        accepted = [s for s in self.submissions if s.outcome == "accepted"]
-        wrong = [
-            s.key
-            for s in accepted
-            if by_key[s.key] != 1
-            or job_by_key[s.key][0] != s.job_id
-            or (job_by_key[s.key][2], job_by_key[s.key][3]) != (s.task, s.payload)
-        ]
-        checks.append(
-            Check(
-                "every accepted submission exists exactly once, as submitted",
-                not wrong,
-                _some(wrong),
-            )
-        )
-        refused = [s for s in self.submissions if s.outcome == "refused"]
-        half = [
-            s.key
-            for s in refused
-            if by_key[s.key] > 1
-            or (
-                s.key in job_by_key
-                and (job_by_key[s.key][2], job_by_key[s.key][3]) != (s.task, s.payload)
-            )
-        ]
-        checks.append(
-            Check("refused submissions were stored whole or not at all", not half, _some(half))
-        )
-        split = [
-            key
-            for key, ids in self.bursts
-            if by_key[key] > 1 or len({i for i in ids if i is not None}) > 1
-        ]
-        checks.append(
-            Check("concurrent submissions with one key made one job", not split, _some(split))
-        )
-
-        kinds = {s.key: s.kind for s in self.submissions}
-        unfinished = []
-        for row in jobs.values():
-            job_id, key, _, _, state, attempts, max_attempts = row[:7]
-            doomed = kinds.get(key) == "doomed"
-            if not (state == "completed" and not doomed) and not (
-                doomed and state == "dead" and attempts == max_attempts
-            ):
-                unfinished.append(f"{job_id}:{state}")
-        checks.append(
-            Check(
-                "every job completed, or is dead with its budget spent when it always fails",
-                not unfinished,
-                _some(unfinished),
-            )
-        )
-        never_ran = [
-            job_id
-            for job_id, row in jobs.items()
-            if row[4] == "completed" and job_id not in started_jobs
-        ]
-        checks.append(
-            Check("every completed job ran at least once", not never_ran, _some(never_ran))
-        )
-        stale = [
-            job_id
-            for job_id, row in jobs.items()
-            if row[4] == "completed"
-            and (
-                row[7]["attempt"] != row[5]
-                or (job_id, row[7]["attempt"], row[7]["token"]) not in finish_tokens
-            )
-        ]
-        checks.append(
-            Check(
-                "every stored result came from the job's last attempt (fencing)",
-                not stale,
-                _some(stale),
-            )
-        )
-        lingering = [job_id for job_id, row in jobs.items() if row[4] == "in_progress" and row[8]]
-        checks.append(
-            Check("nothing stays in progress past its lease", not lingering, _some(lingering))
-        )
-        checks.append(
+        evidence = Evidence.read(self.url)
+        checks = [
+            Check("the system settled: no job left pending, failed or in progress", settled),
+            *self._submission_checks(evidence),
+            *job_checks(evidence, {s.key: s.kind for s in self.submissions}),
             Check(
                 "the last supervisor exited 0 on SIGTERM", exit_code == 0, f"exit code {exit_code}"
-            )
-        )
-
+            ),
+        ]
+        finishes_per_job = Counter(job_id for job_id, _, _ in evidence.finishes)
         return Report(
             seed=self.seed,
             profile=asdict(self.profile),
             database=database,
-            jobs=dict(Counter(row[4] for row in jobs.values())),
-            executions=len(starts),
+            jobs=dict(Counter(job.state for job in evidence.jobs.values())),
+            executions=len(evidence.starts),
             duplicate_executions=sum(n - 1 for n in finishes_per_job.values() if n > 1),
             submissions=dict(Counter(f"{s.via} {s.outcome}" for s in self.submissions)),
             faults=dict(Counter(f.kind for f in self.faults)),
-            recovery_seconds=self._recovery(starts),
+            recovery_seconds=self._recovery(evidence.starts),
             checks=checks,
         )
+
+    def _submission_checks(self, evidence: Evidence) -> list[Check]:
+        stored = evidence.by_key
+
+        def as_submitted(s: Submission) -> bool:
+            job = stored.get(s.key)
+            return job is not None and (job.task, job.payload) == (s.task, s.payload)
+
+        accepted = [s for s in self.submissions if s.outcome == "accepted"]
+        refused = [s for s in self.submissions if s.outcome == "refused"]
+        return [
+            _check(
+                "every accepted submission exists exactly once, as submitted",
+                [
+                    s.key
+                    for s in accepted
+                    if evidence.copies[s.key] != 1
+                    or not as_submitted(s)
+                    or stored[s.key].id != s.job_id
+                ],
+            ),
+            _check(
+                "refused submissions were stored whole or not at all",
+                [
+                    s.key
+                    for s in refused
+                    if evidence.copies[s.key] > 1 or (s.key in stored and not as_submitted(s))
+                ],
+            ),
+            _check(
+                "concurrent submissions with one key made one job",
+                [
+                    key
+                    for key, ids in self.bursts
+                    if evidence.copies[key] > 1 or len({i for i in ids if i is not None}) > 1
+                ],
+            ),
+        ]
 
     def _recovery(self, starts: list[tuple[int, int, Any]]) -> dict[str, float | None]:
         """From each worker kill to its job's next start."""
@@ -587,6 +531,91 @@ class Chaos:
             else [times[0]] * 99
         )
         return {"p50": cuts[49], "p99": cuts[98], "max": max(times)}
+
+
+class StoredJob(NamedTuple):
+    id: int
+    key: str | None
+    task: str
+    payload: dict[str, Any]
+    state: str
+    attempts: int
+    max_attempts: int
+    result: Any
+    lease_expired: bool | None
+
+
+@dataclass
+class Evidence:
+    """What the database holds once the storm settled: jobs, and the tasks' own record."""
+
+    jobs: dict[int, StoredJob]
+    starts: list[tuple[int, int, Any]]  # job id, attempt, time
+    finishes: list[tuple[int, int, str]]  # job id, attempt, token
+
+    @classmethod
+    def read(cls, url: str) -> Evidence:
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "select id, idempotency_key, task, payload, state::text, attempts,"
+                " max_attempts, result, lease_expires_at < now() from errands_jobs"
+            ).fetchall()
+            starts = conn.execute("select job_id, attempt, at from chaos_starts").fetchall()
+            finishes = conn.execute("select job_id, attempt, token from chaos_finishes").fetchall()
+        return cls({row[0]: StoredJob(*row) for row in rows}, starts, finishes)
+
+    @cached_property
+    def copies(self) -> Counter[str]:
+        return Counter(job.key for job in self.jobs.values() if job.key is not None)
+
+    @cached_property
+    def by_key(self) -> dict[str, StoredJob]:
+        return {job.key: job for job in self.jobs.values() if job.key is not None}
+
+
+def job_checks(evidence: Evidence, kinds: dict[str, str]) -> list[Check]:
+    started = {job_id for job_id, _, _ in evidence.starts}
+    tokens = set(evidence.finishes)
+
+    def settled_as_it_should(job: StoredJob) -> bool:
+        if kinds.get(job.key or "") == "doomed":
+            return job.state == "dead" and job.attempts == job.max_attempts
+        return job.state == "completed"
+
+    def from_last_attempt(job: StoredJob) -> bool:
+        result = job.result
+        return (
+            result["attempt"] == job.attempts
+            and (job.id, result["attempt"], result["token"]) in tokens
+        )
+
+    completed = [job for job in evidence.jobs.values() if job.state == "completed"]
+    return [
+        _check(
+            "every job completed, or is dead with its budget spent when it always fails",
+            [
+                f"{job.id}:{job.state}"
+                for job in evidence.jobs.values()
+                if not settled_as_it_should(job)
+            ],
+        ),
+        _check(
+            "every completed job ran at least once",
+            [j.id for j in completed if j.id not in started],
+        ),
+        _check(
+            "every stored result came from the job's last attempt (fencing)",
+            [job.id for job in completed if not from_last_attempt(job)],
+        ),
+        _check(
+            "nothing stays in progress past its lease",
+            [j.id for j in evidence.jobs.values() if j.state == "in_progress" and j.lease_expired],
+        ),
+    ]
+
+
+def _check(name: str, violations: list[Any]) -> Check:
+    return Check(name, not violations, _some(violations))
 
 
 class _Refused(Exception):
