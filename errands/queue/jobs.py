@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -47,7 +47,8 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: states as strings, timestamps in RFC 3339 with their offset."""
-        data = asdict(self)
+        # Shallow: asdict() would deep-copy the payload and result for nothing.
+        data = {name: getattr(self, name) for name in JOB_COLUMNS}
         data["state"] = self.state.value
         for name, value in data.items():
             if isinstance(value, datetime):
