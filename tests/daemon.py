@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
 from errands.harness.process import DaemonProcess
+from errands.harness.waiting import wait_for
 
 TESTS = Path(__file__).parent
-T = TypeVar("T")
 
 FAST = {
     "ERRANDS_LEASE_SECONDS": "2",
@@ -21,18 +19,6 @@ FAST = {
     "ERRANDS_REAPER_SECONDS": "0.3",
     "ERRANDS_GRACE_SECONDS": "5",
 }
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 20, what: str = "") -> T:
-    """Poll `check` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        time.sleep(0.05)
 
 
 class Daemon(DaemonProcess):

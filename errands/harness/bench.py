@@ -42,6 +42,8 @@ from errands.harness.process import (
     rss_megabytes,
     tree_cpu_seconds,
 )
+from errands.harness.waiting import answers, drained, wait_for
+from errands.queue import live_workers
 
 NOOP = "bench.noop"
 JSON = {"Content-Type": "application/json"}
@@ -259,7 +261,7 @@ class Bench:
         api = DaemonProcess(["api", "--host", "127.0.0.1", "--port", str(port)], env, log).start()
         base = f"http://127.0.0.1:{port}"
         try:
-            _poll(lambda: _answers(f"{base}/health"), "the API to start", interval=0.05)
+            wait_for(lambda: answers(f"{base}/health"), what="the API to start")
             yield base
         finally:
             api.stop()
@@ -403,37 +405,32 @@ class Bench:
         """Start a long job, kill its holder with `kill`, and time until it runs again."""
         with Client(self.url) as client:
             job = client.enqueue(HOLD, {"seconds": 600})
-            owner = _poll(lambda: (j := client.get(job.id)) and j.lease_owner, "the job to start")
+
+            def holder() -> str | None:
+                held = client.get(job.id)
+                return held.lease_owner if held else None
+
+            def started_again() -> datetime | None:
+                again = client.get(job.id)
+                return again.started_at if again and again.attempts >= 2 else None
+
+            owner = wait_for(holder, what="the job to start", interval=0.005)
             killed_at = time.time()
             kill(owner)
-            again = _poll(
-                lambda: (j := client.get(job.id)) and j.attempts >= 2 and j.started_at,
-                "the job to run again",
-                timeout=120,
+            restarted = wait_for(
+                started_again, timeout=120, what="the job to run again", interval=0.005
             )
-        return float(again.timestamp() - killed_at)
+        return restarted.timestamp() - killed_at
 
     def _wait_for_workers(self, count: int) -> None:
-        _poll(
-            lambda: self._count("select count(*) from errands_workers") >= count, "workers to start"
-        )
+        def started() -> bool:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                return len(live_workers(conn, silence_seconds=60)) >= count
+
+        wait_for(started, what="workers to start")
 
     def _wait_until_drained(self, jobs: int) -> None:
-        unfinished = (
-            "select count(*) from errands_jobs where state in ('pending', 'failed', 'in_progress')"
-        )
-        _poll(
-            lambda: self._count(unfinished) == 0,
-            f"{jobs} jobs to finish",
-            timeout=600,
-            interval=0.05,
-        )
-
-    def _count(self, sql: bytes | str) -> int:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            row = conn.execute(sql.encode() if isinstance(sql, str) else sql).fetchone()
-        assert row is not None
-        return int(row[0])
+        wait_for(lambda: drained(self.url), timeout=600, what=f"{jobs} jobs to finish")
 
     def _busy_seconds(self) -> float:
         with psycopg.connect(self.url) as conn:
@@ -451,13 +448,6 @@ class Bench:
             assert row is not None
             stat = ProcStat.read(row[0])
         return stat.ppid if stat else None
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def wrk_post(url: str, body: str, connections: int, seconds: float) -> float:
@@ -499,15 +489,6 @@ def wrk_post(url: str, body: str, connections: int, seconds: float) -> float:
 
 def _pid_of(owner: str) -> int:
     return int(owner.split(":")[1])
-
-
-def _poll(check: Callable[[], Any], what: str, timeout: float = 60, interval: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
-    return result
 
 
 def environment() -> dict[str, Any]:

@@ -34,6 +34,7 @@ from errands.client import Client
 from errands.database import connect
 from errands.harness.chaos_tasks import RECORD_TABLES
 from errands.harness.process import DaemonProcess, alive, free_port
+from errands.harness.waiting import answers, drained, wait_for
 
 BUDGET = 10  # attempts of jobs that should complete: room for many crashes
 DOOMED_BUDGET = 3
@@ -231,14 +232,7 @@ class Chaos:
         return self.daemons[-1]
 
     def _wait_for_http(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self._base}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("the daemon's HTTP API did not come up")
+        wait_for(lambda: answers(f"{self._base}/health"), timeout=30, what="the daemon's HTTP API")
 
     @property
     def _base(self) -> str:
@@ -433,20 +427,12 @@ class Chaos:
     # -- the verdict -----------------------------------------------------------------------
 
     def _settle(self) -> bool:
-        deadline = time.monotonic() + self.profile.settle_seconds
-        while time.monotonic() < deadline:
-            try:
-                with psycopg.connect(self.url) as conn:
-                    row = conn.execute(
-                        "select count(*) from errands_jobs"
-                        " where state in ('pending', 'failed', 'in_progress')"
-                    ).fetchone()
-                if row is not None and row[0] == 0:
-                    return True
-            except psycopg.Error:
-                pass
-            time.sleep(0.5)
-        return False
+        try:
+            return wait_for(
+                lambda: drained(self.url), timeout=self.profile.settle_seconds, interval=0.5
+            )
+        except TimeoutError:
+            return False
 
     def _verdict(self, settled: bool, exit_code: int, database: str) -> Report:
         evidence = Evidence.read(self.url)
