@@ -286,6 +286,8 @@ def test_tokens_never_appear_in_the_logs(
     http.get("/stats", headers={"Authorization": f"Bearer {TOKEN}"})
     http.get("/stats", headers={"Authorization": "Bearer not-the-token"})
     captured = capsys.readouterr()
+    logged = captured.out + captured.err
+    assert logged.count("request") >= 2  # both requests were logged, and looked at here
     assert TOKEN not in captured.out + captured.err
     assert "not-the-token" not in captured.out + captured.err
 

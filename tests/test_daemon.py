@@ -16,6 +16,7 @@ import pytest
 
 from errands import Client, JobState
 from errands.harness.process import alive, free_port
+from errands.queue.lease import WORKER_EXITED
 from tests.daemon import Daemon, wait_for
 
 StartDaemon = Callable[..., Daemon]
@@ -57,16 +58,17 @@ def test_jobs_complete(start_daemon: StartDaemon, client: Client) -> None:
 def test_a_worker_killed_mid_job_has_its_job_run_again_before_the_lease_could_expire(
     start_daemon: StartDaemon, client: Client
 ) -> None:
-    # A 30 s lease: running again sooner proves the supervisor released the job
-    # the moment its worker died, rather than the reaper after the lease.
+    # A 30 s lease, and the job's history names who recovered it: the supervisor,
+    # the moment its worker died, not the reaper after the lease.
     daemon = start_daemon("--workers", "2", ERRANDS_LEASE_SECONDS="30")
     daemon.wait_for_workers(2)
     job = client.enqueue("hold", {"seconds": 60})
     ((_, victim, _),) = wait_for_executions(daemon, job.id, 1)
     os.kill(victim, signal.SIGKILL)
-    killed_at = time.monotonic()
-    wait_for_state(client, job.id, JobState.COMPLETED, timeout=25)
-    assert time.monotonic() - killed_at < 30
+    wait_for_state(client, job.id, JobState.COMPLETED)
+    recovered = client.get(job.id)
+    assert recovered is not None
+    assert [e["error"] for e in recovered.errors] == [WORKER_EXITED]
     (first, second) = executions(daemon, job.id)
     assert (first[0], second[0]) == (1, 2) and second[1] != victim
 
@@ -169,11 +171,18 @@ def test_several_jobs_run_at_once_in_one_process_with_concurrency(
     start_daemon: StartDaemon, client: Client
 ) -> None:
     daemon = start_daemon("--workers", "1", "--concurrency", "4")
-    jobs = client.enqueue_many([{"task": "hold_every_time", "payload": {"seconds": 1}}] * 4)
+    jobs = client.enqueue_many([{"task": "hold_every_time", "payload": {"seconds": 3}}] * 4)
     starts = [wait_for_executions(daemon, job.id, 1)[0] for job in jobs]
     assert len({pid for _, pid, _ in starts}) == 1
-    spread = max(at for _, _, at in starts) - min(at for _, _, at in starts)
-    assert spread.total_seconds() < 1  # all four started before the first could finish
+
+    def all_four_running_at_once() -> bool:
+        rows = daemon.query(
+            "select count(*), count(distinct lease_owner) from errands_jobs"
+            " where state = 'in_progress'"
+        )
+        return bool(rows[0] == (4, 1))
+
+    wait_for(all_four_running_at_once, what="four jobs held by one worker at once")
     for job in jobs:
         wait_for_state(client, job.id, JobState.COMPLETED)
 
