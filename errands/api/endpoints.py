@@ -6,6 +6,7 @@ they raise HTTPError for every answer that is not a success.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -141,7 +142,7 @@ def _parse(fields: dict[str, Any], prefix: str) -> JobRequest:
         raise invalid(exc.errors) from None
 
 
-def _enqueue(store: Any) -> list[Enqueued]:
+def _enqueue(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
     try:
         answers: list[Enqueued] = store()
     except IdempotencyConflict as exc:
@@ -152,9 +153,9 @@ def _enqueue(store: Any) -> list[Enqueued]:
     return answers
 
 
-def _manage(conn: Conn, request: Request, action: Any) -> Response:
+def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) -> Response:
     try:
-        job: Job = action(conn, _job_id(request))
+        job = action(conn, _job_id(request))
     except JobNotFound:
         raise _not_found(request) from None
     except InvalidState as exc:

@@ -16,10 +16,6 @@ class JobState(StrEnum):
     DEAD = "dead"
     CANCELLED = "cancelled"
 
-    @property
-    def is_finished(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
-
 
 @dataclass(frozen=True)
 class Job:

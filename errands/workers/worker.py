@@ -146,7 +146,7 @@ class Worker:
             self._collect_outcomes()
             self._dispatch(pool)
             draining = self._stopping or self._replacing
-            if draining and not len(self.running) and not self._acks and not self._failures:
+            if draining and self._nothing_owed():
                 return
             free = 0 if draining else capacity - len(self.running)
             # Refill when the prefetch buffer runs low; without one, whenever a slot is free.
@@ -315,7 +315,11 @@ class Worker:
 
     def _must_give_up(self) -> bool:
         # Stopping with nothing left to report: no reason to wait for the database.
-        return self._stopping and not len(self.running) and not self._acks and not self._failures
+        return self._stopping and self._nothing_owed()
+
+    def _nothing_owed(self) -> bool:
+        """No job held, and no outcome left to write."""
+        return not len(self.running) and not self._acks and not self._failures
 
     def _lose_connection(self, exc: Exception) -> None:
         _log.warning(
