@@ -28,6 +28,9 @@ from psycopg.conninfo import make_conninfo
 
 from errands import Client, embedded
 from errands.api import App
+from errands.api.app import MAX_IN_FLIGHT
+from errands.api.server import config as server_config
+from errands.api.transport import DEFAULT_LIMITS, Limits
 from errands.harness.process import free_port
 from errands.schema import migrate
 from tests.daemon import Daemon
@@ -155,15 +158,19 @@ def start_daemon(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]
 
 @pytest.fixture
 def serve_api(db_url: str) -> Iterator[ServeApi]:
-    """Start the API on a free port (uvicorn on a thread); returns an HTTP client for it."""
+    """Start the API on a free port (the real server, on a thread); returns an HTTP client."""
     servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
-    def start(tokens: tuple[str, ...] = (), url: str = db_url) -> httpx.Client:
+    def start(
+        tokens: tuple[str, ...] = (),
+        url: str = db_url,
+        limits: Limits = DEFAULT_LIMITS,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> httpx.Client:
         port = free_port()
-        app = App(url, tokens, lease_seconds=30)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-        )
+        app = App(url, tokens, lease_seconds=30, max_in_flight=max_in_flight)
+        # The production server's settings (protocol, limits, loop), on a thread.
+        server = uvicorn.Server(server_config(app, "127.0.0.1", port, limits))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 import errands
-from errands import Client, IdempotencyConflict, JobState
+from errands import Client, IdempotencyConflict, InvalidJob, JobState
 
 
 def count_jobs(conn: psycopg.Connection[Any]) -> int:
@@ -154,10 +154,11 @@ def test_a_replay_matches_numbers_by_value_as_the_database_stores_them(
     )
 
 
-def test_a_key_repeated_in_a_batch_with_another_payload_is_a_conflict(
+def test_a_key_repeated_in_a_batch_with_another_payload_is_refused_naming_the_copy(
     client: Client, conn: Any
 ) -> None:
-    with pytest.raises(IdempotencyConflict):
+    # Not an IdempotencyConflict: that names a stored job, and the first copy was never stored.
+    with pytest.raises(InvalidJob, match=r"\[1\]\.idempotency_key: repeats the key of \[0\]"):
         client.enqueue_many(
             [
                 {"task": "t", "idempotency_key": "k"},

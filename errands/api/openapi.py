@@ -1,25 +1,18 @@
 """The OpenAPI 3.1 document of the HTTP API, served at /openapi.json.
 
-Constraints come from the validation code itself (requests.py), so the document
-and the behaviour cannot drift apart; the schemathesis test checks the rest.
+Fields and query parameters are generated from the tables of rules that the
+validation runs (JOB_FIELDS, LIST_FILTERS), so the document and the behaviour
+cannot drift apart; the schemathesis test checks the rest.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from errands.api.endpoints import LIST_FILTERS, MAX_BATCH
+from errands.api.http import MAX_BODY_BYTES
 from errands.queue import JobState
-from errands.queue.admin import MAX_LIST_LIMIT
-from errands.queue.requests import (
-    INT32,
-    MAX_ATTEMPTS_LIMIT,
-    MAX_DELAY_SECONDS,
-    MAX_IDEMPOTENCY_KEY,
-    QUEUE_NAME,
-    TASK_NAME,
-)
-
-MAX_BATCH = 1000
+from errands.queue.requests import JOB_FIELDS, Field
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -42,19 +35,45 @@ def _json(
     return answer
 
 
+_REASONS = {
+    400: "Unparsable JSON, a repeated header, or a header or query string that is not UTF-8",
+    401: "Missing or unknown bearer token (when ERRANDS_API_TOKENS is set)",
+    404: "No such job",
+    409: "Idempotency key taken by another request, or a state that forbids the action",
+    413: f"The body exceeds {MAX_BODY_BYTES} bytes",
+    415: "The body is not application/json in UTF-8, or has a Content-Encoding",
+    422: "Invalid fields or query parameters, each named in details",
+    501: "A transfer coding other than chunked",
+    503: "The database is unavailable, or the server has too many requests in hand",
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    reasons = {
-        400: "The body is not valid JSON",
-        401: "Missing or unknown bearer token (when ERRANDS_API_TOKENS is set)",
-        404: "No such job",
-        405: "Method not allowed",
-        409: "Idempotency key taken by another request, or a state that forbids the action",
-        413: "The body exceeds 1 MiB",
-        415: "The body is not application/json",
-        422: "Invalid fields, each named in details",
-        503: "The database is unavailable",
-    }
-    return {str(status): _json(_ref("Error"), reasons[status]) for status in statuses}
+    # Every operation may meet framing errors (400, 501) and unknown query parameters (422).
+    every = {400, 422, 501, *statuses}
+    return {str(status): _json(_ref("Error"), _REASONS[status]) for status in sorted(every)}
+
+
+def _properties(fields: dict[str, Field]) -> dict[str, Any]:
+    return {name: rule.schema() for name, rule in fields.items()}
+
+
+def _query(fields: dict[str, Field]) -> list[dict[str, Any]]:
+    """Query parameters: never null, and never blank unless the rule allows it."""
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": rule.required,
+            "schema": {
+                key: value
+                for key, value in {**rule.rule.schema(), "default": rule.default}.items()
+                if value is not None
+            },
+            **({"description": rule.description} if rule.description else {}),
+        }
+        for name, rule in fields.items()
+    ]
 
 
 _TIMESTAMP = {"type": "string", "format": "date-time"}
@@ -64,24 +83,6 @@ _JOB_ID = {
     "required": True,
     "schema": {"type": "integer", "minimum": 0},
 }
-_REQUEST_FIELDS: dict[str, Any] = {
-    "task": {"type": "string", "pattern": TASK_NAME.pattern},
-    "payload": {
-        "type": "object",
-        "description": "the task's keyword arguments (JSON without NUL characters)",
-    },
-    "queue": {"type": "string", "pattern": QUEUE_NAME.pattern, "default": "default"},
-    "priority": {"type": "integer", "minimum": INT32[0], "maximum": INT32[1], "default": 0},
-    "run_at": {**_TIMESTAMP, "description": "not before this time (RFC 3339 with an offset)"},
-    "delay": {
-        "type": "number",
-        "minimum": 0,
-        "maximum": MAX_DELAY_SECONDS,
-        "description": "seconds",
-    },
-    "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT, "default": 5},
-    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-}
 
 
 def document() -> dict[str, Any]:
@@ -89,8 +90,12 @@ def document() -> dict[str, Any]:
         "type": "object",
         "required": ["task"],
         "additionalProperties": False,
-        "properties": _REQUEST_FIELDS,
-        "not": {"required": ["run_at", "delay"]},
+        "properties": _properties(JOB_FIELDS),
+        # Both given (null is absent): refused.
+        "not": {
+            "required": ["run_at", "delay"],
+            "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}},
+        },
     }
     job = {
         "type": "object",
@@ -127,8 +132,8 @@ def document() -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-        "description": "Same as the idempotency_key field",
+        "schema": JOB_FIELDS["idempotency_key"].rule.schema(),
+        "description": "Same as the idempotency_key field, in UTF-8 (not taken by /jobs/batch)",
     }
     return {
         "openapi": "3.1.0",
@@ -170,31 +175,7 @@ def document() -> dict[str, Any]:
                 },
                 "get": {
                     "summary": "List jobs, newest first",
-                    "parameters": [
-                        {
-                            "name": "state",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": [s.value for s in JobState]},
-                        },
-                        {"name": "queue", "in": "query", "schema": {"type": "string"}},
-                        {"name": "task", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": MAX_LIST_LIMIT,
-                                "default": 100,
-                            },
-                        },
-                        {
-                            "name": "after",
-                            "in": "query",
-                            "description": "next_after of the previous page",
-                            "schema": {"type": "integer", "minimum": 1},
-                        },
-                    ],
+                    "parameters": _query(LIST_FILTERS),
                     "responses": {
                         "200": _json(
                             {

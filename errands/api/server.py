@@ -1,15 +1,41 @@
 """Serving the API with uvicorn, in this process: for `errands api` and `errands run`'s child.
 
 uvicorn (with httptools and uvloop) is a well-kept production server: it
-handles keep-alive, slow clients and graceful shutdown, and bounds concurrency;
-the application stays a thin synchronous shim over the queue functions.
+handles keep-alive and graceful shutdown; transport.py adds the limits on
+headers, slow clients and connections that it lacks. The application stays a
+thin synchronous shim over the queue functions.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 
 from errands.api.app import App
+from errands.api.transport import DEFAULT_LIMITS, Limits, protocol
+
+
+def config(
+    app: App, host: str, port: int, limits: Limits = DEFAULT_LIMITS, **options: Any
+) -> uvicorn.Config:
+    """The server's settings, the same for `errands api`, `errands run` and the tests."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=protocol(limits),
+        ws="none",
+        lifespan="on",
+        access_log=False,  # the application logs one structured line per request
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=round(limits.keep_alive),
+        limit_concurrency=None,  # the application limits requests, transport.py connections
+        backlog=2048,
+        **options,
+    )
 
 
 def serve(
@@ -21,21 +47,13 @@ def serve(
     grace_seconds: float,
 ) -> int:
     """Serve until SIGTERM/SIGINT, then finish in-flight requests; returns the exit code."""
-    config = uvicorn.Config(
-        App(database_url, tokens, lease_seconds),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,  # the application logs one structured line per request
-        log_config=None,
-        server_header=False,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=max(1, round(grace_seconds)),
-        limit_concurrency=2048,
-        backlog=2048,
+    server = uvicorn.Server(
+        config(
+            App(database_url, tokens, lease_seconds),
+            host,
+            port,
+            timeout_graceful_shutdown=max(1, round(grace_seconds)),
+        )
     )
-    server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1

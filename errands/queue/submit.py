@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from errands.errors import ErrandsError, IdempotencyConflict
+from errands.errors import ErrandsError, FieldError, IdempotencyConflict, InvalidJob
 from errands.queue.jobs import Job
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
@@ -48,10 +48,18 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
     raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
 
 
-def enqueue_many(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) -> list[Enqueued]:
-    """Store many jobs in one statement and one transaction: all of them or none."""
+def enqueue_many(
+    conn: psycopg.Connection[Any], requests: Sequence[JobRequest], field_prefix: str = "[{}]."
+) -> list[Enqueued]:
+    """Store many jobs in one statement and one transaction: all of them or none.
+
+    A key repeated inside the batch must come with the same request (later copies
+    replay the first); otherwise InvalidJob names the copy, `field_prefix` formatted
+    with its index, before the database sees anything.
+    """
     if not requests:
         return []
+    _refuse_conflicting_copies(requests, field_prefix)
     params = {
         "tasks": [r.task for r in requests],
         "queues": [r.queue for r in requests],
@@ -73,6 +81,27 @@ def enqueue_many(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) 
     raise ErrandsError("could not settle the idempotency keys of a batch")
 
 
+def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
+    first: dict[str, tuple[int, JobRequest]] = {}
+    errors = []
+    for n, request in enumerate(requests):
+        key = request.idempotency_key
+        if key is None:
+            continue
+        if key not in first:
+            first[key] = (n, request)
+        elif not request.same_request_as(first[key][1]):
+            where = field_prefix.format(first[key][0]).rstrip(".")
+            errors.append(
+                FieldError(
+                    field_prefix.format(n) + "idempotency_key",
+                    f"repeats the key of {where} with a different task, queue or payload",
+                )
+            )
+    if errors:
+        raise InvalidJob(errors)
+
+
 def _match(requests: Sequence[JobRequest], rows: list[dict[str, Any]]) -> list[Enqueued]:
     """Pair each request with its row: by key when it has one, else in insertion order."""
     by_key: dict[str, dict[str, Any]] = {}
@@ -86,22 +115,19 @@ def _match(requests: Sequence[JobRequest], rows: list[dict[str, Any]]) -> list[E
     fresh = iter(unkeyed)
 
     answers = []
-    first_with_key: dict[str, JobRequest] = {}
+    seen: set[str] = set()
     for request in requests:
         key = request.idempotency_key
         if key is None:
             answers.append(Enqueued(Job.from_row(next(fresh)), created=True))
         elif key not in by_key:
             raise _KeyRace
-        elif key not in first_with_key:
-            first_with_key[key] = request
+        elif key not in seen:
+            seen.add(key)
             answers.append(_answer(request, by_key[key]))
         else:
-            # A key repeated inside one batch: later copies replay the first.
-            job = Job.from_row(by_key[key])
-            if not request.same_request_as(first_with_key[key]):
-                raise IdempotencyConflict(key, job.id)
-            answers.append(Enqueued(job, created=False))
+            # A key repeated inside one batch (the same request, checked before): a replay.
+            answers.append(Enqueued(Job.from_row(by_key[key]), created=False))
     return answers
 
 
