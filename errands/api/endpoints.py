@@ -132,7 +132,12 @@ def _with_header_key(body: dict[str, Any], request: Request) -> dict[str, Any]:
     if header is None:
         return body
     if body.get("idempotency_key") not in (None, header):
-        raise invalid([FieldError("idempotency_key", "differs from the Idempotency-Key header")])
+        raise HTTPError(
+            409,
+            "idempotency_conflict",
+            "the Idempotency-Key header and the idempotency_key field give different keys",
+            [FieldError("idempotency_key", "differs from the Idempotency-Key header")],
+        )
     return {**body, "idempotency_key": header}
 
 
@@ -148,8 +153,6 @@ def _enqueue(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
         answers: list[Enqueued] = store()
     except IdempotencyConflict as exc:
         raise HTTPError(409, "idempotency_conflict", str(exc)) from None
-    except InvalidJob as exc:
-        raise invalid(exc.errors) from None
     try:
         for answer in answers:
             if answer.created:

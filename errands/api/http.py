@@ -51,14 +51,17 @@ class Request:
         )
 
     def header(self, name: str) -> str | None:
-        """A header's value as UTF-8 text (what clients send today), or 400."""
+        """A header's value as text: UTF-8 (what clients send today), else ISO-8859-1.
+
+        HTTP's historical charset is the fallback, so that no value is refused for its bytes.
+        """
         value = self.headers.get(name)
         if value is None:
             return None
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
-            raise HTTPError(400, "bad_request", f"the {name} header is not UTF-8") from None
+            return value.decode("latin-1")
 
 
 def _query(raw: bytes) -> list[tuple[str, str]]:

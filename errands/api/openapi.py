@@ -12,7 +12,7 @@ from typing import Any
 from errands.api.endpoints import LIST_FILTERS, MAX_BATCH
 from errands.api.http import MAX_BODY_BYTES
 from errands.queue import JobState
-from errands.queue.requests import JOB_FIELDS, Field
+from errands.queue.requests import JOB_FIELDS, JSON_VALUE_SCHEMA, Field
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -39,7 +39,8 @@ _REASONS = {
     400: "Unparsable JSON, a repeated header, or a header or query string that is not UTF-8",
     401: "Missing or unknown bearer token (when ERRANDS_API_TOKENS is set)",
     404: "No such job",
-    409: "Idempotency key taken by another request, or a state that forbids the action",
+    409: "Idempotency key taken by another request (a stored job's, another job's of the "
+    "same batch, or the body's and the header's differ), or a state that forbids the action",
     413: f"The body exceeds {MAX_BODY_BYTES} bytes",
     415: "The body is not application/json in UTF-8, or has a Content-Encoding",
     422: "Invalid fields or query parameters, each named in details",
@@ -144,7 +145,12 @@ def document() -> dict[str, Any]:
             '{"error": {"code", "message", "details"}}.',
         },
         "components": {
-            "schemas": {"JobRequest": job_request, "Job": job, "Error": error},
+            "schemas": {
+                "JobRequest": job_request,
+                "Job": job,
+                "Error": error,
+                "JsonValue": JSON_VALUE_SCHEMA,
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],

@@ -54,7 +54,8 @@ class LimitedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # waiting for, or reading, a request line and headers
-        self._head_bytes = 0
+        self._head_bytes = 0  # received while in the head: bounds a head that never ends
+        self._head_size = 0  # of the request line and headers parsed: bounds one that ends
         self._header_count = 0
         self._refused = False
         self._deadline: asyncio.TimerHandle | None = None
@@ -81,11 +82,7 @@ class LimitedProtocol(HttpToolsProtocol):
                 self._arm(self.limits.head_timeout)
         super().data_received(data)
         if self._in_head and self._head_bytes > self.limits.max_head_bytes:
-            self._refuse(
-                431,
-                "headers_too_large",
-                f"the request line and headers exceed {self.limits.max_head_bytes} bytes",
-            )
+            self._refuse_large_head()
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to unparsable HTTP, in the API's error shape.
@@ -95,17 +92,26 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_count = 0
+        self._header_count = self._head_size = 0
         if self._deadline is None:
             self._arm(self.limits.head_timeout)
 
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        if self._head_size <= self.limits.max_head_bytes:  # beyond: refused once complete
+            super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        if self._header_count <= self.limits.max_headers:  # beyond: refused once complete
+        self._head_size += len(name) + len(value) + 4
+        if self._header_count <= self.limits.max_headers:
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
+        if self._head_size > self.limits.max_head_bytes:
+            self._refuse_large_head()
+            return
         if self._header_count > self.limits.max_headers:
             self._refuse(
                 431, "headers_too_large", f"more than {self.limits.max_headers} header lines"
@@ -135,6 +141,10 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _refuse_large_head(self) -> None:
+        message = f"the request line and headers exceed {self.limits.max_head_bytes} bytes"
+        self._refuse(431, "headers_too_large", message)
 
     def _timed_out(self) -> None:
         self._deadline = None

@@ -181,11 +181,29 @@ class Timestamp(Rule):
         return value.astimezone(UTC)
 
 
+# Any JSON value PostgreSQL's jsonb can store: no NUL character in a string or a name.
+JSON_VALUE_REF = "#/components/schemas/JsonValue"
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        {"type": "string", "pattern": NO_NUL.pattern},
+        {"type": "array", "items": {"$ref": JSON_VALUE_REF}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL.pattern},
+            "additionalProperties": {"$ref": JSON_VALUE_REF},
+        },
+    ]
+}
+
+
 @dataclass(frozen=True)
 class Payload(Rule):
     def schema(self) -> dict[str, Any]:
         return {
             "type": "object",
+            "propertyNames": {"pattern": NO_NUL.pattern},
+            "additionalProperties": {"$ref": JSON_VALUE_REF},
             "description": "the task's keyword arguments: JSON without NUL characters, "
             f"nested at most {MAX_PAYLOAD_DEPTH} levels",
         }

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from errands.errors import ErrandsError, FieldError, IdempotencyConflict, InvalidJob
+from errands.errors import ErrandsError, IdempotencyConflict
 from errands.queue.jobs import Job
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
@@ -54,8 +54,8 @@ def enqueue_many(
     """Store many jobs in one statement and one transaction: all of them or none.
 
     A key repeated inside the batch must come with the same request (later copies
-    replay the first); otherwise InvalidJob names the copy, `field_prefix` formatted
-    with its index, before the database sees anything.
+    replay the first); otherwise IdempotencyConflict names both copies (`field_prefix`
+    formatted with their index) before the database sees anything.
     """
     if not requests:
         return []
@@ -82,24 +82,21 @@ def enqueue_many(
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
-    first: dict[str, tuple[int, JobRequest]] = {}
-    errors = []
+    """A key repeated in the batch with another request; its first copy was never stored."""
+    first: dict[str, int] = {}
     for n, request in enumerate(requests):
         key = request.idempotency_key
         if key is None:
             continue
-        if key not in first:
-            first[key] = (n, request)
-        elif not request.same_request_as(first[key][1]):
-            where = field_prefix.format(first[key][0]).rstrip(".")
-            errors.append(
-                FieldError(
-                    field_prefix.format(n) + "idempotency_key",
-                    f"repeats the key of {where} with a different task, queue or payload",
-                )
+        earlier = first.setdefault(key, n)
+        if not request.same_request_as(requests[earlier]):
+            where = [field_prefix.format(i).rstrip(".") for i in (earlier, n)]
+            raise IdempotencyConflict(
+                key,
+                None,
+                f"idempotency key {key!r} is given to {where[0]} and {where[1]} of the batch "
+                "with a different task, queue or payload; nothing was stored",
             )
-    if errors:
-        raise InvalidJob(errors)
 
 
 def _match(requests: Sequence[JobRequest], rows: list[dict[str, Any]]) -> list[Enqueued]:
