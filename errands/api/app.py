@@ -150,9 +150,9 @@ class App:
             response = HTTPError(
                 503, "database_unavailable", "the database is unavailable"
             ).response()
-        except psycopg.errors.IntegrityError as exc:
-            # A value the validation let through and a constraint refused: nothing was stored.
-            _log_database_error("a constraint refused a request that passed validation", exc)
+        except psycopg.errors.CheckViolation as exc:
+            # A value the validation let through and a check refused: nothing was stored.
+            _log_database_error("a check refused a request that passed validation", exc, "warning")
             constraint = exc.diag.constraint_name or "a constraint"
             response = HTTPError(
                 422, "invalid_request", f"the database refused the request ({constraint})"
@@ -268,14 +268,17 @@ def _query_values(route: Route, request: Request) -> dict[str, Any]:
     return values
 
 
-def _log_database_error(event: str, exc: psycopg.Error) -> None:
-    """Without the error's text: a DETAIL quotes the failing row, payload included."""
-    _log.error(
+def _log_database_error(event: str, exc: psycopg.Error, level: str = "error") -> None:
+    """Named, never quoted: the text of a database error may quote the values (a check
+    violation's DETAIL is the failing row, payload included)."""
+    diag = exc.diag
+    getattr(_log, level)(
         event,
         error=type(exc).__name__,
         sqlstate=exc.sqlstate,
-        constraint=exc.diag.constraint_name,
-        message=exc.diag.message_primary,
+        table=diag.table_name,
+        column=diag.column_name,
+        constraint=diag.constraint_name,
     )
 
 

@@ -108,7 +108,8 @@ class LimitedProtocol(HttpToolsProtocol):
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._head_bytes = False, 0
+        if self._refused:  # a request pipelined behind a refused one, in the same bytes
+            return
         if self._head_size > self.limits.max_head_bytes:
             self._refuse_large_head()
             return
@@ -117,6 +118,7 @@ class LimitedProtocol(HttpToolsProtocol):
                 431, "headers_too_large", f"more than {self.limits.max_headers} header lines"
             )
             return
+        self._in_head, self._head_bytes = False, 0
         self._arm(self.limits.body_timeout)
         super().on_headers_complete()
 
@@ -158,8 +160,14 @@ class LimitedProtocol(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
+        # While a head is read, self.cycle is the previous request's (if any), whose answer
+        # must not be cut into; once the headers are in, it is this request's own.
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        if (
+            cycle is None
+            or cycle.response_complete
+            or (not self._in_head and not cycle.response_started)
+        ):
             response = HTTPError(status, code, message).response()
             self.transport.write(
                 b"".join(
