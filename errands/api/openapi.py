@@ -11,6 +11,7 @@ from typing import Any
 
 from errands.api.endpoints import LIST_FILTERS, MAX_BATCH
 from errands.api.http import MAX_BODY_BYTES
+from errands.api.transport import DEFAULT_LIMITS as _LIMITS
 from errands.queue import JobState
 from errands.queue.requests import JOB_FIELDS, JSON_VALUE_SCHEMA, Field
 
@@ -39,19 +40,24 @@ _REASONS = {
     400: "Unparsable JSON, a repeated header, or a header or query string that is not UTF-8",
     401: "Missing or unknown bearer token (when ERRANDS_API_TOKENS is set)",
     404: "No such job",
+    408: f"The request line and headers took over {_LIMITS.head_timeout:g} s, "
+    f"or the body over {_LIMITS.body_timeout:g} s",
     409: "Idempotency key taken by another request (a stored job's, another job's of the "
     "same batch, or the body's and the header's differ), or a state that forbids the action",
     413: f"The body exceeds {MAX_BODY_BYTES} bytes",
     415: "The body is not application/json in UTF-8, or has a Content-Encoding",
     422: "Invalid fields or query parameters, each named in details",
+    431: f"The request line and headers exceed {_LIMITS.max_head_bytes} bytes "
+    f"or {_LIMITS.max_headers} lines",
     501: "A transfer coding other than chunked",
-    503: "The database is unavailable, or the server has too many requests in hand",
+    503: "The database is unavailable, or the server has too many connections or requests",
 }
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    # Every operation may meet framing errors (400, 501) and unknown query parameters (422).
-    every = {400, 422, 501, *statuses}
+    # Every operation may meet the transport's limits (408, 431, 503 beyond the connections),
+    # framing errors (400, 501) and unknown query parameters (422).
+    every = {400, 408, 422, 431, 501, 503, *statuses}
     return {str(status): _json(_ref("Error"), _REASONS[status]) for status in sorted(every)}
 
 
@@ -289,7 +295,8 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json(
                             {"type": "object", "properties": {"status": {"const": "ok"}}}, "Alive"
-                        )
+                        ),
+                        **_errors(),
                     },
                 }
             },
