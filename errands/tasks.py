@@ -70,9 +70,9 @@ def task(
 
 
 def _check(spec: TaskSpec) -> None:
-    if not TASK_NAME.match(spec.name):
+    if not TASK_NAME.fullmatch(spec.name):  # fullmatch: `$` would let "name\n" by
         raise ConfigurationError(f"task name {spec.name!r} must match {TASK_NAME.pattern}")
-    if not QUEUE_NAME.match(spec.queue):
+    if not QUEUE_NAME.fullmatch(spec.queue):
         raise ConfigurationError(f"queue name {spec.queue!r} must match {QUEUE_NAME.pattern}")
     if spec.max_attempts < 1:
         raise ConfigurationError(f"task {spec.name}: max_attempts must be at least 1")

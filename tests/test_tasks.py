@@ -40,16 +40,17 @@ def test_one_name_for_two_functions_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_attempts": 0}, {"timeout": 0}, {"queue": "bad queue"}],
+    [{"max_attempts": 0}, {"timeout": 0}, {"queue": "bad queue"}, {"queue": "q\n"}],
 )
 def test_invalid_options_are_refused_at_registration(options: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         errands.task("options.example", **options)(lambda: None)  # type: ignore[call-overload]
 
 
-def test_invalid_task_name_is_refused() -> None:
+@pytest.mark.parametrize("name", ["not a name", "trailing_newline\n"])
+def test_invalid_task_name_is_refused(name: str) -> None:
     with pytest.raises(ConfigurationError):
-        errands.task("not a name")(lambda: None)
+        errands.task(name)(lambda: None)
 
 
 def test_current_job_is_the_job_being_run() -> None:

@@ -92,7 +92,7 @@ class Text(Rule):
         if not (self.min_length or 0) <= len(value) <= (self.max_length or len(value)):
             raise Invalid(f"must be {self.min_length} to {self.max_length} characters long")
         if not self.pattern.fullmatch(value):
-            raise Invalid(f"must be {self.what} matching {self.pattern.pattern}")
+            raise Invalid(f"must match {self.pattern.pattern}")
         if not _is_unicode(value):
             raise Invalid("must be valid Unicode (a lone surrogate is not)")
         return value
