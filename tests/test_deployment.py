@@ -400,22 +400,22 @@ def test_image_installs_no_extras() -> None:
     assert "[embedded" not in text
 
 
-class _Health(BaseHTTPRequestHandler):
+class _Ready(BaseHTTPRequestHandler):
     status = 200
 
     def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/health" else 404)
+        self.send_response(self.status if self.path == "/ready" else 404)
         self.end_headers()
-        self.wfile.write(b'{"status": "ok"}')
+        self.wfile.write(b'{"status": "ready"}')
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 @pytest.fixture
-def health_server(request: pytest.FixtureRequest) -> Iterator[int]:
-    """A stand-in for /health answering with the status given by parametrization."""
-    handler = type("Handler", (_Health,), {"status": request.param})
+def ready_server(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A stand-in for /ready answering with the status given by parametrization."""
+    handler = type("Handler", (_Ready,), {"status": request.param})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -434,14 +434,14 @@ def run_healthcheck(http_addr: str) -> int:
     return result.returncode
 
 
-@pytest.mark.parametrize("health_server", [200], indirect=True)
-def test_healthcheck_passes_when_health_answers_on_the_configured_port(health_server: int) -> None:
-    assert run_healthcheck(f"0.0.0.0:{health_server}") == 0
+@pytest.mark.parametrize("ready_server", [200], indirect=True)
+def test_healthcheck_passes_when_ready_answers_on_the_configured_port(ready_server: int) -> None:
+    assert run_healthcheck(f"0.0.0.0:{ready_server}") == 0
 
 
-@pytest.mark.parametrize("health_server", [503], indirect=True)
-def test_healthcheck_fails_when_health_answers_an_error(health_server: int) -> None:
-    assert run_healthcheck(f"0.0.0.0:{health_server}") != 0
+@pytest.mark.parametrize("ready_server", [503], indirect=True)
+def test_healthcheck_fails_when_ready_answers_an_error(ready_server: int) -> None:
+    assert run_healthcheck(f"0.0.0.0:{ready_server}") != 0
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:

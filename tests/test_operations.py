@@ -21,6 +21,7 @@ from errands import Client
 from errands.harness.process import alive, free_port
 from errands.harness.waiting import answers
 from tests.daemon import FAST, TESTS, Daemon, wait_for
+from tests.test_deployment import run_healthcheck
 
 StartDaemon = Callable[..., Daemon]
 pytestmark = pytest.mark.slow
@@ -142,6 +143,7 @@ def test_ready_answers_503_while_no_worker_runs(start_daemon: StartDaemon) -> No
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "not_ready"
     assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    assert run_healthcheck(f"0.0.0.0:{port}") != 0  # the image's and compose's: unhealthy
 
 
 def test_ready_answers_200_once_the_workers_run(start_daemon: StartDaemon) -> None:
@@ -170,7 +172,10 @@ def greet(name: str = "") -> str:
 
 def started_worker_tasks(db_url: str, cwd: Path, env: dict[str, str]) -> list[str]:
     """The tasks the first worker of `errands run --tasks mytasks` says it registered."""
-    command = [sys.executable, "-m", "errands", "run", "--no-http", "--workers", "1"]
+    # The console script, as people run it: unlike `python -m`, it puts no directory of
+    # the caller's on the import path by itself.
+    script = str(Path(sys.executable).parent / "errands")
+    command = [script, "run", "--no-http", "--workers", "1"]
     with subprocess.Popen(
         [*command, "--tasks", "mytasks"],
         cwd=cwd,
