@@ -20,8 +20,9 @@ import sys
 
 import structlog
 
-# uvicorn's start and stop chatter: errands logs where it listens itself.
-QUIET_LOGGERS = {"uvicorn": logging.WARNING}
+# Chatter of libraries at info: uvicorn's start and stop (errands says where it listens),
+# pgserver's every initdb and pg_ctl command line (errands says which database it uses).
+QUIET_LOGGERS = {"uvicorn": logging.WARNING, "pgserver": logging.WARNING}
 
 
 def library_mode() -> None:
