@@ -18,7 +18,7 @@ from errands import embedded
 from errands.api import serve
 from errands.client import Client
 from errands.config import Settings
-from errands.database import connect, resolve_url
+from errands.database import connect, open_connection, resolve_url
 from errands.errors import ConfigurationError, ErrandsError
 from errands.harness.bench import WORKLOADS, Bench, as_json, table
 from errands.harness.chaos import Chaos, Profile, shell_restart
@@ -353,7 +353,7 @@ def stats(ctx: Context, as_json: bool) -> None:
 @pass_context
 def migrate(ctx: Context, as_json: bool) -> None:
     """Create or update the errands tables (safe to run any number of times)."""
-    with psycopg.connect(ctx.database_url(), autocommit=True) as conn:
+    with open_connection(ctx.database_url(), autocommit=True) as conn:
         applied = apply_migrations(conn)
     names = [f"{m.version:04d}_{m.name}" for m in applied]
     emit(as_json, {"applied": names}, "\n".join(f"applied {n}" for n in names) or "up to date")
