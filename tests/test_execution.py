@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -124,22 +122,3 @@ def test_demo_flaky_fails_at_its_rate(as_job: None) -> None:
 
 def test_demo_sleep_returns_what_it_slept(as_job: None) -> None:
     assert demo.sleep(0.01) == {"slept": 0.01}
-
-
-def test_demo_http_call_fetches_a_url(as_job: None) -> None:
-    class Hello(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"hello")
-
-        def log_message(self, *args: Any) -> None: ...
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/"
-        assert demo.http_call(url) == {"status": 200, "bytes": 5}
-    finally:
-        server.shutdown()
