@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from errands.errors import scrub
 
 
 def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
@@ -13,6 +17,7 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _scrub_exception,
     ]
     if log_format == "console":
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
@@ -24,3 +29,18 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _scrub_exception(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """Render a logged exception without the row contents a database error's DETAIL quotes."""
+    exc_info = event.get("exc_info")
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    exc = exc_info if isinstance(exc_info, BaseException) else None
+    if isinstance(exc_info, tuple):
+        exc = exc_info[1]
+    if exc is not None:
+        event.pop("exc_info")
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        event["exception"] = scrub(text, exc)
+    return event
