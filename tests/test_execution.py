@@ -7,10 +7,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
+import structlog
 
 import errands
 from errands import demo
+from errands.errors import WITHHELD
+from errands.log import configure_logging
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, running
 from errands.workers.execution import Failed, Succeeded, execute
@@ -122,3 +126,38 @@ def test_demo_flaky_fails_at_its_rate(as_job: None) -> None:
 
 def test_demo_sleep_returns_what_it_slept(as_job: None) -> None:
     assert demo.sleep(0.01) == {"slept": 0.01}
+
+
+CARD = "4" + "1" * 15  # the row; written so that no source line in a traceback holds it
+
+
+@errands.task("violates_a_check")
+def violates_a_check(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("create temp table cards (number text check (number not like '4111%'))")
+        conn.execute("insert into cards values ('4' || repeat('1', 15))")
+
+
+def test_a_database_error_in_a_task_is_stored_without_the_row_it_quotes(db_url: str) -> None:
+    outcome = execute(a_job("violates_a_check", {"url": db_url}))
+    assert isinstance(outcome, Failed) and outcome.traceback is not None
+    assert outcome.error.startswith("CheckViolation: new row for relation")
+    assert CARD not in outcome.error + outcome.traceback
+    assert WITHHELD in outcome.traceback
+
+
+def test_a_logged_database_error_shows_no_row(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("json", "INFO")
+    try:
+        with psycopg.connect(db_url) as conn:
+            conn.execute("create temp table cards (number text check (number not like '4111%'))")
+            try:
+                conn.execute("insert into cards values ('4' || repeat('1', 15))")
+            except psycopg.Error:
+                structlog.get_logger("test").exception("could not store")
+    finally:
+        structlog.reset_defaults()
+    logged = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert "CheckViolation" in logged["exception"] and CARD not in logged["exception"]
