@@ -7,12 +7,16 @@ from errands.errors import (
     ErrandsError,
     FieldError,
     IdempotencyConflict,
+    InvalidArgument,
     InvalidJob,
     InvalidState,
     JobNotFound,
 )
+from errands.log import library_mode
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, current_job, task
+
+library_mode()  # a library writes through `logging`, never to a terminal (loggers are lazy)
 
 __all__ = [
     "Backoff",
@@ -22,6 +26,7 @@ __all__ = [
     "ErrandsError",
     "FieldError",
     "IdempotencyConflict",
+    "InvalidArgument",
     "InvalidJob",
     "InvalidState",
     "Job",

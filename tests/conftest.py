@@ -172,7 +172,7 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
         port = free_port()
         app = App(url, tokens, lease_seconds=30, max_in_flight=max_in_flight)
         # The production server's settings (protocol, limits, loop), on a thread.
-        server = uvicorn.Server(server_config(app, "127.0.0.1", port, limits))
+        server = uvicorn.Server(server_config(app, limits, host="127.0.0.1", port=port))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10

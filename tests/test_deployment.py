@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shlex
 import shutil
@@ -220,6 +221,63 @@ def test_api_publishes_the_port_it_listens_on() -> None:
     assert [container_port(p) for p in api["ports"]] == [listens]
 
 
+def published_ports() -> dict[str, list[str]]:
+    services: dict[str, dict[str, Any]] = compose()["services"]
+    return {
+        name: [str(p) for p in svc["ports"]] for name, svc in services.items() if "ports" in svc
+    }
+
+
+def test_published_ports_bind_the_loopback_unless_told_otherwise() -> None:
+    """A default password and an open API must not be reachable from other machines."""
+    published = published_ports()
+    assert set(published) == {"postgres", "api", "prometheus"}
+    for name, mappings in published.items():
+        for mapping in mappings:
+            assert mapping.startswith("${PUBLISH_ADDR:-127.0.0.1}:"), (name, mapping)
+            assert interpolated(mapping).startswith("127.0.0.1:"), (name, mapping)
+
+
+def compose_config(**env: str) -> str:
+    """`docker-compose config`: the file as Compose itself reads and validates it."""
+    docker_compose = shutil.which("docker-compose")
+    assert docker_compose is not None
+    clean = {k: v for k, v in os.environ.items() if k != "PUBLISH_ADDR"}
+    result = subprocess.run(
+        [docker_compose, "--file", str(COMPOSE_FILE), "--profile", "prometheus", "config"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+needs_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose is not installed (.ci/run installs it: apt-get install docker-compose)",
+)
+
+
+@needs_compose
+def test_docker_compose_validates_the_file_and_publishes_on_the_loopback() -> None:
+    published = re.findall(r"^\s*- (\S+):(\d+):\d+/tcp$", compose_config(), re.MULTILINE)
+    assert sorted(published) == [
+        ("127.0.0.1", "3000"),
+        ("127.0.0.1", "5432"),
+        ("127.0.0.1", "9090"),
+    ]
+
+
+@needs_compose
+def test_publish_addr_exposes_the_ports_deliberately() -> None:
+    published = re.findall(
+        r"^\s*- (\S+):(\d+):\d+/tcp$", compose_config(PUBLISH_ADDR="0.0.0.0"), re.MULTILINE
+    )
+    assert {address for address, _ in published} == {"0.0.0.0"}
+
+
 def test_worker_http_child_listens_on_an_internal_port_only() -> None:
     worker = service("worker")
     listens = port_of(environment("worker")["ERRANDS_HTTP_ADDR"])
@@ -400,22 +458,22 @@ def test_image_installs_no_extras() -> None:
     assert "[embedded" not in text
 
 
-class _Health(BaseHTTPRequestHandler):
+class _Ready(BaseHTTPRequestHandler):
     status = 200
 
     def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/health" else 404)
+        self.send_response(self.status if self.path == "/ready" else 404)
         self.end_headers()
-        self.wfile.write(b'{"status": "ok"}')
+        self.wfile.write(b'{"status": "ready"}')
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 @pytest.fixture
-def health_server(request: pytest.FixtureRequest) -> Iterator[int]:
-    """A stand-in for /health answering with the status given by parametrization."""
-    handler = type("Handler", (_Health,), {"status": request.param})
+def ready_server(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A stand-in for /ready answering with the status given by parametrization."""
+    handler = type("Handler", (_Ready,), {"status": request.param})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -434,14 +492,14 @@ def run_healthcheck(http_addr: str) -> int:
     return result.returncode
 
 
-@pytest.mark.parametrize("health_server", [200], indirect=True)
-def test_healthcheck_passes_when_health_answers_on_the_configured_port(health_server: int) -> None:
-    assert run_healthcheck(f"0.0.0.0:{health_server}") == 0
+@pytest.mark.parametrize("ready_server", [200], indirect=True)
+def test_healthcheck_passes_when_ready_answers_on_the_configured_port(ready_server: int) -> None:
+    assert run_healthcheck(f"0.0.0.0:{ready_server}") == 0
 
 
-@pytest.mark.parametrize("health_server", [503], indirect=True)
-def test_healthcheck_fails_when_health_answers_an_error(health_server: int) -> None:
-    assert run_healthcheck(f"0.0.0.0:{health_server}") != 0
+@pytest.mark.parametrize("ready_server", [503], indirect=True)
+def test_healthcheck_fails_when_ready_answers_an_error(ready_server: int) -> None:
+    assert run_healthcheck(f"0.0.0.0:{ready_server}") != 0
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:
@@ -507,7 +565,11 @@ def test_lock_covers_every_runtime_dependency_and_theirs() -> None:
 
 
 def test_lock_provides_every_module_errands_imports_at_start_up() -> None:
-    """Module-level imports run when `errands` starts; lazy ones inside functions do not."""
+    """Module-level imports run when `errands` starts; lazy ones inside functions do not.
+
+    errands/harness is imported only by `errands bench` and `errands chaos`, which need
+    the `harness` extra (not in the image).
+    """
 
     def module_level_imports(body: list[ast.stmt]) -> Iterator[str]:
         for node in body:
@@ -523,6 +585,7 @@ def test_lock_provides_every_module_errands_imports_at_start_up() -> None:
     modules = {
         module
         for path in (ROOT / "errands").rglob("*.py")
+        if "harness" not in path.relative_to(ROOT / "errands").parts
         for module in module_level_imports(ast.parse(path.read_text()).body)
     }
     third_party = modules - set(sys.stdlib_module_names) - {"errands", "__future__"}

@@ -32,6 +32,7 @@ from errands.api.http import (
     invalid,
 )
 from errands.api.openapi import document
+from errands.database import configure as configure_session
 from errands.errors import FieldError
 from errands.queue.requests import Field, parse_fields
 
@@ -39,8 +40,13 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Handler = Callable[[psycopg.Connection[Any], Request], Response]
+# Why the service is not ready beyond the database (under `errands run`: no worker
+# running), or None when it is.
+Readiness = Callable[[], str | None]
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Hit by every probe and scrape: their request lines are logged at debug, unless they fail.
+PROBE_PATHS = OPEN_PATHS
 # Requests handled at once (queued for, or running on, the threads); beyond it, 503. A
 # connection still sending its headers or body holds no slot, and /health needs none.
 MAX_IN_FLIGHT = 128
@@ -56,7 +62,7 @@ class Route:
     query: Mapping[str, Field] = field(default_factory=dict)  # the query parameters it takes
 
 
-def _routes(lease_seconds: float) -> list[Route]:
+def _routes(lease_seconds: float, readiness: Readiness | None) -> list[Route]:
     job = r"/jobs/(?P<id>[0-9]{1,20})"  # ASCII digits: \d would take "٣"
     table: list[tuple[str, str, Handler | None, Mapping[str, Field]]] = [
         ("POST", "/jobs", endpoints.submit, {}),
@@ -66,7 +72,7 @@ def _routes(lease_seconds: float) -> list[Route]:
         ("POST", job + "/retry", endpoints.retry_job, {}),
         ("POST", job + "/cancel", endpoints.cancel_job, {}),
         ("GET", "/stats", partial(endpoints.stats, lease_seconds=lease_seconds), {}),
-        ("GET", "/ready", endpoints.ready, {}),
+        ("GET", "/ready", partial(endpoints.ready, readiness=readiness), {}),
         ("GET", "/metrics", endpoints.prometheus, {}),
         ("GET", "/health", None, {}),
         ("GET", "/openapi.json", None, {}),
@@ -85,11 +91,12 @@ class App:
         tokens: tuple[str, ...],
         lease_seconds: float,
         threads: int = 8,
+        readiness: Readiness | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._url = database_url
         self._tokens = [token.encode() for token in tokens]
-        self._routes = _routes(lease_seconds)
+        self._routes = _routes(lease_seconds, readiness)
         self._threads = threads
         self._max_in_flight = max_in_flight
         self._in_flight = 0
@@ -110,6 +117,7 @@ class App:
             min_size=1,
             max_size=self._threads,
             kwargs={"autocommit": True},
+            configure=configure_session,
             timeout=5,
             open=True,
         )
@@ -164,7 +172,8 @@ class App:
             _log.exception("unexpected error", method=scope["method"], path=scope["path"])
             response = _internal_error()
         await _send(send, response)
-        _log.info(
+        quiet = scope["path"] in PROBE_PATHS and response.status < 500
+        (_log.debug if quiet else _log.info)(
             "request",
             method=scope["method"],
             path=scope["path"],

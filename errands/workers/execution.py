@@ -6,6 +6,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from errands.errors import scrub
 from errands.queue import Job, encode_result
 from errands.tasks import CurrentJob, registered, registered_tasks, running
 
@@ -21,6 +22,7 @@ class Failed:
     error: str
     traceback: str | None
     seconds: float
+    where: str | None = None  # the frame that raised: "path/to/module.py:12 in func"
 
 
 Outcome = Succeeded | Failed
@@ -44,10 +46,24 @@ def execute(job: Job) -> Outcome:
             result = spec.func(**job.payload)
         result_json = encode_result(result)
     except (Exception, SystemExit) as exc:  # a task's sys.exit() is its failure, not ours
-        return Failed(_describe(exc), traceback.format_exc(), time.monotonic() - started)
+        # Stored with the job and logged: never the row a database error quotes.
+        return Failed(
+            scrub(_describe(exc), exc),
+            scrub(traceback.format_exc(), exc),
+            time.monotonic() - started,
+            _where(exc),
+        )
     return Succeeded(result_json, time.monotonic() - started)
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _where(exc: BaseException) -> str | None:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} in {last.name}"
