@@ -11,6 +11,7 @@ from errands.errors import (
     InvalidState,
     JobNotFound,
 )
+from errands.periodic import periodic
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, current_job, task
 
@@ -28,5 +29,6 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "current_job",
+    "periodic",
     "task",
 ]

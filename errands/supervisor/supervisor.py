@@ -1,5 +1,8 @@
 """The supervisor: forks the children, restarts the dead, recovers their jobs, reaps leases.
 
+Its children: the workers, the HTTP child (unless --no-http) and the scheduler,
+which enqueues periodic jobs. Task modules are imported only in children.
+
 It is single-threaded and sleeps in one select() on a wake-up pipe (signals,
 including SIGCHLD, write to it) and the children's status pipes, with a
 timeout for the next reaper run, restart or shutdown deadline.
@@ -20,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,6 +36,7 @@ from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process
 from errands.queue import Recovered, forget, reap, release
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
 from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
+from errands.workers.scheduler import SchedulerOptions, run_scheduler
 
 QUICK_DEATH_SECONDS = 10.0  # a child dying sooner than this counts towards a crash loop
 MAX_RESTART_DELAY = 30.0
@@ -46,6 +51,7 @@ class SupervisorOptions:
     grace_seconds: float = 20.0
     reaper_seconds: float = 5.0
     http_main: Callable[[], int] | None = None  # the HTTP child, unless --no-http
+    scheduler: bool = True  # the child that enqueues periodic jobs' ticks
 
 
 class Supervisor:
@@ -55,6 +61,8 @@ class Supervisor:
         self._slots = [Slot("worker", n) for n in range(1, options.workers + 1)]
         if options.http_main is not None:
             self._slots.append(Slot("http", 1))
+        if options.scheduler:
+            self._slots.append(Slot("scheduler", 1))
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
@@ -164,6 +172,9 @@ class Supervisor:
         if slot.kind == "http":
             assert self.options.http_main is not None
             child = fork_child(slot, self.options.http_main, fds)
+        elif slot.kind == "scheduler":
+            scheduler = SchedulerOptions(self._url, self.options.worker.task_modules)
+            child = fork_child(slot, partial(run_scheduler, scheduler), fds)
         else:
             token = secrets.token_hex(3)
 

@@ -7,6 +7,7 @@ import traceback
 from dataclasses import dataclass
 
 from errands.queue import Job, encode_result
+from errands.queue.ticks import tick_of
 from errands.tasks import CurrentJob, registered, registered_tasks, running
 
 
@@ -38,7 +39,15 @@ def execute(job: Job) -> Outcome:
             None,
             time.monotonic() - started,
         )
-    current = CurrentJob(job.id, job.task, job.queue, job.attempts, job.max_attempts, job.payload)
+    current = CurrentJob(
+        job.id,
+        job.task,
+        job.queue,
+        job.attempts,
+        job.max_attempts,
+        job.payload,
+        tick_of(job.idempotency_key) or job.run_at,
+    )
     try:
         with running(current):
             result = spec.func(**job.payload)
