@@ -27,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from errands.queue import Job, JobState
+from errands.queue import Job, JobState, ScheduleStatus
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, float("inf"))
@@ -135,6 +135,19 @@ def queue_gauges(counts: list[tuple[str, str, int]], oldest: dict[str, float]) -
     for queue, seconds in oldest.items():
         age.add_metric([queue], seconds)
     return [jobs, age]
+
+
+def schedule_gauge(schedules: list[ScheduleStatus]) -> Metric:
+    """When each schedule last enqueued a job: an alert can catch one that stopped."""
+    gauge = GaugeMetricFamily(
+        "errands_schedule_last_enqueued_timestamp_seconds",
+        "When the periodic schedule last enqueued a job (Unix time)",
+        labels=["schedule"],
+    )
+    for schedule in schedules:
+        if schedule.last_enqueued_at is not None:
+            gauge.add_metric([schedule.name], schedule.last_enqueued_at.timestamp())
+    return gauge
 
 
 def record_failure(job: Job, state: JobState) -> None:

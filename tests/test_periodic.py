@@ -27,7 +27,7 @@ from errands.queue.ticks import Timing
 from errands.workers import TaskModuleError
 from errands.workers.execution import Succeeded, execute
 from errands.workers.loading import load_task_modules
-from errands.workers.scheduler import Scheduler
+from errands.workers.scheduler import MAX_BEHIND, Scheduler
 
 Conn = psycopg.Connection[Any]
 _names = itertools.count()
@@ -242,14 +242,31 @@ def test_a_new_schedule_does_not_catch_up_ticks_from_before_its_declaration(conn
     assert tick_jobs(conn, name) == []
 
 
-def test_a_scheduler_that_slept_through_ticks_enqueues_only_the_latest(conn: Conn) -> None:
-    name = unique("slept")
+def test_a_scheduler_that_fell_a_few_ticks_behind_enqueues_each_of_them(conn: Conn) -> None:
+    name = unique("behind")
     clock = FakeClock(half_past())
     scheduler = Scheduler([every_minute(name)], clock)
     scheduler.start(conn)
-    clock.advance(10 * 60 + 1)
+    clock.advance(4 * 60)  # a pause, a slow database
     scheduler.enqueue_due(conn)
-    assert [run_at for run_at, _, _ in tick_jobs(conn, name)] == [floor_minute(clock.now)]
+    start = floor_minute(clock.now) - timedelta(minutes=4)
+    run_ats = [run_at for run_at, _, _ in tick_jobs(conn, name)]
+    assert run_ats == [start + timedelta(minutes=n) for n in range(1, 5)]
+
+
+@pytest.mark.parametrize("catch_up", [True, False])
+def test_falling_far_behind_counts_as_downtime(conn: Conn, catch_up: bool) -> None:
+    name = unique("far_behind")
+    clock = FakeClock(half_past())
+    scheduler = Scheduler([every_minute(name, catch_up=catch_up)], clock)
+    scheduler.start(conn)
+    clock.advance((MAX_BEHIND + 20) * 60)
+    scheduler.enqueue_due(conn)
+    latest = [floor_minute(clock.now)] if catch_up else []
+    assert [run_at for run_at, _, _ in tick_jobs(conn, name)] == latest
+    clock.advance(60)
+    scheduler.enqueue_due(conn)  # and it goes on from there
+    assert [run_at for run_at, _, _ in tick_jobs(conn, name)][-1] == floor_minute(clock.now)
 
 
 def test_a_tick_enqueued_by_another_definition_is_left_alone(conn: Conn) -> None:

@@ -34,6 +34,7 @@ from errands.workers.loading import load_task_modules
 
 Clock = Callable[[], datetime]
 MAX_RETRY_SECONDS = 5.0
+MAX_BEHIND = 10  # ticks a running scheduler enqueues one by one after falling behind
 
 _log = structlog.get_logger("errands.scheduler")
 
@@ -80,14 +81,30 @@ class Scheduler:
         return min(self._next.values())
 
     def enqueue_due(self, conn: psycopg.Connection[Any]) -> None:
-        """Enqueue each schedule's latest due tick; ticks it slept through are not repeated."""
+        """Enqueue the ticks that came due, in order.
+
+        A scheduler that fell behind (a pause, a slow database) enqueues each
+        tick it missed; more than MAX_BEHIND of them count as downtime: the
+        latest only with catch_up, else none.
+        """
         now = self._clock()
         for schedule in self.schedules:
-            if self._next[schedule.name] <= now:
-                tick = schedule.timing.latest_at_or_before(now)
-                assert tick is not None  # at least the due one
+            due = self._due(schedule, now)
+            for tick in due:
                 self._enqueue(conn, schedule, tick, now, catching_up=False)
+            if self._next[schedule.name] <= now:
                 self._next[schedule.name] = schedule.timing.next_after(now)
+
+    def _due(self, schedule: Schedule, now: datetime) -> list[datetime]:
+        due: list[datetime] = []
+        tick = self._next[schedule.name]
+        while tick <= now:
+            if len(due) == MAX_BEHIND:
+                latest = schedule.timing.latest_at_or_before(now)
+                return [latest] if schedule.catch_up and latest is not None else []
+            due.append(tick)
+            tick = schedule.timing.next_after(tick)
+        return due
 
     def _enqueue(
         self,
