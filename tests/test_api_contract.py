@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -14,6 +17,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import ServeApi
 
+Conn = psycopg.Connection[Any]
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -24,11 +29,18 @@ CHECKS = [
 EXAMPLES_PER_OPERATION = 40
 
 
-def test_every_response_matches_the_document(serve_api: ServeApi) -> None:
+def test_every_response_matches_the_document(serve_api: ServeApi, conn: Conn) -> None:
+    # Schedules to list, one with a last job: GET /schedules answers with every field.
+    conn.execute(
+        "insert into errands_schedules (name, task, cron, every_seconds, tz, last_tick,"
+        " last_job_id, last_enqueued_at) values"
+        " ('nightly', 'report', '30 2 * * *', null, 'Europe/Berlin', null, null, null),"
+        " ('often', 'sync', null, 60, 'UTC', now(), 1, now())"
+    )
     base = str(serve_api().base_url).rstrip("/")
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10  # every method and path of design §5
+    assert len(operations) == 11  # every method and path of design §5, and GET /schedules
 
     for operation in operations:
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import structlog
@@ -28,6 +29,7 @@ from errands.workers import TaskModuleError
 from errands.workers.execution import Succeeded, execute
 from errands.workers.loading import load_task_modules
 from errands.workers.scheduler import MAX_BEHIND, Scheduler
+from tests.test_cli import errands as errands_cli
 
 Conn = psycopg.Connection[Any]
 _names = itertools.count()
@@ -339,3 +341,49 @@ def test_in_the_task_run_at_is_the_tick_even_on_a_retry(conn: Conn) -> None:
     outcome = execute(again)
     assert isinstance(outcome, Succeeded)
     assert datetime.fromisoformat(json.loads(outcome.result_json)) == tick
+
+
+# -- seeing them ----------------------------------------------------------------------------
+
+
+def ticked_once(conn: Conn, name: str) -> datetime:
+    clock = FakeClock(half_past())
+    scheduler = Scheduler([every_minute(name, payload={"day": "x"})], clock)
+    scheduler.start(conn)
+    clock.advance(60)
+    scheduler.enqueue_due(conn)
+    return floor_minute(clock.now)
+
+
+def test_the_api_lists_schedules_and_exports_when_each_last_enqueued(
+    api: httpx.Client, conn: Conn
+) -> None:
+    name = unique("api_listed")
+    tick = ticked_once(conn, name)
+    [listed] = [s for s in api.get("/schedules").json()["schedules"] if s["name"] == name]
+    assert (listed["every"], listed["last_job_state"]) == (60, "pending")
+    assert datetime.fromisoformat(listed["last_tick"]) == tick
+    [(created_at,)] = conn.execute(
+        "select created_at from errands_jobs where run_at = %s", (tick,)
+    ).fetchall()
+    metric = f'errands_schedule_last_enqueued_timestamp_seconds{{schedule="{name}"}}'
+    [line] = [line for line in api.get("/metrics").text.splitlines() if line.startswith(metric)]
+    assert float(line.split()[-1]) == pytest.approx(created_at.timestamp())
+
+
+def test_the_api_refuses_query_parameters_on_schedules(api: httpx.Client) -> None:
+    response = api.get("/schedules", params={"name": "x"})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "name"
+
+
+def test_errands_schedules_shows_each_schedule_for_people_and_machines(
+    db_url: str, conn: Conn
+) -> None:
+    name = unique("cli_listed")
+    tick = ticked_once(conn, name)
+    text = errands_cli(db_url, "schedules").stdout
+    [line] = [line for line in text.splitlines() if line.startswith(name)]
+    assert "every 60s" in line and f"{tick:%Y-%m-%dT%H:%M:%SZ}" in line and "pending" in line
+    [listed] = json.loads(errands_cli(db_url, "schedules", "--json").stdout)
+    assert (listed["name"], listed["last_job_state"]) == (name, "pending")
