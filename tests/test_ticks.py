@@ -13,6 +13,7 @@ import itertools
 from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -165,10 +166,12 @@ def test_the_latest_tick_at_a_moment_is_the_last_forward_tick_before_it(
         (None, 60, "Europe/Berlin", "aligned to the Unix epoch"),
         ("0 3 * * *", 60, "UTC", "not both"),
         (None, None, "UTC", "not both or neither"),
+        (5, None, "UTC", "are strings"),
+        ("@daily", None, None, "are strings"),
     ],
 )
 def test_an_impossible_timing_is_refused_saying_why(
-    cron: str | None, every: int | None, tz: str, message: str
+    cron: Any, every: int | None, tz: Any, message: str
 ) -> None:
     with pytest.raises(InvalidTiming, match=message):
         Timing(cron, every, tz)

@@ -51,6 +51,8 @@ class Timing:
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every is None):
             raise InvalidTiming("give either a cron expression or every=, not both or neither")
+        if not all(isinstance(text, str) for text in (self.tz, self.cron or "")):
+            raise InvalidTiming("cron and tz are strings, such as '0 3 * * *' and 'Europe/Berlin'")
         zone = _zone(self.tz)
         if self.every is not None:
             if self.every < 1:

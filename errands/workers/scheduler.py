@@ -173,7 +173,7 @@ def run_scheduler(options: SchedulerOptions, clock: Clock = utc_now) -> int:
             wait = (scheduler.next_due() - clock()).total_seconds()
             stop.wait(max(0.0, min(wait, seen_due - time.monotonic())))
         except psycopg.OperationalError as exc:
-            # Due ticks stay due: once the database answers, the latest one is enqueued.
+            # Due ticks stay due: they are enqueued once the database answers again.
             _log.warning("database unavailable; will retry", error=str(exc), retry_in=retry)
             if conn is not None:
                 conn.close()
