@@ -145,3 +145,20 @@ def test_a_bad_schedule_is_named_at_start_up_and_the_supervisor_stays_up(
     )
     assert daemon.running()
     assert daemon.stop() == 0
+
+
+def test_without_schedules_the_scheduler_exits_and_is_not_restarted(
+    start_daemon: StartDaemon,
+) -> None:
+    daemon = start_daemon("--workers", "1")  # tests/daemon_tasks.py declares no schedule
+    wait_for(
+        lambda: any(e["event"].startswith("no periodic schedules") for e in daemon.log_events()),
+        what="the scheduler to find nothing to do",
+    )
+    daemon.wait_for_workers(1)
+    assert not [
+        e
+        for e in daemon.log_events()
+        if e["event"] == "child exited; restarting" and e["child"] == "scheduler-1"
+    ]
+    assert daemon.stop() == 0

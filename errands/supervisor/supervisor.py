@@ -36,7 +36,7 @@ from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process
 from errands.queue import Recovered, forget, reap, release
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
 from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
-from errands.workers.scheduler import SchedulerOptions, run_scheduler
+from errands.workers.scheduler import EXIT_NOTHING_TO_SCHEDULE, SchedulerOptions, run_scheduler
 
 QUICK_DEATH_SECONDS = 10.0  # a child dying sooner than this counts towards a crash loop
 MAX_RESTART_DELAY = 30.0
@@ -220,6 +220,10 @@ class Supervisor:
             _log.info("child exited", **fields)
             return
         slot = child.slot
+        if code == EXIT_NOTHING_TO_SCHEDULE:
+            self._slots.remove(slot)
+            _log.info("no periodic schedules declared: the scheduler is not needed", **fields)
+            return
         if code == EXIT_REPLACE:
             slot.crashes, delay = 0, 0.0
         elif code == EXIT_STARTUP or lived < QUICK_DEATH_SECONDS:

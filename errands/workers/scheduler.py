@@ -34,6 +34,7 @@ from errands.workers.loading import load_task_modules
 
 Clock = Callable[[], datetime]
 MAX_RETRY_SECONDS = 5.0
+EXIT_NOTHING_TO_SCHEDULE = 6  # the task modules declare no schedule: not restarted
 MAX_BEHIND = 10  # ticks a running scheduler enqueues one by one after falling behind
 
 _log = structlog.get_logger("errands.scheduler")
@@ -145,13 +146,10 @@ class Scheduler:
 def run_scheduler(options: SchedulerOptions, clock: Clock = utc_now) -> int:
     """The child's main: import the task modules, then tick until SIGTERM."""
     load_task_modules(options.task_modules)
-    stop = _StopSignal()
     schedules = list(registered_schedules().values())
     if not schedules:
-        _log.info("no periodic schedules declared; the scheduler idles")
-        while not stop.requested:
-            stop.wait(3600.0)
-        return 0
+        return EXIT_NOTHING_TO_SCHEDULE
+    stop = _StopSignal()
     scheduler = Scheduler(schedules, clock)
     conn: psycopg.Connection[Any] | None = None
     started = False
