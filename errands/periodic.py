@@ -7,12 +7,13 @@ cannot work is refused here, when its module is imported, naming it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from errands.errors import ConfigurationError, InvalidJob
-from errands.queue.requests import TASK_NAME, parse_request
+from errands.queue.requests import MAX_DELAY_SECONDS, TASK_NAME, parse_request
 from errands.queue.schedules import Schedule
 from errands.queue.ticks import Timing
 from errands.tasks import registered_tasks
@@ -84,6 +85,8 @@ def _seconds(every: float | timedelta | None) -> int | None:
     if isinstance(every, bool) or not isinstance(every, int | float | timedelta):
         raise ValueError(f"every={every!r}: give seconds (a number) or a timedelta")
     seconds = every.total_seconds() if isinstance(every, timedelta) else every
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DELAY_SECONDS:
+        raise ValueError(f"every={every!r}: at most {MAX_DELAY_SECONDS} seconds (ten years)")
     if seconds != int(seconds):
         raise ValueError(f"every={every!r}: the interval must be a whole number of seconds")
     return int(seconds)

@@ -156,7 +156,15 @@ def test_a_payload_that_is_not_a_json_object_is_refused_naming_the_schedule(
 
 @pytest.mark.parametrize(
     ("every", "message"),
-    [(0.5, "whole number of seconds"), (0, "at least 1 second"), ("60", "give seconds")],
+    [
+        (0.5, "whole number of seconds"),
+        (0, "at least 1 second"),
+        ("60", "give seconds"),
+        (True, "give seconds"),
+        (float("inf"), "at most"),
+        (float("nan"), "at most"),
+        (timedelta(days=365 * 20), "at most"),
+    ],
 )
 def test_an_invalid_interval_is_refused(every: Any, message: str) -> None:
     refused(message, lambda: errands.periodic(every=every, name="bad_every")(report))
