@@ -11,9 +11,12 @@ from errands.errors import (
     InvalidState,
     JobNotFound,
 )
+from errands.log import library_mode
 from errands.periodic import periodic
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, current_job, task
+
+library_mode()  # a library writes through `logging`, never to a terminal (loggers are lazy)
 
 __all__ = [
     "Backoff",

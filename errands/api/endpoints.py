@@ -114,8 +114,10 @@ def schedules(conn: Conn, request: Request) -> Response:
     return Response.json(200, {"schedules": [s.to_dict() for s in queue.list_schedules(conn)]})
 
 
-def ready(conn: Conn, request: Request) -> Response:
+def ready(conn: Conn, request: Request, readiness: Callable[[], str | None] | None) -> Response:
     conn.execute("select 1")
+    if readiness is not None and (reason := readiness()):
+        raise HTTPError(503, "not_ready", reason)
     return Response.json(200, {"status": "ready"})
 
 
