@@ -111,7 +111,7 @@ def test_an_unregistered_task_fails_with_a_clear_error() -> None:
 
 @pytest.fixture
 def as_job() -> Iterator[None]:
-    with running(CurrentJob(7, "demo", "default", 1, 5, {})):
+    with running(CurrentJob(7, "demo", "default", 1, 5, {}, datetime.now(UTC))):
         yield
 
 
