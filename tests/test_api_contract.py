@@ -21,7 +21,9 @@ ST = Path(sys.executable).with_name("st")
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_every_check_passes_on_positive_and_negative_data(serve_api: ServeApi) -> None:
+def test_every_check_passes_on_positive_and_negative_data(
+    serve_api: ServeApi, tmp_path: Path
+) -> None:
     base = str(serve_api().base_url).rstrip("/")
     run = subprocess.run(
         [
@@ -38,6 +40,7 @@ def test_every_check_passes_on_positive_and_negative_data(serve_api: ServeApi) -
             "--generation-database",
             "none",
         ],
+        cwd=tmp_path,  # st keeps a cache in its working directory
         capture_output=True,
         text=True,
         timeout=1800,
