@@ -6,6 +6,7 @@ import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar, overload
 
 from errands.backoff import Backoff
@@ -108,6 +109,7 @@ class CurrentJob:
     attempt: int
     max_attempts: int
     payload: dict[str, Any]
+    run_at: datetime  # when the job was due: a periodic job's tick
 
 
 _current: contextvars.ContextVar[CurrentJob] = contextvars.ContextVar("errands_current_job")

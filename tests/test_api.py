@@ -250,6 +250,7 @@ def test_openapi_document_lists_every_endpoint(api: httpx.Client) -> None:
         "/jobs/{id}",
         "/jobs/{id}/retry",
         "/jobs/{id}/cancel",
+        "/schedules",
         "/stats",
         "/health",
         "/ready",

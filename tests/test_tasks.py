@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 import errands
 from errands.errors import ConfigurationError
 from errands.tasks import CurrentJob, registered, running
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_bare_decorator_registers_under_the_function_name() -> None:
@@ -54,7 +58,9 @@ def test_invalid_task_name_is_refused(name: str) -> None:
 
 
 def test_current_job_is_the_job_being_run() -> None:
-    job = CurrentJob(id=7, task="t", queue="default", attempt=2, max_attempts=5, payload={})
+    job = CurrentJob(
+        id=7, task="t", queue="default", attempt=2, max_attempts=5, payload={}, run_at=NOW
+    )
     with running(job):
         assert errands.current_job() == job
 

@@ -72,6 +72,7 @@ def _routes(lease_seconds: float, readiness: Readiness | None) -> list[Route]:
         ("POST", job + "/retry", endpoints.retry_job, {}),
         ("POST", job + "/cancel", endpoints.cancel_job, {}),
         ("GET", "/stats", partial(endpoints.stats, lease_seconds=lease_seconds), {}),
+        ("GET", "/schedules", endpoints.schedules, {}),
         ("GET", "/ready", partial(endpoints.ready, readiness=readiness), {}),
         ("GET", "/metrics", endpoints.prometheus, {}),
         ("GET", "/health", None, {}),

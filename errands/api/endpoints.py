@@ -15,7 +15,7 @@ import structlog
 from errands import queue
 from errands.api.http import HTTPError, Request, Response, invalid, json_body
 from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
-from errands.metrics import exposition, metrics, queue_gauges
+from errands.metrics import exposition, metrics, queue_gauges, schedule_gauge
 from errands.queue import Enqueued, Job, JobRequest, JobState
 from errands.queue.admin import MAX_LIST_LIMIT
 from errands.queue.requests import (
@@ -107,6 +107,10 @@ def stats(conn: Conn, request: Request, lease_seconds: float) -> Response:
     return Response.json(200, queue.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
 
 
+def schedules(conn: Conn, request: Request) -> Response:
+    return Response.json(200, {"schedules": [s.to_dict() for s in queue.list_schedules(conn)]})
+
+
 def ready(conn: Conn, request: Request, readiness: Callable[[], str | None] | None) -> Response:
     conn.execute("select 1")
     if readiness is not None and (reason := readiness()):
@@ -121,7 +125,10 @@ def prometheus(conn: Conn, request: Request) -> Response:
             for q in queue.job_counts(conn)
             for state, n in q.counts.items()
         ]
-        return queue_gauges(counts, queue.oldest_pending_seconds(conn))
+        return [
+            *queue_gauges(counts, queue.oldest_pending_seconds(conn)),
+            schedule_gauge(queue.list_schedules(conn)),
+        ]
 
     return Response(200, exposition(database_gauges), "text/plain; version=0.0.4; charset=utf-8")
 

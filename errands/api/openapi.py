@@ -156,6 +156,11 @@ def document() -> dict[str, Any]:
                 "Job": job,
                 "Error": error,
                 "JsonValue": JSON_VALUE_SCHEMA,
+                "Schedule": {
+                    "type": "object",
+                    "required": list(_SCHEDULE_PROPERTIES),
+                    "properties": _SCHEDULE_PROPERTIES,
+                },
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -288,6 +293,24 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/schedules": {
+                "get": {
+                    "summary": "Periodic schedules: definition, next tick, last enqueued job",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["schedules"],
+                                "properties": {
+                                    "schedules": {"type": "array", "items": _ref("Schedule")}
+                                },
+                            },
+                            "Every schedule a scheduler declared, by name",
+                        ),
+                        **_errors(401, 422, 503),
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "summary": "Liveness; no database call",
@@ -338,6 +361,27 @@ def document() -> dict[str, Any]:
         },
     }
 
+
+_SCHEDULE_PROPERTIES: dict[str, Any] = {
+    "name": {"type": "string"},
+    "task": {"type": "string"},
+    "cron": _nullable({"type": "string", "description": "five fields or a nickname (@daily)"}),
+    "every": _nullable({"type": "integer", "minimum": 1, "description": "seconds"}),
+    "tz": {"type": "string", "description": "the time zone cron is evaluated in"},
+    "payload": {"type": "object"},
+    "catch_up": {"type": "boolean"},
+    "next_tick": _nullable(_TIMESTAMP),
+    "last_tick": _nullable(_TIMESTAMP),
+    "last_job_id": _nullable({"type": "integer"}),
+    "last_job_state": _nullable({"type": "string", "enum": [s.value for s in JobState]}),
+    "last_enqueued_at": _nullable(_TIMESTAMP),
+    "declared_at": _TIMESTAMP,
+    "seen_at": _TIMESTAMP,
+    "active": {
+        "type": "boolean",
+        "description": "a running scheduler declared it within the last three minutes",
+    },
+}
 
 _JOB_PROPERTIES: dict[str, Any] = {
     "id": {"type": "integer"},

@@ -28,6 +28,7 @@ from errands.queue.lease import (
 )
 from errands.queue.presence import WorkerInfo, announce, forget, live_workers
 from errands.queue.requests import JobRequest, parse_request
+from errands.queue.schedules import Schedule, ScheduleStatus, list_schedules
 from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "JobState",
     "QueueCounts",
     "Recovered",
+    "Schedule",
+    "ScheduleStatus",
     "Stats",
     "WorkerInfo",
     "announce",
@@ -55,6 +58,7 @@ __all__ = [
     "heartbeat",
     "job_counts",
     "list_jobs",
+    "list_schedules",
     "live_workers",
     "oldest_pending_seconds",
     "parse_request",
