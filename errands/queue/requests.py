@@ -28,6 +28,9 @@ _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 5
 
+# One encoder for every payload: json.dumps given options builds a new one per call.
+_PAYLOAD_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
 REQUEST_FIELDS = frozenset(
     {"task", "payload", "queue", "priority", "run_at", "delay", "max_attempts", "idempotency_key"}
 )
@@ -47,7 +50,7 @@ class JobRequest:
 
     @property
     def payload_json(self) -> str:
-        return json.dumps(self.payload, allow_nan=False, separators=(",", ":"))
+        return _PAYLOAD_ENCODER.encode(self.payload)
 
     def same_request_as(self, other: JobRequest) -> bool:
         """Whether `other` replays this request: the same task, queue and payload."""
