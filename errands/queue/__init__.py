@@ -26,7 +26,14 @@ from errands.queue.lease import (
     reap,
     release,
 )
-from errands.queue.presence import WorkerInfo, announce, forget, live_workers
+from errands.queue.presence import (
+    ProcessIdentity,
+    WorkerInfo,
+    announce,
+    forget,
+    gone_workers,
+    live_workers,
+)
 from errands.queue.requests import JobRequest, parse_request
 from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
@@ -37,6 +44,7 @@ __all__ = [
     "Job",
     "JobRequest",
     "JobState",
+    "ProcessIdentity",
     "QueueCounts",
     "Recovered",
     "Stats",
@@ -52,6 +60,7 @@ __all__ = [
     "fail",
     "forget",
     "get",
+    "gone_workers",
     "heartbeat",
     "job_counts",
     "list_jobs",

@@ -28,7 +28,7 @@ import structlog
 from errands.backoff import Backoff
 from errands.database import LazyConnection
 from errands.metrics import metrics
-from errands.queue import Job
+from errands.queue import Job, announce
 from errands.tasks import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
 from errands.workers.execution import Outcome, execute
@@ -75,7 +75,7 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._stopping = False
         self._replacing = False
-        self._db = LazyConnection(options.url, on_connect=self._listen)
+        self._db = LazyConnection(options.url, on_connect=self._on_connect)
         self._queues: list[str] = list(options.queues)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -233,7 +233,10 @@ class Worker:
 
     # -- the connection --------------------------------------------------------------------
 
-    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+    def _on_connect(self, conn: psycopg.Connection[Any]) -> None:
+        # Recorded before the first claim, so that a supervisor starting on this machine
+        # can tell that this process is gone should it die holding jobs.
+        announce(conn, self.options.worker_id, self._queues, self.options.concurrency)
         if self.options.listen:
             conn.execute(f"listen {CHANNEL}")
 

@@ -239,9 +239,17 @@ with expired as (
 delete from errands_jobs as job using expired where job.id = expired.id;
 
 -- name: worker_heartbeat
-insert into errands_workers (id, host, pid, queues, concurrency)
-values (%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s)
+insert into errands_workers
+    (id, host, pid, queues, concurrency, boot_id, pid_namespace, process_started)
+values (%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s,
+        %(boot_id)s, %(pid_namespace)s, %(process_started)s)
 on conflict (id) do update set heartbeat_at = now();
+
+-- name: workers_of_namespace
+-- Workers recorded by processes of this kernel (boot) and pid namespace, whose
+-- pids therefore name processes this one can look up.
+select id, pid, process_started from errands_workers
+where boot_id = %(boot_id)s and pid_namespace = %(pid_namespace)s;
 
 -- name: worker_gone
 delete from errands_workers where id = %(id)s;

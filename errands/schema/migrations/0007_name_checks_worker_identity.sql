@@ -12,3 +12,14 @@ alter table errands_jobs
         check (task ~ '^[A-Za-z_][A-Za-z0-9_.:-]*$' and length(task) <= 200),
     add constraint errands_jobs_queue_name
         check (queue ~ '^[A-Za-z0-9_.:-]+$' and length(queue) <= 200);
+
+-- Which process a worker is, beyond its host name and pid (both repeat: a
+-- container keeps its name across restarts, pids start again at 1): the
+-- kernel's boot id, the pid namespace, and the process's start time in clock
+-- ticks since boot. A supervisor starting on the same kernel and namespace can
+-- then tell for certain that a worker process is gone, and release its jobs
+-- at once instead of waiting for their leases. Null where unknown (not Linux).
+alter table errands_workers
+    add column boot_id text,
+    add column pid_namespace text,
+    add column process_started bigint;
