@@ -48,6 +48,9 @@ from errands.queue import live_workers
 NOOP = "bench.noop"
 JSON = {"Content-Type": "application/json"}
 HOLD = "bench.hold"
+STAMP = "bench.stamp"
+SLOW = "bench.slow"
+SLOW_JOBS, SLOW_SECONDS = 20, 2.0
 
 
 @dataclass
@@ -86,6 +89,8 @@ WORKLOADS = (
     "drain",
     "drain-immediate",
     "drain-prefetch",
+    "fairness",
+    "fairness-prefetch",
     "latency",
     "recovery",
     "recovery-supervisor",
@@ -320,6 +325,79 @@ class Bench:
 
     def drain_prefetch(self) -> None:
         self.drain("drain-prefetch", "--prefetch", "32")
+
+    def fairness(self, figure_id: str = "fairness", *options: str) -> None:
+        """20 jobs of 2 s among no-op jobs: how long a no-op job, once a worker has claimed
+        it, waits to start while a slot somewhere is not running a slow job (so it could
+        have run there). Waiting in the queue itself is not counted: it is the drain."""
+        jobs = self.sizes.drain
+        every = jobs // SLOW_JOBS
+        specs = [
+            {"task": SLOW, "payload": {"seconds": SLOW_SECONDS}}
+            if n % every == every // 2
+            else {"task": STAMP}
+            for n in range(jobs)
+        ]
+        with Client(self.url) as client:
+            for first in range(0, jobs, 1000):
+                client.enqueue_many(specs[first : first + 1000])
+        daemon = self._daemon(*options)
+        try:
+            self._wait_for_workers(2)
+            slots = self._slots()
+            self._wait_until_drained(jobs)
+        finally:
+            daemon.stop()
+        waits = self._waits_beside_idle_slots(slots)
+        setup = (
+            f"{jobs - SLOW_JOBS:,} no-op + {SLOW_JOBS} jobs of {SLOW_SECONDS:g} s, 2 workers "
+            f"{' '.join(options) or '(defaults)'}"
+        )
+        workload = f"{setup}: claimed no-op job's wait while a slot was idle"
+        cuts = statistics.quantiles(waits, n=100, method="inclusive")
+        self._add(Figure(f"{figure_id} p99", workload, cuts[98], "ms"))
+        self._add(Figure(f"{figure_id} max", workload, max(waits), "ms"))
+        self._add(
+            Figure(
+                f"{figure_id} drain",
+                setup,
+                jobs / self._busy_seconds(),
+                "jobs/s",
+                ratio_to="pgbench -N 4 clients",
+            )
+        )
+
+    def fairness_prefetch(self) -> None:
+        self.fairness("fairness-prefetch", "--prefetch", "32")
+
+    def _slots(self) -> int:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return sum(w.concurrency for w in live_workers(conn, silence_seconds=60))
+
+    def _waits_beside_idle_slots(self, slots: int) -> list[float]:
+        """For each no-op job, ms from its claim to its start, less any time every slot ran a
+        slow job (the tasks return when they ran; the claim time is the row's started_at)."""
+        with psycopg.connect(self.url) as conn:
+            rows = conn.execute(
+                "select task, extract(epoch from started_at)::float8, result from errands_jobs"
+            ).fetchall()
+        events = sorted(
+            (at, step)
+            for task, _, result in rows
+            if task == SLOW
+            for at, step in ((result[0], 1), (result[1], -1))
+        )
+        busy, full, since = 0, [], 0.0  # `full`: periods when every slot ran a slow job
+        for at, step in events:
+            if busy >= slots:
+                full.append((since, at))
+            busy, since = busy + step, at
+        waits = []
+        for task, claimed, started in rows:
+            if task == STAMP:
+                blocked = sum(max(0.0, min(e, started) - max(b, claimed)) for b, e in full)
+                waits.append(max(0.0, started - claimed - blocked) * 1000)
+        return waits
 
     def latency(self) -> None:
         jobs, rate = self.sizes.latency_jobs, 100.0
