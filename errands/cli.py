@@ -27,7 +27,7 @@ from errands.queue import Job, JobState
 from errands.queue import prune as prune_jobs
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
-from errands.workers import WorkerOptions
+from errands.workers import DEFAULT_CONCURRENCY, WorkerOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,9 +87,9 @@ def http_options(func: F) -> F:
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    default=1,
+    default=DEFAULT_CONCURRENCY,
     show_default=True,
-    help="Jobs each worker process runs at once, on threads (for I/O-bound tasks).",
+    help="Jobs each worker process runs at once, on threads (1 for CPU-bound tasks).",
 )
 @click.option(
     "--prefetch",

@@ -126,7 +126,8 @@ def test_sigterm_lets_a_running_job_finish_within_the_grace_and_exits_zero(
 
 
 def test_sigterm_stops_claiming_new_jobs(start_daemon: StartDaemon, client: Client) -> None:
-    daemon = start_daemon("--workers", "1")
+    # One slot, taken by the running job: the waiting job could only be claimed after it.
+    daemon = start_daemon("--workers", "1", "--concurrency", "1")
     running = client.enqueue("hold", {"seconds": 1})
     wait_for_executions(daemon, running.id, 1)
     waiting = client.enqueue("record")

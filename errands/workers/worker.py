@@ -37,6 +37,10 @@ from errands.workers.loading import load_task_modules
 from errands.workers.running import Entry, RunningJobs, log_fields
 
 EXIT_OK = 0
+# Jobs a worker process runs at once, on threads (`--concurrency`). Several slots let one
+# claim and one acknowledgement carry several jobs, and a slot is taken only when free,
+# so no job waits behind a slow one while another could run it (bench/RESULTS.md).
+DEFAULT_CONCURRENCY = 8
 EXIT_REPLACE = 4  # a timed-out job is stuck on a thread: start a fresh process
 CHANNEL = "errands_jobs"
 
@@ -49,7 +53,7 @@ class WorkerOptions:
     worker_id: str
     task_modules: Sequence[str] = ()
     queues: Sequence[str] = ()  # empty: "default" and every queue a registered task names
-    concurrency: int = 1
+    concurrency: int = DEFAULT_CONCURRENCY
     prefetch: int = 0  # jobs claimed beyond the free slots, held (leased) until a slot frees
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
