@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool
 from errands.api import endpoints
 from errands.api.http import MAX_BODY_BYTES, HTTPError, Request, Response
 from errands.api.openapi import document
+from errands.database import configure as configure_session
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -97,6 +98,7 @@ class App:
             min_size=1,
             max_size=self._threads,
             kwargs={"autocommit": True},
+            configure=configure_session,
             timeout=5,
             open=True,
         )
