@@ -1,4 +1,4 @@
-"""Putting jobs on the queue: one, or many in one round trip, idempotently."""
+"""Putting jobs on the queue: one in one statement, or many by COPY, idempotently."""
 
 from __future__ import annotations
 
