@@ -13,6 +13,7 @@ from errands.errors import (
     JobNotFound,
 )
 from errands.log import library_mode
+from errands.periodic import periodic
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, current_job, task
 
@@ -33,5 +34,6 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "current_job",
+    "periodic",
     "task",
 ]

@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,11 +29,12 @@ from errands.config import Settings
 from errands.database import connect, open_connection, resolve_url
 from errands.errors import ConfigurationError, ErrandsError, scrub
 from errands.log import configure_logging
-from errands.queue import Job, JobState, parse_request
+from errands.queue import Job, JobState, ScheduleStatus, list_schedules, parse_request
 from errands.queue import enqueue as submit_job
 from errands.queue import prune as prune_jobs
 from errands.queue.admin import MAX_LIST_LIMIT
 from errands.queue.requests import INT32, MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS
+from errands.queue.ticks import rfc3339
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
 from errands.workers import DEFAULT_CONCURRENCY, WorkerOptions
@@ -445,6 +447,39 @@ def stats(ctx: Context, as_json: bool) -> None:
         for w in result.workers
     ]
     emit(as_json, data, "\n".join(lines))
+
+
+@cli.command()
+@json_option
+@pass_context
+def schedules(ctx: Context, as_json: bool) -> None:
+    """Periodic schedules: clock, next tick, last enqueued job and its state."""
+    with connect(ctx.database_url()) as conn:
+        found = list_schedules(conn)
+    header = ("NAME", "SCHEDULE", "TZ", "NEXT TICK", "LAST TICK")
+    lines = ["  ".join(f"{h:<{w}}" for h, w in zip(header, _WIDTHS, strict=True)) + "  LAST JOB"]
+    lines += [_schedule_line(s) for s in found]
+    emit(as_json, [s.to_dict() for s in found], "\n".join(lines))
+
+
+_WIDTHS = (24, 20, 16, 20, 20)
+
+
+def _schedule_line(schedule: ScheduleStatus) -> str:
+    clock = schedule.cron if schedule.cron is not None else f"every {schedule.every}s"
+
+    def when(moment: datetime | None) -> str:
+        return rfc3339(moment) if moment is not None else "-"
+
+    last_job = "-"
+    if schedule.last_job_id is not None:
+        state = schedule.last_job_state.value if schedule.last_job_state else "pruned"
+        last_job = f"{schedule.last_job_id} {state}"
+    inactive = "" if schedule.active else "  (no running scheduler declares it)"
+    cells = (schedule.name, clock, schedule.tz, when(schedule.next_tick), when(schedule.last_tick))
+    return "  ".join(f"{c:<{w}}" for c, w in zip(cells, _WIDTHS, strict=True)) + (
+        f"  {last_job}{inactive}"
+    )
 
 
 # -- maintenance -----------------------------------------------------------------------------

@@ -30,13 +30,18 @@ class InvalidJob(InvalidArgument):
 
 
 class IdempotencyConflict(ErrandsError):
-    """The idempotency key is taken by a job with a different task, queue or payload."""
+    """The idempotency key is taken by a job with a different task, queue or payload.
 
-    def __init__(self, key: str, job_id: int) -> None:
+    `job_id` is the stored job that holds the key; None when the key was taken inside
+    the same batch, whose jobs were never stored.
+    """
+
+    def __init__(self, key: str, job_id: int | None, message: str | None = None) -> None:
         self.key = key
         self.job_id = job_id
         super().__init__(
-            f"idempotency key {key!r} already belongs to job {job_id}, submitted with a "
+            message
+            or f"idempotency key {key!r} already belongs to job {job_id}, submitted with a "
             "different task, queue or payload"
         )
 

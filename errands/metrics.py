@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from errands.queue import Job, JobState
+from errands.queue import Job, JobState, ScheduleStatus
 from errands.queue.requests import DEFAULT_QUEUE
 from errands.tasks import registered, registered_tasks
 
@@ -230,6 +230,19 @@ def queue_gauges(counts: list[tuple[str, str, int]], oldest: dict[str, float]) -
     for queue, seconds in ages.items():
         age.add_metric([queue], seconds)
     return [jobs, age]
+
+
+def schedule_gauge(schedules: list[ScheduleStatus]) -> Metric:
+    """When each schedule last enqueued a job: an alert can catch one that stopped."""
+    gauge = GaugeMetricFamily(
+        "errands_schedule_last_enqueued_timestamp_seconds",
+        "When the periodic schedule last enqueued a job (Unix time)",
+        labels=["schedule"],
+    )
+    for schedule in schedules:
+        if schedule.last_enqueued_at is not None:
+            gauge.add_metric([schedule.name], schedule.last_enqueued_at.timestamp())
+    return gauge
 
 
 def _queue_label(

@@ -63,11 +63,12 @@ def test_same_key_different_request_is_409(api: httpx.Client) -> None:
     assert response.json()["error"]["code"] == "idempotency_conflict"
 
 
-def test_header_and_body_keys_must_agree(api: httpx.Client) -> None:
+def test_header_and_body_keys_must_agree(api: httpx.Client, client: Client) -> None:
     response = api.post(
         "/jobs", json={"task": "t", "idempotency_key": "a"}, headers={"Idempotency-Key": "b"}
     )
-    assert response.status_code == 422 and error_fields(response) == ["idempotency_key"]
+    assert response.status_code == 409 and error_fields(response) == ["idempotency_key"]
+    assert client.list() == []
 
 
 def test_invalid_fields_are_422_naming_each(api: httpx.Client, client: Client) -> None:
@@ -249,6 +250,7 @@ def test_openapi_document_lists_every_endpoint(api: httpx.Client) -> None:
         "/jobs/{id}",
         "/jobs/{id}/retry",
         "/jobs/{id}/cancel",
+        "/schedules",
         "/stats",
         "/health",
         "/ready",

@@ -1,8 +1,9 @@
 """Serving the API with uvicorn, in this process: for `errands api` and `errands run`'s child.
 
 uvicorn (with httptools and uvloop) is a well-kept production server: it
-handles keep-alive, slow clients and graceful shutdown, and bounds concurrency;
-the application stays a thin synchronous shim over the queue functions.
+handles keep-alive and graceful shutdown; transport.py adds the limits on
+headers, slow clients and connections that it lacks. The application stays a
+thin synchronous shim over the queue functions.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from typing import Any
 
 import uvicorn
 
 from errands.api.app import App, Readiness
+from errands.api.transport import DEFAULT_LIMITS, Limits, protocol
 from errands.errors import ConfigurationError
 
 BACKLOG = 2048
@@ -61,6 +64,24 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def config(app: App, limits: Limits = DEFAULT_LIMITS, **options: Any) -> uvicorn.Config:
+    """The server's settings, the same for `errands api`, `errands run` and the tests."""
+    return uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=protocol(limits),
+        ws="none",
+        lifespan="on",
+        access_log=False,  # the application logs one structured line per request
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=round(limits.keep_alive),
+        limit_concurrency=None,  # the application limits requests, transport.py connections
+        backlog=BACKLOG,
+        **options,
+    )
+
+
 def serve(
     database_url: str,
     sock: socket.socket,
@@ -70,19 +91,7 @@ def serve(
     readiness: Readiness | None = None,
 ) -> int:
     """Serve on `sock` until SIGTERM/SIGINT, then finish in-flight requests; the exit code."""
-    config = uvicorn.Config(
-        App(database_url, tokens, lease_seconds, readiness=readiness),
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,  # the application logs one structured line per request
-        log_config=None,
-        server_header=False,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=max(1, round(grace_seconds)),
-        limit_concurrency=2048,
-        backlog=BACKLOG,
-    )
-    server = uvicorn.Server(config)
+    app = App(database_url, tokens, lease_seconds, readiness=readiness)
+    server = uvicorn.Server(config(app, timeout_graceful_shutdown=max(1, round(grace_seconds))))
     server.run(sockets=[sock])
     return 0 if server.started else 1

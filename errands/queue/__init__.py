@@ -35,6 +35,7 @@ from errands.queue.presence import (
     live_workers,
 )
 from errands.queue.requests import JobRequest, parse_request
+from errands.queue.schedules import Schedule, ScheduleStatus, list_schedules
 from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
 __all__ = [
@@ -47,6 +48,8 @@ __all__ = [
     "ProcessIdentity",
     "QueueCounts",
     "Recovered",
+    "Schedule",
+    "ScheduleStatus",
     "Stats",
     "WorkerInfo",
     "announce",
@@ -64,6 +67,7 @@ __all__ = [
     "heartbeat",
     "job_counts",
     "list_jobs",
+    "list_schedules",
     "live_workers",
     "oldest_pending_seconds",
     "parse_request",

@@ -49,16 +49,22 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
     raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
 
 
-def enqueue_many(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) -> list[Enqueued]:
+def enqueue_many(
+    conn: psycopg.Connection[Any], requests: Sequence[JobRequest], field_prefix: str = "[{}]."
+) -> list[Enqueued]:
     """Store many jobs in one transaction, all of them or none, in submission order.
 
-    The batch travels by COPY into a staging table and moves into the jobs table
-    in one statement: COPY sends rows without parsing or planning a parameter
-    per value. Only what the database chose (id, timestamps, the stored
-    payload) comes back for a new job; the rest of it is the request.
+    A key repeated inside the batch must come with the same request (later copies
+    replay the first); otherwise IdempotencyConflict names both copies (`field_prefix`
+    formatted with their index) before the database sees anything. The batch
+    travels by COPY into a staging table and moves into the jobs table in one
+    statement: COPY sends rows without parsing or planning a parameter per value.
+    Only what the database chose (id, timestamps, the stored payload) comes back
+    for a new job; the rest of it is the request.
     """
     if not requests:
         return []
+    _refuse_conflicting_copies(requests, field_prefix)
     for _ in range(_KEY_RACE_TRIES):
         try:
             # A savepoint when the caller has a transaction open: a conflict or
@@ -70,6 +76,24 @@ def enqueue_many(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) 
         except _KeyRace:
             continue
     raise ErrandsError("could not settle the idempotency keys of a batch")
+
+
+def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
+    """A key repeated in the batch with another request; its first copy was never stored."""
+    first: dict[str, int] = {}
+    for n, request in enumerate(requests):
+        key = request.idempotency_key
+        if key is None:
+            continue
+        earlier = first.setdefault(key, n)
+        if not request.same_request_as(requests[earlier]):
+            where = [field_prefix.format(i).rstrip(".") for i in (earlier, n)]
+            raise IdempotencyConflict(
+                key,
+                None,
+                f"idempotency key {key!r} is given to {where[0]} and {where[1]} of the batch "
+                "with a different task, queue or payload; nothing was stored",
+            )
 
 
 def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> None:
@@ -124,7 +148,7 @@ def _match(
     jobs = _stored_jobs(conn, [row.id for row in rows if not row.created])
 
     answers = []
-    first_with_key: dict[str, tuple[JobRequest, Job]] = {}
+    first_with_key: dict[str, Job] = {}
     for request in requests:
         key = request.idempotency_key
         if key is None:
@@ -136,14 +160,11 @@ def _match(
             job = _new_job(request, row) if row.created else jobs[row.id]
             if not row.same_request:
                 raise IdempotencyConflict(key, job.id)
-            first_with_key[key] = (request, job)
+            first_with_key[key] = job
             answers.append(Enqueued(job, created=row.created))
         else:
-            # A key repeated inside one batch: later copies replay the first.
-            first, job = first_with_key[key]
-            if not request.same_request_as(first):
-                raise IdempotencyConflict(key, job.id)
-            answers.append(Enqueued(job, created=False))
+            # A key repeated inside one batch (the same request, checked before): a replay.
+            answers.append(Enqueued(first_with_key[key], created=False))
     return answers
 
 

@@ -28,7 +28,7 @@ _log = structlog.get_logger("errands.supervisor")
 class Slot:
     """A place for one child; it outlives the processes that fill it in turn."""
 
-    kind: str  # "worker" or "http"
+    kind: str  # "worker", "http" or "scheduler"
     number: int
     crashes: int = 0  # consecutive quick deaths, for the restart backoff
     start_after: float = 0.0  # monotonic time before which it must not be restarted

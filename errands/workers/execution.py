@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from errands.errors import scrub
 from errands.queue import Job, encode_result
+from errands.queue.ticks import tick_of
 from errands.tasks import CurrentJob, registered, registered_tasks, running
 
 
@@ -40,7 +41,15 @@ def execute(job: Job) -> Outcome:
             None,
             time.monotonic() - started,
         )
-    current = CurrentJob(job.id, job.task, job.queue, job.attempts, job.max_attempts, job.payload)
+    current = CurrentJob(
+        job.id,
+        job.task,
+        job.queue,
+        job.attempts,
+        job.max_attempts,
+        job.payload,
+        tick_of(job.idempotency_key) or job.run_at,
+    )
     try:
         with running(current):
             result = spec.func(**job.payload)
