@@ -26,7 +26,14 @@ from errands.queue.lease import (
     reap,
     release,
 )
-from errands.queue.presence import WorkerInfo, announce, forget, live_workers
+from errands.queue.presence import (
+    ProcessIdentity,
+    WorkerInfo,
+    announce,
+    forget,
+    gone_workers,
+    live_workers,
+)
 from errands.queue.requests import JobRequest, parse_request
 from errands.queue.schedules import Schedule, ScheduleStatus, list_schedules
 from errands.queue.submit import Enqueued, enqueue, enqueue_many
@@ -38,6 +45,7 @@ __all__ = [
     "Job",
     "JobRequest",
     "JobState",
+    "ProcessIdentity",
     "QueueCounts",
     "Recovered",
     "Schedule",
@@ -55,6 +63,7 @@ __all__ = [
     "fail",
     "forget",
     "get",
+    "gone_workers",
     "heartbeat",
     "job_counts",
     "list_jobs",
