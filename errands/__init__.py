@@ -5,14 +5,16 @@ from errands.client import Client
 from errands.errors import (
     ConfigurationError,
     ErrandsError,
+    Fail,
     FieldError,
     IdempotencyConflict,
     InvalidJob,
     InvalidState,
     JobNotFound,
+    Retry,
 )
 from errands.queue import Job, JobState
-from errands.tasks import CurrentJob, current_job, task
+from errands.tasks import CurrentJob, Task, current_job, task
 
 __all__ = [
     "Backoff",
@@ -20,6 +22,7 @@ __all__ = [
     "ConfigurationError",
     "CurrentJob",
     "ErrandsError",
+    "Fail",
     "FieldError",
     "IdempotencyConflict",
     "InvalidJob",
@@ -27,6 +30,8 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobState",
+    "Retry",
+    "Task",
     "current_job",
     "task",
 ]

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +28,7 @@ from errands.queue import prune as prune_jobs
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
 from errands.workers import WorkerOptions
+from errands.workers.loading import load_task_modules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -165,7 +166,11 @@ def run(
         listen=not poll_only,
     )
     grace_seconds = s.grace_seconds if grace is None else grace
-    http_main = None if no_http else partial(_serve_api, ctx, worker.url, host, port, grace_seconds)
+    http_main = (
+        None
+        if no_http
+        else partial(_serve_api, ctx, worker.url, host, port, grace_seconds, worker.task_modules)
+    )
     options = SupervisorOptions(
         worker=worker,
         workers=workers or s.workers,
@@ -177,16 +182,29 @@ def run(
 
 
 @cli.command()
+@click.option(
+    "--tasks",
+    help="Comma-separated task modules, for their queues and budgets [env: ERRANDS_TASKS]",
+)
 @http_options
 @pass_context
-def api(ctx: Context, host: str | None, port: int | None) -> None:
+def api(ctx: Context, tasks: str | None, host: str | None, port: int | None) -> None:
     """Serve the HTTP API alone (no workers)."""
-    sys.exit(_serve_api(ctx, ctx.database_url(), host, port, ctx.settings.grace_seconds))
+    modules = _split(tasks) if tasks is not None else ctx.settings.tasks
+    sys.exit(_serve_api(ctx, ctx.database_url(), host, port, ctx.settings.grace_seconds, modules))
 
 
 def _serve_api(
-    ctx: Context, url: str, host: str | None, port: int | None, grace_seconds: float
+    ctx: Context,
+    url: str,
+    host: str | None,
+    port: int | None,
+    grace_seconds: float,
+    task_modules: Sequence[str],
 ) -> int:
+    # A job submitted by task name gets the queue and budget its task declares, when known here.
+    if task_modules:
+        load_task_modules(task_modules)
     default_host, default_port = ctx.settings.http_host_port
     return serve(
         url,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,8 +17,9 @@ from psycopg_pool import ConnectionPool
 from errands import queue as ops  # `queue` is also a parameter name here
 from errands.config import Settings
 from errands.database import ensure_schema, resolve_url
+from errands.errors import JobNotFound
 from errands.queue import Job, JobState, Stats
-from errands.tasks import registered
+from errands.tasks import with_task_defaults
 
 # A connection idle for longer than this is checked (one empty round trip) before use,
 # so that a database restart costs the caller a reconnection rather than an error,
@@ -29,6 +31,27 @@ _last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.
 def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
     if time.monotonic() - _last_used.get(conn, 0.0) > IDLE_CHECK_SECONDS:
         ConnectionPool.check_connection(conn)
+
+
+Recorder = Callable[[Sequence[ops.JobRequest]], list[Job]]
+
+
+class _Process:
+    """What the whole process shares: its default client, and a recorder while tests capture."""
+
+    lock = threading.Lock()
+    default: Client | None = None
+    recorder: Recorder | None = None  # errands.testing.capture_jobs(): record, do not store
+
+
+@contextmanager
+def recording(recorder: Recorder) -> Iterator[None]:
+    """Hand every job any Client enqueues in this process to `recorder` instead of storing it."""
+    previous, _Process.recorder = _Process.recorder, recorder
+    try:
+        yield
+    finally:
+        _Process.recorder = previous
 
 
 class Client:
@@ -44,6 +67,8 @@ class Client:
         self._dsn = dsn
         self._max_connections = max_connections
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._watcher: ops.FinishWatcher | None = None
+        self._watcher_lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -52,6 +77,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -87,6 +115,8 @@ class Client:
             "idempotency_key": idempotency_key,
         }
         request = self._request(spec, prefix="")
+        if _Process.recorder is not None:
+            return _Process.recorder([request])[0]
         with self._connection(conn) as db:
             return ops.enqueue(db, request).job
 
@@ -99,6 +129,8 @@ class Client:
         `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`).
         """
         requests = [self._request(spec, prefix=f"[{i}].") for i, spec in enumerate(specs)]
+        if _Process.recorder is not None:
+            return _Process.recorder(requests)
         with self._connection(conn) as db:
             return [answer.job for answer in ops.enqueue_many(db, requests)]
 
@@ -128,19 +160,50 @@ class Client:
         with self._connection() as db:
             return ops.cancel(db, job_id)
 
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        """The job once it is completed, dead or cancelled; TimeoutError after `timeout` seconds.
+
+        Hears the job finish through a notification (one listening connection
+        per Client, opened on the first wait), so it returns within
+        milliseconds of the finish; the watched jobs are also read every
+        second, in case a notification was missed. `JobNotFound` for an
+        unknown id.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            finished = threading.Event()
+            unwatch = self._finish_watcher().watch(job_id, finished.set)
+            try:
+                job = self.get(job_id)
+                if job is None:
+                    raise JobNotFound(job_id)
+                if ops.is_finished(job):
+                    return job
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not finished.wait(remaining):
+                    raise TimeoutError(
+                        f"job {job_id} is still {job.state.value} after {timeout:g}s"
+                    )
+            finally:
+                unwatch()
+            # Heard finished: read it (a manual retry in between makes it wait again).
+
     def stats(self) -> Stats:
         with self._connection() as db:
             return ops.stats(db, worker_silence_seconds=self._settings.lease_seconds)
+
+    def _finish_watcher(self) -> ops.FinishWatcher:
+        with self._watcher_lock:
+            if self._watcher is None:
+                self._open_pool()  # the schema, with its finish notifications, is up to date
+                self._watcher = ops.FinishWatcher(self._url())
+            return self._watcher
 
     @staticmethod
     def _request(spec: Mapping[str, Any], prefix: str) -> ops.JobRequest:
         """Validate one spec, filling queue and max_attempts from the task when it is known."""
         fields = {name: value for name, value in spec.items() if value is not None}
-        task = registered(fields["task"]) if isinstance(fields.get("task"), str) else None
-        if task is not None:
-            fields.setdefault("queue", task.queue)
-            fields.setdefault("max_attempts", task.max_attempts)
-        return ops.parse_request(fields, prefix=prefix)
+        return ops.parse_request(with_task_defaults(fields), prefix=prefix)
 
     @contextmanager
     def _connection(
@@ -156,9 +219,14 @@ class Client:
             finally:
                 _last_used[pooled] = time.monotonic()
 
+    def _url(self) -> str:
+        if self._dsn is None:
+            self._dsn = resolve_url(self._settings)
+        return self._dsn
+
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
-            url = self._dsn or resolve_url(self._settings)
+            url = self._url()
             with psycopg.connect(url, autocommit=True) as conn:
                 ensure_schema(conn, url)
             self._pool = ConnectionPool(
@@ -170,3 +238,20 @@ class Client:
                 open=True,
             )
         return self._pool
+
+
+def default_client() -> Client:
+    """The client `Task.enqueue` uses when given none: the database of the environment.
+
+    Inside a worker, the worker's own database (see `set_default_client`).
+    """
+    with _Process.lock:
+        if _Process.default is None:
+            _Process.default = Client()
+        return _Process.default
+
+
+def set_default_client(client: Client) -> None:
+    """Make `client` the one `Task.enqueue` uses when given none (a worker sets its own)."""
+    with _Process.lock:
+        _Process.default = client

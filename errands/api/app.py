@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
@@ -23,12 +23,16 @@ from psycopg_pool import ConnectionPool
 
 from errands.api import endpoints
 from errands.api.http import MAX_BODY_BYTES, HTTPError, Request, Response
+from errands.api.longpoll import FinishWaits, until_heard
 from errands.api.openapi import document
+from errands.queue import is_finished
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-Handler = Callable[[psycopg.Connection[Any], Request], Response]
+Conn = psycopg.Connection[Any]
+Handler = Callable[[Conn, Request], Response]
+T = TypeVar("T")
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
@@ -72,6 +76,7 @@ class App:
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._finishes: FinishWaits | None = None
         self._openapi = Response.json(200, document())
         if not tokens:
             _log.warning(
@@ -90,8 +95,11 @@ class App:
             timeout=5,
             open=True,
         )
+        self._finishes = FinishWaits(self._url)
 
     def close(self) -> None:
+        if self._finishes is not None:
+            self._finishes.close()
         if self._pool is not None:
             self._pool.close()
         if self._executor is not None:
@@ -154,10 +162,27 @@ class App:
                 if request.path == "/openapi.json"
                 else Response.json(200, {"status": "ok"})
             )
+        if route.handler is endpoints.get_job and "wait" in request.query:
+            return await self._long_poll(request, receive)
+        return await self._in_thread(route.handler, request)
+
+    async def _long_poll(self, request: Request, receive: Receive) -> Response:
+        """GET /jobs/{id}?wait=SECONDS: the job once it has finished, or when the time is up.
+
+        The wait holds no request thread and no pooled connection (see longpoll.py).
+        """
+        seconds = endpoints.wait_seconds(request)
+        assert self._finishes is not None, "the application was not started"
+        async with self._finishes.watching(endpoints.job_id(request)) as heard:
+            job = await self._in_thread(endpoints.read_job, request)
+            if seconds and not is_finished(job):
+                await until_heard(heard, seconds, receive)
+                job = await self._in_thread(endpoints.read_job, request)
+        return endpoints.job_response(job)
+
+    async def _in_thread(self, handler: Callable[[Conn, Request], T], request: Request) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._with_connection, route.handler, request
-        )
+        return await loop.run_in_executor(self._executor, self._with_connection, handler, request)
 
     def _route(self, request: Request) -> Route:
         allowed = []
@@ -192,7 +217,7 @@ class App:
                 headers=[("WWW-Authenticate", 'Bearer realm="errands"')],
             )
 
-    def _with_connection(self, handler: Handler, request: Request) -> Response:
+    def _with_connection(self, handler: Callable[[Conn, Request], T], request: Request) -> T:
         assert self._pool is not None, "the application was not started"
         with self._pool.connection() as conn:
             return handler(conn, request)

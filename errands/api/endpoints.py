@@ -6,6 +6,7 @@ they raise HTTPError for every answer that is not a success.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -13,11 +14,12 @@ import psycopg
 
 from errands import queue
 from errands.api.http import HTTPError, Request, Response, invalid, json_body
-from errands.api.openapi import MAX_BATCH
+from errands.api.openapi import MAX_BATCH, MAX_WAIT_SECONDS
 from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
 from errands.metrics import exposition, metrics, queue_gauges
 from errands.queue import Enqueued, Job, JobRequest, JobState
 from errands.queue.admin import MAX_LIST_LIMIT
+from errands.tasks import with_task_defaults
 
 MAX_ID = 2**63 - 1
 LIST_FIELDS = frozenset({"state", "queue", "task", "limit", "after"})
@@ -29,7 +31,7 @@ def submit(conn: Conn, request: Request) -> Response:
     body = json_body(request)
     if not isinstance(body, dict):
         raise invalid([FieldError("body", "must be a JSON object with the job's fields")])
-    job_request = _parse(_with_header_key(body, request), prefix="")
+    job_request = _parse(with_task_defaults(_with_header_key(body, request)), prefix="")
     answer = _enqueue(lambda: [queue.enqueue(conn, job_request)])[0]
     status, headers = (201, []) if answer.created else (200, [("Idempotent-Replayed", "true")])
     headers.append(("Location", f"/jobs/{answer.job.id}"))
@@ -49,7 +51,7 @@ def submit_batch(conn: Conn, request: Request) -> Response:
             errors.append(FieldError(f"jobs[{n}]", "must be a JSON object"))
             continue
         try:
-            requests.append(queue.parse_request(item, prefix=f"jobs[{n}]."))
+            requests.append(queue.parse_request(with_task_defaults(item), prefix=f"jobs[{n}]."))
         except InvalidJob as exc:
             errors += exc.errors
     if errors:
@@ -59,10 +61,34 @@ def submit_batch(conn: Conn, request: Request) -> Response:
 
 
 def get_job(conn: Conn, request: Request) -> Response:
-    job = queue.get(conn, _job_id(request))
+    return job_response(read_job(conn, request))
+
+
+def read_job(conn: Conn, request: Request) -> Job:
+    job = queue.get(conn, job_id(request))
     if job is None:
         raise _not_found(request)
+    return job
+
+
+def job_response(job: Job) -> Response:
     return Response.json(200, job.to_dict(), job_id=job.id)
+
+
+def wait_seconds(request: Request) -> float:
+    """How long GET /jobs/{id}?wait=SECONDS may wait for the job to finish; 0 without `wait`."""
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:  # NaN fails this too
+        raise invalid(
+            [FieldError("wait", f"must be a number of seconds between 0 and {MAX_WAIT_SECONDS:g}")]
+        )
+    return seconds
 
 
 def list_jobs(conn: Conn, request: Request) -> Response:
@@ -155,7 +181,7 @@ def _enqueue(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
 
 def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) -> Response:
     try:
-        job = action(conn, _job_id(request))
+        job = action(conn, job_id(request))
     except JobNotFound:
         raise _not_found(request) from None
     except InvalidState as exc:
@@ -163,11 +189,11 @@ def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) ->
     return Response.json(200, job.to_dict(), job_id=job.id)
 
 
-def _job_id(request: Request) -> int:
-    job_id = int(request.params["id"])  # the route matched digits only
-    if job_id > MAX_ID:
+def job_id(request: Request) -> int:
+    number = int(request.params["id"])  # the route matched digits only
+    if number > MAX_ID:
         raise _not_found(request)
-    return job_id
+    return number
 
 
 def _not_found(request: Request) -> HTTPError:

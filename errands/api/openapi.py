@@ -20,6 +20,7 @@ from errands.queue.requests import (
 )
 
 MAX_BATCH = 1000
+MAX_WAIT_SECONDS = 60.0
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -63,6 +64,16 @@ _JOB_ID = {
     "in": "path",
     "required": True,
     "schema": {"type": "integer", "minimum": 0},
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": (
+        "Seconds to wait for the job to be completed, dead or cancelled before answering; "
+        "the answer is the job as it is then, finished or not"
+    ),
+    "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
 }
 _REQUEST_FIELDS: dict[str, Any] = {
     "task": {"type": "string", "pattern": TASK_NAME.pattern},
@@ -249,9 +260,9 @@ def document() -> dict[str, Any]:
             },
             "/jobs/{id}": {
                 "get": {
-                    "summary": "One job",
-                    "parameters": [_JOB_ID],
-                    "responses": {"200": job_answer, **_errors(401, 404, 503)},
+                    "summary": "One job; with `wait`, once it has finished (a long poll)",
+                    "parameters": [_JOB_ID, _WAIT],
+                    "responses": {"200": job_answer, **_errors(401, 404, 422, 503)},
                 }
             },
             "/jobs/{id}/retry": {

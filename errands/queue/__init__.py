@@ -12,6 +12,7 @@ from errands.queue.admin import (
     retry,
     stats,
 )
+from errands.queue.finished import FINISHED, FinishWatcher, is_finished
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import (
     Completion,
@@ -25,14 +26,17 @@ from errands.queue.lease import (
     heartbeat,
     reap,
     release,
+    reschedule,
 )
 from errands.queue.presence import WorkerInfo, announce, forget, live_workers
 from errands.queue.requests import JobRequest, parse_request
 from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
 __all__ = [
+    "FINISHED",
     "Completion",
     "Enqueued",
+    "FinishWatcher",
     "Held",
     "Job",
     "JobRequest",
@@ -53,6 +57,7 @@ __all__ = [
     "forget",
     "get",
     "heartbeat",
+    "is_finished",
     "job_counts",
     "list_jobs",
     "live_workers",
@@ -61,6 +66,7 @@ __all__ = [
     "prune",
     "reap",
     "release",
+    "reschedule",
     "retry",
     "stats",
 ]
