@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -14,6 +17,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import ServeApi
 
+Conn = psycopg.Connection[Any]
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -24,13 +29,20 @@ CHECKS = [
 EXAMPLES_PER_OPERATION = 40
 
 
-def test_every_response_matches_the_document(serve_api: ServeApi) -> None:
+def test_every_response_matches_the_document(serve_api: ServeApi, conn: Conn) -> None:
     base = str(serve_api().base_url).rstrip("/")
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) == 10  # every method and path of design §5
 
     for operation in operations:
+        if operation.path == "/jobs/{id}" and operation.method.upper() == "GET":
+            # No worker runs here: a long poll (?wait=) on a job still pending would hold
+            # its example for up to 60 s. Finished jobs answer at once, as they should.
+            conn.execute(
+                "update errands_jobs set state = 'cancelled', finished_at = now()"
+                " where state in ('pending', 'failed')"
+            )
 
         @given(case=operation.as_strategy())
         @settings(

@@ -11,6 +11,7 @@ as soon as it (re)connects.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from errands.queue.queries import query
 CHANNEL = "errands_finished"
 FINISHED = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED})
 RECONNECT_MAX_SECONDS = 5.0
+# The longest the thread blocks before it looks whether it was closed.
+WAKE_SECONDS = 0.5
 
 _log = structlog.get_logger("errands.queue")
 
@@ -70,9 +73,8 @@ class FinishWatcher:
         return unwatch
 
     def close(self) -> None:
+        """Stop watching; the thread closes its connection within WAKE_SECONDS."""
         self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._poll + 1)
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -94,13 +96,14 @@ class FinishWatcher:
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        next_poll = 0.0  # on (re)connection, then every poll interval: what finished unheard
         while not self._stopped.is_set():
-            # On (re)connection and every poll interval: what finished unheard.
-            self._poll_watched(conn)
-            for notification in conn.notifies(timeout=self._poll):
+            if time.monotonic() >= next_poll:
+                self._poll_watched(conn)
+                next_poll = time.monotonic() + self._poll
+            wake = min(WAKE_SECONDS, max(0.0, next_poll - time.monotonic()))
+            for notification in conn.notifies(timeout=wake):
                 self._fire(_ids(notification.payload))
-                if self._stopped.is_set():
-                    return
 
     def _poll_watched(self, conn: psycopg.Connection[Any]) -> None:
         with self._lock:

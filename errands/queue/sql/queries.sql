@@ -120,9 +120,9 @@ set state = (case when %(permanent)s or job.attempts >= job.max_attempts then 'd
                   else now() + make_interval(secs => %(retry_in)s) end,
     finished_at = case when %(permanent)s or job.attempts >= job.max_attempts then now() end,
     last_error = %(error)s,
-    errors = job.errors || jsonb_build_object(
+    errors = job.errors || (jsonb_build_object(
         'attempt', job.attempts, 'at', now(), 'error', %(error)s::text, 'traceback', %(traceback)s::text)
-        || case when %(permanent)s then '{"permanent": true}'::jsonb else '{}'::jsonb end,
+        || case when %(permanent)s then '{"permanent": true}'::jsonb else '{}'::jsonb end),
     updated_at = now(),
     lease_owner = null,
     lease_expires_at = null
