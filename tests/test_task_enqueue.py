@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -89,3 +90,14 @@ def test_enqueue_without_a_client_uses_the_default_client(client: Client) -> Non
 def test_enqueue_by_name_still_works_and_takes_the_tasks_queue(client: Client) -> None:
     job = client.enqueue("enqueue.send_email", {"to": "a"})
     assert (job.queue, job.max_attempts) == ("mail", 3)
+
+
+def test_over_http_a_job_by_name_takes_the_queue_and_budget_of_a_task_known_to_the_api(
+    api: httpx.Client,
+) -> None:
+    one = api.post("/jobs", json={"task": "enqueue.send_email", "payload": {"to": "a"}}).json()
+    batch = api.post("/jobs/batch", json={"jobs": [{"task": "enqueue.send_email"}]}).json()
+    assert (one["queue"], one["max_attempts"]) == ("mail", 3)
+    assert (batch["jobs"][0]["queue"], batch["jobs"][0]["max_attempts"]) == ("mail", 3)
+    given = api.post("/jobs", json={"task": "enqueue.send_email", "queue": "other"}).json()
+    assert given["queue"] == "other"
