@@ -93,6 +93,13 @@ def http_options(func: F) -> F:
     help="Jobs each worker process runs at once, on threads (for I/O-bound tasks).",
 )
 @click.option(
+    "--async-concurrency",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Coroutines of async def tasks each worker process runs at once, on its event loop.",
+)
+@click.option(
     "--prefetch",
     type=click.IntRange(min=0),
     default=0,
@@ -137,6 +144,7 @@ def run(
     ctx: Context,
     workers: int | None,
     concurrency: int,
+    async_concurrency: int,
     prefetch: int,
     queues: str | None,
     tasks: str | None,
@@ -158,6 +166,7 @@ def run(
         task_modules=_split(tasks) if tasks is not None else s.tasks,
         queues=_split(queues) if queues else (),
         concurrency=concurrency,
+        async_concurrency=async_concurrency,
         prefetch=prefetch,
         lease_seconds=lease or s.lease_seconds,
         poll_seconds=poll or s.poll_seconds,

@@ -42,7 +42,7 @@ class Task(Generic[P, R]):
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: float | None = None,
         backoff: Backoff | None = None,
-        retry_on: ExceptionTypes = (Exception,),
+        retry_on: ExceptionTypes = (BaseException,),
         no_retry_on: ExceptionTypes = (),
     ) -> None:
         functools.update_wrapper(self, func)  # first: the function's __dict__ must not win
@@ -172,7 +172,7 @@ def task(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     timeout: float | None = None,
     backoff: Backoff | None = None,
-    retry_on: ExceptionTypes = (Exception,),
+    retry_on: ExceptionTypes = (BaseException,),
     no_retry_on: ExceptionTypes = (),
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(
@@ -182,7 +182,7 @@ def task(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     timeout: float | None = None,
     backoff: Backoff | None = None,
-    retry_on: ExceptionTypes = (Exception,),
+    retry_on: ExceptionTypes = (BaseException,),
     no_retry_on: ExceptionTypes = (),
 ) -> Any:
     """Register a function as a task: `@errands.task`, `@errands.task("name", queue=...)`

@@ -87,6 +87,8 @@ class FinishWatcher:
                     delay = 0.1
                     self._listen(conn)
             except psycopg.OperationalError as exc:
+                if self._stopped.is_set():
+                    return
                 _log.warning(
                     "finish watcher lost its connection; polling resumes on reconnection",
                     error=str(exc),
