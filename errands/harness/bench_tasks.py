@@ -1,7 +1,8 @@
-"""Tasks the benchmark runs: nothing at all, and something long enough to be killed."""
+"""Tasks the benchmark runs: nothing at all, something long enough to be killed, sleepers."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from errands.tasks import current_job, task
@@ -17,3 +18,14 @@ def hold(seconds: float) -> None:
     """Run long on the first attempt only, so a recovered job finishes at once."""
     if current_job().attempt == 1:
         time.sleep(seconds)
+
+
+@task("bench.sleep")
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@task("bench.nap")
+async def nap(seconds: float) -> None:
+    """An I/O-bound job as a coroutine: it waits, and holds no thread while it does."""
+    await asyncio.sleep(seconds)
