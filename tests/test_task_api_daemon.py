@@ -140,3 +140,29 @@ def test_the_daemons_api_gives_a_job_by_name_its_tasks_queue_and_budget(
     assert (job["queue"], job["max_attempts"]) == ("mail", 2)
     polled = httpx.get(f"{base}/jobs/{job['id']}", params={"wait": 30}, timeout=40).json()
     assert (polled["state"], polled["result"]) == ("completed", "sent")
+
+
+def test_sigterm_lets_running_coroutines_finish_within_the_grace_and_exits_zero(
+    start_daemon: StartDaemon, client: Client
+) -> None:
+    daemon = start_daemon("--workers", "1", ERRANDS_GRACE_SECONDS="20", **TASKS)
+    jobs = client.enqueue_many([{"task": "hold_async", "payload": {"seconds": 1.5}}] * 3)
+    for job in jobs:
+        wait_for_executions(daemon, job.id, 1)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert {client.get(job.id).state for job in jobs} == {JobState.COMPLETED}  # type: ignore[union-attr]
+
+
+def test_a_coroutine_running_past_the_grace_is_released_not_left_in_progress(
+    start_daemon: StartDaemon, client: Client
+) -> None:
+    daemon = start_daemon(
+        "--workers", "1", ERRANDS_GRACE_SECONDS="0.5", ERRANDS_LEASE_SECONDS="30", **TASKS
+    )
+    job = client.enqueue("hold_async", {"seconds": 60})
+    wait_for_executions(daemon, job.id, 1)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    released = client.get(job.id)
+    assert released is not None and (released.state, released.attempts) == (JobState.PENDING, 1)
