@@ -17,7 +17,7 @@ import select
 import signal
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
@@ -63,6 +63,7 @@ class WorkerOptions:
     backoff: Backoff = field(default_factory=Backoff)
     ack: AckMode = "batched"
     listen: bool = True
+    on_started: Callable[[], None] | None = None  # called once tasks are loaded and claims begin
 
 
 class Worker:
@@ -112,6 +113,8 @@ class Worker:
         )
         keeper.start()
         metrics().workers_alive.set(1)
+        if self.options.on_started is not None:
+            self.options.on_started()
         _log.info(
             "worker started",
             worker=self.options.worker_id,
