@@ -25,6 +25,8 @@ from errands.tasks import with_task_defaults
 # so that a database restart costs the caller a reconnection rather than an error,
 # while a busy caller pays nothing.
 IDLE_CHECK_SECONDS = 0.2
+# How often `wait` reads the jobs it waits for, in case a finish notification was missed.
+WAIT_POLL_SECONDS = 1.0
 _last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
 
 
@@ -196,7 +198,7 @@ class Client:
         with self._watcher_lock:
             if self._watcher is None:
                 self._open_pool()  # the schema, with its finish notifications, is up to date
-                self._watcher = ops.FinishWatcher(self._url())
+                self._watcher = ops.FinishWatcher(self._url(), WAIT_POLL_SECONDS)
             return self._watcher
 
     @staticmethod

@@ -9,9 +9,12 @@ from typing import Any
 import psycopg
 import pytest
 
+import errands.client
 from errands import Client, JobNotFound, JobState
+from errands.harness.waiting import wait_for
 from errands.queue import Completion, FinishWatcher, claim, complete, fail
 from errands.queue.lease import Held
+from errands.queue.queries import query
 
 Conn = psycopg.Connection[Any]
 # Far longer than any test: a callback that comes is a notification, never a poll.
@@ -90,6 +93,30 @@ def test_wait_returns_the_job_once_it_completes(client: Client, conn: Conn) -> N
         run_to_completion(conn, "the result")
         finished = waiting.result()
     assert finished.state is JobState.COMPLETED and finished.result == "the result"
+
+
+def test_wait_returns_on_the_notification_not_a_poll_later(
+    client: Client, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(errands.client, "WAIT_POLL_SECONDS", NEVER)
+    job = client.enqueue("t")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.wait, job.id, 30)
+        # The watcher reads the watched jobs once as it connects; after that, and with
+        # no poll for an hour, only the notification can end the wait.
+        wait_for(lambda: watcher_polled(conn), what="the watcher's first read")
+        assert not waiting.done()
+        run_to_completion(conn)
+        assert waiting.result().state is JobState.COMPLETED
+
+
+def watcher_polled(conn: Conn) -> bool:
+    row = conn.execute(
+        "select count(*) from pg_stat_activity where state = 'idle'"
+        " and query like %s and pid <> pg_backend_pid()",
+        (f"%{query('finished_among').decode().splitlines()[0]}%",),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def test_wait_on_a_finished_job_returns_it_at_once(client: Client) -> None:
