@@ -31,7 +31,7 @@ from errands.queue import prune as prune_jobs
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
 from errands.workers import WorkerOptions
-from errands.workers.loading import load_task_modules
+from errands.workers.loading import TaskModuleError, load_task_modules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -261,9 +261,18 @@ def _serve_api(
     *,
     task_modules: Sequence[str] = (),
 ) -> int:
-    # A job submitted by task name gets the queue and budget its task declares, when known here.
+    # A job submitted by task name gets the queue and budget its task declares, when known
+    # here. A broken task module must not take the API down with the workers: it only
+    # costs by-name submissions their task's defaults.
     if task_modules:
-        load_task_modules(task_modules)
+        try:
+            load_task_modules(task_modules)
+        except TaskModuleError as exc:
+            _log.warning(
+                "task modules cannot be imported; jobs submitted by name get the default "
+                "queue and budget",
+                error=str(exc).splitlines()[0],
+            )
     return serve(
         url,
         sock,
