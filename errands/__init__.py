@@ -5,17 +5,19 @@ from errands.client import Client
 from errands.errors import (
     ConfigurationError,
     ErrandsError,
+    Fail,
     FieldError,
     IdempotencyConflict,
     InvalidArgument,
     InvalidJob,
     InvalidState,
     JobNotFound,
+    Retry,
 )
 from errands.log import library_mode
 from errands.periodic import periodic
 from errands.queue import Job, JobState
-from errands.tasks import CurrentJob, current_job, task
+from errands.tasks import CurrentJob, Task, current_job, task
 
 library_mode()  # a library writes through `logging`, never to a terminal (loggers are lazy)
 
@@ -25,6 +27,7 @@ __all__ = [
     "ConfigurationError",
     "CurrentJob",
     "ErrandsError",
+    "Fail",
     "FieldError",
     "IdempotencyConflict",
     "InvalidArgument",
@@ -33,6 +36,8 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobState",
+    "Retry",
+    "Task",
     "current_job",
     "periodic",
     "task",

@@ -10,7 +10,7 @@ import random
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
@@ -38,6 +38,7 @@ from errands.queue.ticks import rfc3339
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
 from errands.workers import DEFAULT_CONCURRENCY, WorkerOptions
+from errands.workers.loading import TaskModuleError, load_task_modules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -165,6 +166,13 @@ def http_options(func: F) -> F:
     help="Jobs each worker process runs at once, on threads (1 for CPU-bound tasks).",
 )
 @click.option(
+    "--async-concurrency",
+    type=Integer(1, 100_000),
+    default=100,
+    show_default=True,
+    help="Coroutines of async def tasks each worker process runs at once, on its event loop.",
+)
+@click.option(
     "--prefetch",
     type=Integer(0, 10_000),
     default=0,
@@ -205,6 +213,7 @@ def run(
     ctx: Context,
     workers: int | None,
     concurrency: int,
+    async_concurrency: int,
     prefetch: int,
     queues: str | None,
     tasks: str | None,
@@ -229,6 +238,7 @@ def run(
         task_modules=_split(tasks) if tasks is not None else s.tasks,
         queues=_split(queues) if queues else (),
         concurrency=concurrency,
+        async_concurrency=async_concurrency,
         prefetch=prefetch,
         lease_seconds=lease or s.lease_seconds,
         poll_seconds=poll or s.poll_seconds,
@@ -238,7 +248,13 @@ def run(
     )
     grace_seconds = s.grace_seconds if grace is None else grace
     sock = None if no_http else _listen(ctx, host, port)
-    http_main = None if sock is None else partial(_serve_api, ctx, worker.url, sock, grace_seconds)
+    http_main = (
+        None
+        if sock is None
+        else partial(
+            _serve_api, ctx, worker.url, sock, grace_seconds, task_modules=worker.task_modules
+        )
+    )
     options = SupervisorOptions(
         worker=worker,
         workers=workers or s.workers,
@@ -251,12 +267,20 @@ def run(
 
 
 @cli.command()
+@click.option(
+    "--tasks",
+    help="Comma-separated task modules, for their queues and budgets [env: ERRANDS_TASKS]",
+)
 @http_options
 @pass_context
-def api(ctx: Context, host: str | None, port: int | None) -> None:
+def api(ctx: Context, tasks: str | None, host: str | None, port: int | None) -> None:
     """Serve the HTTP API alone (no workers)."""
+    if os.getcwd() not in sys.path:  # task modules beside the caller, as for `errands run`
+        sys.path.insert(0, os.getcwd())
+    modules = _split(tasks) if tasks is not None else ctx.settings.tasks
     url = ctx.database_url()
-    sys.exit(_serve_api(ctx, url, _listen(ctx, host, port), ctx.settings.grace_seconds))
+    sock = _listen(ctx, host, port)
+    sys.exit(_serve_api(ctx, url, sock, ctx.settings.grace_seconds, task_modules=modules))
 
 
 def _listen(ctx: Context, host: str | None, port: int | None) -> socket.socket:
@@ -272,7 +296,21 @@ def _serve_api(
     sock: socket.socket,
     grace_seconds: float,
     readiness: Readiness | None = None,
+    *,
+    task_modules: Sequence[str] = (),
 ) -> int:
+    # A job submitted by task name gets the queue and budget its task declares, when known
+    # here. A broken task module must not take the API down with the workers: it only
+    # costs by-name submissions their task's defaults.
+    if task_modules:
+        try:
+            load_task_modules(task_modules)
+        except TaskModuleError as exc:
+            _log.warning(
+                "task modules cannot be imported; jobs submitted by name get the default "
+                "queue and budget",
+                error=str(exc).splitlines()[0],
+            )
     return serve(
         url,
         sock,

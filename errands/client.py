@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import builtins
 import re
+import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,23 +19,46 @@ from psycopg_pool import ConnectionPool
 from errands import queue as ops  # `queue` is also a parameter name here
 from errands.config import Settings
 from errands.database import configure, connect, resolve_url
-from errands.errors import FieldError, InvalidArgument, InvalidJob, scrub
+from errands.errors import FieldError, InvalidArgument, InvalidJob, JobNotFound, scrub
 from errands.queue import Job, JobState, Stats
 from errands.queue.admin import MAX_LIST_LIMIT
 from errands.queue.requests import QUEUE_NAME, TASK_NAME
-from errands.tasks import registered
+from errands.tasks import with_task_defaults
 
 # A connection idle for longer than this is checked (one empty round trip) before use,
 # so that a database restart costs the caller a reconnection rather than an error,
 # while a busy caller pays nothing.
 IDLE_CHECK_SECONDS = 0.2
 MAX_JOB_ID = 2**63 - 1  # ids are bigint
+# How often `wait` reads the jobs it waits for, in case a finish notification was missed.
+WAIT_POLL_SECONDS = 1.0
 _last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
 
 
 def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
     if time.monotonic() - _last_used.get(conn, 0.0) > IDLE_CHECK_SECONDS:
         ConnectionPool.check_connection(conn)
+
+
+Recorder = Callable[[Sequence[ops.JobRequest]], list[Job]]
+
+
+class _Process:
+    """What the whole process shares: its default client, and a recorder while tests capture."""
+
+    lock = threading.Lock()
+    default: Client | None = None
+    recorder: Recorder | None = None  # errands.testing.capture_jobs(): record, do not store
+
+
+@contextmanager
+def recording(recorder: Recorder) -> Iterator[None]:
+    """Hand every job any Client enqueues in this process to `recorder` instead of storing it."""
+    previous, _Process.recorder = _Process.recorder, recorder
+    try:
+        yield
+    finally:
+        _Process.recorder = previous
 
 
 class Client:
@@ -55,6 +79,8 @@ class Client:
         self._dsn = dsn
         self._max_connections = max_connections
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._watcher: ops.FinishWatcher | None = None
+        self._watcher_lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -63,6 +89,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -98,6 +127,8 @@ class Client:
             "idempotency_key": idempotency_key,
         }
         request = self._request(spec, prefix="")
+        if _Process.recorder is not None:
+            return _Process.recorder([request])[0]
         with self._connection(conn) as db:
             return ops.enqueue(db, request).job
 
@@ -112,6 +143,8 @@ class Client:
         if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Iterable):
             raise InvalidJob([FieldError("specs", "must be a list of job specs (dicts)")])
         requests = [self._request(spec, prefix=f"[{i}].") for i, spec in enumerate(specs)]
+        if _Process.recorder is not None:
+            return _Process.recorder(requests)
         with self._connection(conn) as db:
             return [answer.job for answer in ops.enqueue_many(db, requests)]
 
@@ -152,9 +185,44 @@ class Client:
         with self._connection() as db:
             return ops.cancel(db, job_id)
 
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        """The job once it is completed, dead or cancelled; TimeoutError after `timeout` seconds.
+
+        Hears the job finish through a notification (one listening connection
+        per Client, opened on the first wait), so it returns within
+        milliseconds of the finish; the watched jobs are also read every
+        second, in case a notification was missed. `JobNotFound` for an
+        unknown id.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            finished = threading.Event()
+            unwatch = self._finish_watcher().watch(job_id, finished.set)
+            try:
+                job = self.get(job_id)
+                if job is None:
+                    raise JobNotFound(job_id)
+                if ops.is_finished(job):
+                    return job
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not finished.wait(remaining):
+                    raise TimeoutError(
+                        f"job {job_id} is still {job.state.value} after {timeout:g}s"
+                    )
+            finally:
+                unwatch()
+            # Heard finished: read it (a manual retry in between makes it wait again).
+
     def stats(self) -> Stats:
         with self._connection() as db:
             return ops.stats(db, worker_silence_seconds=self._settings.lease_seconds)
+
+    def _finish_watcher(self) -> ops.FinishWatcher:
+        with self._watcher_lock:
+            if self._watcher is None:
+                self._open_pool()  # the schema, with its finish notifications, is up to date
+                self._watcher = ops.FinishWatcher(self._url(), WAIT_POLL_SECONDS)
+            return self._watcher
 
     @staticmethod
     def _request(spec: Mapping[str, Any], prefix: str) -> ops.JobRequest:
@@ -163,11 +231,7 @@ class Client:
             name = prefix.rstrip(".") or "spec"
             raise InvalidJob([FieldError(name, "must be a dict with the fields of a job")])
         fields = {name: value for name, value in spec.items() if value is not None}
-        task = registered(fields["task"]) if isinstance(fields.get("task"), str) else None
-        if task is not None:
-            fields.setdefault("queue", task.queue)
-            fields.setdefault("max_attempts", task.max_attempts)
-        return ops.parse_request(fields, prefix=prefix)
+        return ops.parse_request(with_task_defaults(fields), prefix=prefix)
 
     @contextmanager
     def _connection(
@@ -190,9 +254,14 @@ class Client:
             # the caller gets the refusal named, without the row the database quoted.
             raise _refused(exc) from None
 
+    def _url(self) -> str:
+        if self._dsn is None:
+            self._dsn = resolve_url(self._settings)
+        return self._dsn
+
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
-            url = self._dsn or resolve_url(self._settings)
+            url = self._url()
             with connect(url):  # migrates
                 pass
             self._pool = ConnectionPool(
@@ -253,3 +322,20 @@ def _refused(exc: psycopg.Error) -> InvalidArgument:
     where = exc.diag.column_name or exc.diag.constraint_name or "request"
     reason = scrub(exc.diag.message_primary or str(exc), exc)
     return InvalidArgument([FieldError(where, f"refused by the database: {reason}")])
+
+
+def default_client() -> Client:
+    """The client `Task.enqueue` uses when given none: the database of the environment.
+
+    Inside a worker, the worker's own database (see `set_default_client`).
+    """
+    with _Process.lock:
+        if _Process.default is None:
+            _Process.default = Client()
+        return _Process.default
+
+
+def set_default_client(client: Client) -> None:
+    """Make `client` the one `Task.enqueue` uses when given none (a worker sets its own)."""
+    with _Process.lock:
+        _Process.default = client

@@ -85,3 +85,33 @@ def scrub(text: str, exc: BaseException) -> str:
             text = text.replace(detail, WITHHELD)
         current = current.__cause__ or current.__context__
     return text
+
+
+MAX_RETRY_SECONDS = 10 * 365 * 24 * 3600  # as far ahead as a job may be delayed
+
+
+class Fail(Exception):
+    """Raised by a task: the job can never succeed, so it ends `dead` now, budget or not.
+
+    For a permanent error, such as a payment partner answering 4xx or a record
+    that no longer exists: retrying would only repeat it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Retry(Exception):
+    """Raised by a task: run the job again in `in_seconds`, and count no failure.
+
+    For a partner's rate limit or a resource not ready yet. The attempt is given
+    back (the budget grows by one) and the job's error history records it.
+    """
+
+    def __init__(self, in_seconds: float, reason: str = "") -> None:
+        if not 0 <= in_seconds <= MAX_RETRY_SECONDS:
+            raise ValueError(f"in_seconds must be between 0 and {MAX_RETRY_SECONDS}")
+        self.in_seconds = float(in_seconds)
+        self.reason = reason
+        super().__init__(reason or f"retry in {in_seconds:g}s")

@@ -3,74 +3,221 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+import psycopg
 
 from errands.backoff import Backoff
-from errands.errors import ConfigurationError, ErrandsError
+from errands.errors import ConfigurationError, ErrandsError, FieldError, InvalidJob
 from errands.queue.requests import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, QUEUE_NAME, TASK_NAME
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:  # the client imports this module to find tasks by name
+    from errands.client import Client
+    from errands.queue import Job
+
+P = ParamSpec("P")
+R = TypeVar("R")
+ExceptionTypes = tuple[type[BaseException], ...]
+
+
+class Task(Generic[P, R]):
+    """A registered task: the function, the defaults of its jobs, and a way to enqueue them.
+
+    Calling a Task calls the function. `name` and `func` are the registration;
+    the other attributes are the defaults of the jobs that run it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        func: Callable[P, R],
+        *,
+        queue: str = DEFAULT_QUEUE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        retry_on: ExceptionTypes = (BaseException,),
+        no_retry_on: ExceptionTypes = (),
+    ) -> None:
+        functools.update_wrapper(self, func)  # first: the function's __dict__ must not win
+        self.name = name
+        self.func = func
+        self.queue = queue
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.backoff = backoff
+        self.retry_on = retry_on
+        self.no_retry_on = no_retry_on
+        self.signature = inspect.signature(func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<errands.Task {self.name} ({_qualified_name(self.func)}) queue={self.queue}>"
+
+    @property
+    def is_async(self) -> bool:
+        """An `async def` task: its jobs run on the worker's event loop."""
+        return inspect.iscoroutinefunction(self.func)
+
+    def enqueue(self, **payload: Any) -> Job:
+        """Submit a job running this task with `payload` as its keyword arguments.
+
+        The payload is checked against the function's signature first: a
+        missing or unknown argument raises InvalidJob naming it, and nothing is
+        stored.
+        """
+        return self.options().enqueue(**payload)
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        client: Client | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> TaskCall:
+        """This task with options for the next enqueue: `task.options(delay=60).enqueue(...)`.
+
+        `client` None uses the default client (the database of the environment,
+        or of the worker running the calling task); `conn` enqueues inside the
+        caller's transaction, as `Client.enqueue` does.
+        """
+        return TaskCall(
+            self, queue, priority, delay, run_at, max_attempts, idempotency_key, client, conn
+        )
+
+    def payload_errors(self, payload: Mapping[str, Any]) -> list[FieldError]:
+        """What keeps `payload` from being this function's keyword arguments, by argument."""
+        params = self.signature.parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        keyword = {name for name, p in params.items() if p.kind in _KEYWORD_KINDS}
+        errors = [
+            FieldError(f"payload.{name}", f"is not an argument of task {self.name}")
+            for name in payload
+            if name not in keyword and not takes_any
+        ]
+        errors += [
+            FieldError(f"payload.{name}", f"is required by task {self.name}")
+            for name, p in params.items()
+            if p.kind in _KEYWORD_KINDS and p.default is p.empty and name not in payload
+        ]
+        return errors
+
+    def check_payload(self, payload: Mapping[str, Any]) -> None:
+        if errors := self.payload_errors(payload):
+            raise InvalidJob(errors)
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether a failure raising `exc` is retried (budget permitting) or ends the job."""
+        return isinstance(exc, self.retry_on) and not isinstance(exc, self.no_retry_on)
+
+
+_KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """A registered task: the function and the defaults of the jobs that run it."""
+class TaskCall:
+    """A task with the options of one submission; `enqueue(**payload)` submits it."""
 
-    name: str
-    func: Callable[..., Any]
-    queue: str = DEFAULT_QUEUE
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    timeout: float | None = None
-    backoff: Backoff | None = None
+    task: Task[Any, Any]
+    queue: str | None
+    priority: int
+    delay: float | timedelta | None
+    run_at: datetime | None
+    max_attempts: int | None
+    idempotency_key: str | None
+    client: Client | None
+    conn: psycopg.Connection[Any] | None
+
+    def enqueue(self, **payload: Any) -> Job:
+        self.task.check_payload(payload)
+        # Imported here: the client module imports this one, to find tasks by name.
+        from errands.client import default_client  # noqa: PLC0415
+
+        return (self.client or default_client()).enqueue(
+            self.task.name,
+            payload,
+            queue=self.queue,
+            priority=self.priority,
+            delay=self.delay,
+            run_at=self.run_at,
+            max_attempts=self.max_attempts,
+            idempotency_key=self.idempotency_key,
+            conn=self.conn,
+        )
 
 
-_registry: dict[str, TaskSpec] = {}
+_registry: dict[str, Task[Any, Any]] = {}
 
 
 @overload
-def task(func: F, /) -> F: ...
+def task(func: Callable[P, R], /) -> Task[P, R]: ...
 @overload
 def task(
     name: str | None = None,
-    /,
     *,
     queue: str = DEFAULT_QUEUE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     timeout: float | None = None,
     backoff: Backoff | None = None,
-) -> Callable[[F], F]: ...
+    retry_on: ExceptionTypes = (BaseException,),
+    no_retry_on: ExceptionTypes = (),
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(
     name: str | Callable[..., Any] | None = None,
-    /,
     *,
     queue: str = DEFAULT_QUEUE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     timeout: float | None = None,
     backoff: Backoff | None = None,
+    retry_on: ExceptionTypes = (BaseException,),
+    no_retry_on: ExceptionTypes = (),
 ) -> Any:
-    """Register a function as a task: `@errands.task` or `@errands.task("name", queue=...)`.
+    """Register a function as a task: `@errands.task`, `@errands.task("name", queue=...)`
+    or `@errands.task(name="name", ...)`.
 
-    The function is returned unchanged, so it can still be called directly. Its
-    name defaults to the function's `__name__`; its keyword arguments are the
-    job's payload.
+    Returns a `Task`, which still calls the function when called. The name
+    defaults to the function's `__name__`; its keyword arguments are the job's
+    payload. A failure is retried while the budget lasts when its exception is
+    one of `retry_on` (default: any) and none of `no_retry_on`; any other ends
+    the job `dead` at once, as `raise errands.Fail(...)` does.
     """
     if callable(name):
         return task()(name)
 
-    def register(func: F) -> F:
-        spec = TaskSpec(name or func.__name__, func, queue, max_attempts, timeout, backoff)
-        _check(spec)
-        _registry[spec.name] = spec
-        return func
+    def register(func: Callable[P, R]) -> Task[P, R]:
+        if isinstance(func, Task):
+            raise ConfigurationError(f"{func.name} is registered as a task already")
+        registered_task = Task(
+            name or func.__name__,
+            func,
+            queue=queue,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            backoff=backoff,
+            retry_on=tuple(retry_on),
+            no_retry_on=tuple(no_retry_on),
+        )
+        _check(registered_task)
+        _registry[registered_task.name] = registered_task
+        return registered_task
 
     return register
 
 
-def _check(spec: TaskSpec) -> None:
+def _check(spec: Task[Any, Any]) -> None:
     if not TASK_NAME.fullmatch(spec.name):  # fullmatch: `$` would let "name\n" by
         raise ConfigurationError(f"task name {spec.name!r} must match {TASK_NAME.pattern}")
     if not QUEUE_NAME.fullmatch(spec.queue):
@@ -79,6 +226,16 @@ def _check(spec: TaskSpec) -> None:
         raise ConfigurationError(f"task {spec.name}: max_attempts must be at least 1")
     if spec.timeout is not None and spec.timeout <= 0:
         raise ConfigurationError(f"task {spec.name}: timeout must be positive")
+    for option in ("retry_on", "no_retry_on"):
+        types = getattr(spec, option)
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+            raise ConfigurationError(f"task {spec.name}: {option} must list exception types")
+    for name, param in spec.signature.parameters.items():
+        if param.kind is param.POSITIONAL_ONLY and param.default is param.empty:
+            raise ConfigurationError(
+                f"task {spec.name}: argument {name!r} is positional-only, but a job's "
+                "payload is passed as keyword arguments"
+            )
     known = _registry.get(spec.name)
     if known and _qualified_name(known.func) != _qualified_name(spec.func):
         raise ConfigurationError(
@@ -91,12 +248,26 @@ def _qualified_name(func: Callable[..., Any]) -> str:
     return f"{func.__module__}.{func.__qualname__}"
 
 
-def registered(name: str) -> TaskSpec | None:
+def registered(name: str) -> Task[Any, Any] | None:
     return _registry.get(name)
 
 
-def registered_tasks() -> dict[str, TaskSpec]:
+def registered_tasks() -> dict[str, Task[Any, Any]]:
     return dict(_registry)
+
+
+def with_task_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A job request's fields, with the queue and budget of its task where they are not given.
+
+    Only for a task registered in this process: enqueue by name then lands
+    where the task's workers look, with the attempts the task declared.
+    """
+    filled = dict(fields)
+    known = registered(filled["task"]) if isinstance(filled.get("task"), str) else None
+    if known is not None:
+        filled.setdefault("queue", known.queue)
+        filled.setdefault("max_attempts", known.max_attempts)
+    return filled
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -19,7 +20,7 @@ from errands.errors import WITHHELD
 from errands.log import configure_logging, library_mode
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, running
-from errands.workers.execution import Failed, Succeeded, execute
+from errands.workers.execution import Failed, Rescheduled, Succeeded, execute, execute_async
 
 
 def a_job(task: str, payload: dict[str, Any] | None = None, attempts: int = 1) -> Job:
@@ -83,7 +84,7 @@ def test_an_exception_is_a_failure_with_its_traceback() -> None:
 def test_a_failure_knows_the_line_that_raised_it() -> None:
     outcome = execute(a_job("execution.raises"))
     assert isinstance(outcome, Failed)
-    source, first = inspect.getsourcelines(raises)  # first: the decorator's line
+    source, first = inspect.getsourcelines(raises.func)  # first: the decorator line
     line = first + next(n for n, text in enumerate(source) if "raise ValueError" in text)
     assert outcome.where == f"{__file__}:{line} in raises"
 
@@ -107,6 +108,77 @@ def test_an_unregistered_task_fails_with_a_clear_error() -> None:
     outcome = execute(a_job("nobody.registered.this"))
     assert isinstance(outcome, Failed)
     assert "'nobody.registered.this' is not registered" in outcome.error
+
+
+@errands.task("execution.fails_for_good")
+def fails_for_good() -> None:
+    raise errands.Fail("card declined")
+
+
+@errands.task("execution.asks_for_a_retry")
+def asks_for_a_retry() -> None:
+    raise errands.Retry(in_seconds=30, reason="rate limited")
+
+
+@errands.task("execution.picky", retry_on=(OSError,))
+def picky(error: str) -> None:
+    raise {"os": OSError, "value": ValueError}[error]("nope")
+
+
+@errands.task("execution.coroutine", timeout=5)
+async def coroutine(seconds: float = 0) -> dict[str, Any]:
+    await asyncio.sleep(seconds)
+    return {"attempt": errands.current_job().attempt}
+
+
+@errands.task("execution.coroutine_timeout", timeout=0.05)
+async def coroutine_timeout() -> None:
+    await asyncio.sleep(60)
+
+
+@errands.task("execution.coroutine_own_timeout", timeout=5)
+async def coroutine_own_timeout() -> None:
+    raise TimeoutError("the partner timed out")
+
+
+def test_fail_is_a_permanent_failure() -> None:
+    outcome = execute(a_job("execution.fails_for_good"))
+    assert isinstance(outcome, Failed) and outcome.permanent
+    assert outcome.error == "Fail: card declined"
+
+
+def test_retry_is_a_reschedule_not_a_failure() -> None:
+    outcome = execute(a_job("execution.asks_for_a_retry"))
+    assert isinstance(outcome, Rescheduled)
+    assert (outcome.reason, outcome.in_seconds) == ("Retry: rate limited", 30)
+
+
+def test_an_error_outside_retry_on_is_permanent_and_one_inside_is_not() -> None:
+    retried = execute(a_job("execution.picky", {"error": "os"}))
+    not_retried = execute(a_job("execution.picky", {"error": "value"}))
+    assert isinstance(retried, Failed) and not retried.permanent
+    assert isinstance(not_retried, Failed) and not_retried.permanent
+
+
+def test_an_ordinary_error_is_retried() -> None:
+    outcome = execute(a_job("execution.raises"))
+    assert isinstance(outcome, Failed) and not outcome.permanent
+
+
+def test_a_coroutine_task_runs_with_its_job() -> None:
+    outcome = asyncio.run(execute_async(a_job("execution.coroutine", attempts=3)))
+    assert isinstance(outcome, Succeeded) and json.loads(outcome.result_json) == {"attempt": 3}
+
+
+def test_a_coroutine_past_its_timeout_is_cancelled_and_failed() -> None:
+    outcome = asyncio.run(execute_async(a_job("execution.coroutine_timeout")))
+    assert isinstance(outcome, Failed) and not outcome.permanent
+    assert outcome.error.endswith("ran past its timeout of 0.05s and was cancelled")
+
+
+def test_a_timeout_error_raised_by_the_coroutine_itself_is_its_own_failure() -> None:
+    outcome = asyncio.run(execute_async(a_job("execution.coroutine_own_timeout")))
+    assert isinstance(outcome, Failed) and outcome.error == "TimeoutError: the partner timed out"
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from errands.queue import (
     heartbeat,
     reap,
     release,
+    reschedule,
 )
 from errands.queue.jobs import Job
 
@@ -247,3 +248,43 @@ def test_the_database_refuses_a_lease_outside_in_progress(client: Client, conn: 
 def test_a_queue_named_twice_is_claimed_from_once(client: Client, conn: Conn) -> None:
     client.enqueue_many([{"task": "t"}, {"task": "t"}])
     assert len(claim(conn, "w1", ["default", "default"], limit=2, lease_seconds=30)) == 2
+
+
+def test_a_permanent_failure_makes_the_job_dead_with_budget_left(
+    client: Client, conn: Conn
+) -> None:
+    client.enqueue("t", max_attempts=5)
+    job = claim_one(conn)
+    assert fail(conn, "w1", held(job), "Fail: card declined", None, 0, permanent=True) == (
+        JobState.DEAD
+    )
+    stored = client.get(job.id)
+    assert stored is not None and (stored.attempts, stored.max_attempts) == (1, 5)
+    assert stored.finished_at is not None and stored.last_error == "Fail: card declined"
+    assert stored.errors[-1]["permanent"] is True
+
+
+def test_reschedule_runs_the_job_later_without_counting_a_failure(
+    client: Client, conn: Conn
+) -> None:
+    client.enqueue("t", max_attempts=2)
+    job = claim_one(conn)
+    assert reschedule(conn, "w1", held(job), "Retry: rate limited", 60)
+    stored = client.get(job.id)
+    assert stored is not None and stored.state is JobState.PENDING
+    # Attempts never go back (they fence writes): the budget grows by the attempt given back.
+    assert (stored.attempts, stored.max_attempts, stored.last_error) == (1, 3, None)
+    assert stored.run_at > job.started_at  # type: ignore[operator]
+    assert stored.errors[-1]["retry_in"] == 60 and stored.errors[-1]["error"] == (
+        "Retry: rate limited"
+    )
+    assert claim(conn, "w1", ["default"], limit=1, lease_seconds=30) == []  # not due yet
+
+
+def test_reschedule_by_a_stale_owner_changes_nothing(client: Client, conn: Conn) -> None:
+    client.enqueue("t")
+    job = claim_one(conn)
+    assert not reschedule(conn, "w2", held(job), "Retry", 0)
+    assert not reschedule(conn, "w1", Held(job.id, job.attempts - 1), "Retry", 0)
+    stored = client.get(job.id)
+    assert stored is not None and stored.state is JobState.IN_PROGRESS

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
@@ -31,15 +31,19 @@ from errands.api.http import (
     Response,
     invalid,
 )
+from errands.api.longpoll import FinishWaits, until_heard
 from errands.api.openapi import document
 from errands.database import configure as configure_session
 from errands.errors import FieldError
+from errands.queue import is_finished
 from errands.queue.requests import Field, parse_fields
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-Handler = Callable[[psycopg.Connection[Any], Request], Response]
+Conn = psycopg.Connection[Any]
+Handler = Callable[[Conn, Request], Response]
+T = TypeVar("T")
 # Why the service is not ready beyond the database (under `errands run`: no worker
 # running), or None when it is.
 Readiness = Callable[[], str | None]
@@ -68,7 +72,7 @@ def _routes(lease_seconds: float, readiness: Readiness | None) -> list[Route]:
         ("POST", "/jobs", endpoints.submit, {}),
         ("POST", "/jobs/batch", endpoints.submit_batch, {}),
         ("GET", "/jobs", endpoints.list_jobs, endpoints.LIST_FILTERS),
-        ("GET", job, endpoints.get_job, {}),
+        ("GET", job, endpoints.get_job, endpoints.JOB_QUERY),
         ("POST", job + "/retry", endpoints.retry_job, {}),
         ("POST", job + "/cancel", endpoints.cancel_job, {}),
         ("GET", "/stats", partial(endpoints.stats, lease_seconds=lease_seconds), {}),
@@ -103,6 +107,7 @@ class App:
         self._in_flight = 0
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._finishes: FinishWaits | None = None
         self._openapi = Response.json(200, document())
         if not tokens:
             _log.warning(
@@ -122,8 +127,11 @@ class App:
             timeout=5,
             open=True,
         )
+        self._finishes = FinishWaits(self._url)
 
     def close(self) -> None:
+        if self._finishes is not None:
+            self._finishes.close()
         if self._pool is not None:
             self._pool.close()
         if self._executor is not None:
@@ -198,6 +206,26 @@ class App:
                 if request.path == "/openapi.json"
                 else Response.json(200, {"status": "ok"})
             )
+        if route.handler is endpoints.get_job and request.values.get("wait"):
+            return await self._long_poll(request, receive)
+        return await self._in_thread(route.handler, request)
+
+    async def _long_poll(self, request: Request, receive: Receive) -> Response:
+        """GET /jobs/{id}?wait=SECONDS: the job once it has finished, or when the time is up.
+
+        The wait holds no request thread and no pooled connection (see longpoll.py).
+        """
+        seconds: float = request.values["wait"]
+        assert self._finishes is not None, "the application was not started"
+        async with self._finishes.watching(endpoints.job_id(request)) as heard:
+            job = await self._in_thread(endpoints.read_job, request)
+            if not is_finished(job):
+                await until_heard(heard, seconds, receive)
+                job = await self._in_thread(endpoints.read_job, request)
+        return endpoints.job_response(job)
+
+    async def _in_thread(self, handler: Callable[[Conn, Request], T], request: Request) -> T:
+        """Run `handler` on a request thread with a pooled connection; 503 past the limit."""
         if self._in_flight >= self._max_in_flight:
             raise HTTPError(
                 503,
@@ -209,7 +237,7 @@ class App:
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._executor, self._with_connection, route.handler, request
+                self._executor, self._with_connection, handler, request
             )
         finally:
             self._in_flight -= 1
@@ -247,7 +275,7 @@ class App:
                 headers=[("WWW-Authenticate", 'Bearer realm="errands"')],
             )
 
-    def _with_connection(self, handler: Handler, request: Request) -> Response:
+    def _with_connection(self, handler: Callable[[Conn, Request], T], request: Request) -> T:
         assert self._pool is not None, "the application was not started"
         with self._pool.connection() as conn:
             return handler(conn, request)

@@ -25,8 +25,10 @@ from errands.queue.requests import (
     Choice,
     Field,
     Integer,
+    Seconds,
     Text,
 )
+from errands.tasks import with_task_defaults
 
 MAX_BATCH = 1000
 
@@ -39,6 +41,17 @@ LIST_FILTERS: dict[str, Field] = {
     "after": Field(Integer(1, INT64_MAX), description="next_after of the previous page"),
 }
 
+MAX_WAIT_SECONDS = 60.0
+
+# The query parameter of GET /jobs/{id}: a long poll.
+JOB_QUERY: dict[str, Field] = {
+    "wait": Field(
+        Seconds(0, MAX_WAIT_SECONDS),
+        description="seconds to wait for the job to be completed, dead or cancelled before "
+        "answering; the answer is the job as it is then, finished or not",
+    ),
+}
+
 Conn = psycopg.Connection[Any]
 _log = structlog.get_logger("errands.api")
 
@@ -47,7 +60,7 @@ def submit(conn: Conn, request: Request) -> Response:
     body = json_body(request)
     if not isinstance(body, dict):
         raise invalid([FieldError("body", "must be a JSON object with the job's fields")])
-    job_request = _parse(_with_header_key(body, request), prefix="")
+    job_request = _parse(with_task_defaults(_with_header_key(body, request)), prefix="")
     answer = _enqueue(lambda: [queue.enqueue(conn, job_request)])[0]
     status, headers = (201, []) if answer.created else (200, [("Idempotent-Replayed", "true")])
     headers.append(("Location", f"/jobs/{answer.job.id}"))
@@ -72,7 +85,7 @@ def submit_batch(conn: Conn, request: Request) -> Response:
             errors.append(FieldError(f"jobs[{n}]", "must be a JSON object"))
             continue
         try:
-            requests.append(queue.parse_request(item, prefix=f"jobs[{n}]."))
+            requests.append(queue.parse_request(with_task_defaults(item), prefix=f"jobs[{n}]."))
         except InvalidJob as exc:
             errors += exc.errors
     if errors:
@@ -82,9 +95,17 @@ def submit_batch(conn: Conn, request: Request) -> Response:
 
 
 def get_job(conn: Conn, request: Request) -> Response:
-    job = queue.get(conn, _job_id(request))
+    return job_response(read_job(conn, request))
+
+
+def read_job(conn: Conn, request: Request) -> Job:
+    job = queue.get(conn, job_id(request))
     if job is None:
         raise _not_found(request)
+    return job
+
+
+def job_response(job: Job) -> Response:
     return Response.json(200, job.to_dict(), job_id=job.id)
 
 
@@ -174,7 +195,7 @@ def _enqueue(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
 
 def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) -> Response:
     try:
-        job = action(conn, _job_id(request))
+        job = action(conn, job_id(request))
     except JobNotFound:
         raise _not_found(request) from None
     except InvalidState as exc:
@@ -182,11 +203,11 @@ def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) ->
     return Response.json(200, job.to_dict(), job_id=job.id)
 
 
-def _job_id(request: Request) -> int:
-    job_id = int(request.params["id"])  # the route matched ASCII digits only
-    if job_id > INT64_MAX:
+def job_id(request: Request) -> int:
+    number = int(request.params["id"])  # the route matched ASCII digits only
+    if number > INT64_MAX:
         raise _not_found(request)
-    return job_id
+    return number
 
 
 def _not_found(request: Request) -> HTTPError:

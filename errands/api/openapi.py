@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, served at /openapi.json.
 
 Fields and query parameters are generated from the tables of rules that the
-validation runs (JOB_FIELDS, LIST_FILTERS), so the document and the behaviour
+validation runs (JOB_FIELDS, LIST_FILTERS, JOB_QUERY), so the document and the behaviour
 cannot drift apart; the schemathesis test checks the rest.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from errands.api.endpoints import LIST_FILTERS, MAX_BATCH
+from errands.api.endpoints import JOB_QUERY, LIST_FILTERS, MAX_BATCH
 from errands.api.http import MAX_BODY_BYTES
 from errands.api.transport import DEFAULT_LIMITS as _LIMITS
 from errands.queue import JobState
@@ -247,9 +247,9 @@ def document() -> dict[str, Any]:
             },
             "/jobs/{id}": {
                 "get": {
-                    "summary": "One job",
-                    "parameters": [_JOB_ID],
-                    "responses": {"200": job_answer, **_errors(401, 404, 503)},
+                    "summary": "One job; with `wait`, once it has finished (a long poll)",
+                    "parameters": [_JOB_ID, *_query(JOB_QUERY)],
+                    "responses": {"200": job_answer, **_errors(401, 404, 422, 503)},
                 }
             },
             "/jobs/{id}/retry": {

@@ -51,6 +51,8 @@ HOLD = "bench.hold"
 STAMP = "bench.stamp"
 SLOW = "bench.slow"
 SLOW_JOBS, SLOW_SECONDS = 20, 2.0
+SLEEP = "bench.sleep"
+NAP = "bench.nap"
 
 
 @dataclass
@@ -72,12 +74,14 @@ class Sizes:
     drain: int
     latency_jobs: int
     supervisor_lease: float  # lease for the supervisor-kill recovery (default settings: 30)
+    async_jobs: int  # sleeping coroutine jobs for drain-async
+    waits: int  # jobs waited for, one after another, for wait-latency
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(3, 1000, 10_000, 3000, 200, 3.0)
-        return cls(10, 5000, 50_000, 20_000, 1000, 30.0)
+            return cls(3, 1000, 10_000, 3000, 200, 3.0, 3000, 200)
+        return cls(10, 5000, 50_000, 20_000, 1000, 30.0, 20_000, 1000)
 
 
 WORKLOADS = (
@@ -92,6 +96,8 @@ WORKLOADS = (
     "fairness",
     "fairness-prefetch",
     "latency",
+    "drain-async",
+    "wait-latency",
     "recovery",
     "recovery-supervisor",
 )
@@ -430,6 +436,57 @@ class Bench:
                 Figure(
                     f"latency {name}",
                     f"enqueue to start, {rate:.0f} jobs/s, idle daemon",
+                    value,
+                    "ms",
+                )
+            )
+
+    def drain_async(self) -> None:
+        """Sleeping coroutine jobs (1 s each) through ONE worker process, by async concurrency."""
+        for slots in (100, 1000):  # the default, and enough to see the process's own ceiling
+            jobs = min(self.sizes.async_jobs, slots * 20)
+            with Client(self.url) as client:
+                for first in range(0, jobs, 1000):
+                    batch = [{"task": NAP, "payload": {"seconds": 1}}] * min(1000, jobs - first)
+                    client.enqueue_many(batch)
+            daemon = self._daemon("--workers", "1", "--async-concurrency", str(slots))
+            try:
+                self._wait_until_drained(jobs)
+            finally:
+                daemon.stop()
+            self._add(
+                Figure(
+                    f"drain-async {slots}",
+                    f"{jobs:,} jobs sleeping 1 s (asyncio), 1 worker process, "
+                    f"--async-concurrency {slots} (ceiling {slots} jobs/s)",
+                    jobs / self._busy_seconds(),
+                    "jobs/s",
+                )
+            )
+            self._reset()
+
+    def wait_latency(self) -> None:
+        """From a job's completion (its commit) to Client.wait returning, one wait at a time."""
+        daemon = self._daemon()
+        latencies = []
+        try:
+            self._wait_for_workers(2)
+            with Client(self.url) as client:
+                for _ in range(self.sizes.waits):
+                    # The job runs 20 ms, so that wait() is already waiting when it completes.
+                    job = client.enqueue(SLEEP, {"seconds": 0.02})
+                    finished = client.wait(job.id, timeout=60)
+                    returned = time.time()
+                    assert finished.finished_at is not None
+                    latencies.append((returned - finished.finished_at.timestamp()) * 1000)
+        finally:
+            daemon.stop()
+        cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+        for name, value in (("p50", cuts[49]), ("p99", cuts[98]), ("max", max(latencies))):
+            self._add(
+                Figure(
+                    f"wait-latency {name}",
+                    "job completed to Client.wait returning, idle daemon",
                     value,
                     "ms",
                 )

@@ -1,7 +1,8 @@
-"""Tasks the benchmark runs: nothing at all, and something long enough to be killed."""
+"""Tasks the benchmark runs: nothing at all, something long enough to be killed, sleepers."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from errands.tasks import current_job, task
@@ -31,3 +32,14 @@ def slow(seconds: float) -> list[float]:
     started = time.time()
     time.sleep(seconds)
     return [started, time.time()]
+
+
+@task("bench.sleep")
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@task("bench.nap")
+async def nap(seconds: float) -> None:
+    """An I/O-bound job as a coroutine: it waits, and holds no thread while it does."""
+    await asyncio.sleep(seconds)

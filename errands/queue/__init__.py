@@ -12,6 +12,7 @@ from errands.queue.admin import (
     retry,
     stats,
 )
+from errands.queue.finished import FINISHED, FinishWatcher, is_finished
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import (
     Completion,
@@ -25,6 +26,7 @@ from errands.queue.lease import (
     heartbeat,
     reap,
     release,
+    reschedule,
 )
 from errands.queue.presence import (
     ProcessIdentity,
@@ -39,8 +41,10 @@ from errands.queue.schedules import Schedule, ScheduleStatus, list_schedules
 from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
 __all__ = [
+    "FINISHED",
     "Completion",
     "Enqueued",
+    "FinishWatcher",
     "Held",
     "Job",
     "JobRequest",
@@ -65,6 +69,7 @@ __all__ = [
     "get",
     "gone_workers",
     "heartbeat",
+    "is_finished",
     "job_counts",
     "list_jobs",
     "list_schedules",
@@ -74,6 +79,7 @@ __all__ = [
     "prune",
     "reap",
     "release",
+    "reschedule",
     "retry",
     "stats",
 ]

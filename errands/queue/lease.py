@@ -147,8 +147,13 @@ def fail(
     error: str,
     traceback: str | None,
     retry_in: float,
+    *,
+    permanent: bool = False,
 ) -> JobState | None:
-    """Record a failed attempt; the job's new state (failed or dead), None if the lease was lost."""
+    """Record a failed attempt; the job's new state (failed or dead), None if the lease was lost.
+
+    A `permanent` failure ends the job dead whatever budget it has left.
+    """
     row = conn.execute(
         query("fail"),
         {
@@ -158,9 +163,27 @@ def fail(
             "error": error,
             "traceback": traceback,
             "retry_in": retry_in,
+            "permanent": permanent,
         },
     ).fetchone()
     return JobState(row[0]) if row else None
+
+
+def reschedule(
+    conn: psycopg.Connection[Any], owner: str, held: Held, reason: str, retry_in: float
+) -> bool:
+    """Run the job again in `retry_in` seconds, counting no failure; False if the lease was lost."""
+    row = conn.execute(
+        query("reschedule"),
+        {
+            "owner": owner,
+            "id": held.id,
+            "attempts": held.attempts,
+            "reason": reason,
+            "retry_in": retry_in,
+        },
+    ).fetchone()
+    return row is not None
 
 
 def release(

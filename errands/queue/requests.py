@@ -46,6 +46,7 @@ _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 # Digits of an integer given as text (a query string): ASCII only, and few enough that
 # int() never meets Python's 4,300-digit limit.
 _INTEGER_TEXT = re.compile(r"-?[0-9]{1,30}")
+_DECIMAL_TEXT = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?")
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 5
@@ -156,6 +157,12 @@ class Seconds(Rule):
         if not self.low <= value <= self.high:
             raise Invalid(f"must be between {self.low:g} and {self.high:g} seconds")
         return float(value)
+
+    def parse_text(self, text: str) -> float:
+        """From a query string: ASCII decimals only (float() takes other digits, and "nan")."""
+        if not _DECIMAL_TEXT.fullmatch(text):
+            raise Invalid(f"must be between {self.low:g} and {self.high:g} seconds")
+        return self.parse(float(text))
 
 
 @dataclass(frozen=True)

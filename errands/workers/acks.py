@@ -3,8 +3,9 @@
 The claim loop hands every finished attempt to `Acknowledgements` (the shape of
 River's job completer and PgQueuer's job buffer). Successes wait up to
 ACK_FLUSH_SECONDS for others to share their statement, and ride in the same
-round trip as the worker's next claim; failures are written at once, one by one,
-each with its own retry delay and traceback. Every write is fenced, so a batch
+round trip as the worker's next claim; failures (and reschedules asked for with
+errands.Retry) are written at once, one by one, each with its own retry delay
+and traceback. Every write is fenced, so a batch
 cut off by a lost connection is kept and sent again: a second copy changes
 nothing. The window is the time in which a crash re-runs a job that had
 already finished.
@@ -21,8 +22,17 @@ import psycopg
 import structlog
 
 from errands.metrics import metrics, record_failure
-from errands.queue import Completion, Job, JobState, claim, complete, complete_and_claim, fail
-from errands.workers.execution import Failed, Outcome, Succeeded
+from errands.queue import (
+    Completion,
+    Job,
+    JobState,
+    claim,
+    complete,
+    complete_and_claim,
+    fail,
+    reschedule,
+)
+from errands.workers.execution import Failed, Outcome, Rescheduled, Succeeded
 from errands.workers.running import Entry, log_fields
 
 # The longest a finished job waits for its acknowledgement to be sent with others.
@@ -62,7 +72,7 @@ class Acknowledgements:
         self._window = window
         self._clock = clock
         self._successes: list[tuple[Entry, Succeeded]] = []
-        self._failures: list[tuple[Entry, Failed]] = []
+        self._failures: list[tuple[Entry, Failed | Rescheduled]] = []
         self._oldest = 0.0  # when the oldest unsent success finished
 
     def __len__(self) -> int:
@@ -70,7 +80,7 @@ class Acknowledgements:
         return len(self._successes) + len(self._failures)
 
     def add(self, entry: Entry, outcome: Outcome) -> None:
-        if isinstance(outcome, Failed):
+        if not isinstance(outcome, Succeeded):
             self._failures.append((entry, outcome))
             return
         if not self._successes:
@@ -100,15 +110,14 @@ class Acknowledgements:
         """
         while self._failures:
             entry, outcome = self._failures[0]
-            state = record_failed_attempt(
-                conn,
-                self._worker_id,
-                entry,
-                outcome,
-                self._retry_delay(entry.job),
-            )
+            if isinstance(outcome, Rescheduled):
+                written = record_reschedule(conn, self._worker_id, entry, outcome)
+            else:
+                retry_in = self._retry_delay(entry.job)
+                state = record_failed_attempt(conn, self._worker_id, entry, outcome, retry_in)
+                written = state is not None
             self._failures.pop(0)
-            if state is None:
+            if not written:
                 self._on_lost(entry)
         return self._complete_and_claim(conn, claiming)
 
@@ -156,7 +165,15 @@ def record_failed_attempt(
     retry_in: float,
 ) -> JobState | None:
     """Write a failed attempt (fenced), count it and log it; None when the lease was lost."""
-    state = fail(conn, worker_id, entry.held, outcome.error, outcome.traceback, retry_in)
+    state = fail(
+        conn,
+        worker_id,
+        entry.held,
+        outcome.error,
+        outcome.traceback,
+        retry_in,
+        permanent=outcome.permanent,
+    )
     if state is not None:
         record_failure(entry.job, state)
         where = {"where": outcome.where} if outcome.where else {}
@@ -168,3 +185,18 @@ def record_failed_attempt(
             **log_fields(entry, worker_id),
         )
     return state
+
+
+def record_reschedule(
+    conn: psycopg.Connection[Any], worker_id: str, entry: Entry, outcome: Rescheduled
+) -> bool:
+    """Write a reschedule asked for with errands.Retry (fenced); False when the lease was lost."""
+    written = reschedule(conn, worker_id, entry.held, outcome.reason, outcome.in_seconds)
+    if written:
+        _log.info(
+            "job rescheduled",
+            reason=outcome.reason,
+            retry_in=outcome.in_seconds,
+            **log_fields(entry, worker_id),
+        )
+    return written

@@ -1,15 +1,25 @@
-"""Running one job's task function and turning what happened into an outcome."""
+"""Running one job's task function and turning what happened into an outcome.
+
+A plain function runs on a job thread (`execute`); an `async def` task runs as
+a coroutine on the worker's event loop (`execute_async`), where its timeout
+cancels it. What the task raises decides the outcome: `errands.Retry` asks to
+run again later without counting a failure; `errands.Fail`, or an exception
+the task does not retry (`retry_on`, `no_retry_on`), fails it for good; any
+other error is an ordinary failure, retried while the budget lasts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
-from errands.errors import scrub
+from errands.errors import Fail, Retry, scrub
 from errands.queue import Job, encode_result
 from errands.queue.ticks import tick_of
-from errands.tasks import CurrentJob, registered, registered_tasks, running
+from errands.tasks import CurrentJob, Task, registered, registered_tasks, running
 
 
 @dataclass(frozen=True)
@@ -24,9 +34,19 @@ class Failed:
     traceback: str | None
     seconds: float
     where: str | None = None  # the frame that raised: "path/to/module.py:12 in func"
+    permanent: bool = False  # dead at once, whatever budget is left
 
 
-Outcome = Succeeded | Failed
+@dataclass(frozen=True)
+class Rescheduled:
+    """The task raised errands.Retry: run again in `in_seconds`, no failure counted."""
+
+    reason: str
+    in_seconds: float
+    seconds: float
+
+
+Outcome = Succeeded | Failed | Rescheduled
 
 
 def execute(job: Job) -> Outcome:
@@ -34,35 +54,73 @@ def execute(job: Job) -> Outcome:
     started = time.monotonic()
     spec = registered(job.task)
     if spec is None:
-        known = ", ".join(sorted(registered_tasks())) or "none"
-        return Failed(
-            f"task {job.task!r} is not registered in this worker (registered: {known}); "
-            "retried in case a deploy is rolling out",
-            None,
-            time.monotonic() - started,
-        )
-    current = CurrentJob(
-        job.id,
-        job.task,
-        job.queue,
-        job.attempts,
-        job.max_attempts,
-        job.payload,
-        tick_of(job.idempotency_key) or job.run_at,
-    )
+        return _unregistered(job, started)
     try:
-        with running(current):
+        with running(_current(job)):
             result = spec.func(**job.payload)
-        result_json = encode_result(result)
+        return Succeeded(encode_result(result), time.monotonic() - started)
     except (Exception, SystemExit) as exc:  # a task's sys.exit() is its failure, not ours
-        # Stored with the job and logged: never the row a database error quotes.
-        return Failed(
-            scrub(_describe(exc), exc),
-            scrub(traceback.format_exc(), exc),
-            time.monotonic() - started,
-            _where(exc),
+        return _raised(spec, exc, started)
+
+
+async def execute_async(job: Job) -> Outcome:
+    """Await the job's coroutine task, cancelled past its timeout; never raises."""
+    started = time.monotonic()
+    spec = registered(job.task)
+    if spec is None:
+        return _unregistered(job, started)
+    deadline = asyncio.timeout(spec.timeout)
+    try:
+        with running(_current(job)):
+            async with deadline:
+                result = await spec.func(**job.payload)
+        return Succeeded(encode_result(result), time.monotonic() - started)
+    except TimeoutError as exc:
+        if not deadline.expired():
+            return _raised(spec, exc, started)  # the task's own TimeoutError
+        error = (
+            f"TimeoutError: the task ran past its timeout of {spec.timeout:g}s and was cancelled"
         )
-    return Succeeded(result_json, time.monotonic() - started)
+        return Failed(error, traceback.format_exc(), time.monotonic() - started, _where(exc))
+    except (Exception, SystemExit) as exc:
+        return _raised(spec, exc, started)
+
+
+def is_async(job: Job) -> bool:
+    """Whether the job runs on the event loop (its task is `async def`) rather than a thread."""
+    spec = registered(job.task)
+    return spec is not None and spec.is_async
+
+
+def _current(job: Job) -> CurrentJob:
+    # A periodic job's tick stays its run_at even after a failed attempt moved run_at.
+    due = tick_of(job.idempotency_key) or job.run_at
+    return CurrentJob(job.id, job.task, job.queue, job.attempts, job.max_attempts, job.payload, due)
+
+
+def _unregistered(job: Job, started: float) -> Failed:
+    known = ", ".join(sorted(registered_tasks())) or "none"
+    return Failed(
+        f"task {job.task!r} is not registered in this worker (registered: {known}); "
+        "retried in case a deploy is rolling out",
+        None,
+        time.monotonic() - started,
+    )
+
+
+def _raised(spec: Task[Any, Any], exc: BaseException, started: float) -> Outcome:
+    seconds = time.monotonic() - started
+    if isinstance(exc, Retry):
+        return Rescheduled(_describe(exc), exc.in_seconds, seconds)
+    permanent = isinstance(exc, Fail) or not spec.retries(exc)
+    # Stored with the job and logged: never the row a database error quotes.
+    return Failed(
+        scrub(_describe(exc), exc),
+        scrub(traceback.format_exc(), exc),
+        seconds,
+        _where(exc),
+        permanent,
+    )
 
 
 def _describe(exc: BaseException) -> str:

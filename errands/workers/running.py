@@ -47,11 +47,15 @@ class RunningJobs:
             self._entries[job.id] = entry
         return entry
 
-    def begin(self, entry: Entry, timeout: float | None) -> None:
-        """The attempt starts running now; its timeout counts from here."""
+    def begin(self, entry: Entry, timeout: float | None, grace: float = 0.0) -> None:
+        """The attempt starts running now; its timeout counts from here.
+
+        The lease keeper stops it `grace` seconds past its timeout: a coroutine
+        is cancelled at its timeout by the event loop and gets that long to go.
+        """
         with self._lock:
             entry.timeout = timeout
-            entry.deadline = time.monotonic() + timeout if timeout else None
+            entry.deadline = time.monotonic() + timeout + grace if timeout else None
 
     def finish(self, entry: Entry) -> bool:
         """Forget `entry`; True when its outcome may still be written."""

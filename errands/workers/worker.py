@@ -1,8 +1,9 @@
-"""The worker process: claim jobs, run them on threads, acknowledge them (fenced).
+"""The worker process: claim jobs, run them on threads or coroutines, acknowledge them (fenced).
 
 One loop on the main thread owns the database connection for claims and
-acknowledgements and LISTENs on it; job threads report back through a queue
-and a wake-up pipe; the lease keeper (keeper.py) renews leases on a connection
+acknowledgements and LISTENs on it; job threads, and the coroutines of `async
+def` tasks on the worker's event loop (coroutines.py), report back through a
+queue and a wake-up pipe; the lease keeper (keeper.py) renews leases on a connection
 of its own. What finished attempts owe the database, and when it is sent (with
 the next claim, so a job costs about one round trip), is acks.py's business.
 """
@@ -26,12 +27,14 @@ import psycopg
 import structlog
 
 from errands.backoff import Backoff
+from errands.client import Client, set_default_client
 from errands.database import LazyConnection
 from errands.metrics import metrics
 from errands.queue import Job, announce
 from errands.tasks import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
-from errands.workers.execution import Outcome, execute
+from errands.workers.coroutines import EventLoopThread
+from errands.workers.execution import Outcome, execute, execute_async, is_async
 from errands.workers.keeper import LeaseKeeper
 from errands.workers.loading import load_task_modules
 from errands.workers.running import Entry, RunningJobs, log_fields
@@ -42,6 +45,9 @@ EXIT_OK = 0
 # so no job waits behind a slow one while another could run it (bench/RESULTS.md).
 DEFAULT_CONCURRENCY = 8
 EXIT_REPLACE = 4  # a timed-out job is stuck on a thread: start a fresh process
+# A coroutine is cancelled at its timeout; one that ignores the cancellation (or blocks
+# the event loop) is failed by the lease keeper this much later, and the worker replaced.
+ASYNC_CANCEL_GRACE_SECONDS = 5.0
 CHANNEL = "errands_jobs"
 
 _log = structlog.get_logger("errands.worker")
@@ -53,7 +59,8 @@ class WorkerOptions:
     worker_id: str
     task_modules: Sequence[str] = ()
     queues: Sequence[str] = ()  # empty: "default" and every queue a registered task names
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int = DEFAULT_CONCURRENCY  # thread slots
+    async_concurrency: int = 100  # coroutine slots, used when an `async def` task is registered
     prefetch: int = 0  # jobs claimed beyond the free slots, held (leased) until a slot frees
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
@@ -67,7 +74,7 @@ class Worker:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
         self.running = RunningJobs()
-        self._outcomes: queue.SimpleQueue[tuple[Entry, Outcome]] = queue.SimpleQueue()
+        self._outcomes: queue.SimpleQueue[tuple[Entry, Outcome, bool]] = queue.SimpleQueue()
         self._acks = Acknowledgements(
             worker_id=options.worker_id,
             mode=options.ack,
@@ -75,7 +82,10 @@ class Worker:
             on_lost=self._report_lost,
         )
         self._ready: deque[Entry] = deque()  # claimed, waiting for a free slot
-        self._executing = 0
+        self._executing = 0  # on threads
+        self._executing_async = 0  # coroutines on the event loop
+        self._async_slots = 0  # async_concurrency once an async task is registered
+        self._events = EventLoopThread()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._stopping = False
@@ -88,6 +98,10 @@ class Worker:
     def run(self) -> int:
         """Load tasks, then claim and run jobs until told to stop; returns the exit code."""
         load_task_modules(self.options.task_modules)
+        # Jobs the tasks enqueue (`task.enqueue(...)`) go to this worker's database.
+        set_default_client(Client(self.options.url))
+        if any(task.is_async for task in registered_tasks().values()):
+            self._async_slots = self.options.async_concurrency
         if not self._queues:
             self._queues = sorted({"default"} | {t.queue for t in registered_tasks().values()})
         self._install_signal_handlers()
@@ -110,12 +124,14 @@ class Worker:
             worker=self.options.worker_id,
             queues=self._queues,
             concurrency=self.options.concurrency,
+            async_concurrency=self._async_slots,
             tasks=sorted(registered_tasks()),
         )
         pool = ThreadPoolExecutor(self.options.concurrency, "errands-job")
         self._loop(pool)
         # Never join: a timed-out job may be stuck on its thread, and the process exits anyway.
         pool.shutdown(wait=False, cancel_futures=True)
+        self._events.stop()
         keeper.stop()
         keeper.join(timeout=2)
         self._db.close()
@@ -145,7 +161,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self, pool: ThreadPoolExecutor) -> None:
-        capacity = self.options.concurrency + self.options.prefetch
+        capacity = self.options.concurrency + self._async_slots + self.options.prefetch
         while True:
             self._collect_outcomes()
             self._dispatch(pool)
@@ -155,7 +171,7 @@ class Worker:
             free = 0 if draining else capacity - len(self.running)
             # Refill when the prefetch buffer runs low; without one, whenever a slot is free.
             refill = free > 0 and len(self._ready) <= self.options.prefetch // 2
-            idle = not self._executing and not self._ready
+            idle = not self._executing and not self._executing_async and not self._ready
             if refill or self._acks.due(flush=draining or idle):
                 try:
                     conn = self._db.get_retrying(give_up=self._must_give_up)
@@ -177,25 +193,43 @@ class Worker:
             )
 
     def _dispatch(self, pool: ThreadPoolExecutor) -> None:
-        """Start held jobs while a slot is free, in claim order."""
-        while self._ready and self._executing < self.options.concurrency:
+        """Start held jobs, in claim order, each where a slot of its kind is free.
+
+        A claim cannot tell coroutine jobs from thread jobs, so a job whose
+        kind has no free slot waits here, held, while the others start.
+        """
+        waiting: deque[Entry] = deque()
+        while self._ready:
             entry = self._ready.popleft()
             if entry.lost:  # its lease went while it waited: another worker has it
                 self.running.finish(entry)
                 self._report_lost(entry)
-                continue
-            self.running.begin(entry, self._timeout_of(entry.job))
-            _record_wait(entry)
-            self._executing += 1
-            pool.submit(self._execute, entry)
+            elif is_async(entry.job) and self._executing_async < self._async_slots:
+                self._begin(entry, grace=ASYNC_CANCEL_GRACE_SECONDS)
+                self._executing_async += 1
+                self._events.submit(self._execute_async(entry))
+            elif not is_async(entry.job) and self._executing < self.options.concurrency:
+                self._begin(entry, grace=0.0)
+                self._executing += 1
+                pool.submit(self._execute, entry)
+            else:
+                waiting.append(entry)
+        self._ready = waiting
+
+    def _begin(self, entry: Entry, grace: float) -> None:
+        self.running.begin(entry, self._timeout_of(entry.job), grace)
+        _record_wait(entry)
 
     def _collect_outcomes(self) -> None:
         while True:
             try:
-                entry, outcome = self._outcomes.get_nowait()
+                entry, outcome, on_loop = self._outcomes.get_nowait()
             except queue.Empty:
                 return
-            self._executing -= 1
+            if on_loop:
+                self._executing_async -= 1
+            else:
+                self._executing -= 1
             job = entry.job
             metrics().job_duration.labels(job.queue, job.task).observe(outcome.seconds)
             if self.running.finish(entry):
@@ -206,7 +240,13 @@ class Worker:
     def _execute(self, entry: Entry) -> None:
         with structlog.contextvars.bound_contextvars(**log_fields(entry, self.options.worker_id)):
             outcome = execute(entry.job)
-        self._outcomes.put((entry, outcome))
+        self._outcomes.put((entry, outcome, False))
+        self._wake()
+
+    async def _execute_async(self, entry: Entry) -> None:
+        with structlog.contextvars.bound_contextvars(**log_fields(entry, self.options.worker_id)):
+            outcome = await execute_async(entry.job)
+        self._outcomes.put((entry, outcome, True))
         self._wake()
 
     def _report_lost(self, entry: Entry) -> None:

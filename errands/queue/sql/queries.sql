@@ -135,21 +135,42 @@ returning job.id;
 
 -- name: fail
 -- Record a failed attempt: retried after `retry_in` seconds while budget is
--- left, dead once it is spent.
+-- left, dead once it is spent, or at once when the failure is `permanent`
+-- (errands.Fail, or an exception the task does not retry).
 update errands_jobs as job
-set state = (case when job.attempts >= job.max_attempts then 'dead' else 'failed' end)::errands_job_state,
-    run_at = case when job.attempts >= job.max_attempts then job.run_at
+set state = (case when %(permanent)s or job.attempts >= job.max_attempts then 'dead'
+                  else 'failed' end)::errands_job_state,
+    run_at = case when %(permanent)s or job.attempts >= job.max_attempts then job.run_at
                   else now() + make_interval(secs => %(retry_in)s) end,
-    finished_at = case when job.attempts >= job.max_attempts then now() end,
+    finished_at = case when %(permanent)s or job.attempts >= job.max_attempts then now() end,
     last_error = %(error)s,
-    errors = job.errors || jsonb_build_object(
-        'attempt', job.attempts, 'at', now(), 'error', %(error)s::text, 'traceback', %(traceback)s::text),
+    errors = job.errors || (jsonb_build_object(
+        'attempt', job.attempts, 'at', now(), 'error', %(error)s::text, 'traceback', %(traceback)s::text)
+        || case when %(permanent)s then '{"permanent": true}'::jsonb else '{}'::jsonb end),
     updated_at = now(),
     lease_owner = null,
     lease_expires_at = null
 where job.id = %(id)s and job.attempts = %(attempts)s
   and job.lease_owner = %(owner)s and job.state = 'in_progress'
 returning job.state::text;
+
+-- name: reschedule
+-- The task asked to run again later (errands.Retry): not a failure, so the
+-- attempt is given back. Attempts never go back (they fence writes), so the
+-- budget grows by one instead; last_error stays, the history records the retry.
+update errands_jobs as job
+set state = 'pending',
+    run_at = now() + make_interval(secs => %(retry_in)s),
+    max_attempts = job.max_attempts + 1,
+    errors = job.errors || jsonb_build_object(
+        'attempt', job.attempts, 'at', now(), 'error', %(reason)s::text,
+        'retry_in', %(retry_in)s::float8),
+    updated_at = now(),
+    lease_owner = null,
+    lease_expires_at = null
+where job.id = %(id)s and job.attempts = %(attempts)s
+  and job.lease_owner = %(owner)s and job.state = 'in_progress'
+returning job.id;
 
 -- name: recover
 -- Return lost jobs to pending (dead when their budget is spent): those of one
@@ -195,6 +216,11 @@ returning *;
 
 -- name: get
 select * from errands_jobs where id = %(id)s;
+
+-- name: finished_among
+-- Which of these jobs have finished (for waiters that may have missed the notification).
+select id from errands_jobs
+where id = any(%(ids)s::bigint[]) and state in ('completed', 'dead', 'cancelled');
 
 -- name: list
 -- Newest first; `after` is the last id of the previous page, so pages neither
