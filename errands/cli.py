@@ -23,7 +23,8 @@ from errands.errors import ConfigurationError, ErrandsError
 from errands.harness.bench import WORKLOADS, Bench, as_json, table
 from errands.harness.chaos import Chaos, Profile, shell_restart
 from errands.log import configure_logging
-from errands.queue import Job, JobState
+from errands.queue import Job, JobState, QueueInfo
+from errands.queue import control as queue_control
 from errands.queue import prune as prune_jobs
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
@@ -74,6 +75,9 @@ def emit(as_json: bool, data: Any, text: str) -> None:
 
 
 def http_options(func: F) -> F:
+    func = click.option(
+        "--no-ui", is_flag=True, help="Do not serve the dashboard at /ui [env: ERRANDS_UI=0]"
+    )(func)
     func = click.option(
         "--port", type=click.IntRange(1, 65535), help="HTTP port [env: ERRANDS_HTTP_ADDR]"
     )(func)
@@ -148,6 +152,7 @@ def run(
     no_http: bool,
     host: str | None,
     port: int | None,
+    no_ui: bool,
 ) -> None:
     """Run the supervisor: worker processes (and the HTTP API), until SIGTERM/SIGINT."""
     s = ctx.settings
@@ -165,7 +170,9 @@ def run(
         listen=not poll_only,
     )
     grace_seconds = s.grace_seconds if grace is None else grace
-    http_main = None if no_http else partial(_serve_api, ctx, worker.url, host, port, grace_seconds)
+    http_main = (
+        None if no_http else partial(_serve_api, ctx, worker.url, host, port, grace_seconds, no_ui)
+    )
     options = SupervisorOptions(
         worker=worker,
         workers=workers or s.workers,
@@ -179,13 +186,13 @@ def run(
 @cli.command()
 @http_options
 @pass_context
-def api(ctx: Context, host: str | None, port: int | None) -> None:
+def api(ctx: Context, host: str | None, port: int | None, no_ui: bool) -> None:
     """Serve the HTTP API alone (no workers)."""
-    sys.exit(_serve_api(ctx, ctx.database_url(), host, port, ctx.settings.grace_seconds))
+    sys.exit(_serve_api(ctx, ctx.database_url(), host, port, ctx.settings.grace_seconds, no_ui))
 
 
 def _serve_api(
-    ctx: Context, url: str, host: str | None, port: int | None, grace_seconds: float
+    ctx: Context, url: str, host: str | None, port: int | None, grace_seconds: float, no_ui: bool
 ) -> int:
     default_host, default_port = ctx.settings.http_host_port
     return serve(
@@ -195,6 +202,7 @@ def _serve_api(
         tokens=ctx.settings.api_tokens,
         lease_seconds=ctx.settings.lease_seconds,
         grace_seconds=grace_seconds,
+        ui=ctx.settings.ui and not no_ui,
     )
 
 
@@ -337,12 +345,66 @@ def stats(ctx: Context, as_json: bool) -> None:
     lines = [f"{'QUEUE':<16}" + "".join(f"{s:>13}" for s in states)]
     for queue, counts in queues.items():
         lines.append(f"{queue:<16}" + "".join(f"{counts[s]:>13}" for s in states))
+    if result.paused:
+        lines.append(f"\npaused (not claimed until resumed): {', '.join(result.paused)}")
     lines.append(f"\n{len(result.workers)} live worker(s)")
     lines += [
         f"  {w.id}  queues={','.join(w.queues)}  concurrency={w.concurrency}"
         for w in result.workers
     ]
     emit(as_json, data, "\n".join(lines))
+
+
+@cli.group("queues")
+def queues_group() -> None:
+    """List queues; pause one (its jobs stay pending, unclaimed) or resume it."""
+
+
+@queues_group.command("list")
+@json_option
+@pass_context
+def list_queues(ctx: Context, as_json: bool) -> None:
+    """Every queue with jobs or ever paused: whether paused, jobs by state."""
+    with connect(ctx.database_url()) as conn:
+        found = queue_control.queues(conn)
+    states = [s.value for s in JobState]
+    lines = [f"{'QUEUE':<16}{'PAUSED':>8}" + "".join(f"{s:>13}" for s in states)]
+    lines += [
+        f"{q.name:<16}{'yes' if q.paused else 'no':>8}"
+        + "".join(f"{q.counts[JobState(s)]:>13}" for s in states)
+        for q in found
+    ]
+    emit(as_json, [q.to_dict() for q in found], "\n".join(lines))
+
+
+@queues_group.command("pause")
+@click.argument("name")
+@json_option
+@pass_context
+def pause_queue(ctx: Context, name: str, as_json: bool) -> None:
+    """Stop workers claiming from queue NAME; running jobs finish."""
+    _queue_action(ctx, queue_control.pause, name, as_json)
+
+
+@queues_group.command("resume")
+@click.argument("name")
+@json_option
+@pass_context
+def resume_queue(ctx: Context, name: str, as_json: bool) -> None:
+    """Let workers claim from queue NAME again."""
+    _queue_action(ctx, queue_control.resume, name, as_json)
+
+
+def _queue_action(
+    ctx: Context,
+    action: Callable[[psycopg.Connection[Any], str], QueueInfo],
+    name: str,
+    as_json: bool,
+) -> None:
+    with connect(ctx.database_url()) as conn:
+        found = action(conn, name)
+    state = "paused" if found.paused else "running"
+    emit(as_json, found.to_dict(), f"queue {found.name} is {state}")
 
 
 # -- maintenance -----------------------------------------------------------------------------

@@ -158,9 +158,9 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
     """Start the API on a free port (uvicorn on a thread); returns an HTTP client for it."""
     servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
-    def start(tokens: tuple[str, ...] = (), url: str = db_url) -> httpx.Client:
+    def start(tokens: tuple[str, ...] = (), url: str = db_url, ui: bool = True) -> httpx.Client:
         port = free_port()
-        app = App(url, tokens, lease_seconds=30)
+        app = App(url, tokens, lease_seconds=30, ui=ui)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
         )

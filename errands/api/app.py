@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,6 +25,7 @@ from psycopg_pool import ConnectionPool
 from errands.api import endpoints
 from errands.api.http import MAX_BODY_BYTES, HTTPError, Request, Response
 from errands.api.openapi import document
+from errands.api.ui import Dashboard
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -44,6 +46,7 @@ class Route:
 
 def _routes(lease_seconds: float) -> list[Route]:
     job = r"/jobs/(?P<id>\d{1,20})"
+    named_queue = r"/queues/(?P<name>[^/]+)"
     table: list[tuple[str, str, Handler | None]] = [
         ("POST", "/jobs", endpoints.submit),
         ("POST", "/jobs/batch", endpoints.submit_batch),
@@ -51,6 +54,9 @@ def _routes(lease_seconds: float) -> list[Route]:
         ("GET", job, endpoints.get_job),
         ("POST", job + "/retry", endpoints.retry_job),
         ("POST", job + "/cancel", endpoints.cancel_job),
+        ("GET", "/queues", endpoints.list_queues),
+        ("POST", named_queue + "/pause", endpoints.pause_queue),
+        ("POST", named_queue + "/resume", endpoints.resume_queue),
         ("GET", "/stats", partial(endpoints.stats, lease_seconds=lease_seconds)),
         ("GET", "/ready", endpoints.ready),
         ("GET", "/metrics", endpoints.prometheus),
@@ -64,9 +70,15 @@ class App:
     """The errands HTTP API as an ASGI application."""
 
     def __init__(
-        self, database_url: str, tokens: tuple[str, ...], lease_seconds: float, threads: int = 8
+        self,
+        database_url: str,
+        tokens: tuple[str, ...],
+        lease_seconds: float,
+        threads: int = 8,
+        ui: bool = True,
     ) -> None:
         self._url = database_url
+        self._ui = Dashboard(tokens, lease_seconds) if ui else None
         self._tokens = [token.encode() for token in tokens]
         self._routes = _routes(lease_seconds)
         self._threads = threads
@@ -143,6 +155,13 @@ class App:
         )
 
     async def _answer(self, request: Request, receive: Receive) -> Response:
+        if self._ui is not None and self._ui.serves(request.path):
+            # The dashboard authenticates with its own session cookie.
+            if request.method == "POST":
+                request.body = await _read_body(request, receive)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._ui.handle, request, self._connection
+            )
         route = self._route(request)
         if request.path not in OPEN_PATHS:
             self._authenticate(request)
@@ -193,9 +212,12 @@ class App:
             )
 
     def _with_connection(self, handler: Handler, request: Request) -> Response:
-        assert self._pool is not None, "the application was not started"
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             return handler(conn, request)
+
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        assert self._pool is not None, "the application was not started"
+        return self._pool.connection()
 
 
 async def _read_body(request: Request, receive: Receive) -> bytes:

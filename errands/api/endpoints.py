@@ -16,7 +16,7 @@ from errands.api.http import HTTPError, Request, Response, invalid, json_body
 from errands.api.openapi import MAX_BATCH
 from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
 from errands.metrics import exposition, metrics, queue_gauges
-from errands.queue import Enqueued, Job, JobRequest, JobState
+from errands.queue import Enqueued, Job, JobRequest, JobState, QueueInfo
 from errands.queue.admin import MAX_LIST_LIMIT
 
 MAX_ID = 2**63 - 1
@@ -106,6 +106,18 @@ def stats(conn: Conn, request: Request, lease_seconds: float) -> Response:
     return Response.json(200, queue.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
 
 
+def list_queues(conn: Conn, request: Request) -> Response:
+    return Response.json(200, {"queues": [q.to_dict() for q in queue.queues(conn)]})
+
+
+def pause_queue(conn: Conn, request: Request) -> Response:
+    return _control(conn, request, queue.pause)
+
+
+def resume_queue(conn: Conn, request: Request) -> Response:
+    return _control(conn, request, queue.resume)
+
+
 def ready(conn: Conn, request: Request) -> Response:
     conn.execute("select 1")
     return Response.json(200, {"status": "ready"})
@@ -161,6 +173,13 @@ def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) ->
     except InvalidState as exc:
         raise HTTPError(409, "invalid_state", str(exc)) from None
     return Response.json(200, job.to_dict(), job_id=job.id)
+
+
+def _control(conn: Conn, request: Request, action: Callable[[Conn, str], QueueInfo]) -> Response:
+    try:
+        return Response.json(200, action(conn, request.params["name"]).to_dict())
+    except InvalidJob as exc:
+        raise invalid(exc.errors) from None
 
 
 def _job_id(request: Request) -> int:

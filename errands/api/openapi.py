@@ -139,7 +139,12 @@ def document() -> dict[str, Any]:
             '{"error": {"code", "message", "details"}}.',
         },
         "components": {
-            "schemas": {"JobRequest": job_request, "Job": job, "Error": error},
+            "schemas": {
+                "JobRequest": job_request,
+                "Job": job,
+                "Error": error,
+                "Queue": _QUEUE,
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],
@@ -268,6 +273,26 @@ def document() -> dict[str, Any]:
                     "responses": {"200": job_answer, **_errors(401, 404, 409, 413, 503)},
                 }
             },
+            "/queues": {
+                "get": {
+                    "summary": "Every queue that holds jobs or was ever paused",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["queues"],
+                                "properties": {"queues": {"type": "array", "items": _ref("Queue")}},
+                            },
+                            "Queues by name",
+                        ),
+                        **_errors(401, 503),
+                    },
+                }
+            },
+            "/queues/{name}/pause": _queue_action(
+                "Pause a queue: its jobs stay pending, unclaimed, until it is resumed"
+            ),
+            "/queues/{name}/resume": _queue_action("Resume a paused queue"),
             "/stats": {
                 "get": {
                     "summary": "Jobs per queue and state, and live workers",
@@ -275,8 +300,9 @@ def document() -> dict[str, Any]:
                         "200": _json(
                             {
                                 "type": "object",
-                                "required": ["queues", "workers"],
+                                "required": ["queues", "workers", "paused_queues"],
                                 "properties": {
+                                    "paused_queues": {"type": "array", "items": {"type": "string"}},
                                     "queues": {
                                         "type": "object",
                                         "additionalProperties": {
@@ -344,6 +370,39 @@ def document() -> dict[str, Any]:
         },
     }
 
+
+def _queue_action(summary: str) -> dict[str, Any]:
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": QUEUE_NAME.pattern},
+    }
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [name],
+            "responses": {
+                "200": _json(_ref("Queue"), "The queue, as it is now"),
+                **_errors(401, 413, 422, 503),
+            },
+        }
+    }
+
+
+_QUEUE: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "paused", "counts"],
+    "properties": {
+        "name": {"type": "string"},
+        "paused": {"type": "boolean"},
+        "counts": {
+            "type": "object",
+            "required": [s.value for s in JobState],
+            "properties": {s.value: {"type": "integer"} for s in JobState},
+        },
+    },
+}
 
 _JOB_PROPERTIES: dict[str, Any] = {
     "id": {"type": "integer"},

@@ -19,10 +19,11 @@ def serve(
     tokens: tuple[str, ...],
     lease_seconds: float,
     grace_seconds: float,
+    ui: bool = True,
 ) -> int:
     """Serve until SIGTERM/SIGINT, then finish in-flight requests; returns the exit code."""
     config = uvicorn.Config(
-        App(database_url, tokens, lease_seconds),
+        App(database_url, tokens, lease_seconds, ui=ui),
         host=host,
         port=port,
         loop="uvloop",

@@ -12,6 +12,7 @@ from errands.queue.admin import (
     retry,
     stats,
 )
+from errands.queue.control import QueueInfo, pause, queues, resume
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import (
     Completion,
@@ -38,6 +39,7 @@ __all__ = [
     "JobRequest",
     "JobState",
     "QueueCounts",
+    "QueueInfo",
     "Recovered",
     "Stats",
     "WorkerInfo",
@@ -58,9 +60,12 @@ __all__ = [
     "live_workers",
     "oldest_pending_seconds",
     "parse_request",
+    "pause",
     "prune",
+    "queues",
     "reap",
     "release",
+    "resume",
     "retry",
     "stats",
 ]
