@@ -34,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 from errands.client import Client
 from errands.database import connect
 from errands.errors import ConfigurationError
-from errands.harness import pgbench
+from errands.harness import bench_ui, pgbench
 from errands.harness.process import (
     DaemonProcess,
     ProcStat,
@@ -69,12 +69,13 @@ class Sizes:
     drain: int
     latency_jobs: int
     supervisor_lease: float  # lease for the supervisor-kill recovery (default settings: 30)
+    ui_jobs: int  # jobs in the table while the dashboard's pages are timed
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(3, 1000, 10_000, 3000, 200, 3.0)
-        return cls(10, 5000, 50_000, 20_000, 1000, 30.0)
+            return cls(3, 1000, 10_000, 3000, 200, 3.0, 50_000)
+        return cls(10, 5000, 50_000, 20_000, 1000, 30.0, 1_000_000)
 
 
 WORKLOADS = (
@@ -89,6 +90,7 @@ WORKLOADS = (
     "latency",
     "recovery",
     "recovery-supervisor",
+    "ui",
 )
 
 
@@ -138,7 +140,10 @@ class Bench:
 
     def _reset(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("truncate errands_jobs, errands_finished_counts, errands_workers")
+            conn.execute(
+                "truncate errands_jobs, errands_finished_counts, errands_workers,"
+                " errands_throughput, errands_queues"
+            )
             conn.execute("vacuum analyze errands_jobs")
 
     def _add(self, figure: Figure) -> None:
@@ -400,6 +405,21 @@ class Bench:
         )
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def ui(self) -> None:
+        jobs = self.sizes.ui_jobs
+        bench_ui.load(self.url, jobs, self.report)
+        with self._api() as base:
+            medians = bench_ui.measure(base, jobs)
+        for page, milliseconds in medians.items():
+            self._add(
+                Figure(
+                    f"ui {page}",
+                    f"dashboard page, median of {bench_ui.REQUESTS}, {jobs:,} jobs stored",
+                    milliseconds,
+                    "ms",
+                )
+            )
 
     def _kill_and_time(self, kill: Callable[[str], None]) -> float:
         """Start a long job, kill its holder with `kill`, and time until it runs again."""
