@@ -180,10 +180,31 @@ def test_a_queue_is_paused_and_resumed_from_the_overview(api: httpx.Client, clie
     assert client.stats().paused == []
 
 
-def test_schedules_page_says_when_there_is_no_schedule_table(api: httpx.Client) -> None:
+def test_the_schedules_page_says_when_there_is_no_schedule(api: httpx.Client) -> None:
     page = api.get("/ui/schedules")
     assert page.status_code == 200
-    assert 'id="no-schedules"' in page.text or 'id="schedules"' in page.text
+    assert 'id="no-schedules"' in page.text
+
+
+def test_the_schedules_page_shows_each_schedule_with_its_last_job(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    # The columns periodic jobs' table has, at least: the page reads whatever it holds.
+    conn.execute(
+        "create table if not exists errands_schedules"
+        " (name text primary key, task text not null, every_seconds bigint, last_job_id bigint)"
+    )
+    job = client.enqueue("t")
+    conn.execute(
+        "insert into errands_schedules (name, task, every_seconds, last_job_id)"
+        " values ('nightly', %s, 60, %s)",
+        (SCRIPT, job.id),
+    )
+    page = api.get("/ui/schedules")
+    assert "nightly" in page.text
+    assert f'<a href="/ui/jobs/{job.id}">' in page.text
+    assert '<span class="badge pending">pending</span>' in page.text
+    assert SCRIPT not in page.text
 
 
 # -- sessions --------------------------------------------------------------------------------

@@ -333,18 +333,28 @@ class Dashboard:
         return _redirect("/ui?" + urlencode({"done": call.match["action"]}))
 
     def schedules(self, call: Call) -> Response:
+        # The table arrives with periodic jobs; read it whole (one row per schedule)
+        # and without naming columns, so this page works with any version of it.
         with call.connect() as conn:
             present = conn.execute("select to_regclass('errands_schedules') is not null").fetchone()
             rows: list[dict[str, Any]] = []
+            last_states: dict[int, str] = {}
             if present and present[0]:
                 with conn.cursor(row_factory=dict_row) as cur:
                     rows = cur.execute("select * from errands_schedules order by 1").fetchall()
+                last_ids = [row["last_job_id"] for row in rows if row.get("last_job_id")]
+                last_states = dict(
+                    conn.execute(
+                        "select id, state::text from errands_jobs where id = any(%s)", (last_ids,)
+                    ).fetchall()
+                )
         return self._page(
             call,
             "schedules.html",
             present=bool(present and present[0]),
             columns=list(rows[0]) if rows else [],
             rows=rows,
+            last_states=last_states,
         )
 
     def logout(self, call: Call) -> Response:
