@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from errands import Client, JobState
 from errands.config import Settings
@@ -281,3 +283,37 @@ def test_errands_ui_turns_the_dashboard_on_and_off(raw: str, on: bool) -> None:
 def test_an_invalid_errands_ui_names_the_variable() -> None:
     with pytest.raises(ConfigurationError, match="ERRANDS_UI"):
         Settings.from_env({"ERRANDS_UI": "maybe"})
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+any_text = st.text(max_size=300)
+
+
+@given(
+    query=st.dictionaries(
+        st.sampled_from(["state", "queue", "task", "after", "q", "done", "n", "next"]), any_text
+    ),
+    path=st.sampled_from(["/ui", "/ui/jobs", "/ui/find", "/ui/schedules", "/ui/live"]),
+)
+def test_no_query_makes_a_page_fail_with_a_server_error(
+    api: httpx.Client, path: str, query: dict[str, str]
+) -> None:
+    assert api.get(path, params=query).status_code < 500
+
+
+@given(
+    form=st.dictionaries(
+        st.sampled_from(["action", "state", "queue", "task", "confirm", "token", "next"]), any_text
+    ),
+    path=st.sampled_from(
+        ["/ui/bulk", "/ui/login", "/ui/jobs/1/retry", "/ui/queues/a%00b/pause", "/ui/logout"]
+    ),
+    raw=st.binary(max_size=200),
+)
+def test_no_form_body_makes_an_action_fail_with_a_server_error(
+    api: httpx.Client, path: str, form: dict[str, str], raw: bytes
+) -> None:
+    token = csrf_of(api.get("/ui/jobs"))
+    assert api.post(path, data={**form, "csrf": token}).status_code < 500
+    assert api.post(path, content=raw).status_code < 500

@@ -71,7 +71,7 @@ class Call:
 
     @property
     def form(self) -> dict[str, str]:
-        return dict(parse_qsl(self.request.body.decode("utf-8", "replace")))
+        return _form(self.request)
 
 
 class Dashboard:
@@ -132,15 +132,13 @@ class Dashboard:
     # -- sessions ----------------------------------------------------------------------------
 
     def _login(self, request: Request) -> Response:
-        target = _safe_next(
-            request.query.get("next") or dict(parse_qsl(request.body.decode())).get("next")
-        )
+        form = _form(request)
+        target = _safe_next(request.query.get("next") or form.get("next"))
         if not self.sessions.login_required:
             return _redirect(target)
         if request.method == "GET":
             return self._bare("login.html", 200, error=None, next=target)
-        presented = dict(parse_qsl(request.body.decode("utf-8", "replace"))).get("token", "")
-        if not self.sessions.token_matches(presented.strip()):
+        if not self.sessions.token_matches(form.get("token", "").strip()):
             return self._bare("login.html", 401, error="That token is not accepted.", next=target)
         _, cookie = self.sessions.new()
         answer = _redirect(target)
@@ -243,7 +241,7 @@ class Dashboard:
         )
 
     def find(self, call: Call) -> Response:
-        wanted = call.request.query.get("q", "").strip()
+        wanted = call.request.query.get("q", "").strip().replace("\x00", "")
         with call.connect() as conn:
             job = (
                 queue.get(conn, int(wanted)) if wanted.isdigit() and len(wanted) < 19 else None
@@ -385,6 +383,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], Page]] = [
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _form(request: Request) -> dict[str, str]:
+    """The fields of a urlencoded form body; undecodable bytes become U+FFFD, never an error."""
+    return dict(parse_qsl(request.body.decode("utf-8", "replace")))
 
 
 def _csrf_ok(call: Call) -> bool:
