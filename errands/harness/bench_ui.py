@@ -1,10 +1,10 @@
 """The `ui` workload of `errands bench`: every dashboard page timed over a large jobs table.
 
 The jobs are loaded with COPY in the mix a long-running deployment keeps
-(mostly completed, some dead with tracebacks, some pending and failed, a few
-cancelled, across several queues), with the counters the triggers would have
-kept for them, then each page is requested several times and its median
-time kept.
+(mostly completed, some dead with tracebacks, a few cancelled, and a backlog
+of pending and failed jobs, across several queues), with the counters the
+triggers would have kept for them; then each page is requested several times
+and its median time kept.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import httpx
 import psycopg
 
 QUEUES = ("default", "mail", "reports", "webhooks", "billing")
-# state, share of the jobs
-MIX = (
-    ("completed", 0.90),
-    ("dead", 0.04),
-    ("pending", 0.03),
-    ("failed", 0.02),
-    ("cancelled", 0.01),
-)
+# A backlog is the newest jobs: the last 5 % wait (pending, or failed and due for
+# a retry); the older jobs finished, and their dead and cancelled ones lie
+# scattered among the completed, as jobs die and are cancelled at any time.
+BACKLOG = 0.05
+WAITING = (("pending", 0.6), ("failed", 0.4))
+FINISHED = (("completed", 0.947), ("dead", 0.042), ("cancelled", 0.011))
 REQUESTS = 9
 TRACEBACK = (
     'Traceback (most recent call last):\n  File "tasks.py", line 12, in send\nTimeoutError\n'
@@ -45,11 +43,15 @@ def load(url: str, jobs: int, report: Callable[[str], None]) -> None:
     rng = random.Random(15)
     now = datetime.now(UTC)
     started = time.perf_counter()
-    states = [state for state, share in MIX for _ in range(round(share * 100))]
+    waiting, finished = (
+        [state for state, share in mix for _ in range(round(share * 1000))]
+        for mix in (WAITING, FINISHED)
+    )
     with psycopg.connect(url, autocommit=True) as conn:
         with conn.cursor() as cur, cur.copy(f"copy errands_jobs ({COLUMNS}) from stdin") as copy:
             for n in range(jobs):
-                copy.write_row(_row(n, jobs, rng.choice(states), rng, now))
+                state = rng.choice(waiting if n >= jobs * (1 - BACKLOG) else finished)
+                copy.write_row(_row(n, jobs, state, rng, now))
         report(f"  loaded {jobs:,} jobs with COPY in {time.perf_counter() - started:.1f} s")
         # What the triggers keep for jobs that reach these states by UPDATE (COPY bypasses them).
         conn.execute(
@@ -57,11 +59,14 @@ def load(url: str, jobs: int, report: Callable[[str], None]) -> None:
             " select queue, state, 0, count(*) from errands_jobs"
             " where state in ('completed', 'dead', 'cancelled') group by queue, state"
         )
+        # An hour of throughput from 16 busy backends on every queue: the most rows the chart reads.
         conn.execute(
             "insert into errands_throughput (minute, queue, state, shard, jobs)"
-            " select date_trunc('minute', finished_at), queue, state, 0, count(*)"
-            " from errands_jobs where state in ('completed', 'dead')"
-            " and finished_at > now() - interval '1 hour' group by 1, 2, 3"
+            " select date_trunc('minute', now()) - make_interval(mins => m), q, s, shard, 100"
+            " from generate_series(0, 59) m, unnest(%s::text[]) q,"
+            " unnest('{completed,failed,dead}'::errands_job_state[]) s,"
+            " generate_series(0, 15) shard",
+            (list(QUEUES),),
         )
         conn.execute("vacuum analyze errands_jobs")
 
@@ -98,7 +103,7 @@ def _row(n: int, jobs: int, state: str, rng: random.Random, now: datetime) -> tu
         f"order-{n}" if n % 10 == 0 else None,
         "TimeoutError" if failed else None,
         json.dumps(errors),
-        created if state != "failed" else now + timedelta(minutes=5),
+        created,
         created,
         created if attempts else None,
         finished if state in ("completed", "dead", "cancelled") else None,

@@ -11,6 +11,13 @@ create table errands_queues (
     constraint errands_queues_name check (name ~ '^[A-Za-z0-9_.:-]{1,200}$')
 );
 
+-- Dead and cancelled jobs by queue: what a bulk retry counts and changes, and
+-- the dashboard's "dead in queue X" list, without reading every dead job of
+-- every queue. Completed jobs, the bulk of the table, never enter it, so the
+-- workers' hot path does not maintain it.
+create index errands_jobs_retryable on errands_jobs (queue, state, id)
+    where state in ('dead', 'cancelled');
+
 -- Jobs that reached completed, failed or dead, per minute, queue and state,
 -- kept by trigger so that the dashboard's chart reads at most an hour of small
 -- rows instead of scanning finished jobs. Sharded by backend, like
