@@ -26,7 +26,6 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
-    "--window-size=1280,1000",
 )
 
 
@@ -38,7 +37,11 @@ def main(base: str, job_id: str) -> None:
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         try:
-            for path, name in (("/ui", "overview.png"), (f"/ui/jobs/{job_id}", "job.png")):
+            for path, name, height in (
+                ("/ui", "overview.png", 860),
+                (f"/ui/jobs/{job_id}", "job.png", 1500),  # down to the tracebacks
+            ):
+                driver.set_window_size(1280, height)
                 driver.get(base.rstrip("/") + path)
                 driver.save_screenshot(str(HERE / name))
         finally:
