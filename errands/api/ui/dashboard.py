@@ -13,6 +13,7 @@ import mimetypes
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
@@ -60,10 +61,37 @@ DONE_MESSAGES = {
 }
 
 
+@dataclass(frozen=True)
+class Visit:
+    """What the dashboard reads of a request, as text, whatever the API's Request holds."""
+
+    method: str
+    path: str
+    query: dict[str, str]  # a repeated parameter keeps its last value
+    cookie: str
+    https: bool  # per X-Forwarded-Proto, from a TLS-terminating proxy
+    body: bytes
+
+    @classmethod
+    def of(cls, request: Request) -> Visit:
+        def header(name: str) -> str:
+            value: str | bytes = request.headers.get(name) or ""
+            return value if isinstance(value, str) else value.decode("latin-1")
+
+        return cls(
+            request.method,
+            request.path,
+            dict(request.query),
+            header("cookie"),
+            header("x-forwarded-proto").lower() == "https",
+            request.body,
+        )
+
+
 class Call:
     """One request to the dashboard, with its session and a way to reach the database."""
 
-    def __init__(self, request: Request, session: Session, connect: Connect) -> None:
+    def __init__(self, request: Visit, session: Session, connect: Connect) -> None:
         self.request = request
         self.session = session
         self.connect = connect
@@ -92,14 +120,15 @@ class Dashboard:
     def serves(path: str) -> bool:
         return path in ("/", "/ui") or path.startswith("/ui/")
 
-    def handle(self, request: Request, connect: Connect) -> Response:
+    def handle(self, api_request: Request, connect: Connect) -> Response:
+        request = Visit.of(api_request)
         if request.path == "/":
             return _redirect("/ui")
         if request.path.startswith("/ui/static/"):
             return _static(request.path.removeprefix("/ui/static/"))
         if request.path == "/ui/login":
             return self._login(request)
-        session = self.sessions.read(read_cookie(request.headers.get("cookie", "")))
+        session = self.sessions.read(read_cookie(request.cookie))
         new_cookie = None
         if session is None:
             if self.sessions.login_required and request.method == "GET":
@@ -119,7 +148,7 @@ class Dashboard:
         else:
             answer = page(self, call)
         if new_cookie is not None:
-            answer.headers.append(("Set-Cookie", cookie_header(new_cookie, _secure(request))))
+            answer.headers.append(("Set-Cookie", cookie_header(new_cookie, request.https)))
         return answer
 
     def _refused(self, call: Call | None) -> Response:
@@ -131,7 +160,7 @@ class Dashboard:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def _login(self, request: Request) -> Response:
+    def _login(self, request: Visit) -> Response:
         form = _form(request)
         target = _safe_next(request.query.get("next") or form.get("next"))
         if not self.sessions.login_required:
@@ -142,7 +171,7 @@ class Dashboard:
             return self._bare("login.html", 401, error="That token is not accepted.", next=target)
         _, cookie = self.sessions.new()
         answer = _redirect(target)
-        answer.headers.append(("Set-Cookie", cookie_header(cookie, _secure(request))))
+        answer.headers.append(("Set-Cookie", cookie_header(cookie, request.https)))
         return answer
 
     # -- routing -----------------------------------------------------------------------------
@@ -357,7 +386,7 @@ class Dashboard:
 
     def logout(self, call: Call) -> Response:
         answer = _redirect("/ui/login" if self.sessions.login_required else "/ui")
-        answer.headers.append(("Set-Cookie", cookie_header("", _secure(call.request), 0)))
+        answer.headers.append(("Set-Cookie", cookie_header("", call.request.https, 0)))
         return answer
 
 
@@ -385,7 +414,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Page]] = [
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _form(request: Request) -> dict[str, str]:
+def _form(request: Visit) -> dict[str, str]:
     """The fields of a urlencoded form body; undecodable bytes become U+FFFD, never an error."""
     return dict(parse_qsl(request.body.decode("utf-8", "replace")))
 
@@ -431,10 +460,6 @@ def _safe_next(target: str | None) -> str:
     if target and target.startswith("/ui") and not target.startswith("//") and "\\" not in target:
         return target
     return "/ui"
-
-
-def _secure(request: Request) -> bool:
-    return request.headers.get("x-forwarded-proto", "").lower() == "https"
 
 
 def _digits(text: str) -> str:
