@@ -8,6 +8,10 @@
   async function refresh() {
     try {
       const response = await fetch(live.dataset.src, { credentials: "same-origin" });
+      if (response.redirected) {
+        window.location.reload(); // the session ended: show the login page whole
+        return;
+      }
       if (response.ok && response.headers.get("content-type").startsWith("text/html")) {
         live.innerHTML = await response.text(); // server-rendered, escaped HTML
       }
