@@ -107,6 +107,28 @@ def test_the_job_page_shows_the_traceback_of_each_failed_attempt(
     assert 'id="retry"' in page.text and 'id="cancel"' not in page.text
 
 
+def test_the_timeline_shows_each_attempt_start_and_failure(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job = client.enqueue("t", max_attempts=2)
+    for _ in range(2):
+        (held,) = claim(conn, "w1", ["default"], limit=1, lease_seconds=30)
+        fail(conn, "w1", Held(held.id, held.attempts), "boom", "tb", retry_in=0)
+    timeline = re.search(
+        r'<ol class="timeline" id="timeline">(.*?)</ol>', api.get(f"/ui/jobs/{job.id}").text, re.S
+    )
+    assert timeline
+    steps = re.findall(r"</time> ([^<]+)</li>", timeline.group(1))
+    assert steps == [
+        "created",
+        "attempt 1 started",
+        "attempt 1 failed",
+        "attempt 2 started",
+        "attempt 2 failed",
+        "dead",
+    ]
+
+
 def test_everything_from_the_database_is_escaped(api: httpx.Client, client: Client) -> None:
     job = client.enqueue("t", {"note": SCRIPT}, queue="q", idempotency_key=SCRIPT)
     page = api.get(f"/ui/jobs/{job.id}")

@@ -436,19 +436,33 @@ def _filter(fields: dict[str, str], errors: list[str]) -> Filter:
 
 
 def _timeline(job: queue.Job) -> list[tuple[datetime, str]]:
+    """Created, each attempt's start and failure, the finish: oldest first."""
     events: list[tuple[datetime, str]] = [(job.created_at, "created")]
     if job.run_at > job.created_at and not job.errors:
         events.append((job.run_at, "due"))
+    starts: dict[int, datetime] = {}
     for error in job.errors:
-        at = datetime.fromisoformat(error["at"]) if isinstance(error.get("at"), str) else None
-        if at is not None:
+        attempt = error.get("attempt")
+        started, failed = (_moment(error.get(name)) for name in ("started_at", "at"))
+        if isinstance(attempt, int) and started is not None:
+            starts[attempt] = started
+        if failed is not None:
             lost = " (worker lost)" if "worker" in error else ""
-            events.append((at, f"attempt {error.get('attempt')} failed{lost}"))
+            events.append((failed, f"attempt {attempt} failed{lost}"))
     if job.started_at is not None:
-        events.append((job.started_at, f"attempt {job.attempts} started"))
+        starts.setdefault(job.attempts, job.started_at)
+    events += [(at, f"attempt {attempt} started") for attempt, at in starts.items()]
     if job.finished_at is not None:
         events.append((job.finished_at, job.state.value))
     return sorted(events, key=lambda event: event[0])
+
+
+def _moment(value: Any) -> datetime | None:
+    """A timestamp stored in the error history (RFC 3339 text), if it is one."""
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _redirect(location: str) -> Response:

@@ -124,7 +124,8 @@ set state = (case when job.attempts >= job.max_attempts then 'dead' else 'failed
     finished_at = case when job.attempts >= job.max_attempts then now() end,
     last_error = %(error)s,
     errors = job.errors || jsonb_build_object(
-        'attempt', job.attempts, 'at', now(), 'error', %(error)s::text, 'traceback', %(traceback)s::text),
+        'attempt', job.attempts, 'started_at', job.started_at, 'at', now(),
+        'error', %(error)s::text, 'traceback', %(traceback)s::text),
     updated_at = now(),
     lease_owner = null,
     lease_expires_at = null
@@ -143,7 +144,8 @@ with recovered as (
         finished_at = case when job.attempts >= job.max_attempts then now() end,
         last_error = %(reason)s,
         errors = job.errors || jsonb_build_object(
-            'attempt', job.attempts, 'at', now(), 'error', %(reason)s::text, 'worker', job.lease_owner),
+            'attempt', job.attempts, 'started_at', job.started_at, 'at', now(),
+            'error', %(reason)s::text, 'worker', job.lease_owner),
         updated_at = now(),
         lease_owner = null,
         lease_expires_at = null
