@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Server
 
 CI_PROFILE = Path(__file__).parent.parent / "chaos" / "ci.toml"
+pytestmark = pytest.mark.slow
 
 
 def test_the_ci_chaos_profile_keeps_every_invariant(server: Server, tmp_path: Path) -> None:

@@ -118,8 +118,10 @@ def resume_queue(conn: Conn, request: Request) -> Response:
     return _control(conn, request, queue.resume)
 
 
-def ready(conn: Conn, request: Request) -> Response:
+def ready(conn: Conn, request: Request, readiness: Callable[[], str | None] | None) -> Response:
     conn.execute("select 1")
+    if readiness is not None and (reason := readiness()):
+        raise HTTPError(503, "not_ready", reason)
     return Response.json(200, {"status": "ready"})
 
 
