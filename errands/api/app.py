@@ -26,6 +26,7 @@ from errands.api import endpoints
 from errands.api.http import MAX_BODY_BYTES, HTTPError, Request, Response
 from errands.api.openapi import document
 from errands.api.ui import Dashboard
+from errands.database import configure as configure_session
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -105,6 +106,7 @@ class App:
             min_size=1,
             max_size=self._threads,
             kwargs={"autocommit": True},
+            configure=configure_session,
             timeout=5,
             open=True,
         )

@@ -10,8 +10,7 @@ import time
 import uuid
 from typing import Any
 
-import psycopg
-
+from errands.database import open_connection
 from errands.tasks import current_job, task
 
 _local = threading.local()
@@ -29,7 +28,7 @@ create table if not exists chaos_finishes (
 def _record(sql: str, *params: Any) -> None:
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed or conn.broken:
-        conn = _local.conn = psycopg.connect(os.environ["ERRANDS_DATABASE_URL"], autocommit=True)
+        conn = _local.conn = open_connection(os.environ["ERRANDS_DATABASE_URL"], autocommit=True)
     conn.execute(sql.encode(), params)
 
 

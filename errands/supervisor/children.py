@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from errands.errors import ConfigurationError
+from errands.errors import ConfigurationError, scrub
 
 EXIT_STARTUP = 3  # the child could not start (e.g. a task module failed to import)
 EXIT_ORPHANED = 5  # the supervisor died
@@ -77,9 +77,13 @@ def fork_child(slot: Slot, main: Callable[[], int], inherited_fds: Iterable[int]
     except BaseException as exc:
         code = EXIT_STARTUP if isinstance(exc, ConfigurationError) else 1
         with contextlib.suppress(BaseException):  # a closed log pipe must not keep us alive
-            os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:65536])
+            error = scrub(f"{type(exc).__name__}: {exc}", exc)  # a database error's row: never
+            os.write(status_w, error.encode()[:65536])
             _log.error(
-                "child failed", child=slot.name, error=str(exc), traceback=traceback.format_exc()
+                "child failed",
+                child=slot.name,
+                error=scrub(str(exc), exc),
+                traceback=scrub(traceback.format_exc(), exc),
             )
     finally:
         with contextlib.suppress(BaseException):
