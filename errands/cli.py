@@ -29,7 +29,8 @@ from errands.config import Settings
 from errands.database import connect, open_connection, resolve_url
 from errands.errors import ConfigurationError, ErrandsError, scrub
 from errands.log import configure_logging
-from errands.queue import Job, JobState, ScheduleStatus, list_schedules, parse_request
+from errands.queue import Job, JobState, QueueInfo, ScheduleStatus, list_schedules, parse_request
+from errands.queue import control as queue_control
 from errands.queue import enqueue as submit_job
 from errands.queue import prune as prune_jobs
 from errands.queue.admin import MAX_LIST_LIMIT
@@ -151,6 +152,9 @@ def emit(as_json: bool, data: Any, text: str) -> None:
 
 def http_options(func: F) -> F:
     func = click.option(
+        "--no-ui", is_flag=True, help="Do not serve the dashboard at /ui [env: ERRANDS_UI=0]"
+    )(func)
+    func = click.option(
         "--port", type=Integer(1, 65535), help="HTTP port [env: ERRANDS_HTTP_ADDR]"
     )(func)
     return click.option("--host", help="HTTP address to bind [env: ERRANDS_HTTP_ADDR]")(func)
@@ -226,6 +230,7 @@ def run(
     no_http: bool,
     host: str | None,
     port: int | None,
+    no_ui: bool,
 ) -> None:
     """Run the supervisor: worker processes (and the HTTP API), until SIGTERM/SIGINT."""
     # Task modules beside the caller import as they do under `python -m`, Celery or uvicorn.
@@ -252,7 +257,13 @@ def run(
         None
         if sock is None
         else partial(
-            _serve_api, ctx, worker.url, sock, grace_seconds, task_modules=worker.task_modules
+            _serve_api,
+            ctx,
+            worker.url,
+            sock,
+            grace_seconds,
+            task_modules=worker.task_modules,
+            ui=not no_ui,
         )
     )
     options = SupervisorOptions(
@@ -273,14 +284,16 @@ def run(
 )
 @http_options
 @pass_context
-def api(ctx: Context, tasks: str | None, host: str | None, port: int | None) -> None:
+def api(ctx: Context, tasks: str | None, host: str | None, port: int | None, no_ui: bool) -> None:
     """Serve the HTTP API alone (no workers)."""
     if os.getcwd() not in sys.path:  # task modules beside the caller, as for `errands run`
         sys.path.insert(0, os.getcwd())
     modules = _split(tasks) if tasks is not None else ctx.settings.tasks
     url = ctx.database_url()
     sock = _listen(ctx, host, port)
-    sys.exit(_serve_api(ctx, url, sock, ctx.settings.grace_seconds, task_modules=modules))
+    sys.exit(
+        _serve_api(ctx, url, sock, ctx.settings.grace_seconds, task_modules=modules, ui=not no_ui)
+    )
 
 
 def _listen(ctx: Context, host: str | None, port: int | None) -> socket.socket:
@@ -298,6 +311,7 @@ def _serve_api(
     readiness: Readiness | None = None,
     *,
     task_modules: Sequence[str] = (),
+    ui: bool,
 ) -> int:
     # A job submitted by task name gets the queue and budget its task declares, when known
     # here. A broken task module must not take the API down with the workers: it only
@@ -318,6 +332,7 @@ def _serve_api(
         lease_seconds=ctx.settings.lease_seconds,
         grace_seconds=grace_seconds,
         readiness=readiness,
+        ui=ctx.settings.ui and ui,
     )
 
 
@@ -479,6 +494,8 @@ def stats(ctx: Context, as_json: bool) -> None:
     lines = [f"{'QUEUE':<16}" + "".join(f"{s:>13}" for s in states)]
     for queue, counts in queues.items():
         lines.append(f"{queue:<16}" + "".join(f"{counts[s]:>13}" for s in states))
+    if result.paused:
+        lines.append(f"\npaused (not claimed until resumed): {', '.join(result.paused)}")
     lines.append(f"\n{len(result.workers)} live worker(s)")
     lines += [
         f"  {w.id}  queues={','.join(w.queues)}  concurrency={w.concurrency}"
@@ -518,6 +535,58 @@ def _schedule_line(schedule: ScheduleStatus) -> str:
     return "  ".join(f"{c:<{w}}" for c, w in zip(cells, _WIDTHS, strict=True)) + (
         f"  {last_job}{inactive}"
     )
+
+
+@cli.group("queues")
+def queues_group() -> None:
+    """List queues; pause one (its jobs stay pending, unclaimed) or resume it."""
+
+
+@queues_group.command("list")
+@json_option
+@pass_context
+def list_queues(ctx: Context, as_json: bool) -> None:
+    """Every queue with jobs or ever paused: whether paused, jobs by state."""
+    with connect(ctx.database_url()) as conn:
+        found = queue_control.queues(conn)
+    states = [s.value for s in JobState]
+    lines = [f"{'QUEUE':<16}{'PAUSED':>8}" + "".join(f"{s:>13}" for s in states)]
+    lines += [
+        f"{q.name:<16}{'yes' if q.paused else 'no':>8}"
+        + "".join(f"{q.counts[JobState(s)]:>13}" for s in states)
+        for q in found
+    ]
+    emit(as_json, [q.to_dict() for q in found], "\n".join(lines))
+
+
+@queues_group.command("pause")
+@click.argument("name")
+@json_option
+@pass_context
+def pause_queue(ctx: Context, name: str, as_json: bool) -> None:
+    """Stop workers claiming from queue NAME; running jobs finish."""
+    _queue_action(ctx, queue_control.pause, name, as_json)
+
+
+@queues_group.command("resume")
+@click.argument("name")
+@json_option
+@pass_context
+def resume_queue(ctx: Context, name: str, as_json: bool) -> None:
+    """Let workers claim from queue NAME again."""
+    _queue_action(ctx, queue_control.resume, name, as_json)
+
+
+def _queue_action(
+    ctx: Context,
+    action: Callable[[psycopg.Connection[Any], str], QueueInfo],
+    name: str,
+    as_json: bool,
+) -> None:
+    with connect(ctx.database_url()) as conn:
+        found = action(conn, name)
+    state = "paused" if found.paused else "running"
+    emit(as_json, found.to_dict(), f"queue {found.name} is {state}")
 
 
 # -- maintenance -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class Settings:
     http_addr: str = "0.0.0.0:3000"
     log_format: str = "console"
     log_level: str = "INFO"
+    ui: bool = True  # the dashboard at /ui on the API's port
 
     @property
     def backoff(self) -> Backoff:
@@ -80,6 +81,7 @@ class Settings:
                 "console" if sys.stderr.isatty() else "json",
             ),
             log_level=get("ERRANDS_LOG_LEVEL", _log_level, default.log_level),
+            ui=get("ERRANDS_UI", _boolean, default.ui),
         )
 
 
@@ -113,6 +115,13 @@ def _http_addr(raw: str) -> str:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:3000")
     return raw
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)")
+    return value in ("1", "true", "yes", "on")
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:

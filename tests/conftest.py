@@ -168,9 +168,10 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
         url: str = db_url,
         limits: Limits = DEFAULT_LIMITS,
         max_in_flight: int = MAX_IN_FLIGHT,
+        ui: bool = True,
     ) -> httpx.Client:
         port = free_port()
-        app = App(url, tokens, lease_seconds=30, max_in_flight=max_in_flight)
+        app = App(url, tokens, lease_seconds=30, max_in_flight=max_in_flight, ui=ui)
         # The production server's settings (protocol, limits, loop), on a thread.
         server = uvicorn.Server(server_config(app, limits, host="127.0.0.1", port=port))
         thread = threading.Thread(target=server.run, daemon=True)

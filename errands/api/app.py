@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from errands.api.http import (
 )
 from errands.api.longpoll import FinishWaits, until_heard
 from errands.api.openapi import document
+from errands.api.ui import Dashboard
 from errands.database import configure as configure_session
 from errands.errors import FieldError
 from errands.queue import is_finished
@@ -68,6 +70,7 @@ class Route:
 
 def _routes(lease_seconds: float, readiness: Readiness | None) -> list[Route]:
     job = r"/jobs/(?P<id>[0-9]{1,20})"  # ASCII digits: \d would take "٣"
+    named_queue = r"/queues/(?P<name>[^/]+)"
     table: list[tuple[str, str, Handler | None, Mapping[str, Field]]] = [
         ("POST", "/jobs", endpoints.submit, {}),
         ("POST", "/jobs/batch", endpoints.submit_batch, {}),
@@ -75,6 +78,9 @@ def _routes(lease_seconds: float, readiness: Readiness | None) -> list[Route]:
         ("GET", job, endpoints.get_job, endpoints.JOB_QUERY),
         ("POST", job + "/retry", endpoints.retry_job, {}),
         ("POST", job + "/cancel", endpoints.cancel_job, {}),
+        ("GET", "/queues", endpoints.list_queues, {}),
+        ("POST", named_queue + "/pause", endpoints.pause_queue, {}),
+        ("POST", named_queue + "/resume", endpoints.resume_queue, {}),
         ("GET", "/stats", partial(endpoints.stats, lease_seconds=lease_seconds), {}),
         ("GET", "/schedules", endpoints.schedules, {}),
         ("GET", "/ready", partial(endpoints.ready, readiness=readiness), {}),
@@ -98,8 +104,10 @@ class App:
         threads: int = 8,
         readiness: Readiness | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
+        ui: bool = True,
     ) -> None:
         self._url = database_url
+        self._ui = Dashboard(tokens, lease_seconds) if ui else None
         self._tokens = [token.encode() for token in tokens]
         self._routes = _routes(lease_seconds, readiness)
         self._threads = threads
@@ -193,6 +201,11 @@ class App:
 
     async def _answer(self, request: Request, receive: Receive) -> Response:
         _check_framing(request)
+        if self._ui is not None and self._ui.serves(request.path):
+            # The dashboard authenticates with its own session cookie.
+            if request.method == "POST":
+                request.body = await _read_body(request, receive)
+            return await self._on_thread(self._ui.handle, request, self._connection)
         if request.path not in OPEN_PATHS:
             # Before routing: without a token, not even which paths exist is told.
             self._authenticate(request)
@@ -225,7 +238,11 @@ class App:
         return endpoints.job_response(job)
 
     async def _in_thread(self, handler: Callable[[Conn, Request], T], request: Request) -> T:
-        """Run `handler` on a request thread with a pooled connection; 503 past the limit."""
+        """Run `handler` on a request thread with a pooled connection."""
+        return await self._on_thread(self._with_connection, handler, request)
+
+    async def _on_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Run `work` on a request thread; 503 while too many requests are in hand."""
         if self._in_flight >= self._max_in_flight:
             raise HTTPError(
                 503,
@@ -235,10 +252,7 @@ class App:
             )
         self._in_flight += 1
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor, self._with_connection, handler, request
-            )
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
         finally:
             self._in_flight -= 1
 
@@ -276,9 +290,12 @@ class App:
             )
 
     def _with_connection(self, handler: Callable[[Conn, Request], T], request: Request) -> T:
-        assert self._pool is not None, "the application was not started"
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             return handler(conn, request)
+
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        assert self._pool is not None, "the application was not started"
+        return self._pool.connection()
 
 
 def _check_framing(request: Request) -> None:

@@ -16,7 +16,7 @@ from errands import queue
 from errands.api.http import HTTPError, Request, Response, invalid, json_body
 from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
 from errands.metrics import exposition, metrics, queue_gauges, schedule_gauge
-from errands.queue import Enqueued, Job, JobRequest, JobState
+from errands.queue import Enqueued, Job, JobRequest, JobState, QueueInfo
 from errands.queue.admin import MAX_LIST_LIMIT
 from errands.queue.requests import (
     INT64_MAX,
@@ -132,6 +132,18 @@ def schedules(conn: Conn, request: Request) -> Response:
     return Response.json(200, {"schedules": [s.to_dict() for s in queue.list_schedules(conn)]})
 
 
+def list_queues(conn: Conn, request: Request) -> Response:
+    return Response.json(200, {"queues": [q.to_dict() for q in queue.queues(conn)]})
+
+
+def pause_queue(conn: Conn, request: Request) -> Response:
+    return _control(conn, request, queue.pause)
+
+
+def resume_queue(conn: Conn, request: Request) -> Response:
+    return _control(conn, request, queue.resume)
+
+
 def ready(conn: Conn, request: Request, readiness: Callable[[], str | None] | None) -> Response:
     conn.execute("select 1")
     if readiness is not None and (reason := readiness()):
@@ -201,6 +213,13 @@ def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) ->
     except InvalidState as exc:
         raise HTTPError(409, "invalid_state", str(exc)) from None
     return Response.json(200, job.to_dict(), job_id=job.id)
+
+
+def _control(conn: Conn, request: Request, action: Callable[[Conn, str], QueueInfo]) -> Response:
+    try:
+        return Response.json(200, action(conn, request.params["name"]).to_dict())
+    except InvalidJob as exc:
+        raise invalid(exc.errors) from None
 
 
 def job_id(request: Request) -> int:

@@ -13,7 +13,7 @@ from errands.api.endpoints import JOB_QUERY, LIST_FILTERS, MAX_BATCH
 from errands.api.http import MAX_BODY_BYTES
 from errands.api.transport import DEFAULT_LIMITS as _LIMITS
 from errands.queue import JobState
-from errands.queue.requests import JOB_FIELDS, JSON_VALUE_SCHEMA, Field
+from errands.queue.requests import JOB_FIELDS, JSON_VALUE_SCHEMA, QUEUE_NAME, Field
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -161,6 +161,7 @@ def document() -> dict[str, Any]:
                     "required": list(_SCHEDULE_PROPERTIES),
                     "properties": _SCHEDULE_PROPERTIES,
                 },
+                "Queue": _QUEUE,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -266,6 +267,26 @@ def document() -> dict[str, Any]:
                     "responses": {"200": job_answer, **_errors(401, 404, 409, 413, 503)},
                 }
             },
+            "/queues": {
+                "get": {
+                    "summary": "Every queue that holds jobs or was ever paused",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["queues"],
+                                "properties": {"queues": {"type": "array", "items": _ref("Queue")}},
+                            },
+                            "Queues by name",
+                        ),
+                        **_errors(401, 503),
+                    },
+                }
+            },
+            "/queues/{name}/pause": _queue_action(
+                "Pause a queue: its jobs stay pending, unclaimed, until it is resumed"
+            ),
+            "/queues/{name}/resume": _queue_action("Resume a paused queue"),
             "/stats": {
                 "get": {
                     "summary": "Jobs per queue and state, and live workers",
@@ -273,8 +294,9 @@ def document() -> dict[str, Any]:
                         "200": _json(
                             {
                                 "type": "object",
-                                "required": ["queues", "workers"],
+                                "required": ["queues", "workers", "paused_queues"],
                                 "properties": {
+                                    "paused_queues": {"type": "array", "items": {"type": "string"}},
                                     "queues": {
                                         "type": "object",
                                         "additionalProperties": {
@@ -380,6 +402,40 @@ _SCHEDULE_PROPERTIES: dict[str, Any] = {
     "active": {
         "type": "boolean",
         "description": "a running scheduler declared it within the last three minutes",
+    },
+}
+
+
+def _queue_action(summary: str) -> dict[str, Any]:
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": QUEUE_NAME.pattern},
+    }
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [name],
+            "responses": {
+                "200": _json(_ref("Queue"), "The queue, as it is now"),
+                **_errors(401, 413, 422, 503),
+            },
+        }
+    }
+
+
+_QUEUE: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "paused", "counts"],
+    "properties": {
+        "name": {"type": "string"},
+        "paused": {"type": "boolean"},
+        "counts": {
+            "type": "object",
+            "required": [s.value for s in JobState],
+            "properties": {s.value: {"type": "integer"} for s in JobState},
+        },
     },
 }
 

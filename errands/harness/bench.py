@@ -34,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 from errands.client import Client
 from errands.database import connect, open_connection
 from errands.errors import ConfigurationError
-from errands.harness import pgbench
+from errands.harness import bench_ui, pgbench
 from errands.harness.process import (
     DaemonProcess,
     ProcStat,
@@ -76,12 +76,13 @@ class Sizes:
     supervisor_lease: float  # lease for the supervisor-kill recovery (default settings: 30)
     async_jobs: int  # sleeping coroutine jobs for drain-async
     waits: int  # jobs waited for, one after another, for wait-latency
+    ui_jobs: int  # jobs in the table while the dashboard's pages are timed
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(3, 1000, 10_000, 3000, 200, 3.0, 3000, 200)
-        return cls(10, 5000, 50_000, 20_000, 1000, 30.0, 20_000, 1000)
+            return cls(3, 1000, 10_000, 3000, 200, 3.0, 3000, 200, 50_000)
+        return cls(10, 5000, 50_000, 20_000, 1000, 30.0, 20_000, 1000, 1_000_000)
 
 
 WORKLOADS = (
@@ -100,6 +101,7 @@ WORKLOADS = (
     "wait-latency",
     "recovery",
     "recovery-supervisor",
+    "ui",
 )
 
 
@@ -149,7 +151,10 @@ class Bench:
 
     def _reset(self) -> None:
         with open_connection(self.url, autocommit=True) as conn:
-            conn.execute("truncate errands_jobs, errands_finished_counts, errands_workers")
+            conn.execute(
+                "truncate errands_jobs, errands_finished_counts, errands_workers,"
+                " errands_throughput, errands_queues"
+            )
             conn.execute("vacuum analyze errands_jobs")
 
     def _add(self, figure: Figure) -> None:
@@ -532,6 +537,21 @@ class Bench:
         )
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def ui(self) -> None:
+        jobs = self.sizes.ui_jobs
+        bench_ui.load(self.url, jobs, self.report)
+        with self._api() as base:
+            medians = bench_ui.measure(base, jobs)
+        for page, milliseconds in medians.items():
+            self._add(
+                Figure(
+                    f"ui {page}",
+                    f"dashboard page, median of {bench_ui.REQUESTS}, {jobs:,} jobs stored",
+                    milliseconds,
+                    "ms",
+                )
+            )
 
     def _kill_and_time(self, kill: Callable[[str], None]) -> float:
         """Start a long job, kill its holder with `kill`, and time until it runs again."""

@@ -12,6 +12,7 @@ from errands.queue.admin import (
     retry,
     stats,
 )
+from errands.queue.control import QueueInfo, pause, queues, resume
 from errands.queue.finished import FINISHED, FinishWatcher, is_finished
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import (
@@ -51,6 +52,7 @@ __all__ = [
     "JobState",
     "ProcessIdentity",
     "QueueCounts",
+    "QueueInfo",
     "Recovered",
     "Schedule",
     "ScheduleStatus",
@@ -76,10 +78,13 @@ __all__ = [
     "live_workers",
     "oldest_pending_seconds",
     "parse_request",
+    "pause",
     "prune",
+    "queues",
     "reap",
     "release",
     "reschedule",
+    "resume",
     "retry",
     "stats",
 ]

@@ -79,11 +79,13 @@ def _manage(conn: psycopg.Connection[Any], action: str, job_id: int) -> Job:
 class Stats:
     queues: list[QueueCounts]
     workers: list[WorkerInfo]
+    paused: list[str]  # queues whose jobs are not claimed until they are resumed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as the CLI and the HTTP API show it."""
         return {
             "queues": {q.queue: {s.value: n for s, n in q.counts.items()} for q in self.queues},
+            "paused_queues": self.paused,
             "workers": [
                 {
                     "id": w.id,
@@ -101,7 +103,8 @@ class Stats:
 
 def stats(conn: psycopg.Connection[Any], worker_silence_seconds: float) -> Stats:
     """Jobs per queue and state, and the workers heard from within `worker_silence_seconds`."""
-    return Stats(job_counts(conn), live_workers(conn, worker_silence_seconds))
+    paused = [name for name, paused in conn.execute(query("queue_settings")) if paused]
+    return Stats(job_counts(conn), live_workers(conn, worker_silence_seconds), sorted(paused))
 
 
 def job_counts(conn: psycopg.Connection[Any]) -> list[QueueCounts]:
@@ -120,6 +123,8 @@ def oldest_pending_seconds(conn: psycopg.Connection[Any]) -> dict[str, float]:
 
 def prune(conn: psycopg.Connection[Any], retention_seconds: float, batch: int = PRUNE_BATCH) -> int:
     """Delete jobs finished longer ago than the retention, in bounded batches; returns how many."""
+    # The dashboard's per-minute counts go with the jobs they counted.
+    conn.execute(query("prune_throughput"), {"retention_seconds": retention_seconds})
     deleted = 0
     while True:
         with conn.transaction():

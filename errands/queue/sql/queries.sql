@@ -84,10 +84,15 @@ select * from errands_jobs where id = any(%(ids)s);
 -- Take up to `limit` claimable jobs of the given queues, best first; rows other
 -- workers are claiming right now are skipped, never waited for or shared.
 -- One index range scan per queue (a plain `queue = any(...)` would sort every
--- claimable row instead).
+-- claimable row instead). Paused queues are dropped from the wanted list first,
+-- one primary-key probe per queue, so their jobs are never even read.
 with claimable as (
     select candidate.id
     from (select distinct unnest(%(queues)s::text[])) as wanted(queue)
+    cross join lateral (
+        select 1 where not exists (
+            select from errands_queues where name = wanted.queue and paused)
+    ) as running
     cross join lateral (
         select id, priority, run_at from errands_jobs
         where queue = wanted.queue and state in ('pending', 'failed') and run_at <= now()
@@ -145,7 +150,8 @@ set state = (case when %(permanent)s or job.attempts >= job.max_attempts then 'd
     finished_at = case when %(permanent)s or job.attempts >= job.max_attempts then now() end,
     last_error = %(error)s,
     errors = job.errors || (jsonb_build_object(
-        'attempt', job.attempts, 'at', now(), 'error', %(error)s::text, 'traceback', %(traceback)s::text)
+        'attempt', job.attempts, 'started_at', job.started_at, 'at', now(),
+        'error', %(error)s::text, 'traceback', %(traceback)s::text)
         || case when %(permanent)s then '{"permanent": true}'::jsonb else '{}'::jsonb end),
     updated_at = now(),
     lease_owner = null,
@@ -183,7 +189,8 @@ with recovered as (
         finished_at = case when job.attempts >= job.max_attempts then now() end,
         last_error = %(reason)s,
         errors = job.errors || jsonb_build_object(
-            'attempt', job.attempts, 'at', now(), 'error', %(reason)s::text, 'worker', job.lease_owner),
+            'attempt', job.attempts, 'started_at', job.started_at, 'at', now(),
+            'error', %(reason)s::text, 'worker', job.lease_owner),
         updated_at = now(),
         lease_owner = null,
         lease_expires_at = null
@@ -318,3 +325,100 @@ select s.name, s.task, s.cron, s.every_seconds, s.tz, s.payload, s.catch_up, s.d
 from errands_schedules as s
 left join errands_jobs as job on job.id = s.last_job_id
 order by s.name;
+-- name: pause_queue
+-- Pausing takes effect for claims that start after it commits; jobs already
+-- running finish.
+insert into errands_queues as q (name, paused) values (%(name)s, true)
+on conflict (name) do update set paused = true, changed_at = now()
+returning name, paused, changed_at;
+
+-- name: resume_queue
+-- Idle workers are woken, as for new jobs, so the queue's waiting jobs start at once.
+with resumed as (
+    insert into errands_queues as q (name, paused) values (%(name)s, false)
+    on conflict (name) do update set paused = false, changed_at = now()
+    returning name, paused, changed_at
+)
+select resumed.*, pg_notify('errands_jobs', resumed.name)::text as notified from resumed;
+
+-- name: queue_settings
+select name, paused from errands_queues;
+
+-- name: throughput
+-- Jobs per minute that reached completed, failed or dead since `since`, per state.
+select minute, state::text, sum(jobs)::bigint as jobs
+from errands_throughput
+where minute >= date_trunc('minute', %(since)s::timestamptz)
+group by minute, state
+order by minute;
+
+-- name: prune_throughput
+delete from errands_throughput where minute < now() - make_interval(secs => %(retention_seconds)s);
+
+-- name: held_by_worker
+-- Jobs each live worker holds now, through the index over running jobs.
+select lease_owner, count(*) as jobs
+from errands_jobs where state = 'in_progress'
+group by lease_owner;
+
+-- name: count_matching
+-- Jobs in one state that a bulk action would touch, counted up to `cap` so
+-- that a filter matching millions of finished jobs still answers at once.
+-- Bulk statements take one state at a time: the (state, id) index then reads
+-- that state's rows alone, in id order.
+select count(*) from (
+    select 1 from errands_jobs
+    where state = %(state)s::errands_job_state
+      and (%(queue)s::text is null or queue = %(queue)s)
+      and (%(task)s::text is null or task = %(task)s)
+    limit %(cap)s
+) as matching;
+
+-- name: bulk_retry
+-- One batch of a bulk retry: the same change as `retry`, for up to `batch`
+-- jobs in one state (dead or cancelled) matching the filter; rows locked elsewhere are left
+-- for a later batch. Returns how many were retried.
+with chosen as (
+    select id from errands_jobs
+    where state = %(state)s::errands_job_state
+      and (%(queue)s::text is null or queue = %(queue)s)
+      and (%(task)s::text is null or task = %(task)s)
+    order by id
+    limit %(batch)s
+    for update skip locked
+),
+retried as (
+    update errands_jobs as job
+    set state = 'pending', max_attempts = job.attempts + job.attempt_budget, run_at = now(),
+        finished_at = null, updated_at = now()
+    from chosen
+    where job.id = chosen.id
+    returning job.queue
+),
+notified as (
+    select pg_notify('errands_jobs', queue) from (select distinct queue from retried) as queues
+)
+select (select count(*) from retried) as jobs, (select count(*) from notified) as queues;
+
+-- name: bulk_cancel
+-- One batch of a bulk cancel, as `cancel` does for one job.
+with chosen as (
+    select id from errands_jobs
+    where state = %(state)s::errands_job_state
+      and (%(queue)s::text is null or queue = %(queue)s)
+      and (%(task)s::text is null or task = %(task)s)
+    order by id
+    limit %(batch)s
+    for update skip locked
+),
+cancelled as (
+    update errands_jobs as job
+    set state = 'cancelled', finished_at = now(), updated_at = now()
+    from chosen
+    where job.id = chosen.id
+    returning job.id
+)
+select count(*) as jobs from cancelled;
+
+-- name: find_by_key
+select * from errands_jobs where idempotency_key = %(key)s;

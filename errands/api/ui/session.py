@@ -1,0 +1,80 @@
+"""Dashboard sessions and CSRF tokens: signed cookies, no server-side store.
+
+A session cookie is `<nonce>.<expiry>.<signature>`, signed with HMAC-SHA256.
+With API tokens configured, the key is derived from them, so a session works on
+every API process and host that shares the tokens, and removing a token ends
+every session; without tokens the key is random per process (a restart only
+costs a reload). The CSRF token of a form is the HMAC of the session's nonce:
+a page from another site can neither read it nor guess it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+COOKIE = "errands_session"
+LIFETIME_SECONDS = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Session:
+    nonce: str
+    csrf: str
+
+
+class Sessions:
+    def __init__(self, tokens: tuple[str, ...]) -> None:
+        self.login_required = bool(tokens)
+        self._tokens = [token.encode() for token in tokens]
+        self._key = (
+            hashlib.sha256(b"errands-ui-session\0" + b"\0".join(sorted(self._tokens))).digest()
+            if tokens
+            else secrets.token_bytes(32)
+        )
+
+    def token_matches(self, presented: str) -> bool:
+        """Whether `presented` is one of the API tokens; constant time, as the API checks."""
+        matches = [hmac.compare_digest(presented.encode(), known) for known in self._tokens]
+        return any(matches)
+
+    def new(self) -> tuple[Session, str]:
+        """A fresh session and the cookie value that carries it."""
+        nonce = secrets.token_urlsafe(18)
+        signed = f"{nonce}.{int(time.time()) + LIFETIME_SECONDS}"
+        return self._session(nonce), f"{signed}.{self._sign(signed)}"
+
+    def read(self, cookie: str | None) -> Session | None:
+        """The session a cookie value carries, if its signature holds and it has not expired."""
+        if not cookie or cookie.count(".") != 2:
+            return None
+        signed, _, signature = cookie.rpartition(".")
+        nonce, _, expiry = signed.partition(".")
+        if not hmac.compare_digest(signature, self._sign(signed)):
+            return None
+        if not expiry.isdigit() or int(expiry) < time.time():
+            return None
+        return self._session(nonce)
+
+    def _session(self, nonce: str) -> Session:
+        return Session(nonce, self._sign("csrf:" + nonce))
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def cookie_header(value: str, secure: bool, max_age: int = LIFETIME_SECONDS) -> str:
+    """Set-Cookie for the session: never readable by scripts, never sent from other sites."""
+    flags = f"Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+    return f"{COOKIE}={value}; {flags}" + ("; Secure" if secure else "")
+
+
+def read_cookie(header: str, name: str = COOKIE) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,138 @@
+"""Queue control and what an operator's dashboard reads: pause and resume, queues
+with their counts, throughput per minute, jobs held per worker, bulk actions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from errands.errors import FieldError, InvalidJob
+from errands.queue.admin import job_counts
+from errands.queue.jobs import Job, JobState
+from errands.queue.queries import query
+from errands.queue.requests import QUEUE_NAME
+
+BULK_BATCH = 1000
+BulkAction = Literal["retry", "cancel"]
+
+# The states each action applies to, as the single-job statements allow them.
+BULK_STATES: dict[BulkAction, tuple[JobState, ...]] = {
+    "retry": (JobState.DEAD, JobState.CANCELLED),
+    "cancel": (JobState.PENDING, JobState.FAILED),
+}
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    paused: bool
+    counts: dict[JobState, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "paused": self.paused,
+            "counts": {s.value: n for s, n in self.counts.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Filter:
+    """The jobs a bulk action applies to: every field None means any."""
+
+    state: JobState | None = None
+    queue: str | None = None
+    task: str | None = None
+
+    def states(self, action: BulkAction) -> list[JobState]:
+        allowed = BULK_STATES[action]
+        return [s for s in allowed if self.state in (None, s)]
+
+
+def check_queue_name(name: str) -> str:
+    """`name` when it is a valid queue name; else InvalidJob naming the field `name`."""
+    if not QUEUE_NAME.fullmatch(name):
+        raise InvalidJob([FieldError("name", f"must match {QUEUE_NAME.pattern}")])
+    return name
+
+
+def pause(conn: psycopg.Connection[Any], name: str) -> QueueInfo:
+    """Stop claims from queue `name`: its jobs stay pending until it is resumed."""
+    conn.execute(query("pause_queue"), {"name": check_queue_name(name)})
+    return _one(conn, name)
+
+
+def resume(conn: psycopg.Connection[Any], name: str) -> QueueInfo:
+    """Let workers claim from queue `name` again, waking idle ones at once."""
+    conn.execute(query("resume_queue"), {"name": check_queue_name(name)})
+    return _one(conn, name)
+
+
+def queues(conn: psycopg.Connection[Any]) -> list[QueueInfo]:
+    """Every queue that holds jobs or was ever paused, with its counts by state."""
+    paused = dict(conn.execute(query("queue_settings")).fetchall())
+    counts = {q.queue: q.counts for q in job_counts(conn)}
+    return [
+        QueueInfo(name, paused.get(name, False), counts.get(name, dict.fromkeys(JobState, 0)))
+        for name in sorted(counts.keys() | paused.keys())
+    ]
+
+
+def _one(conn: psycopg.Connection[Any], name: str) -> QueueInfo:
+    # pause and resume leave a row for the queue, so it is always listed.
+    return next(q for q in queues(conn) if q.name == name)
+
+
+def throughput(conn: psycopg.Connection[Any], since: datetime) -> list[tuple[datetime, str, int]]:
+    """(minute, state, jobs) for each minute since `since` in which jobs finished or failed."""
+    return [
+        (minute, state, int(jobs))
+        for minute, state, jobs in conn.execute(query("throughput"), {"since": since})
+    ]
+
+
+def held_by_worker(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """How many jobs each lease owner holds now."""
+    return {owner: int(n) for owner, n in conn.execute(query("held_by_worker"))}
+
+
+def find_by_key(conn: psycopg.Connection[Any], key: str) -> Job | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(query("find_by_key"), {"key": key}).fetchone()
+    return Job.from_row(row) if row else None
+
+
+def count_matching(
+    conn: psycopg.Connection[Any], action: BulkAction, where: Filter, cap: int
+) -> int:
+    """Jobs `action` would apply to now, counting no further than `cap`."""
+    total = 0
+    for state in where.states(action):
+        row = conn.execute(
+            query("count_matching"), {**_params(where, state), "cap": cap}
+        ).fetchone()
+        total += int(row[0]) if row else 0
+    return min(total, cap)
+
+
+def bulk(conn: psycopg.Connection[Any], action: BulkAction, where: Filter) -> int:
+    """Apply `action` to every job matching `where` in batches; returns how many changed."""
+    done = 0
+    for state in where.states(action):
+        while True:
+            row = conn.execute(
+                query(f"bulk_{action}"), {**_params(where, state), "batch": BULK_BATCH}
+            ).fetchone()
+            changed = int(row[0]) if row else 0
+            done += changed
+            if changed == 0:
+                break
+    return done
+
+
+def _params(where: Filter, state: JobState) -> dict[str, Any]:
+    return {"state": state.value, "queue": where.queue, "task": where.task}

@@ -1,0 +1,341 @@
+"""The dashboard's pages over a real socket, in-process: content, escaping, sessions, CSRF.
+
+What a browser does with them (clicks, scripts, cookies) is in test_ui_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from errands import Client, JobState
+from errands.config import Settings
+from errands.errors import ConfigurationError
+from errands.queue import Held, claim, fail
+from tests.conftest import ServeApi
+
+TOKEN = "s3cret-token"
+SCRIPT = "<script>document.title='pwned'</script>"
+Conn = psycopg.Connection[Any]
+
+
+def csrf_of(page: httpx.Response) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert match, "the page has no CSRF token"
+    return match.group(1)
+
+
+def make_dead(conn: Conn, client: Client, **fields: Any) -> int:
+    job = client.enqueue("t", max_attempts=1, **fields)
+    (held,) = claim(conn, "w1", [job.queue], limit=1, lease_seconds=30)
+    fail(conn, "w1", Held(held.id, held.attempts), "boom", "Traceback: boom", retry_in=0)
+    return job.id
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+
+def test_root_redirects_to_the_dashboard(api: httpx.Client) -> None:
+    response = api.get("/")
+    assert (response.status_code, response.headers["location"]) == (303, "/ui")
+
+
+def test_the_overview_shows_each_queue_with_its_counts(api: httpx.Client, client: Client) -> None:
+    client.enqueue("t", queue="mail")
+    page = api.get("/ui")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert 'data-queue="mail"' in page.text
+    assert "<svg" in page.text
+
+
+def test_an_open_dashboard_says_it_is_open(api: httpx.Client) -> None:
+    assert 'id="open-access"' in api.get("/ui").text
+
+
+def test_every_asset_is_served_from_the_package_and_nothing_from_elsewhere(
+    api: httpx.Client, client: Client
+) -> None:
+    job = client.enqueue("t")
+    pages = [api.get(path).text for path in ("/ui", "/ui/jobs", f"/ui/jobs/{job.id}")]
+    for text in pages:
+        assert not re.search(r'(src|href)="(https?:)?//', text)
+    for asset in ("app.css", "app.js"):
+        assert api.get(f"/ui/static/{asset}").status_code == 200
+    assert api.get("/ui/static/../dashboard.py").status_code == 404
+
+
+def test_jobs_are_listed_newest_first_in_cursor_pages(api: httpx.Client, client: Client) -> None:
+    ids = [client.enqueue("t").id for _ in range(55)]
+    first = api.get("/ui/jobs")
+    shown = [int(i) for i in re.findall(r'<tr data-id="(\d+)"', first.text)]
+    assert shown == ids[::-1][:50]
+    older = re.search(r'href="/ui/jobs\?([^"]+)" id="older"', first.text)
+    assert older
+    second = api.get("/ui/jobs?" + older.group(1).replace("&amp;", "&"))
+    assert [int(i) for i in re.findall(r'<tr data-id="(\d+)"', second.text)] == ids[::-1][50:]
+
+
+def test_jobs_filter_by_state_queue_and_task(api: httpx.Client, client: Client) -> None:
+    wanted = client.enqueue("mail_task", queue="mail")
+    client.enqueue("mail_task", queue="other")
+    client.enqueue("other_task", queue="mail")
+    page = api.get("/ui/jobs", params={"state": "pending", "queue": "mail", "task": "mail_task"})
+    assert re.findall(r'<tr data-id="(\d+)"', page.text) == [str(wanted.id)]
+
+
+def test_a_job_is_found_by_its_idempotency_key_or_id(api: httpx.Client, client: Client) -> None:
+    job = client.enqueue("t", idempotency_key="order-7")
+    for wanted in ("order-7", str(job.id)):
+        found = api.get("/ui/find", params={"q": wanted})
+        assert found.headers["location"] == f"/ui/jobs/{job.id}"
+    assert api.get("/ui/find", params={"q": "nothing"}).status_code == 404
+
+
+def test_the_job_page_shows_the_traceback_of_each_failed_attempt(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job_id = make_dead(conn, client)
+    page = api.get(f"/ui/jobs/{job_id}")
+    assert "Traceback: boom" in page.text
+    assert 'id="retry"' in page.text and 'id="cancel"' not in page.text
+
+
+def test_the_timeline_shows_each_attempt_start_and_failure(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job = client.enqueue("t", max_attempts=2)
+    for _ in range(2):
+        (held,) = claim(conn, "w1", ["default"], limit=1, lease_seconds=30)
+        fail(conn, "w1", Held(held.id, held.attempts), "boom", "tb", retry_in=0)
+    timeline = re.search(
+        r'<ol class="timeline" id="timeline">(.*?)</ol>', api.get(f"/ui/jobs/{job.id}").text, re.S
+    )
+    assert timeline
+    steps = re.findall(r"</time> ([^<]+)</li>", timeline.group(1))
+    assert steps == [
+        "created",
+        "attempt 1 started",
+        "attempt 1 failed",
+        "attempt 2 started",
+        "attempt 2 failed",
+        "dead",
+    ]
+
+
+def test_everything_from_the_database_is_escaped(api: httpx.Client, client: Client) -> None:
+    job = client.enqueue("t", {"note": SCRIPT}, queue="q", idempotency_key=SCRIPT)
+    page = api.get(f"/ui/jobs/{job.id}")
+    assert SCRIPT not in page.text
+    assert "&lt;script&gt;" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+# -- actions ---------------------------------------------------------------------------------
+
+
+def test_retry_from_the_job_page_makes_a_dead_job_pending(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job_id = make_dead(conn, client)
+    token = csrf_of(api.get(f"/ui/jobs/{job_id}"))
+    answer = api.post(f"/ui/jobs/{job_id}/retry", data={"csrf": token})
+    assert answer.status_code == 303
+    assert client.get(job_id).state is JobState.PENDING  # type: ignore[union-attr]
+
+
+def test_an_action_the_state_forbids_shows_its_error_in_the_page(
+    api: httpx.Client, client: Client
+) -> None:
+    job = client.enqueue("t")
+    token = csrf_of(api.get(f"/ui/jobs/{job.id}"))
+    answer = api.post(f"/ui/jobs/{job.id}/retry", data={"csrf": token})
+    assert answer.status_code == 409
+    assert "cannot retry" in answer.text or "pending" in answer.text
+    assert 'id="error"' in answer.text
+
+
+def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(
+    api: httpx.Client, client: Client
+) -> None:
+    job = client.enqueue("t")
+    api.get("/ui")  # a session cookie, but no token sent with the form
+    answer = api.post(f"/ui/jobs/{job.id}/cancel", data={"csrf": "forged"})
+    assert answer.status_code == 403
+    assert client.get(job.id).state is JobState.PENDING  # type: ignore[union-attr]
+
+
+def test_a_post_without_a_session_is_refused(api: httpx.Client, client: Client) -> None:
+    job = client.enqueue("t")
+    answer = api.post(f"/ui/jobs/{job.id}/cancel", data={"csrf": "x"})
+    assert answer.status_code == 403
+    assert client.get(job.id).state is JobState.PENDING  # type: ignore[union-attr]
+
+
+def test_bulk_retry_shows_the_count_and_acts_only_once_confirmed(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    dead = [make_dead(conn, client, queue="mail") for _ in range(3)]
+    make_dead(conn, client, queue="other")
+    token = csrf_of(api.get("/ui/jobs?queue=mail"))
+    form = {"csrf": token, "action": "retry", "queue": "mail"}
+    asked = api.post("/ui/bulk", data=form)
+    assert re.search(r'id="bulk-count">3<', asked.text)
+    assert {client.get(i).state for i in dead} == {JobState.DEAD}  # type: ignore[union-attr]
+    done = api.post("/ui/bulk", data={**form, "confirm": "yes"})
+    assert done.status_code == 303
+    assert {client.get(i).state for i in dead} == {JobState.PENDING}  # type: ignore[union-attr]
+    assert [q.counts[JobState.DEAD] for q in client.stats().queues if q.queue == "other"] == [1]
+
+
+def test_a_queue_is_paused_and_resumed_from_the_overview(api: httpx.Client, client: Client) -> None:
+    client.enqueue("t", queue="mail")
+    token = csrf_of(api.get("/ui"))
+    assert api.post("/ui/queues/mail/pause", data={"csrf": token}).status_code == 303
+    assert client.stats().paused == ["mail"]
+    assert "paused" in api.get("/ui").text
+    api.post("/ui/queues/mail/resume", data={"csrf": token})
+    assert client.stats().paused == []
+
+
+def test_the_schedules_page_says_when_there_is_no_schedule(api: httpx.Client) -> None:
+    page = api.get("/ui/schedules")
+    assert page.status_code == 200
+    assert 'id="no-schedules"' in page.text
+
+
+def test_the_schedules_page_shows_each_schedule_with_its_last_job(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    # The columns periodic jobs' table has, at least: the page reads whatever it holds.
+    conn.execute(
+        "create table if not exists errands_schedules"
+        " (name text primary key, task text not null, every_seconds bigint, last_job_id bigint)"
+    )
+    job = client.enqueue("t")
+    conn.execute(
+        "insert into errands_schedules (name, task, every_seconds, last_job_id)"
+        " values ('nightly', %s, 60, %s)",
+        (SCRIPT, job.id),
+    )
+    page = api.get("/ui/schedules")
+    assert "nightly" in page.text
+    assert f'<a href="/ui/jobs/{job.id}">' in page.text
+    assert '<span class="badge pending">pending</span>' in page.text
+    assert SCRIPT not in page.text
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+def test_the_session_cookie_is_httponly_strict_and_scoped_to_the_dashboard(
+    api: httpx.Client,
+) -> None:
+    cookie = api.get("/ui").headers["set-cookie"]
+    assert cookie.startswith("errands_session=")
+    for flag in ("HttpOnly", "SameSite=Strict", "Path=/ui"):
+        assert flag in cookie
+
+
+def test_with_tokens_the_dashboard_asks_for_a_login(serve_api: ServeApi) -> None:
+    ui = serve_api(tokens=(TOKEN,))
+    answer = ui.get("/ui/jobs")
+    assert (answer.status_code, answer.headers["location"]) == (303, "/ui/login?next=%2Fui%2Fjobs")
+    assert 'id="open-access"' not in ui.get("/ui/login").text
+
+
+def test_a_wrong_token_is_refused_at_login(serve_api: ServeApi) -> None:
+    ui = serve_api(tokens=(TOKEN,))
+    answer = ui.post("/ui/login", data={"token": "wrong", "next": "/ui"})
+    assert answer.status_code == 401
+    assert "set-cookie" not in answer.headers
+    assert ui.get("/ui").status_code == 303
+
+
+def test_a_right_token_opens_a_session(serve_api: ServeApi) -> None:
+    ui = serve_api(tokens=(TOKEN,))
+    answer = ui.post("/ui/login", data={"token": TOKEN, "next": "/ui/jobs"})
+    assert (answer.status_code, answer.headers["location"]) == (303, "/ui/jobs")
+    assert "HttpOnly" in answer.headers["set-cookie"]
+    assert ui.get("/ui/jobs").status_code == 200
+
+
+def test_login_never_redirects_to_another_site(serve_api: ServeApi) -> None:
+    ui = serve_api(tokens=(TOKEN,))
+    answer = ui.post("/ui/login", data={"token": TOKEN, "next": "//evil.example/ui"})
+    assert answer.headers["location"] == "/ui"
+
+
+def test_a_session_of_other_tokens_is_refused(serve_api: ServeApi) -> None:
+    first, second = serve_api(tokens=(TOKEN,)), serve_api(tokens=("another-token",))
+    first.post("/ui/login", data={"token": TOKEN})
+    cookie = first.cookies["errands_session"]
+    second.cookies.set("errands_session", cookie)
+    answer = second.get("/ui")
+    assert answer.status_code == 303
+
+
+def test_the_api_still_wants_its_bearer_token(serve_api: ServeApi) -> None:
+    ui = serve_api(tokens=(TOKEN,))
+    ui.post("/ui/login", data={"token": TOKEN})
+    assert ui.get("/stats").status_code == 401
+
+
+# -- turning it off --------------------------------------------------------------------------
+
+
+def test_no_ui_leaves_the_api_alone(serve_api: ServeApi) -> None:
+    api = serve_api(ui=False)
+    assert api.get("/ui").status_code == 404
+    assert api.get("/").status_code == 404
+    assert api.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("raw", "on"), [("0", False), ("off", False), ("1", True), ("", True)])
+def test_errands_ui_turns_the_dashboard_on_and_off(raw: str, on: bool) -> None:
+    assert Settings.from_env({"ERRANDS_UI": raw}).ui is on
+
+
+def test_an_invalid_errands_ui_names_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="ERRANDS_UI"):
+        Settings.from_env({"ERRANDS_UI": "maybe"})
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+any_text = st.text(max_size=300)
+
+
+@given(
+    query=st.dictionaries(
+        st.sampled_from(["state", "queue", "task", "after", "q", "done", "n", "next"]), any_text
+    ),
+    path=st.sampled_from(["/ui", "/ui/jobs", "/ui/find", "/ui/schedules", "/ui/live"]),
+)
+def test_no_query_makes_a_page_fail_with_a_server_error(
+    api: httpx.Client, path: str, query: dict[str, str]
+) -> None:
+    assert api.get(path, params=query).status_code < 500
+
+
+@given(
+    form=st.dictionaries(
+        st.sampled_from(["action", "state", "queue", "task", "confirm", "token", "next"]), any_text
+    ),
+    path=st.sampled_from(
+        ["/ui/bulk", "/ui/login", "/ui/jobs/1/retry", "/ui/queues/a%00b/pause", "/ui/logout"]
+    ),
+    raw=st.binary(max_size=200),
+)
+def test_no_form_body_makes_an_action_fail_with_a_server_error(
+    api: httpx.Client, path: str, form: dict[str, str], raw: bytes
+) -> None:
+    token = csrf_of(api.get("/ui/jobs"))
+    assert api.post(path, data={**form, "csrf": token}).status_code < 500
+    assert api.post(path, content=raw).status_code < 500
