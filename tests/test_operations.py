@@ -69,7 +69,7 @@ def test_every_child_exits_when_the_supervisors_output_pipe_is_closed(
     children: dict[str, int] = {}
     workers_started = 0
     try:
-        while len(children) < 3 or workers_started < 2:
+        while not {"worker-1", "worker-2", "http-1"} <= children.keys() or workers_started < 2:
             line = json.loads(process.stdout.readline())
             if line["event"] == "child started":
                 children[line["child"]] = line["pid"]
