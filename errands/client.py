@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from errands import queue as ops  # `queue` is also a parameter name here
 from errands.config import Settings
-from errands.database import ensure_schema, resolve_url
+from errands.database import ensure_schema, pooling_options, resolve_url
 from errands.queue import Job, JobState, Stats
 from errands.tasks import registered
 
@@ -159,13 +159,14 @@ class Client:
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
             url = self._dsn or resolve_url(self._settings)
-            with psycopg.connect(url, autocommit=True) as conn:
+            options = {"autocommit": True, **pooling_options(self._settings.pgbouncer)}
+            with psycopg.connect(url, **options) as conn:
                 ensure_schema(conn, url)
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=self._max_connections,
-                kwargs={"autocommit": True},
+                kwargs=options,
                 check=_check_if_idle,
                 open=True,
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +35,10 @@ class Settings:
     http_addr: str = "0.0.0.0:3000"
     log_format: str = "console"
     log_level: str = "INFO"
+    # The database URL goes through a transaction-pooling PgBouncer: no LISTEN, no
+    # server-side prepared statements (README "PgBouncer and many hosts").
+    pgbouncer: bool = False
+    hostname: str = field(default_factory=socket.gethostname)  # in every worker id
 
     @property
     def backoff(self) -> Backoff:
@@ -80,6 +86,8 @@ class Settings:
                 "console" if sys.stderr.isatty() else "json",
             ),
             log_level=get("ERRANDS_LOG_LEVEL", _log_level, default.log_level),
+            pgbouncer=get("ERRANDS_PGBOUNCER", _boolean, default.pgbouncer),
+            hostname=get("ERRANDS_HOSTNAME", _hostname, default.hostname),
         )
 
 
@@ -122,6 +130,20 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
         return raw.lower()
 
     return parse
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("must be true or false (1/0, yes/no, on/off)")
+    return value in ("1", "true", "yes", "on")
+
+
+def _hostname(raw: str) -> str:
+    # Worker ids are host:pid:token, so a colon would make them ambiguous.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", raw):
+        raise ValueError("must be 1 to 100 letters, digits, '.', '-' or '_'")
+    return raw
 
 
 def _log_level(raw: str) -> str:

@@ -32,6 +32,16 @@ def resolve_url(settings: Settings) -> str:
     return url
 
 
+def pooling_options(pgbouncer: bool) -> dict[str, Any]:
+    """psycopg connection arguments for a database reached directly or through a pooler.
+
+    Behind a transaction pooler each transaction may run on another server
+    connection, where a statement psycopg prepared on the previous one does not
+    exist (PgBouncer tracks them only from 1.21): preparation is turned off.
+    """
+    return {"prepare_threshold": None} if pgbouncer else {}
+
+
 def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """An autocommit connection to a database whose schema is up to date."""
     conn = psycopg.connect(url, autocommit=True, **kwargs)

@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool
 from errands.api import endpoints
 from errands.api.http import MAX_BODY_BYTES, HTTPError, Request, Response
 from errands.api.openapi import document
+from errands.database import pooling_options
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -64,9 +65,16 @@ class App:
     """The errands HTTP API as an ASGI application."""
 
     def __init__(
-        self, database_url: str, tokens: tuple[str, ...], lease_seconds: float, threads: int = 8
+        self,
+        database_url: str,
+        tokens: tuple[str, ...],
+        lease_seconds: float,
+        threads: int = 8,
+        *,
+        pgbouncer: bool = False,
     ) -> None:
         self._url = database_url
+        self._pgbouncer = pgbouncer
         self._tokens = [token.encode() for token in tokens]
         self._routes = _routes(lease_seconds)
         self._threads = threads
@@ -86,7 +94,7 @@ class App:
             self._url,
             min_size=1,
             max_size=self._threads,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **pooling_options(self._pgbouncer)},
             timeout=5,
             open=True,
         )

@@ -19,10 +19,11 @@ def serve(
     tokens: tuple[str, ...],
     lease_seconds: float,
     grace_seconds: float,
+    pgbouncer: bool = False,
 ) -> int:
     """Serve until SIGTERM/SIGINT, then finish in-flight requests; returns the exit code."""
     config = uvicorn.Config(
-        App(database_url, tokens, lease_seconds),
+        App(database_url, tokens, lease_seconds, pgbouncer=pgbouncer),
         host=host,
         port=port,
         loop="uvloop",

@@ -26,7 +26,14 @@ from errands.queue.lease import (
     reap,
     release,
 )
-from errands.queue.presence import WorkerInfo, announce, forget, live_workers
+from errands.queue.presence import (
+    WorkerInfo,
+    announce,
+    forget,
+    host_of,
+    live_workers,
+    worker_id,
+)
 from errands.queue.requests import JobRequest, parse_request
 from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
@@ -53,6 +60,7 @@ __all__ = [
     "forget",
     "get",
     "heartbeat",
+    "host_of",
     "job_counts",
     "list_jobs",
     "live_workers",
@@ -63,4 +71,5 @@ __all__ = [
     "release",
     "retry",
     "stats",
+    "worker_id",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +25,15 @@ class WorkerInfo:
     heartbeat_at: datetime
 
 
+def worker_id(host: str, pid: int, token: str) -> str:
+    """A worker's id, `host:pid:token`: it names the lease owner of every job it holds."""
+    return f"{host}:{pid}:{token}"
+
+
+def host_of(worker_id: str) -> str:
+    return worker_id.partition(":")[0]
+
+
 def announce(
     conn: psycopg.Connection[Any], worker_id: str, queues: Sequence[str], concurrency: int
 ) -> None:
@@ -34,7 +42,7 @@ def announce(
         query("worker_heartbeat"),
         {
             "id": worker_id,
-            "host": socket.gethostname(),
+            "host": host_of(worker_id),
             "pid": os.getpid(),
             "queues": list(queues),
             "concurrency": concurrency,
