@@ -28,6 +28,8 @@ from psycopg.conninfo import make_conninfo
 
 from errands import Client, embedded
 from errands.api import App
+from errands.errors import ConfigurationError
+from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import free_port
 from errands.schema import migrate
 from tests.daemon import Daemon
@@ -72,6 +74,34 @@ def server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def server_url(server: Server) -> str:
     return server.url
+
+
+NO_PGBOUNCER = "ERRANDS_TEST_NO_PGBOUNCER"
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(server: Server) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction pooling mode in front of the session's PostgreSQL.
+
+    Missing, it fails the tests that need it, saying how to install it, unless
+    ERRANDS_TEST_NO_PGBOUNCER=1 opts out (they are skipped then).
+    """
+    try:
+        bouncer = PgBouncer(server.url).start()
+    except ConfigurationError as exc:
+        if os.environ.get(NO_PGBOUNCER) == "1":
+            pytest.skip(f"{exc} ({NO_PGBOUNCER}=1)")
+        pytest.fail(f"{exc}; or set {NO_PGBOUNCER}=1 to skip the tests through PgBouncer")
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture
+def bouncer_url(pgbouncer: PgBouncer, db_url: str) -> str:
+    """This test's database, through PgBouncer in transaction pooling mode."""
+    return pgbouncer.url(db_url)
 
 
 @pytest.fixture
@@ -158,9 +188,11 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
     """Start the API on a free port (uvicorn on a thread); returns an HTTP client for it."""
     servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
-    def start(tokens: tuple[str, ...] = (), url: str = db_url) -> httpx.Client:
+    def start(
+        tokens: tuple[str, ...] = (), url: str = db_url, pgbouncer: bool = False
+    ) -> httpx.Client:
         port = free_port()
-        app = App(url, tokens, lease_seconds=30)
+        app = App(url, tokens, lease_seconds=30, pgbouncer=pgbouncer)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
         )
