@@ -195,6 +195,7 @@ def _serve_api(
         tokens=ctx.settings.api_tokens,
         lease_seconds=ctx.settings.lease_seconds,
         grace_seconds=grace_seconds,
+        pgbouncer=ctx.settings.pgbouncer,
     )
 
 
@@ -337,11 +338,14 @@ def stats(ctx: Context, as_json: bool) -> None:
     lines = [f"{'QUEUE':<16}" + "".join(f"{s:>13}" for s in states)]
     for queue, counts in queues.items():
         lines.append(f"{queue:<16}" + "".join(f"{counts[s]:>13}" for s in states))
-    lines.append(f"\n{len(result.workers)} live worker(s)")
-    lines += [
-        f"  {w.id}  queues={','.join(w.queues)}  concurrency={w.concurrency}"
-        for w in result.workers
-    ]
+    hosts = sorted({w.host for w in result.workers})
+    lines.append(f"\n{len(result.workers)} live worker(s) on {len(hosts)} host(s)")
+    for host in hosts:
+        mine = [w for w in result.workers if w.host == host]
+        lines.append(f"  {host}: {len(mine)} worker(s)")
+        lines += [
+            f"    {w.id}  queues={','.join(w.queues)}  concurrency={w.concurrency}" for w in mine
+        ]
     emit(as_json, data, "\n".join(lines))
 
 

@@ -39,8 +39,12 @@ class Client:
     from a small pool opened on first use.
     """
 
-    def __init__(self, dsn: str | None = None, *, max_connections: int = 4) -> None:
+    def __init__(
+        self, dsn: str | None = None, *, max_connections: int = 4, pgbouncer: bool | None = None
+    ) -> None:
         self._settings = Settings.from_env()
+        # Through a transaction-pooling PgBouncer (None: ERRANDS_PGBOUNCER says).
+        self._pgbouncer = self._settings.pgbouncer if pgbouncer is None else pgbouncer
         self._dsn = dsn
         self._max_connections = max_connections
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -159,7 +163,7 @@ class Client:
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
             url = self._dsn or resolve_url(self._settings)
-            options = {"autocommit": True, **pooling_options(self._settings.pgbouncer)}
+            options = {"autocommit": True, **pooling_options(self._pgbouncer)}
             with psycopg.connect(url, **options) as conn:
                 ensure_schema(conn, url)
             self._pool = ConnectionPool(

@@ -29,7 +29,9 @@ create table if not exists chaos_finishes (
 def _record(sql: str, *params: Any) -> None:
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed or conn.broken:
-        conn = _local.conn = psycopg.connect(os.environ["ERRANDS_DATABASE_URL"], autocommit=True)
+        # No prepared statements: the URL may go through a transaction-pooling PgBouncer.
+        url = os.environ["ERRANDS_DATABASE_URL"]
+        conn = _local.conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
     conn.execute(sql.encode(), params)
 
 
