@@ -76,3 +76,63 @@ def connect_retrying(
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     return None
+
+
+class LazyConnection:
+    """The one connection of a long-running loop: opened on first use, dropped after an error.
+
+    A dropped connection is opened again by the next `get()`; callers catch
+    `psycopg.OperationalError`, call `drop()` and carry on, so a database
+    restart costs them a reconnect, never the process.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_connect: Callable[[psycopg.Connection[Any]], None] | None = None,
+        connect_timeout: int = 5,
+    ) -> None:
+        self._url = url
+        self._on_connect = on_connect
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def current(self) -> psycopg.Connection[Any] | None:
+        """The open connection, if any, without connecting."""
+        if self._conn is not None and self._conn.closed:
+            self._conn = None
+        return self._conn
+
+    def get(self) -> psycopg.Connection[Any]:
+        """The open connection, or a new one (OperationalError when the database is down)."""
+        if (conn := self.current) is None:
+            conn = self._opened(connect(self._url, connect_timeout=self._connect_timeout))
+        return conn
+
+    def get_retrying(self, give_up: Callable[[], bool]) -> psycopg.Connection[Any] | None:
+        """The open connection, or a new one once the database answers; None if `give_up()`."""
+        if (conn := self.current) is None:
+            new = connect_retrying(
+                self._url, give_up=give_up, connect_timeout=self._connect_timeout
+            )
+            conn = None if new is None else self._opened(new)
+        return conn
+
+    def _opened(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        self._conn = conn
+        if self._on_connect is not None:
+            self._on_connect(conn)
+        return conn
+
+    def drop(self, exc: Exception | None = None) -> None:
+        """Close after an error (logged when given); the next `get()` reconnects."""
+        if exc is not None:
+            _log.warning("database connection lost; reconnecting", error=str(exc))
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from errands.database import connect, connect_retrying
+from errands.database import LazyConnection
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
 from errands.queue import Recovered, forget, reap, release
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
@@ -58,7 +58,7 @@ class Supervisor:
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = LazyConnection(self._url)
         self._wake_r, self._wake_w = os.pipe()
         self._stop_deadline: float | None = None
         self._next_reap = 0.0
@@ -89,7 +89,7 @@ class Supervisor:
             http=self.options.http_main is not None,
             grace_seconds=self.options.grace_seconds,
         )
-        self._conn = connect_retrying(self._url, give_up=lambda: bool(self._signals))
+        self._db.get_retrying(give_up=lambda: bool(self._signals))
         while True:
             self._handle_signals()
             self._reap_children()
@@ -107,8 +107,7 @@ class Supervisor:
                 "when their leases expire",
                 workers=self._unreleased,
             )
-        if self._conn is not None:
-            self._conn.close()
+        self._db.close()
         _log.info("supervisor stopped")
         return 0
 
@@ -227,11 +226,11 @@ class Supervisor:
         while self._unreleased:
             worker_id = self._unreleased[0]
             try:
-                conn = self._connection()
+                conn = self._db.get()
                 recovered = release(conn, worker_id)
                 forget(conn, worker_id)
             except psycopg.OperationalError as exc:
-                self._drop_connection(exc)
+                self._db.drop(exc)
                 return
             self._unreleased.pop(0)
             _log_recovered(recovered, "released the jobs of an exited worker", worker_id)
@@ -243,23 +242,12 @@ class Supervisor:
             return
         self._next_reap = now + self.options.reaper_seconds
         try:
-            recovered = reap(self._connection())
+            recovered = reap(self._db.get())
         except psycopg.OperationalError as exc:
-            self._drop_connection(exc)
+            self._db.drop(exc)
             return
         _log_recovered(recovered or [], "reaper recovered jobs whose lease expired", None)
         metrics().jobs_recovered.labels("lease_expired").inc(len(recovered or []))
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self._url, connect_timeout=5)
-        return self._conn
-
-    def _drop_connection(self, exc: Exception) -> None:
-        _log.warning("database unavailable; will retry", error=str(exc))
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
 
     # -- sleeping --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ class Failed:
     error: str
     traceback: str | None
     seconds: float
+    where: str | None = None  # the frame that raised: "path/to/module.py:12 in func"
 
 
 Outcome = Succeeded | Failed
@@ -44,10 +45,20 @@ def execute(job: Job) -> Outcome:
             result = spec.func(**job.payload)
         result_json = encode_result(result)
     except (Exception, SystemExit) as exc:  # a task's sys.exit() is its failure, not ours
-        return Failed(_describe(exc), traceback.format_exc(), time.monotonic() - started)
+        return Failed(
+            _describe(exc), traceback.format_exc(), time.monotonic() - started, _where(exc)
+        )
     return Succeeded(result_json, time.monotonic() - started)
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _where(exc: BaseException) -> str | None:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} in {last.name}"

@@ -64,10 +64,17 @@ class RunningJobs:
         with self._lock:
             return [e for e in self._entries.values() if not e.lost]
 
-    def mark_lost(self, entries: list[Entry]) -> None:
+    def mark_lost(self, entries: list[Entry]) -> list[Entry]:
+        """Mark the attempts among `entries` still held here as lost; returns those.
+
+        An attempt that has finished meanwhile is skipped: its outcome is being
+        written, and the fenced write tells whether its lease was really lost.
+        """
         with self._lock:
-            for entry in entries:
+            marked = [e for e in entries if self._entries.get(e.job.id) is e and not e.lost]
+            for entry in marked:
                 entry.lost = True
+        return marked
 
     def take_overdue(self, now: float) -> list[Entry]:
         """Remove and return the attempts past their deadline: their outcome is dropped."""

@@ -3,9 +3,8 @@
 One loop on the main thread owns the database connection for claims and
 acknowledgements and LISTENs on it; job threads report back through a queue
 and a wake-up pipe; the lease keeper (keeper.py) renews leases on a connection
-of its own. Acknowledgements of jobs that finish while a statement is in flight
-are batched into the next one, fused with the next claim: a job costs about one
-round trip, and a crash re-runs at most the jobs finished in that window.
+of its own. What finished attempts owe the database, and when it is sent (with
+the next claim, so a job costs about one round trip), is acks.py's business.
 """
 
 from __future__ import annotations
@@ -21,28 +20,24 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 import structlog
 
 from errands.backoff import Backoff
-from errands.database import connect_retrying
-from errands.metrics import metrics, record_failure
-from errands.queue import Completion, Job, claim, complete, complete_and_claim, fail
+from errands.database import LazyConnection
+from errands.metrics import metrics
+from errands.queue import Job
 from errands.tasks import registered, registered_tasks
-from errands.workers.execution import Failed, Outcome, Succeeded, execute
+from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
+from errands.workers.execution import Outcome, execute
 from errands.workers.keeper import LeaseKeeper
 from errands.workers.loading import load_task_modules
 from errands.workers.running import Entry, RunningJobs, log_fields
 
 EXIT_OK = 0
 EXIT_REPLACE = 4  # a timed-out job is stuck on a thread: start a fresh process
-# The longest a finished job waits for its acknowledgement to be sent with others: the
-# window in which a crash re-runs a job that had already finished.
-ACK_FLUSH_SECONDS = 0.01
-
-AckMode = Literal["batched", "immediate"]
 CHANNEL = "errands_jobs"
 
 _log = structlog.get_logger("errands.worker")
@@ -68,16 +63,19 @@ class Worker:
         self.options = options
         self.running = RunningJobs()
         self._outcomes: queue.SimpleQueue[tuple[Entry, Outcome]] = queue.SimpleQueue()
-        self._acks: list[tuple[Entry, Succeeded]] = []
-        self._failures: list[tuple[Entry, Failed]] = []
+        self._acks = Acknowledgements(
+            worker_id=options.worker_id,
+            mode=options.ack,
+            retry_delay=self.retry_delay,
+            on_lost=self._report_lost,
+        )
         self._ready: deque[Entry] = deque()  # claimed, waiting for a free slot
-        self._acks_since = 0.0  # when the oldest unsent acknowledgement was made
         self._executing = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._stopping = False
         self._replacing = False
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = LazyConnection(options.url, on_connect=self._listen)
         self._queues: list[str] = list(options.queues)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -113,8 +111,7 @@ class Worker:
         pool.shutdown(wait=False, cancel_futures=True)
         keeper.stop()
         keeper.join(timeout=2)
-        if self._conn is not None:
-            self._conn.close()
+        self._db.close()
         code = EXIT_REPLACE if self._replacing else EXIT_OK
         _log.info("worker stopped", worker=self.options.worker_id, exit_code=code)
         return code
@@ -151,89 +148,26 @@ class Worker:
             free = 0 if draining else capacity - len(self.running)
             # Refill when the prefetch buffer runs low; without one, whenever a slot is free.
             refill = free > 0 and len(self._ready) <= self.options.prefetch // 2
-            if self._failures or refill or self._acks_due(draining):
+            idle = not self._executing and not self._ready
+            if refill or self._acks.due(flush=draining or idle):
                 try:
-                    conn = self._connection()
+                    conn = self._db.get_retrying(give_up=self._must_give_up)
                     if conn is None:
                         return
-                    self._send_failures(conn)
-                    claimed = self._acknowledge_and_claim(conn, free if refill else 0)
+                    request = ClaimRequest(
+                        self._queues, free if refill else 0, self.options.lease_seconds
+                    )
+                    claimed = self._acks.write(conn, request)
                 except psycopg.OperationalError as exc:
-                    self._lose_connection(exc)
+                    self._db.drop(exc)
                     continue
                 self._ready.extend(self.running.hold(job) for job in claimed)
                 self._dispatch(pool)
                 if claimed:
                     continue  # there may be more work now: sleep only when a claim finds none
-            self._wait(listen_too=refill, timeout=self._until_acks_due())
-
-    def _acks_due(self, draining: bool) -> bool:
-        """Acknowledge now, or let more finished jobs join the batch (at most ACK_FLUSH_SECONDS)."""
-        if not self._acks:
-            return False
-        idle = not self._executing and not self._ready
-        return (
-            self.options.ack == "immediate"
-            or draining
-            or idle
-            or time.monotonic() - self._acks_since >= ACK_FLUSH_SECONDS
-        )
-
-    def _until_acks_due(self) -> float:
-        if not self._acks:
-            return self.options.poll_seconds
-        due = self._acks_since + ACK_FLUSH_SECONDS - time.monotonic()
-        return max(0.0, min(self.options.poll_seconds, due))
-
-    def _acknowledge_and_claim(self, conn: psycopg.Connection[Any], free: int) -> list[Job]:
-        if not self._acks and free <= 0:
-            return []
-        acks, self._acks = self._acks, []
-        owner, lease = self.options.worker_id, self.options.lease_seconds
-        done = [Completion(e.job.id, e.job.attempts, o.result_json) for e, o in acks]
-        try:
-            if self.options.ack == "immediate" and done:
-                self._report_completions(acks, complete(conn, owner, done))
-                acks = []
-                return claim(conn, owner, self._queues, free, lease) if free else []
-            completed, claimed = complete_and_claim(conn, owner, done, self._queues, free, lease)
-        except psycopg.OperationalError:
-            self._acks = acks + self._acks  # fenced: safe to send again
-            raise
-        self._report_completions(acks, completed)
-        return claimed
-
-    def _report_completions(self, acks: list[tuple[Entry, Succeeded]], completed: set[int]) -> None:
-        for entry, outcome in acks:
-            if entry.job.id in completed:
-                fields = log_fields(entry, self.options.worker_id)
-                _log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
-                metrics().jobs_completed.labels(entry.job.queue, entry.job.task).inc()
-            else:
-                self._report_lost(entry)
-
-    def _send_failures(self, conn: psycopg.Connection[Any]) -> None:
-        while self._failures:
-            entry, outcome = self._failures[0]
-            state = fail(
-                conn,
-                self.options.worker_id,
-                entry.held,
-                outcome.error,
-                outcome.traceback,
-                self.retry_delay(entry.job),
+            self._wait(
+                listen_too=refill, timeout=self._acks.seconds_until_due(self.options.poll_seconds)
             )
-            self._failures.pop(0)
-            if state is None:
-                self._report_lost(entry)
-            else:
-                record_failure(entry.job, state)
-                _log.warning(
-                    "job failed",
-                    error=outcome.error,
-                    state=state.value,
-                    **log_fields(entry, self.options.worker_id),
-                )
 
     def _dispatch(self, pool: ThreadPoolExecutor) -> None:
         """Start held jobs while a slot is free, in claim order."""
@@ -257,15 +191,10 @@ class Worker:
             self._executing -= 1
             job = entry.job
             metrics().job_duration.labels(job.queue, job.task).observe(outcome.seconds)
-            if not self.running.finish(entry):
-                if not entry.timed_out:  # a timed-out attempt's failure is recorded already
-                    self._report_lost(entry)
-            elif isinstance(outcome, Succeeded):
-                if not self._acks:
-                    self._acks_since = time.monotonic()
-                self._acks.append((entry, outcome))
-            else:
-                self._failures.append((entry, outcome))
+            if self.running.finish(entry):
+                self._acks.add(entry, outcome)
+            elif not entry.timed_out:  # a timed-out attempt's failure is recorded already
+                self._report_lost(entry)
 
     def _execute(self, entry: Entry) -> None:
         with structlog.contextvars.bound_contextvars(**log_fields(entry, self.options.worker_id)):
@@ -282,7 +211,7 @@ class Worker:
     def _wait(self, listen_too: bool, timeout: float) -> None:
         """Sleep until a job finishes, a signal arrives, a NOTIFY comes, or the poll interval."""
         watched = [self._wake_r]
-        conn = self._conn
+        conn = self._db.current
         if listen_too and conn is not None and self.options.listen:
             if self._pending_notifications(conn):
                 return
@@ -295,7 +224,7 @@ class Worker:
         try:
             return bool(list(conn.notifies(timeout=0)))
         except psycopg.OperationalError as exc:
-            self._lose_connection(exc)
+            self._db.drop(exc)
             return True
 
     def _wake(self) -> None:
@@ -304,14 +233,9 @@ class Worker:
 
     # -- the connection --------------------------------------------------------------------
 
-    def _connection(self) -> psycopg.Connection[Any] | None:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect_retrying(
-                self.options.url, give_up=self._must_give_up, connect_timeout=5
-            )
-            if self._conn is not None and self.options.listen:
-                self._conn.execute(f"listen {CHANNEL}")
-        return self._conn
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        if self.options.listen:
+            conn.execute(f"listen {CHANNEL}")
 
     def _must_give_up(self) -> bool:
         # Stopping with nothing left to report: no reason to wait for the database.
@@ -319,15 +243,7 @@ class Worker:
 
     def _nothing_owed(self) -> bool:
         """No job held, and no outcome left to write."""
-        return not len(self.running) and not self._acks and not self._failures
-
-    def _lose_connection(self, exc: Exception) -> None:
-        _log.warning(
-            "database connection lost; reconnecting", error=str(exc), worker=self.options.worker_id
-        )
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        return not len(self.running) and not self._acks
 
     # -- policy ----------------------------------------------------------------------------
 

@@ -1,0 +1,170 @@
+"""Acknowledgements: writing the outcomes of finished attempts, batched and fenced.
+
+The claim loop hands every finished attempt to `Acknowledgements` (the shape of
+River's job completer and PgQueuer's job buffer). Successes wait up to
+ACK_FLUSH_SECONDS for others to share their statement, and ride in the same
+round trip as the worker's next claim; failures are written at once, one by one,
+each with its own retry delay and traceback. Every write is fenced, so a batch
+cut off by a lost connection is kept and sent again: a second copy changes
+nothing. The window is the time in which a crash re-runs a job that had
+already finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+import structlog
+
+from errands.metrics import metrics, record_failure
+from errands.queue import Completion, Job, JobState, claim, complete, complete_and_claim, fail
+from errands.workers.execution import Failed, Outcome, Succeeded
+from errands.workers.running import Entry, log_fields
+
+# The longest a finished job waits for its acknowledgement to be sent with others.
+ACK_FLUSH_SECONDS = 0.01
+
+AckMode = Literal["batched", "immediate"]
+
+_log = structlog.get_logger("errands.worker")
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """The claim to send with the acknowledgements: up to `limit` jobs from `queues`."""
+
+    queues: Sequence[str]
+    limit: int
+    lease_seconds: float
+
+
+class Acknowledgements:
+    """The outcomes a worker owes the database, and the policy for when to send them."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        mode: AckMode,
+        retry_delay: Callable[[Job], float],
+        on_lost: Callable[[Entry], None],
+        window: float = ACK_FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._worker_id = worker_id
+        self._mode = mode
+        self._retry_delay = retry_delay
+        self._on_lost = on_lost
+        self._window = window
+        self._clock = clock
+        self._successes: list[tuple[Entry, Succeeded]] = []
+        self._failures: list[tuple[Entry, Failed]] = []
+        self._oldest = 0.0  # when the oldest unsent success finished
+
+    def __len__(self) -> int:
+        """Outcomes not yet written."""
+        return len(self._successes) + len(self._failures)
+
+    def add(self, entry: Entry, outcome: Outcome) -> None:
+        if isinstance(outcome, Failed):
+            self._failures.append((entry, outcome))
+            return
+        if not self._successes:
+            self._oldest = self._clock()
+        self._successes.append((entry, outcome))
+
+    def due(self, *, flush: bool) -> bool:
+        """Whether to write now. `flush`: nothing else will join the batch (idle or draining)."""
+        if self._failures:
+            return True
+        if not self._successes:
+            return False
+        return flush or self._mode == "immediate" or self._clock() - self._oldest >= self._window
+
+    def seconds_until_due(self, ceiling: float) -> float:
+        """How long the loop may sleep before a batch falls due, at most `ceiling`."""
+        if self._failures:
+            return 0.0
+        if not self._successes:
+            return ceiling
+        return max(0.0, min(ceiling, self._oldest + self._window - self._clock()))
+
+    def write(self, conn: psycopg.Connection[Any], claiming: ClaimRequest) -> list[Job]:
+        """Write what is owed, in one round trip with the claim; returns the jobs claimed.
+
+        On a lost connection (OperationalError) whatever was not written stays owed.
+        """
+        while self._failures:
+            entry, outcome = self._failures[0]
+            state = record_failed_attempt(
+                conn,
+                self._worker_id,
+                entry,
+                outcome,
+                self._retry_delay(entry.job),
+            )
+            self._failures.pop(0)
+            if state is None:
+                self._on_lost(entry)
+        return self._complete_and_claim(conn, claiming)
+
+    def _complete_and_claim(
+        self, conn: psycopg.Connection[Any], claiming: ClaimRequest
+    ) -> list[Job]:
+        if not self._successes and claiming.limit <= 0:
+            return []
+        sent, self._successes = self._successes, []
+        owner, queues, limit, lease = (
+            self._worker_id,
+            claiming.queues,
+            claiming.limit,
+            claiming.lease_seconds,
+        )
+        done = [Completion(e.job.id, e.job.attempts, o.result_json) for e, o in sent]
+        try:
+            if self._mode == "immediate" and done:
+                completed = complete(conn, owner, done)
+                self._report(sent, completed)
+                sent = []
+                return claim(conn, owner, queues, limit, lease) if limit > 0 else []
+            completed, claimed = complete_and_claim(conn, owner, done, queues, limit, lease)
+        except psycopg.OperationalError:
+            self._successes = sent + self._successes  # fenced: safe to send again
+            raise
+        self._report(sent, completed)
+        return claimed
+
+    def _report(self, sent: list[tuple[Entry, Succeeded]], completed: set[int]) -> None:
+        for entry, outcome in sent:
+            if entry.job.id in completed:
+                fields = log_fields(entry, self._worker_id)
+                _log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
+                metrics().jobs_completed.labels(entry.job.queue, entry.job.task).inc()
+            else:
+                self._on_lost(entry)
+
+
+def record_failed_attempt(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    entry: Entry,
+    outcome: Failed,
+    retry_in: float,
+) -> JobState | None:
+    """Write a failed attempt (fenced), count it and log it; None when the lease was lost."""
+    state = fail(conn, worker_id, entry.held, outcome.error, outcome.traceback, retry_in)
+    if state is not None:
+        record_failure(entry.job, state)
+        where = {"where": outcome.where} if outcome.where else {}
+        _log.warning(
+            "job failed",
+            error=outcome.error,
+            state=state.value,
+            **where,
+            **log_fields(entry, worker_id),
+        )
+    return state
