@@ -28,6 +28,7 @@ from errands.queue import prune as prune_jobs
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
 from errands.workers import WorkerOptions
+from errands.workers.wakeups import listen_works
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -127,7 +128,10 @@ def http_options(func: F) -> F:
     help="batched: acknowledgements ride with the next claim; immediate: one statement each.",
 )
 @click.option(
-    "--poll-only", is_flag=True, help="No LISTEN/NOTIFY (behind a transaction-pooling PgBouncer)."
+    "--poll-only",
+    is_flag=True,
+    help="Behind a transaction-pooling PgBouncer: poll, no LISTEN, no prepared statements "
+    "[env: ERRANDS_PGBOUNCER=1; detected when LISTEN gets no NOTIFY back]",
 )
 @click.option("--no-http", is_flag=True, help="Do not start the HTTP API child.")
 @http_options
@@ -151,8 +155,10 @@ def run(
 ) -> None:
     """Run the supervisor: worker processes (and the HTTP API), until SIGTERM/SIGINT."""
     s = ctx.settings
+    url = ctx.database_url()
+    pgbouncer = _behind_transaction_pooler(s, url, poll_only)
     worker = WorkerOptions(
-        url=ctx.database_url(),
+        url=url,
         worker_id="",
         task_modules=_split(tasks) if tasks is not None else s.tasks,
         queues=_split(queues) if queues else (),
@@ -162,16 +168,19 @@ def run(
         poll_seconds=poll or s.poll_seconds,
         backoff=s.backoff,
         ack="immediate" if ack == "immediate" else "batched",
-        listen=not poll_only,
+        listen=not pgbouncer,
     )
     grace_seconds = s.grace_seconds if grace is None else grace
-    http_main = None if no_http else partial(_serve_api, ctx, worker.url, host, port, grace_seconds)
+    http_main = (
+        None if no_http else partial(_serve_api, ctx, url, host, port, grace_seconds, pgbouncer)
+    )
     options = SupervisorOptions(
         worker=worker,
         workers=workers or s.workers,
         grace_seconds=grace_seconds,
         reaper_seconds=reaper or s.reaper_seconds,
         http_main=http_main,
+        hostname=s.hostname,
     )
     sys.exit(Supervisor(options).run())
 
@@ -181,11 +190,23 @@ def run(
 @pass_context
 def api(ctx: Context, host: str | None, port: int | None) -> None:
     """Serve the HTTP API alone (no workers)."""
-    sys.exit(_serve_api(ctx, ctx.database_url(), host, port, ctx.settings.grace_seconds))
+    s, url = ctx.settings, ctx.database_url()
+    pgbouncer = _behind_transaction_pooler(s, url, poll_only=False)
+    sys.exit(_serve_api(ctx, url, host, port, s.grace_seconds, pgbouncer))
+
+
+def _behind_transaction_pooler(settings: Settings, url: str, poll_only: bool) -> bool:
+    """Told so (ERRANDS_PGBOUNCER, --poll-only), or found so: NOTIFY does not come back."""
+    return settings.pgbouncer or poll_only or not listen_works(url)
 
 
 def _serve_api(
-    ctx: Context, url: str, host: str | None, port: int | None, grace_seconds: float
+    ctx: Context,
+    url: str,
+    host: str | None,
+    port: int | None,
+    grace_seconds: float,
+    pgbouncer: bool,
 ) -> int:
     default_host, default_port = ctx.settings.http_host_port
     return serve(
@@ -195,7 +216,7 @@ def _serve_api(
         tokens=ctx.settings.api_tokens,
         lease_seconds=ctx.settings.lease_seconds,
         grace_seconds=grace_seconds,
-        pgbouncer=ctx.settings.pgbouncer,
+        pgbouncer=pgbouncer,
     )
 
 

@@ -92,8 +92,10 @@ class LazyConnection:
         *,
         on_connect: Callable[[psycopg.Connection[Any]], None] | None = None,
         connect_timeout: int = 5,
+        pgbouncer: bool = False,
     ) -> None:
         self._url = url
+        self._pgbouncer = pgbouncer
         self._on_connect = on_connect
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
@@ -108,17 +110,18 @@ class LazyConnection:
     def get(self) -> psycopg.Connection[Any]:
         """The open connection, or a new one (OperationalError when the database is down)."""
         if (conn := self.current) is None:
-            conn = self._opened(connect(self._url, connect_timeout=self._connect_timeout))
+            conn = self._opened(connect(self._url, **self._options()))
         return conn
 
     def get_retrying(self, give_up: Callable[[], bool]) -> psycopg.Connection[Any] | None:
         """The open connection, or a new one once the database answers; None if `give_up()`."""
         if (conn := self.current) is None:
-            new = connect_retrying(
-                self._url, give_up=give_up, connect_timeout=self._connect_timeout
-            )
+            new = connect_retrying(self._url, give_up=give_up, **self._options())
             conn = None if new is None else self._opened(new)
         return conn
+
+    def _options(self) -> dict[str, Any]:
+        return {"connect_timeout": self._connect_timeout, **pooling_options(self._pgbouncer)}
 
     def _opened(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         self._conn = conn

@@ -165,13 +165,15 @@ def test_listen_through_a_transaction_pooler_is_detected_and_the_worker_polls_in
     start_daemon: StartDaemon, pooled_client: Client, bouncer_url: str
 ) -> None:
     # The common mistake: the pooler's URL, without ERRANDS_PGBOUNCER or --poll-only.
-    daemon = start_daemon("--workers", "1", ERRANDS_DATABASE_URL=bouncer_url)
+    daemon = start_daemon("--workers", "1", ERRANDS_DATABASE_URL=bouncer_url, ERRANDS_PGBOUNCER="0")
     daemon.wait_for_workers(1)
     warned = wait_for(
         lambda: [e for e in daemon.log_events() if e.get("event") == MISCONFIGURED],
         what="the misconfiguration message",
     )
-    assert warned[0]["level"] == "error" and "--poll-only" in warned[0]["event"]
+    assert warned[0]["level"] == "error"
+    started = [e for e in daemon.log_events() if e.get("event") == "worker started"]
+    assert {e["wakeups"] for e in started} == {"poll"}
     jobs = pooled_client.enqueue_many([{"task": "record"}] * 20)
     ids = [job.id for job in jobs]
     wait_for(lambda: all_completed(pooled_client, ids), timeout=60, what="jobs to complete")
@@ -246,3 +248,15 @@ def owner_pid(client: Client, job_id: int) -> int | None:
 def all_owners(client: Client, ids: list[int]) -> list[str] | None:
     owners = [job.lease_owner if (job := client.get(i)) else None for i in ids]
     return None if None in owners else [o for o in owners if o]
+
+
+def test_a_direct_connection_keeps_listen_and_raises_no_alarm(
+    start_daemon: StartDaemon, client: Client
+) -> None:
+    daemon = start_daemon("--workers", "1", ERRANDS_PGBOUNCER="0")
+    daemon.wait_for_workers(1)
+    job = client.enqueue("record")
+    wait_for(lambda: all_completed(client, [job.id]), what="the job to complete")
+    events = daemon.log_events()
+    assert MISCONFIGURED not in [e.get("event") for e in events]
+    assert {e["wakeups"] for e in events if e.get("event") == "worker started"} == {"listen"}

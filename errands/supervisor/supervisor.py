@@ -19,7 +19,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,7 +29,7 @@ import structlog
 
 from errands.database import LazyConnection
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
-from errands.queue import Recovered, forget, reap, release
+from errands.queue import Recovered, forget, reap, release, worker_id
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
 from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
 
@@ -46,6 +46,7 @@ class SupervisorOptions:
     grace_seconds: float = 20.0
     reaper_seconds: float = 5.0
     http_main: Callable[[], int] | None = None  # the HTTP child, unless --no-http
+    hostname: str = field(default_factory=socket.gethostname)  # in the workers' ids
 
 
 class Supervisor:
@@ -58,7 +59,7 @@ class Supervisor:
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
-        self._db = LazyConnection(self._url)
+        self._db = LazyConnection(self._url, pgbouncer=not options.worker.listen)
         self._wake_r, self._wake_w = os.pipe()
         self._stop_deadline: float | None = None
         self._next_reap = 0.0
@@ -167,11 +168,11 @@ class Supervisor:
             token = secrets.token_hex(3)
 
             def worker_main() -> int:
-                worker_id = f"{socket.gethostname()}:{os.getpid()}:{token}"
-                return run_worker(dataclasses.replace(self.options.worker, worker_id=worker_id))
+                own_id = worker_id(self.options.hostname, os.getpid(), token)
+                return run_worker(dataclasses.replace(self.options.worker, worker_id=own_id))
 
             child = fork_child(slot, worker_main, fds)
-            child.worker_id = f"{socket.gethostname()}:{child.pid}:{token}"
+            child.worker_id = worker_id(self.options.hostname, child.pid, token)
         self._children[child.pid] = child
         _log.info("child started", child=slot.name, pid=child.pid, worker=child.worker_id)
 

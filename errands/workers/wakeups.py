@@ -13,8 +13,13 @@ import secrets
 from typing import Any
 
 import psycopg
+import structlog
+
+from errands.database import connect_retrying
 
 PROBE_SECONDS = 2.0
+
+_log = structlog.get_logger("errands.wakeups")
 
 MISCONFIGURED = (
     "LISTEN/NOTIFY does not reach this worker: the database URL goes through a transaction "
@@ -22,6 +27,20 @@ MISCONFIGURED = (
     "(or run `errands run --poll-only`), or point ERRANDS_DATABASE_URL at PostgreSQL or a "
     "session-mode pool. Falling back to polling, with server-side prepared statements off."
 )
+
+
+def listen_works(url: str) -> bool:
+    """Whether NOTIFY reaches a LISTENing connection to `url`; says what to do when it does not.
+
+    Waits for the database to answer, as the daemon does at start.
+    """
+    conn = connect_retrying(url, prepare_threshold=None, connect_timeout=5)
+    assert conn is not None  # it retries until it connects
+    with conn:
+        works = notifications_arrive(conn, url)
+    if not works:
+        _log.error(MISCONFIGURED)
+    return works
 
 
 def notifications_arrive(
