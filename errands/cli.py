@@ -403,7 +403,10 @@ def prune(ctx: Context, older_than: float, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="A smaller run, about a minute.")
-@click.option("--only", help=f"Comma-separated workloads of: {', '.join(WORKLOADS)}")
+@click.option(
+    "--only",
+    help=f"Comma-separated workloads of: {', '.join(WORKLOADS)} (scale runs only when named)",
+)
 @click.option("--drain-jobs", type=click.IntRange(min=1), help="Jobs the drain workloads run.")
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures here."
