@@ -18,7 +18,7 @@ from errands import embedded
 from errands.api import serve
 from errands.client import Client
 from errands.config import Settings
-from errands.database import connect, resolve_url
+from errands.database import connect, pooling_options, resolve_url
 from errands.errors import ConfigurationError, ErrandsError
 from errands.harness.bench import WORKLOADS, Bench, as_json, table
 from errands.harness.chaos import Chaos, Profile, shell_restart
@@ -378,7 +378,8 @@ def stats(ctx: Context, as_json: bool) -> None:
 @pass_context
 def migrate(ctx: Context, as_json: bool) -> None:
     """Create or update the errands tables (safe to run any number of times)."""
-    with psycopg.connect(ctx.database_url(), autocommit=True) as conn:
+    options = pooling_options(ctx.settings.pgbouncer)
+    with psycopg.connect(ctx.database_url(), autocommit=True, **options) as conn:
         applied = apply_migrations(conn)
     names = [f"{m.version:04d}_{m.name}" for m in applied]
     emit(as_json, {"applied": names}, "\n".join(f"applied {n}" for n in names) or "up to date")
@@ -396,7 +397,7 @@ def migrate(ctx: Context, as_json: bool) -> None:
 @pass_context
 def prune(ctx: Context, older_than: float, as_json: bool) -> None:
     """Delete finished jobs past their retention, in bounded batches."""
-    with connect(ctx.database_url()) as conn:
+    with connect(ctx.database_url(), **pooling_options(ctx.settings.pgbouncer)) as conn:
         deleted = prune_jobs(conn, retention_seconds=older_than * 3600)
     emit(as_json, {"deleted": deleted}, f"deleted {deleted} finished jobs")
 
