@@ -46,10 +46,12 @@ ENV ERRANDS_HTTP_ADDR=0.0.0.0:3000 \
     ERRANDS_LOG_FORMAT=json
 EXPOSE 3000
 
-# Liveness: GET /health (no database call) on the port of ERRANDS_HTTP_ADDR. The slim image
-# has no curl; urllib raises, and python exits 1, on a refused connection or a non-2xx status.
+# Health: GET /ready on the port of ERRANDS_HTTP_ADDR: the database answers and, under
+# `errands run`, a worker runs (a fleet crash-looping on a bad task module turns unhealthy).
+# The slim image has no curl; urllib raises, and python exits 1, on a refused connection or a
+# non-2xx status. README (The HTTP API: health and readiness) says which endpoint to watch.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = (os.environ.get('ERRANDS_HTTP_ADDR') or '0.0.0.0:3000').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=3)"]
+    CMD ["python", "-c", "import os, urllib.request; port = (os.environ.get('ERRANDS_HTTP_ADDR') or '0.0.0.0:3000').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/ready', timeout=3)"]
 
 # Exec form, no shell: `docker stop` delivers SIGTERM to the supervisor itself (PID 1), which
 # stops claiming, gives running jobs ERRANDS_GRACE_SECONDS, releases what is left and exits 0.

@@ -1,20 +1,28 @@
 # `make run` and `make test` bootstrap .venv on a fresh machine and reuse it afterwards.
+# `make run` installs what running needs (errands and the embedded database); `make test`,
+# `make bench` and `make chaos` add the test, lint and harness tools.
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+DEV := $(VENV)/.installed-dev
 PYTHON ?= python3
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 .PHONY: run test lint bench bench-quick chaos
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[embedded,dev]'
+	$(PIP) -e '.[embedded]'
 	touch $(INSTALLED)
+
+$(DEV): $(INSTALLED)
+	$(PIP) -e '.[embedded,dev]'
+	touch $(DEV)
 
 run: $(INSTALLED)
 	$(BIN)/errands run
 
-lint: $(INSTALLED)
+lint: $(DEV)
 	$(BIN)/ruff check errands tests
 	$(BIN)/ruff format --check errands tests
 	$(BIN)/mypy
@@ -23,11 +31,11 @@ lint: $(INSTALLED)
 test: lint
 	$(BIN)/pytest
 
-bench: $(INSTALLED)
+bench: $(DEV)
 	$(BIN)/errands bench --json bench/last-run.json
 
-bench-quick: $(INSTALLED)
+bench-quick: $(DEV)
 	$(BIN)/errands bench --quick
 
-chaos: $(INSTALLED)
+chaos: $(DEV)
 	$(BIN)/errands chaos --profile chaos/ci.toml

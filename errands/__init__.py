@@ -11,8 +11,11 @@ from errands.errors import (
     InvalidState,
     JobNotFound,
 )
+from errands.log import library_mode
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, current_job, task
+
+library_mode()  # a library writes through `logging`, never to a terminal (loggers are lazy)
 
 __all__ = [
     "Backoff",

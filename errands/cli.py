@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import psycopg
+import structlog
 
 from errands import embedded
-from errands.api import serve
+from errands.api import Readiness, listen, serve, url_of
 from errands.client import Client
 from errands.config import Settings
 from errands.database import connect, pooling_options, resolve_url
 from errands.errors import ConfigurationError, ErrandsError
-from errands.harness.bench import WORKLOADS, Bench, as_json, table
-from errands.harness.chaos import Chaos, Profile, shell_restart
 from errands.log import configure_logging
-from errands.queue import Job, JobState
+from errands.queue import Job, JobState, parse_request
+from errands.queue import enqueue as submit_job
 from errands.queue import prune as prune_jobs
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
@@ -31,6 +34,9 @@ from errands.workers import WorkerOptions
 from errands.workers.wakeups import listen_works
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_log = structlog.get_logger("errands.cli")
+DATABASE_URL = "errands.database_url"  # in click's context meta, shared by the whole command
 
 
 @dataclasses.dataclass
@@ -47,18 +53,43 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group()
-@click.option(
-    "--database-url",
-    metavar="URL",
-    help="PostgreSQL URL [env: ERRANDS_DATABASE_URL, DATABASE_URL; default: embedded database]",
-)
+def _use_database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Before the command name, the group's callback applies it; after, it applies at once."""
+    if value:
+        ctx.meta[DATABASE_URL] = value
+        if (context := ctx.find_object(Context)) is not None:
+            context.settings = dataclasses.replace(context.settings, database_url=value)
+
+
+def database_url_option() -> click.Option:
+    return click.Option(
+        ["--database-url"],
+        metavar="URL",
+        expose_value=False,
+        callback=_use_database_url,
+        help="PostgreSQL URL [env: ERRANDS_DATABASE_URL, DATABASE_URL; default: embedded database]",
+    )
+
+
+class ErrandsGroup(click.Group):
+    """Global options are accepted after a command's name too: `errands stats --database-url …`."""
+
+    group_class = type  # subgroups (`errands jobs …`) are ErrandsGroups as well
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.append(database_url_option())
+        super().add_command(cmd, name)
+
+
+@click.group(cls=ErrandsGroup, params=[database_url_option()])
+@click.version_option(package_name="errands", prog_name="errands")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None) -> None:
+def cli(ctx: click.Context) -> None:
     """errands: background jobs on PostgreSQL."""
     settings = Settings.from_env()
-    if database_url:
-        settings = dataclasses.replace(settings, database_url=database_url)
+    if DATABASE_URL in ctx.meta:
+        settings = dataclasses.replace(settings, database_url=ctx.meta[DATABASE_URL])
     configure_logging(settings.log_format, settings.log_level)
     ctx.obj = Context(settings)
 
@@ -154,6 +185,9 @@ def run(
     port: int | None,
 ) -> None:
     """Run the supervisor: worker processes (and the HTTP API), until SIGTERM/SIGINT."""
+    # Task modules beside the caller import as they do under `python -m`, Celery or uvicorn.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     s = ctx.settings
     url = ctx.database_url()
     pgbouncer = _behind_transaction_pooler(s, url, poll_only)
@@ -171,8 +205,11 @@ def run(
         listen=not pgbouncer,
     )
     grace_seconds = s.grace_seconds if grace is None else grace
+    sock = None if no_http else _listen(ctx, host, port)
     http_main = (
-        None if no_http else partial(_serve_api, ctx, url, host, port, grace_seconds, pgbouncer)
+        None
+        if sock is None
+        else partial(_serve_api, ctx, url, sock, grace_seconds, pgbouncer=pgbouncer)
     )
     options = SupervisorOptions(
         worker=worker,
@@ -180,6 +217,7 @@ def run(
         grace_seconds=grace_seconds,
         reaper_seconds=reaper or s.reaper_seconds,
         http_main=http_main,
+        http_socket=sock,
         hostname=s.hostname,
     )
     sys.exit(Supervisor(options).run())
@@ -192,7 +230,8 @@ def api(ctx: Context, host: str | None, port: int | None) -> None:
     """Serve the HTTP API alone (no workers)."""
     s, url = ctx.settings, ctx.database_url()
     pgbouncer = _behind_transaction_pooler(s, url, poll_only=False)
-    sys.exit(_serve_api(ctx, url, host, port, s.grace_seconds, pgbouncer))
+    sock = _listen(ctx, host, port)
+    sys.exit(_serve_api(ctx, url, sock, s.grace_seconds, pgbouncer=pgbouncer))
 
 
 def _behind_transaction_pooler(settings: Settings, url: str, poll_only: bool) -> bool:
@@ -200,22 +239,29 @@ def _behind_transaction_pooler(settings: Settings, url: str, poll_only: bool) ->
     return settings.pgbouncer or poll_only or not listen_works(url)
 
 
+def _listen(ctx: Context, host: str | None, port: int | None) -> socket.socket:
+    default_host, default_port = ctx.settings.http_host_port
+    sock = listen(host or default_host, port or default_port)
+    _log.info(f"HTTP API on {url_of(sock)}")
+    return sock
+
+
 def _serve_api(
     ctx: Context,
     url: str,
-    host: str | None,
-    port: int | None,
+    sock: socket.socket,
     grace_seconds: float,
-    pgbouncer: bool,
+    readiness: Readiness | None = None,
+    *,
+    pgbouncer: bool = False,
 ) -> int:
-    default_host, default_port = ctx.settings.http_host_port
     return serve(
         url,
-        host or default_host,
-        port or default_port,
+        sock,
         tokens=ctx.settings.api_tokens,
         lease_seconds=ctx.settings.lease_seconds,
         grace_seconds=grace_seconds,
+        readiness=readiness,
         pgbouncer=pgbouncer,
     )
 
@@ -253,17 +299,26 @@ def enqueue(
         arguments = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD") from None
-    with ctx.client() as client:
-        job = client.enqueue(
-            task,
-            arguments,
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            max_attempts=max_attempts,
-            idempotency_key=idempotency_key,
-        )
-    emit(as_json, job.to_dict(), f"job {job.id} {job.state.value}: {job.task} on {job.queue}")
+    fields = {
+        "task": task,
+        "payload": arguments,
+        "queue": queue,
+        "priority": priority,
+        "delay": delay,
+        "max_attempts": max_attempts,
+        "idempotency_key": idempotency_key,
+    }
+    request = parse_request({name: value for name, value in fields.items() if value is not None})
+    with connect(ctx.database_url()) as conn:
+        answer = submit_job(conn, request)
+    job = answer.job
+    text = f"job {job.id} {job.state.value}: {job.task} on {job.queue}"
+    if not answer.created:
+        replay = f"replayed: idempotency key {idempotency_key!r} is stored already; nothing new"
+        text = f"{text} ({replay})"
+        if as_json:
+            click.echo(f"job {job.id} {replay}", err=True)
+    emit(as_json, job.to_dict(), text)
 
 
 @cli.group()
@@ -343,6 +398,8 @@ def _describe(job: Job) -> str:
     for error in errors:
         attempt, at, text = error.get("attempt"), error.get("at"), error.get("error")
         lines.append(f"{'error':>17}: attempt {attempt} at {at}: {text}")
+    if errors and (traceback := errors[-1].get("traceback")):
+        lines.append(f"\ntraceback of attempt {errors[-1].get('attempt')}:\n{traceback.rstrip()}")
     return "\n".join(lines)
 
 
@@ -406,7 +463,8 @@ def prune(ctx: Context, older_than: float, as_json: bool) -> None:
 @click.option("--quick", is_flag=True, help="A smaller run, about a minute.")
 @click.option(
     "--only",
-    help=f"Comma-separated workloads of: {', '.join(WORKLOADS)} (scale runs only when named)",
+    help="Comma-separated workloads (the table's names) [default: all but scale, "
+    "which runs only when named]",
 )
 @click.option("--drain-jobs", type=click.IntRange(min=1), help="Jobs the drain workloads run.")
 @click.option(
@@ -417,6 +475,8 @@ def bench(
     ctx: Context, quick: bool, only: str | None, drain_jobs: int | None, json_path: str | None
 ) -> None:
     """Measure errands against pgbench on the same PostgreSQL, in a fresh database."""
+    with _harness("bench"):
+        from errands.harness.bench import Bench, as_json, table  # noqa: PLC0415
     url = ctx.database_url()
     runner = Bench(url, quick, lambda line: click.echo(line, err=True), drain_jobs)
     figures = runner.run(set(_split(only)) if only else None)
@@ -452,6 +512,8 @@ def chaos(
     json_path: str | None,
 ) -> None:
     """SIGKILL workers under load, and prove at-least-once, fencing and idempotency."""
+    with _harness("chaos"):
+        from errands.harness.chaos import Chaos, Profile, shell_restart  # noqa: PLC0415
     settings = Profile.load(profile) if profile else Profile()
     if duration is not None:
         settings = dataclasses.replace(settings, duration=duration)
@@ -471,6 +533,23 @@ def chaos(
     if json_path:
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     sys.exit(0 if report.passed else 1)
+
+
+@contextmanager
+def _harness(command: str) -> Iterator[None]:
+    """Around the import of errands.harness, which only `bench` and `chaos` need.
+
+    Never at start-up: `errands run` must not register the harness's tasks, nor
+    need its dependencies (httpx, the `harness` extra).
+    """
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("errands"):
+            raise
+        raise ConfigurationError(
+            f"errands {command} needs {exc.name}: pip install 'errands[harness]'"
+        ) from None
 
 
 def main() -> None:

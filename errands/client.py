@@ -34,7 +34,7 @@ def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
 class Client:
     """A handle on the queue, safe to share between threads.
 
-    `dsn` None reads the database from the environment (design §5), starting the
+    `dsn` None reads the database from the environment (README: Configuration), starting the
     embedded development database when none is configured. Connections come
     from a small pool opened on first use.
     """

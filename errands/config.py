@@ -1,4 +1,4 @@
-"""Settings from the environment (design §5); command-line flags override them."""
+"""Settings from the environment (README: Configuration); command-line flags override them."""
 
 from __future__ import annotations
 

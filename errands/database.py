@@ -23,8 +23,10 @@ def resolve_url(settings: Settings) -> str:
     """The configured database URL, or that of the embedded development database."""
     if settings.database_url:
         return settings.database_url
+    joined = embedded.running(settings.data_dir)
     url = embedded.start(settings.data_dir)
-    _log.warning(
+    # Once per data directory: when errands starts the server, not for every command after.
+    (_log.debug if joined else _log.warning)(
         "using the embedded development PostgreSQL; set ERRANDS_DATABASE_URL in production",
         data_dir=str(settings.data_dir or embedded.default_data_dir()),
         url=url,

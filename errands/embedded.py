@@ -59,6 +59,22 @@ def start(data_dir: str | os.PathLike[str] | None = None) -> str:
     return str(server.get_uri())
 
 
+def running(data_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether the embedded PostgreSQL of `data_dir` is running already (errands joins it)."""
+    pid_file = Path(data_dir or default_data_dir()).expanduser() / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, run by another user (pgserver's, as root)
+    return True
+
+
 def _refuse_private_parents(pgdata: Path) -> None:
     """Stop before pgserver, running as root, makes a private directory world-readable."""
     opened = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH

@@ -1,4 +1,17 @@
-"""structlog, configured once per process: JSON lines or a coloured console."""
+"""Logging: the standard `logging` module in a library; rendered lines in errands' processes.
+
+errands' modules log with `structlog.get_logger("errands.…")`. Imported as a
+library, errands never writes a line itself: unless the application configured
+structlog (then its configuration applies), `library_mode()` sends every event
+to the standard logger of the same name, where the application's logging
+set-up decides; the `errands` logger has a NullHandler, so nothing reaches
+the terminal through logging's last resort.
+
+The processes errands starts (`errands run`, `api`, every command) call
+`configure_logging`: JSON lines or a coloured console on stderr, each line
+written in a single call so that lines of several processes never mix, and the
+standard library's records (uvicorn's among them) rendered the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +20,59 @@ import sys
 
 import structlog
 
+# uvicorn's start and stop chatter: errands logs where it listens itself.
+QUIET_LOGGERS = {"uvicorn": logging.WARNING}
+
+
+def library_mode() -> None:
+    """Send errands' events to the standard logging module, unless structlog is configured."""
+    logging.getLogger("errands").addHandler(logging.NullHandler())
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.filter_by_level,
+            structlog.processors.format_exc_info,
+            # One message per event: its text first, then its fields (logfmt).
+            structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
 
 def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
-    processors: list[structlog.typing.Processor] = [
+    """Own the output of this process: errands' events and every standard-library record."""
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    renderer: structlog.typing.Processor
     if log_format == "console":
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        shared.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    numeric_level = logging.getLevelName(level)
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        # WriteLogger writes line and newline in one write() and flushes: no mid-line mixing.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    for name, quiet in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(quiet, numeric_level))

@@ -28,7 +28,7 @@ def test_every_response_matches_the_document(serve_api: ServeApi) -> None:
     base = str(serve_api().base_url).rstrip("/")
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10  # every method and path of design §5
+    assert len(operations) == 10  # every method and path of the README's HTTP API section
 
     for operation in operations:
 

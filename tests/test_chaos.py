@@ -15,6 +15,7 @@ from errands.harness.pgbouncer import PgBouncer
 from tests.conftest import Server
 
 PROFILES = Path(__file__).parent.parent / "chaos"
+pytestmark = pytest.mark.slow
 
 
 def run_chaos(server: Server, profile: str, tmp_path: Path) -> dict[str, Any]:
@@ -50,12 +51,10 @@ def run_chaos(server: Server, profile: str, tmp_path: Path) -> dict[str, Any]:
     return report
 
 
-@pytest.mark.slow
 def test_the_ci_chaos_profile_keeps_every_invariant(server: Server, tmp_path: Path) -> None:
     run_chaos(server, "ci.toml", tmp_path)
 
 
-@pytest.mark.slow
 def test_two_supervisors_through_pgbouncer_keep_every_invariant_under_chaos(
     server: Server, pgbouncer: PgBouncer, tmp_path: Path
 ) -> None:

@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from typing import Any
 
 import psycopg
 
 from errands import Client, JobState
-from errands.queue import announce
+from errands.queue import Held, announce, claim, fail
+
+Conn = psycopg.Connection[Any]
 
 
 def errands(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -132,3 +135,75 @@ def test_an_invalid_setting_stops_the_command_with_its_name(db_url: str) -> None
         check=False,
     )
     assert result.returncode == 2 and "ERRANDS_LEASE_SECONDS" in result.stderr
+
+
+def test_enqueue_says_when_an_idempotency_key_replays_a_stored_job(db_url: str) -> None:
+    first = errands(db_url, "enqueue", "a", "--idempotency-key", "k").stdout
+    again = errands(db_url, "enqueue", "a", "--idempotency-key", "k").stdout
+    assert "replayed" not in first
+    assert "replayed: idempotency key 'k' is stored already" in again
+    assert again.split(" (")[0] == first.strip()  # the same job
+
+
+def test_enqueue_json_stays_the_job_and_says_replayed_on_stderr(db_url: str) -> None:
+    errands(db_url, "enqueue", "a", "--idempotency-key", "k")
+    again = errands(db_url, "enqueue", "a", "--idempotency-key", "k", "--json")
+    assert json.loads(again.stdout)["idempotency_key"] == "k"
+    assert "replayed" in again.stderr
+
+
+def test_jobs_show_prints_the_traceback_of_the_last_error(client: Client, conn: Conn) -> None:
+    job = client.enqueue("a")
+    (held,) = claim(conn, "w1", ["default"], 1, 30)
+    fail(conn, "w1", Held(held.id, held.attempts), "ValueError: bad", "Traceback: line 7", 0)
+    shown = errands(conn.info.dsn, "jobs", "show", str(job.id)).stdout
+    assert "attempt 1" in shown and "ValueError: bad" in shown
+    assert "Traceback: line 7" in shown
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "errands", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == f"errands, version {metadata.version('errands')}"
+
+
+def test_global_options_are_accepted_after_the_command_too(client: Client, db_url: str) -> None:
+    client.enqueue("a", queue="after")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "errands", "stats", "--json", "--database-url", db_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout)["queues"]["after"]["pending"] == 1
+
+
+def test_the_command_imports_neither_the_harness_nor_its_dependencies() -> None:
+    # The harness registers tasks (chaos.*) that every worker would otherwise offer.
+    code = (
+        "import sys, errands.cli; "
+        "print([m for m in sys.modules if m.startswith('errands.harness') or m == 'httpx'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_bench_without_the_harness_extra_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['httpx'] = None; sys.argv = ['errands', 'bench', '--quick']; "
+        "from errands.cli import main; main()"
+    )
+    env = {**os.environ, "ERRANDS_DATABASE_URL": "postgresql://unused"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "errands bench needs httpx: pip install 'errands[harness]'" in result.stderr

@@ -20,6 +20,7 @@ from errands.queue.lease import WORKER_EXITED
 from tests.daemon import Daemon, wait_for
 
 StartDaemon = Callable[..., Daemon]
+pytestmark = pytest.mark.slow
 
 
 def job_state(client: Client, job_id: int) -> JobState:

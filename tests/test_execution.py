@@ -76,6 +76,13 @@ def test_an_exception_is_a_failure_with_its_traceback() -> None:
     assert outcome.traceback is not None and "raise ValueError" in outcome.traceback
 
 
+def test_a_failure_knows_the_line_that_raised_it() -> None:
+    outcome = execute(a_job("execution.raises"))
+    assert isinstance(outcome, Failed)
+    line = raises.__code__.co_firstlineno + 1
+    assert outcome.where == f"{__file__}:{line} in raises"
+
+
 def test_a_task_calling_sys_exit_fails_without_stopping_the_worker() -> None:
     outcome = execute(a_job("execution.exits"))
     assert isinstance(outcome, Failed) and outcome.error == "SystemExit: 3"

@@ -133,6 +133,7 @@ def test_the_http_api_works_through_pgbouncer_under_concurrent_requests(
 # -- the daemon --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_daemon_with_its_http_child_drains_jobs_through_pgbouncer_and_recovers_a_killed_worker(
     start_daemon: StartDaemon, pooled_client: Client, bouncer_url: str
 ) -> None:
@@ -161,6 +162,7 @@ def test_the_daemon_with_its_http_child_drains_jobs_through_pgbouncer_and_recove
     assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_listen_through_a_transaction_pooler_is_detected_and_the_worker_polls_instead(
     start_daemon: StartDaemon, pooled_client: Client, bouncer_url: str
 ) -> None:
@@ -183,6 +185,7 @@ def test_listen_through_a_transaction_pooler_is_detected_and_the_worker_polls_in
 # -- several supervisors ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_supervisors_through_pgbouncer_drain_one_queue_each_releasing_only_its_own_workers(
     start_daemon: StartDaemon, pooled_client: Client, bouncer_url: str
 ) -> None:
@@ -250,6 +253,7 @@ def all_owners(client: Client, ids: list[int]) -> list[str] | None:
     return None if None in owners else [o for o in owners if o]
 
 
+@pytest.mark.slow
 def test_a_direct_connection_keeps_listen_and_raises_no_alarm(
     start_daemon: StartDaemon, client: Client
 ) -> None:

@@ -1,4 +1,4 @@
-"""The job state machine (design §2-§3), driven through the real statements.
+"""The job state machine (README: The job model; Guarantees), driven through the real statements.
 
 Hypothesis runs random sequences of enqueues, claims by several workers,
 heartbeats, completions, failures, lease expiries, reaps, releases, manual
@@ -38,6 +38,7 @@ KEYS = ("k1", "k2", "k3")
 PAYLOADS: tuple[dict[str, Any], ...] = ({}, {"n": 1}, {"n": 2}, {"to": "a@b", "tags": ["x"]})
 LEASE_SECONDS = 600.0  # never runs out by itself during a test: only `expire_lease` ends one
 MISSING_ID = 10**12
+pytestmark = pytest.mark.slow
 CLAIMABLE = frozenset({JobState.PENDING, JobState.FAILED})
 RETRYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
 

@@ -30,8 +30,13 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Handler = Callable[[psycopg.Connection[Any], Request], Response]
+# Why the service is not ready beyond the database (under `errands run`: no worker
+# running), or None when it is.
+Readiness = Callable[[], str | None]
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Hit by every probe and scrape: their request lines are logged at debug, unless they fail.
+PROBE_PATHS = OPEN_PATHS
 
 _log = structlog.get_logger("errands.api")
 
@@ -43,7 +48,7 @@ class Route:
     handler: Handler | None  # None: answered without a database connection
 
 
-def _routes(lease_seconds: float) -> list[Route]:
+def _routes(lease_seconds: float, readiness: Readiness | None) -> list[Route]:
     job = r"/jobs/(?P<id>\d{1,20})"
     table: list[tuple[str, str, Handler | None]] = [
         ("POST", "/jobs", endpoints.submit),
@@ -53,7 +58,7 @@ def _routes(lease_seconds: float) -> list[Route]:
         ("POST", job + "/retry", endpoints.retry_job),
         ("POST", job + "/cancel", endpoints.cancel_job),
         ("GET", "/stats", partial(endpoints.stats, lease_seconds=lease_seconds)),
-        ("GET", "/ready", endpoints.ready),
+        ("GET", "/ready", partial(endpoints.ready, readiness=readiness)),
         ("GET", "/metrics", endpoints.prometheus),
         ("GET", "/health", None),
         ("GET", "/openapi.json", None),
@@ -70,13 +75,14 @@ class App:
         tokens: tuple[str, ...],
         lease_seconds: float,
         threads: int = 8,
+        readiness: Readiness | None = None,
         *,
         pgbouncer: bool = False,
     ) -> None:
         self._url = database_url
         self._pgbouncer = pgbouncer
         self._tokens = [token.encode() for token in tokens]
-        self._routes = _routes(lease_seconds)
+        self._routes = _routes(lease_seconds, readiness)
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -141,7 +147,8 @@ class App:
                 500, "internal_error", "unexpected error; see the server log"
             ).response()
         await _send(send, response)
-        _log.info(
+        quiet = request.path in PROBE_PATHS and response.status < 500
+        (_log.debug if quiet else _log.info)(
             "request",
             method=request.method,
             path=request.path,

@@ -106,8 +106,10 @@ def stats(conn: Conn, request: Request, lease_seconds: float) -> Response:
     return Response.json(200, queue.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
 
 
-def ready(conn: Conn, request: Request) -> Response:
+def ready(conn: Conn, request: Request, readiness: Callable[[], str | None] | None) -> Response:
     conn.execute("select 1")
+    if readiness is not None and (reason := readiness()):
+        raise HTTPError(503, "not_ready", reason)
     return Response.json(200, {"status": "ready"})
 
 

@@ -308,7 +308,7 @@ def document() -> dict[str, Any]:
             },
             "/ready": {
                 "get": {
-                    "summary": "Readiness: the database answers",
+                    "summary": "Readiness: the database answers; under errands run, a worker runs",
                     "security": [],
                     "responses": {
                         "200": _json(

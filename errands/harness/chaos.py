@@ -1,4 +1,4 @@
-"""`errands chaos`: faults at random moments under load, then a verdict on design §6.
+"""`errands chaos`: faults at random moments under load, then a verdict on the invariants.
 
 A run creates a fresh database, starts a daemon with short leases, submits a
 mixed workload through the Python client and the HTTP API, injects faults at

@@ -1,4 +1,4 @@
-"""The lease protocol (design §3): claim, heartbeat, finish, and recovery of lost jobs.
+"""The lease protocol: claim, heartbeat, finish, and recovery of lost jobs.
 
 Each function is one statement, so one round trip. Heartbeat, completion and
 failure are fenced: they match the job's id, its attempt number, the lease

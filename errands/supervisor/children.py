@@ -19,6 +19,7 @@ from errands.errors import ConfigurationError
 EXIT_STARTUP = 3  # the child could not start (e.g. a task module failed to import)
 EXIT_ORPHANED = 5  # the supervisor died
 ORPHAN_CHECK_SECONDS = 0.25
+ORPHAN_LOG_SECONDS = 0.5  # the longest an orphan waits for its last log line to be written
 
 _log = structlog.get_logger("errands.supervisor")
 
@@ -75,13 +76,15 @@ def fork_child(slot: Slot, main: Callable[[], int], inherited_fds: Iterable[int]
         code = main()
     except BaseException as exc:
         code = EXIT_STARTUP if isinstance(exc, ConfigurationError) else 1
-        os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:65536])
-        _log.error(
-            "child failed", child=slot.name, error=str(exc), traceback=traceback.format_exc()
-        )
+        with contextlib.suppress(BaseException):  # a closed log pipe must not keep us alive
+            os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:65536])
+            _log.error(
+                "child failed", child=slot.name, error=str(exc), traceback=traceback.format_exc()
+            )
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
         os._exit(code)  # never run the supervisor's cleanup (atexit, finalizers) in a child
 
 
@@ -96,13 +99,20 @@ def _become_child(inherited_fds: Iterable[int], status_r: int) -> None:
 
 
 def _exit_when_orphaned(slot: Slot, supervisor_pid: int) -> None:
-    """A child outliving its supervisor would hold jobs and ports nobody watches: exit."""
+    """A child outliving its supervisor would hold jobs and ports nobody watches: exit.
+
+    Exiting must not depend on any I/O: the supervisor often died because its
+    output went away (`errands run | head`), and a write to that pipe raises or
+    blocks. The log line is a courtesy, given half a second at most.
+    """
 
     def watch() -> None:
         while os.getppid() == supervisor_pid:
             time.sleep(ORPHAN_CHECK_SECONDS)
-        # Its jobs go back to pending when their leases expire (the next reaper).
-        _log.error("supervisor is gone; exiting", child=slot.name, pid=os.getpid())
+        threading.Timer(ORPHAN_LOG_SECONDS, os._exit, (EXIT_ORPHANED,)).start()
+        with contextlib.suppress(BaseException):
+            # Its jobs go back to pending when their leases expire (the next reaper).
+            _log.error("supervisor is gone; exiting", child=slot.name, pid=os.getpid())
         os._exit(EXIT_ORPHANED)
 
     threading.Thread(target=watch, name="errands-orphan-watch", daemon=True).start()

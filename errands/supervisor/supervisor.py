@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,6 +31,7 @@ import structlog
 from errands.database import LazyConnection
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
 from errands.queue import Recovered, forget, reap, release, worker_id
+from errands.supervisor.board import WorkerBoard
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
 from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
 
@@ -45,7 +47,10 @@ class SupervisorOptions:
     workers: int = 2
     grace_seconds: float = 20.0
     reaper_seconds: float = 5.0
-    http_main: Callable[[], int] | None = None  # the HTTP child, unless --no-http
+    # The HTTP child (unless --no-http), given a function that tells whether a worker runs.
+    http_main: Callable[[Callable[[], str | None]], int] | None = None
+    # Its listening socket, bound before any child is forked; closed in worker children.
+    http_socket: socket.socket | None = None
     hostname: str = field(default_factory=socket.gethostname)  # in the workers' ids
 
 
@@ -54,6 +59,7 @@ class Supervisor:
         self.options = options
         self._url = options.worker.url
         self._slots = [Slot("worker", n) for n in range(1, options.workers + 1)]
+        self._board = WorkerBoard(options.workers)
         if options.http_main is not None:
             self._slots.append(Slot("http", 1))
         self._children: dict[int, Child] = {}
@@ -62,6 +68,7 @@ class Supervisor:
         self._db = LazyConnection(self._url, pgbouncer=not options.worker.listen)
         self._wake_r, self._wake_w = os.pipe()
         self._stop_deadline: float | None = None
+        self._killed = False  # the children left at the end of the grace were sent SIGKILL
         self._next_reap = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -134,7 +141,8 @@ class Supervisor:
                 self._stop_deadline = time.monotonic()
 
     def _enforce_grace(self) -> None:
-        if self._stop_deadline is None or time.monotonic() < self._stop_deadline:
+        """Past the grace, kill what still runs: once; the loop then waits for SIGCHLD."""
+        if self._killed or self._stop_deadline is None or time.monotonic() < self._stop_deadline:
             return
         if self._children:
             _log.warning(
@@ -142,6 +150,7 @@ class Supervisor:
                 children=[c.slot.name for c in self._children.values()],
             )
             self._signal_children(signal.SIGKILL)
+            self._killed = True
 
     def _signal_children(self, signum: int) -> None:
         for pid in self._children:
@@ -163,13 +172,20 @@ class Supervisor:
         fds = [self._wake_r, self._wake_w, *(c.status_fd for c in self._children.values())]
         if slot.kind == "http":
             assert self.options.http_main is not None
-            child = fork_child(slot, self.options.http_main, fds)
+            child = fork_child(slot, partial(self.options.http_main, self._board.not_ready), fds)
         else:
+            if self.options.http_socket is not None:
+                fds.append(self.options.http_socket.fileno())
             token = secrets.token_hex(3)
 
             def worker_main() -> int:
                 own_id = worker_id(self.options.hostname, os.getpid(), token)
-                return run_worker(dataclasses.replace(self.options.worker, worker_id=own_id))
+                options = dataclasses.replace(
+                    self.options.worker,
+                    worker_id=own_id,
+                    on_started=partial(self._board.set, slot.number, True),
+                )
+                return run_worker(options)
 
             child = fork_child(slot, worker_main, fds)
             child.worker_id = worker_id(self.options.hostname, child.pid, token)
@@ -193,6 +209,7 @@ class Supervisor:
         child.close()
         process_exited(child.pid)
         if child.worker_id is not None:
+            self._board.set(child.slot.number, False)
             self._unreleased.append(child.worker_id)
             self._release_unreleased()
         lived = time.monotonic() - child.started
@@ -255,10 +272,10 @@ class Supervisor:
     def _sleep(self) -> None:
         now = time.monotonic()
         wake_at = [self._next_reap]
-        if self._stop_deadline is not None:
-            wake_at.append(self._stop_deadline if self._children else now)
-        else:
+        if self._stop_deadline is None:
             wake_at += [s.start_after for s in self._slots if s.start_after > now]
+        elif not self._killed:  # once killed, SIGCHLD wakes us
+            wake_at.append(self._stop_deadline if self._children else now)
         if self._unreleased:
             wake_at.append(now + 1.0)
         timeout = max(0.0, min(wake_at) - now)

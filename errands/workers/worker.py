@@ -16,7 +16,7 @@ import select
 import signal
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
@@ -58,6 +58,7 @@ class WorkerOptions:
     # LISTEN for wake-ups. Off behind a transaction pooler, where it is useless, and so
     # are server-side prepared statements: they are turned off with it.
     listen: bool = True
+    on_started: Callable[[], None] | None = None  # called once tasks are loaded and claims begin
 
 
 class Worker:
@@ -103,6 +104,8 @@ class Worker:
         )
         keeper.start()
         metrics().workers_alive.set(1)
+        if self.options.on_started is not None:
+            self.options.on_started()
         _log.info(
             "worker started",
             worker=self.options.worker_id,

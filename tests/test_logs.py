@@ -1,0 +1,173 @@
+"""Logs: quiet as a library, one whole line per event in errands' processes, true to the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from structlog.testing import capture_logs
+
+from errands import Client, embedded
+from errands.harness.process import free_port
+from errands.harness.waiting import answers, wait_for
+from errands.queue import claim
+from errands.workers.acks import Acknowledgements, ClaimRequest
+from errands.workers.execution import Failed
+from errands.workers.running import Entry
+from tests.conftest import ServeApi
+
+EMBEDDED_WARNING = "using the embedded development PostgreSQL"
+Conn = psycopg.Connection[Any]
+
+
+def python(code: str, env: dict[str, str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def fresh_data_dir() -> Iterator[Path]:
+    """A data directory no embedded PostgreSQL has used yet; its server is stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix="errands-logs-") as tmp:
+        Path(tmp).chmod(0o755)  # pgserver, as root, runs PostgreSQL as another user
+        pgdata = Path(tmp) / "pgdata"
+        try:
+            yield pgdata
+        finally:
+            if (pgdata / "postmaster.pid").exists():
+                embedded.stop(pgdata)
+
+
+def embedded_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    return {**env, "ERRANDS_DATA_DIR": str(data_dir), "ERRANDS_LOG_FORMAT": "json"}
+
+
+@pytest.mark.slow
+def test_imported_as_a_library_errands_logs_through_logging_and_prints_nothing(
+    fresh_data_dir: Path,
+) -> None:
+    result = python(
+        """
+        import json, logging
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append([record.name, record.levelname, record.getMessage()])
+        logging.getLogger().addHandler(Keep())
+        logging.getLogger().setLevel(logging.DEBUG)
+        import errands
+        with errands.Client() as client:
+            client.stats()
+        print(json.dumps(records))
+        """,
+        embedded_env(fresh_data_dir),
+    )
+    records = json.loads(result.stdout)  # nothing else on stdout
+    assert result.stderr == ""
+    warnings = [r for r in records if r[0] == "errands.database" and r[1] == "WARNING"]
+    assert len(warnings) == 1 and EMBEDDED_WARNING in warnings[0][2]
+
+
+@pytest.mark.slow
+def test_the_embedded_database_warning_is_given_once_per_data_directory(
+    fresh_data_dir: Path,
+) -> None:
+    def stats() -> str:
+        command = [sys.executable, "-m", "errands", "stats"]
+        env = embedded_env(fresh_data_dir)
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stderr
+
+    assert EMBEDDED_WARNING in stats()
+    assert EMBEDDED_WARNING not in stats()
+
+
+def test_lines_written_by_several_processes_at_once_never_mix() -> None:
+    # Four processes, one pipe: a write of up to PIPE_BUF bytes (4 KiB) is atomic, so a whole
+    # line written in one call never mixes with another (a line and its newline written apart do).
+    result = python(
+        """
+        import os, structlog
+        from errands.log import configure_logging
+        configure_logging("json", "INFO")
+        for _ in range(2):
+            os.fork()
+        log = structlog.get_logger("errands.test")
+        for n in range(200):
+            log.info("line", n=n, pid=os.getpid(), filler="x" * 3000)
+        """,
+        dict(os.environ),
+    )
+    lines = result.stderr.splitlines()
+    assert len(lines) >= 200  # the first process's at least; the others may outlive it
+    for line in lines:
+        assert json.loads(line)["event"] == "line"
+
+
+def test_the_json_log_of_the_api_carries_uvicorns_own_lines_as_json(db_url: str) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ERRANDS_DATABASE_URL": db_url,
+        "ERRANDS_LOG_FORMAT": "json",
+        "ERRANDS_HTTP_ADDR": f"127.0.0.1:{port}",
+    }
+    command = [sys.executable, "-m", "errands", "api"]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as api:
+        try:
+            wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), what="the API")
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+                raw.recv(4096)
+        finally:
+            api.terminate()
+        _, stderr = api.communicate(timeout=30)
+    lines = stderr.splitlines()
+    events = [json.loads(line) for line in lines]  # every line is JSON, none is blank
+    assert any(e["event"] == "Invalid HTTP request received." for e in events)
+
+
+def request_lines(logs: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "request" and e["path"] == path]
+
+
+def test_probes_and_scrapes_are_logged_at_debug_other_requests_at_info(
+    serve_api: ServeApi,
+) -> None:
+    http = serve_api()
+    with capture_logs() as logs:
+        for path in ("/health", "/ready", "/metrics", "/stats"):
+            http.get(path)
+    for path in ("/health", "/ready", "/metrics"):
+        assert {e["log_level"] for e in request_lines(logs, path)} <= {"debug"}
+    assert [e["log_level"] for e in request_lines(logs, "/stats")] == ["info"]
+
+
+def test_a_failed_jobs_log_line_says_where_it_was_raised(client: Client, conn: Conn) -> None:
+    client.enqueue("t")
+    (job,) = claim(conn, "w1", ["default"], 1, 30)
+    acks = Acknowledgements(
+        worker_id="w1", mode="batched", retry_delay=lambda job: 1.0, on_lost=lambda entry: None
+    )
+    acks.add(Entry(job), Failed("ValueError: bad thing", "Traceback …", 0.1, "m.py:3 in f"))
+    with capture_logs() as logs:
+        acks.write(conn, ClaimRequest(["default"], 0, 30))
+    (failed,) = [e for e in logs if e["event"] == "job failed"]
+    assert (failed["error"], failed["where"]) == ("ValueError: bad thing", "m.py:3 in f")
