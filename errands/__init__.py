@@ -7,11 +7,13 @@ from errands.errors import (
     ErrandsError,
     FieldError,
     IdempotencyConflict,
+    InvalidArgument,
     InvalidJob,
     InvalidState,
     JobNotFound,
 )
 from errands.log import library_mode
+from errands.periodic import periodic
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, current_job, task
 
@@ -25,11 +27,13 @@ __all__ = [
     "ErrandsError",
     "FieldError",
     "IdempotencyConflict",
+    "InvalidArgument",
     "InvalidJob",
     "InvalidState",
     "Job",
     "JobNotFound",
     "JobState",
     "current_job",
+    "periodic",
     "task",
 ]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,17 +20,21 @@ from typing import Any, TypeVar
 import click
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
 from errands import embedded
 from errands.api import Readiness, listen, serve, url_of
 from errands.client import Client
 from errands.config import Settings
-from errands.database import connect, pooling_options, resolve_url
-from errands.errors import ConfigurationError, ErrandsError
+from errands.database import connect, open_connection, pooling_options, resolve_url
+from errands.errors import ConfigurationError, ErrandsError, scrub
 from errands.log import configure_logging
-from errands.queue import Job, JobState, parse_request
+from errands.queue import Job, JobState, ScheduleStatus, list_schedules, parse_request
 from errands.queue import enqueue as submit_job
 from errands.queue import prune as prune_jobs
+from errands.queue.admin import MAX_LIST_LIMIT
+from errands.queue.requests import INT32, MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS
+from errands.queue.ticks import rfc3339
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
 from errands.workers import WorkerOptions
@@ -35,6 +42,34 @@ from errands.workers.wakeups import listen_works
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MAX_JOB_ID = 2**63 - 1
+DAY = 24 * 3600.0
+_ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
+_ASCII_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+class Integer(click.IntRange):
+    """An integer in a range, in ASCII digits: int() alone takes "٣" or "1_000"."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not _ASCII_INTEGER.fullmatch(value):
+            self.fail(f"{value!r} is not an integer", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Seconds(click.FloatRange):
+    """A finite number in a range, in ASCII digits: FloatRange alone lets inf and nan through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not _ASCII_NUMBER.fullmatch(value):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+JOB_ID = Integer(1, MAX_JOB_ID)
 _log = structlog.get_logger("errands.cli")
 DATABASE_URL = "errands.database_url"  # in click's context meta, shared by the whole command
 
@@ -44,7 +79,16 @@ class Context:
     settings: Settings
 
     def database_url(self) -> str:
-        return resolve_url(self.settings)
+        url = resolve_url(self.settings)
+        try:
+            conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            # libpq's message may quote the password: say only where the URL came from.
+            raise ConfigurationError(
+                "the database URL (--database-url, ERRANDS_DATABASE_URL or DATABASE_URL) is not "
+                "a PostgreSQL URL such as postgresql://user:password@host:5432/dbname"
+            ) from None
+        return url
 
     def client(self) -> Client:
         return Client(self.database_url())
@@ -107,25 +151,23 @@ def emit(as_json: bool, data: Any, text: str) -> None:
 
 def http_options(func: F) -> F:
     func = click.option(
-        "--port", type=click.IntRange(1, 65535), help="HTTP port [env: ERRANDS_HTTP_ADDR]"
+        "--port", type=Integer(1, 65535), help="HTTP port [env: ERRANDS_HTTP_ADDR]"
     )(func)
     return click.option("--host", help="HTTP address to bind [env: ERRANDS_HTTP_ADDR]")(func)
 
 
 @cli.command()
-@click.option(
-    "--workers", type=click.IntRange(min=1), help="Worker processes [env: ERRANDS_WORKERS]"
-)
+@click.option("--workers", type=Integer(1, 1024), help="Worker processes [env: ERRANDS_WORKERS]")
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=Integer(1, 10_000),
     default=1,
     show_default=True,
     help="Jobs each worker process runs at once, on threads (for I/O-bound tasks).",
 )
 @click.option(
     "--prefetch",
-    type=click.IntRange(min=0),
+    type=Integer(0, 10_000),
     default=0,
     show_default=True,
     help="Jobs each worker claims beyond its free slots, held under lease until one frees.",
@@ -135,20 +177,16 @@ def http_options(func: F) -> F:
     help="Comma-separated queues to work [default: 'default' and the registered tasks' queues]",
 )
 @click.option("--tasks", help="Comma-separated modules that register tasks [env: ERRANDS_TASKS]")
-@click.option(
-    "--lease", type=click.FloatRange(min=0.1), help="Lease seconds [env: ERRANDS_LEASE_SECONDS]"
-)
-@click.option(
-    "--poll", type=click.FloatRange(min=0.01), help="Poll seconds [env: ERRANDS_POLL_SECONDS]"
-)
+@click.option("--lease", type=Seconds(0.1, DAY), help="Lease seconds [env: ERRANDS_LEASE_SECONDS]")
+@click.option("--poll", type=Seconds(0.01, DAY), help="Poll seconds [env: ERRANDS_POLL_SECONDS]")
 @click.option(
     "--reaper",
-    type=click.FloatRange(min=0.01),
+    type=Seconds(0.01, DAY),
     help="Reaper interval seconds [env: ERRANDS_REAPER_SECONDS]",
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=Seconds(0, DAY),
     help="Shutdown grace seconds [env: ERRANDS_GRACE_SECONDS]",
 )
 @click.option(
@@ -277,10 +315,18 @@ def _split(text: str) -> tuple[str, ...]:
 @click.argument("task")
 @click.argument("payload", required=False, default="{}")
 @click.option("--queue", help="Queue [default: the task's, else 'default']")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
-@click.option("--delay", type=float, help="Seconds before the job may run.")
+@click.option(
+    "--priority",
+    type=Integer(*INT32),
+    default=0,
+    show_default=True,
+    help="Higher runs first.",
+)
+@click.option("--delay", type=Seconds(0, MAX_DELAY_SECONDS), help="Seconds before the job may run.")
 @click.option("--idempotency-key", help="Submissions with the same key create one job.")
-@click.option("--max-attempts", type=int, help="Attempt budget [default: 5]")
+@click.option(
+    "--max-attempts", type=Integer(1, MAX_ATTEMPTS_LIMIT), help="Attempt budget [default: 5]"
+)
 @json_option
 @pass_context
 def enqueue(
@@ -297,7 +343,7 @@ def enqueue(
     """Submit a job: TASK with PAYLOAD, a JSON object of keyword arguments."""
     try:
         arguments = json.loads(payload)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also: too many digits, nested too deeply
         raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD") from None
     fields = {
         "task": task,
@@ -330,8 +376,8 @@ def jobs() -> None:
 @click.option("--state", type=click.Choice([s.value for s in JobState]))
 @click.option("--queue")
 @click.option("--task")
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
-@click.option("--after", type=int, help="Show jobs older than this id (the last id of a page).")
+@click.option("--limit", type=Integer(1, MAX_LIST_LIMIT), default=20, show_default=True)
+@click.option("--after", type=JOB_ID, help="Show jobs older than this id (the last id of a page).")
 @json_option
 @pass_context
 def list_jobs(
@@ -356,7 +402,7 @@ def list_jobs(
 
 
 @jobs.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @json_option
 @pass_context
 def show_job(ctx: Context, job_id: int, as_json: bool) -> None:
@@ -369,7 +415,7 @@ def show_job(ctx: Context, job_id: int, as_json: bool) -> None:
 
 
 @jobs.command("retry")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @json_option
 @pass_context
 def retry_job(ctx: Context, job_id: int, as_json: bool) -> None:
@@ -380,7 +426,7 @@ def retry_job(ctx: Context, job_id: int, as_json: bool) -> None:
 
 
 @jobs.command("cancel")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @json_option
 @pass_context
 def cancel_job(ctx: Context, job_id: int, as_json: bool) -> None:
@@ -427,6 +473,39 @@ def stats(ctx: Context, as_json: bool) -> None:
     emit(as_json, data, "\n".join(lines))
 
 
+@cli.command()
+@json_option
+@pass_context
+def schedules(ctx: Context, as_json: bool) -> None:
+    """Periodic schedules: clock, next tick, last enqueued job and its state."""
+    with connect(ctx.database_url()) as conn:
+        found = list_schedules(conn)
+    header = ("NAME", "SCHEDULE", "TZ", "NEXT TICK", "LAST TICK")
+    lines = ["  ".join(f"{h:<{w}}" for h, w in zip(header, _WIDTHS, strict=True)) + "  LAST JOB"]
+    lines += [_schedule_line(s) for s in found]
+    emit(as_json, [s.to_dict() for s in found], "\n".join(lines))
+
+
+_WIDTHS = (24, 20, 16, 20, 20)
+
+
+def _schedule_line(schedule: ScheduleStatus) -> str:
+    clock = schedule.cron if schedule.cron is not None else f"every {schedule.every}s"
+
+    def when(moment: datetime | None) -> str:
+        return rfc3339(moment) if moment is not None else "-"
+
+    last_job = "-"
+    if schedule.last_job_id is not None:
+        state = schedule.last_job_state.value if schedule.last_job_state else "pruned"
+        last_job = f"{schedule.last_job_id} {state}"
+    inactive = "" if schedule.active else "  (no running scheduler declares it)"
+    cells = (schedule.name, clock, schedule.tz, when(schedule.next_tick), when(schedule.last_tick))
+    return "  ".join(f"{c:<{w}}" for c, w in zip(cells, _WIDTHS, strict=True)) + (
+        f"  {last_job}{inactive}"
+    )
+
+
 # -- maintenance -----------------------------------------------------------------------------
 
 
@@ -436,7 +515,7 @@ def stats(ctx: Context, as_json: bool) -> None:
 def migrate(ctx: Context, as_json: bool) -> None:
     """Create or update the errands tables (safe to run any number of times)."""
     options = pooling_options(ctx.settings.pgbouncer)
-    with psycopg.connect(ctx.database_url(), autocommit=True, **options) as conn:
+    with open_connection(ctx.database_url(), autocommit=True, **options) as conn:
         applied = apply_migrations(conn)
     names = [f"{m.version:04d}_{m.name}" for m in applied]
     emit(as_json, {"applied": names}, "\n".join(f"applied {n}" for n in names) or "up to date")
@@ -445,7 +524,7 @@ def migrate(ctx: Context, as_json: bool) -> None:
 @cli.command()
 @click.option(
     "--older-than",
-    type=float,
+    type=Seconds(0, 100 * 365 * 24),  # hours, up to a century
     default=7 * 24,
     show_default=True,
     help="Retention in hours: finished jobs older than this are deleted.",
@@ -466,7 +545,7 @@ def prune(ctx: Context, older_than: float, as_json: bool) -> None:
     help="Comma-separated workloads (the table's names) [default: all but scale, "
     "which runs only when named]",
 )
-@click.option("--drain-jobs", type=click.IntRange(min=1), help="Jobs the drain workloads run.")
+@click.option("--drain-jobs", type=Integer(1, 10_000_000), help="Jobs the drain workloads run.")
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures here."
 )
@@ -493,9 +572,11 @@ def bench(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A chaos profile (TOML), such as chaos/ci.toml or chaos/soak.toml.",
 )
-@click.option("--duration", type=click.FloatRange(min=1), help="Seconds of faults and load.")
-@click.option("--seed", type=int, help="Seed of the fault schedule and the workload.")
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the daemon.")
+@click.option("--duration", type=Seconds(1, 7 * DAY), help="Seconds of faults and load.")
+@click.option(
+    "--seed", type=Integer(0, 2**64 - 1), help="Seed of the fault schedule and the workload."
+)
+@click.option("--workers", type=Integer(1, 1024), help="Worker processes of the daemon.")
 @click.option(
     "--pg-restart-cmd",
     help="Shell command that restarts PostgreSQL (a database errands did not start itself).",
@@ -553,11 +634,39 @@ def _harness(command: str) -> Iterator[None]:
 
 
 def main() -> None:
+    """The entry point: every refusal and every database error is one line, never a traceback.
+
+    Usage errors (a bad option or value) exit 2, as do unusable settings; errors of
+    the work itself (a refused job, an unreachable database, a wrong password) exit 1.
+    """
     try:
-        cli(standalone_mode=True)
-    except ConfigurationError as exc:
-        click.echo(f"errands: {exc}", err=True)
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `errands` alone: the help, to stderr
+        click.echo(exc.format_message(), err=True)
         sys.exit(2)
+    except click.UsageError as exc:
+        hint = f"\nTry '{exc.ctx.command_path} --help' for help." if exc.ctx else ""
+        sys.exit(_say(exc.format_message() + hint, 2))
+    except click.ClickException as exc:
+        sys.exit(_say(exc.format_message(), exc.exit_code))
+    except click.Abort:
+        sys.exit(_say("aborted", 1))
+    except ConfigurationError as exc:
+        sys.exit(_say(str(exc), 2))
     except ErrandsError as exc:
-        click.echo(f"errands: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(_say(str(exc), 1))
+    except psycopg.Error as exc:
+        sys.exit(_say(_database_error(exc), 1))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say(message: str, code: int) -> int:
+    click.echo(f"errands: {message}", err=True)
+    return code
+
+
+def _database_error(exc: psycopg.Error) -> str:
+    """What went wrong with the database, without the row contents it may quote."""
+    text = scrub(str(exc).strip(), exc)
+    kind = "unavailable" if isinstance(exc, psycopg.OperationalError) else "error"
+    return f"database {kind}: {text}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
@@ -11,18 +12,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from errands import queue as ops  # `queue` is also a parameter name here
 from errands.config import Settings
-from errands.database import ensure_schema, pooling_options, resolve_url
+from errands.database import configure, connect, pooling_options, resolve_url
+from errands.errors import FieldError, InvalidArgument, InvalidJob, scrub
 from errands.queue import Job, JobState, Stats
+from errands.queue.admin import MAX_LIST_LIMIT
+from errands.queue.requests import QUEUE_NAME, TASK_NAME
 from errands.tasks import registered
 
 # A connection idle for longer than this is checked (one empty round trip) before use,
 # so that a database restart costs the caller a reconnection rather than an error,
 # while a busy caller pays nothing.
 IDLE_CHECK_SECONDS = 0.2
+MAX_JOB_ID = 2**63 - 1  # ids are bigint
 _last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
 
 
@@ -42,6 +48,11 @@ class Client:
     def __init__(
         self, dsn: str | None = None, *, max_connections: int = 4, pgbouncer: bool | None = None
     ) -> None:
+        problems = [
+            _dsn_problem(dsn),
+            _integer_problem("max_connections", max_connections, 1, 1000),
+        ]
+        _refuse(problems)
         self._settings = Settings.from_env()
         # Through a transaction-pooling PgBouncer (None: ERRANDS_PGBOUNCER says).
         self._pgbouncer = self._settings.pgbouncer if pgbouncer is None else pgbouncer
@@ -102,11 +113,14 @@ class Client:
         Each spec is a dict with the fields of the HTTP body (`task`, `payload`,
         `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`).
         """
+        if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Iterable):
+            raise InvalidJob([FieldError("specs", "must be a list of job specs (dicts)")])
         requests = [self._request(spec, prefix=f"[{i}].") for i, spec in enumerate(specs)]
         with self._connection(conn) as db:
             return [answer.job for answer in ops.enqueue_many(db, requests)]
 
     def get(self, job_id: int) -> Job | None:
+        _check_id(job_id)
         with self._connection() as db:
             return ops.get(db, job_id)
 
@@ -119,16 +133,26 @@ class Client:
         after: int | None = None,
     ) -> builtins.list[Job]:
         """Jobs newest first; pass the last id of a page as `after` for the next page."""
+        problems = [
+            _state_problem(state),
+            _filter_problem("queue", queue, QUEUE_NAME),
+            _filter_problem("task", task, TASK_NAME),
+            _integer_problem("limit", limit, 1, MAX_LIST_LIMIT),
+            None if after is None else _integer_problem("after", after, 1, MAX_JOB_ID),
+        ]
+        _refuse(problems)
         with self._connection() as db:
             return ops.list_jobs(db, state=state, queue=queue, task=task, limit=limit, after=after)
 
     def retry(self, job_id: int) -> Job:
         """Run a dead or cancelled job again; `InvalidState` for any other state."""
+        _check_id(job_id)
         with self._connection() as db:
             return ops.retry(db, job_id)
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a pending or failed job; `InvalidState` once it runs or has finished."""
+        _check_id(job_id)
         with self._connection() as db:
             return ops.cancel(db, job_id)
 
@@ -139,6 +163,9 @@ class Client:
     @staticmethod
     def _request(spec: Mapping[str, Any], prefix: str) -> ops.JobRequest:
         """Validate one spec, filling queue and max_attempts from the task when it is known."""
+        if not isinstance(spec, Mapping):
+            name = prefix.rstrip(".") or "spec"
+            raise InvalidJob([FieldError(name, "must be a dict with the fields of a job")])
         fields = {name: value for name, value in spec.items() if value is not None}
         task = registered(fields["task"]) if isinstance(fields.get("task"), str) else None
         if task is not None:
@@ -150,28 +177,84 @@ class Client:
     def _connection(
         self, conn: psycopg.Connection[Any] | None = None
     ) -> Iterator[psycopg.Connection[Any]]:
+        if conn is not None and not isinstance(conn, psycopg.Connection):
+            raise InvalidArgument([FieldError("conn", "must be a psycopg Connection or None")])
         pool = self._open_pool()
-        if conn is not None:
-            yield conn
-            return
-        with pool.connection() as pooled:
-            try:
-                yield pooled
-            finally:
-                _last_used[pooled] = time.monotonic()
+        try:
+            if conn is not None:
+                yield conn
+                return
+            with pool.connection() as pooled:
+                try:
+                    yield pooled
+                finally:
+                    _last_used[pooled] = time.monotonic()
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # Validation lets nothing through that the database refuses; should it ever,
+            # the caller gets the refusal named, without the row the database quoted.
+            raise _refused(exc) from None
 
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
             url = self._dsn or resolve_url(self._settings)
-            options = {"autocommit": True, **pooling_options(self._pgbouncer)}
-            with psycopg.connect(url, **options) as conn:
-                ensure_schema(conn, url)
+            options = pooling_options(self._pgbouncer)
+            with connect(url, **options):  # migrates
+                pass
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=self._max_connections,
-                kwargs=options,
+                kwargs={"autocommit": True, **options},
+                configure=configure,
                 check=_check_if_idle,
                 open=True,
             )
         return self._pool
+
+
+def _dsn_problem(dsn: object) -> FieldError | None:
+    if dsn is None:
+        return None
+    try:
+        if isinstance(dsn, str):
+            conninfo_to_dict(dsn)
+            return None
+    except psycopg.ProgrammingError:
+        pass  # its message may quote the string, password included
+    return FieldError("dsn", "must be a PostgreSQL URL or connection string, or None")
+
+
+def _refuse(problems: builtins.list[FieldError | None]) -> None:
+    errors = [problem for problem in problems if problem is not None]
+    if errors:
+        raise InvalidArgument(errors)
+
+
+def _check_id(job_id: object) -> None:
+    _refuse([_integer_problem("job_id", job_id, 1, MAX_JOB_ID)])
+
+
+def _integer_problem(name: str, value: object, low: int, high: int) -> FieldError | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return FieldError(name, f"must be an integer between {low} and {high}")
+    return None
+
+
+def _state_problem(state: object) -> FieldError | None:
+    if state is None or isinstance(state, JobState):
+        return None
+    if isinstance(state, str) and state in JobState._value2member_map_:
+        return None
+    return FieldError("state", f"must be a JobState or one of {', '.join(JobState)}")
+
+
+def _filter_problem(name: str, value: object, pattern: re.Pattern[str]) -> FieldError | None:
+    if value is None or (isinstance(value, str) and pattern.fullmatch(value)):
+        return None
+    return FieldError(name, f"must be a {name} name (matching {pattern.pattern}) or None")
+
+
+def _refused(exc: psycopg.Error) -> InvalidArgument:
+    where = exc.diag.column_name or exc.diag.constraint_name or "request"
+    reason = scrub(exc.diag.message_primary or str(exc), exc)
+    return InvalidArgument([FieldError(where, f"refused by the database: {reason}")])

@@ -44,10 +44,50 @@ def pooling_options(pgbouncer: bool) -> dict[str, Any]:
     return {"prepare_threshold": None} if pgbouncer else {}
 
 
+# Whatever the server's, database's or role's defaults (or PGTZ, or `options` in the URL),
+# errands reads its rows under these settings: timestamps in UTC, since a local zone
+# moves year 1 and 9999 outside what Python's datetime holds (Kiritimati is UTC+14), in the
+# ISO styles psycopg can parse. Set with SET-like calls rather than startup `options`, which
+# PgBouncer refuses; PgBouncer tracks these parameters and keeps them per client.
+_CONFIGURE_SESSION = """
+select set_config('timezone', 'UTC', false),
+       set_config('datestyle', 'ISO, YMD', false),
+       set_config('intervalstyle', 'postgres', false),
+       set_config('application_name',
+                  coalesce(nullif(current_setting('application_name'), ''), 'errands'), false)
+"""
+
+
+def configure(conn: psycopg.Connection[Any]) -> None:
+    """Fix the session settings errands depends on; every connection errands opens gets it.
+
+    Also the `configure` callback of the connection pools. An application name
+    given in the URL is kept; otherwise the session is named `errands`.
+    """
+    conn.execute(_CONFIGURE_SESSION)
+    if not conn.autocommit:
+        conn.commit()  # a rollback would undo the settings
+
+
+def open_connection(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection with errands' session settings (no migration: for tools and the harness)."""
+    conn = psycopg.connect(url, **kwargs)
+    try:
+        configure(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """An autocommit connection to a database whose schema is up to date."""
-    conn = psycopg.connect(url, autocommit=True, **kwargs)
-    ensure_schema(conn, url)
+    conn = open_connection(url, autocommit=True, **kwargs)
+    try:
+        ensure_schema(conn, url)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -17,22 +17,31 @@ class FieldError:
     message: str
 
 
-class InvalidJob(ErrandsError, ValueError):
-    """A job request with invalid fields; nothing was stored."""
+class InvalidArgument(ErrandsError, ValueError):
+    """Arguments refused before anything was done, each problem with the argument it concerns."""
 
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
 
 
-class IdempotencyConflict(ErrandsError):
-    """The idempotency key is taken by a job with a different task, queue or payload."""
+class InvalidJob(InvalidArgument):
+    """A job request with invalid fields; nothing was stored."""
 
-    def __init__(self, key: str, job_id: int) -> None:
+
+class IdempotencyConflict(ErrandsError):
+    """The idempotency key is taken by a job with a different task, queue or payload.
+
+    `job_id` is the stored job that holds the key; None when the key was taken inside
+    the same batch, whose jobs were never stored.
+    """
+
+    def __init__(self, key: str, job_id: int | None, message: str | None = None) -> None:
         self.key = key
         self.job_id = job_id
         super().__init__(
-            f"idempotency key {key!r} already belongs to job {job_id}, submitted with a "
+            message
+            or f"idempotency key {key!r} already belongs to job {job_id}, submitted with a "
             "different task, queue or payload"
         )
 
@@ -55,3 +64,24 @@ class InvalidState(ErrandsError):
 
 class ConfigurationError(ErrandsError):
     """Settings that cannot work, reported before anything starts."""
+
+
+WITHHELD = "(withheld: it may hold row contents)"
+
+
+def scrub(text: str, exc: BaseException) -> str:
+    """`text` (an error's message or traceback) without the details PostgreSQL put in `exc`.
+
+    A constraint violation's DETAIL quotes the failing row, payload included, and a
+    unique violation's the key: neither belongs in a log or an error message. `exc`'s
+    causes and contexts are scrubbed too.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        detail = getattr(getattr(current, "diag", None), "message_detail", None)
+        if detail:
+            text = text.replace(detail, WITHHELD)
+        current = current.__cause__ or current.__context__
+    return text

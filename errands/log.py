@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
-# uvicorn's start and stop chatter: errands logs where it listens itself.
-QUIET_LOGGERS = {"uvicorn": logging.WARNING}
+from errands.errors import scrub
+
+# Chatter of libraries at info: uvicorn's start and stop (errands says where it listens),
+# pgserver's every initdb and pg_ctl command line (errands says which database it uses).
+QUIET_LOGGERS = {"uvicorn": logging.WARNING, "pgserver": logging.WARNING}
 
 
 def library_mode() -> None:
@@ -33,6 +38,7 @@ def library_mode() -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.filter_by_level,
+            _scrub_exception,
             structlog.processors.format_exc_info,
             # One message per event: its text first, then its fields (logfmt).
             structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True),
@@ -49,6 +55,7 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _scrub_exception,
     ]
     renderer: structlog.typing.Processor
     if log_format == "console":
@@ -76,3 +83,18 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
     root.setLevel(numeric_level)
     for name, quiet in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(quiet, numeric_level))
+
+
+def _scrub_exception(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """Render a logged exception without the row contents a database error's DETAIL quotes."""
+    exc_info = event.get("exc_info")
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    exc = exc_info if isinstance(exc_info, BaseException) else None
+    if isinstance(exc_info, tuple):
+        exc = exc_info[1]
+    if exc is not None:
+        event.pop("exc_info")
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        event["exception"] = scrub(text, exc)
+    return event

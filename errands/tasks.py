@@ -6,6 +6,7 @@ import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar, overload
 
 from errands.backoff import Backoff
@@ -70,9 +71,9 @@ def task(
 
 
 def _check(spec: TaskSpec) -> None:
-    if not TASK_NAME.match(spec.name):
+    if not TASK_NAME.fullmatch(spec.name):  # fullmatch: `$` would let "name\n" by
         raise ConfigurationError(f"task name {spec.name!r} must match {TASK_NAME.pattern}")
-    if not QUEUE_NAME.match(spec.queue):
+    if not QUEUE_NAME.fullmatch(spec.queue):
         raise ConfigurationError(f"queue name {spec.queue!r} must match {QUEUE_NAME.pattern}")
     if spec.max_attempts < 1:
         raise ConfigurationError(f"task {spec.name}: max_attempts must be at least 1")
@@ -108,6 +109,7 @@ class CurrentJob:
     attempt: int
     max_attempts: int
     payload: dict[str, Any]
+    run_at: datetime  # when the job was due: a periodic job's tick
 
 
 _current: contextvars.ContextVar[CurrentJob] = contextvars.ContextVar("errands_current_job")

@@ -8,6 +8,7 @@ gets a database cloned from a migrated template, which takes milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import tempfile
@@ -28,9 +29,13 @@ from psycopg.conninfo import make_conninfo
 
 from errands import Client, embedded
 from errands.api import App
+from errands.api.app import MAX_IN_FLIGHT
+from errands.api.server import config as server_config
+from errands.api.transport import DEFAULT_LIMITS, Limits
 from errands.errors import ConfigurationError
 from errands.harness.pgbouncer import PgBouncer
-from errands.harness.process import free_port
+from errands.harness.process import DaemonProcess, free_port
+from errands.harness.waiting import wait_for
 from errands.schema import migrate
 from tests.daemon import Daemon
 
@@ -185,17 +190,20 @@ def start_daemon(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]
 
 @pytest.fixture
 def serve_api(db_url: str) -> Iterator[ServeApi]:
-    """Start the API on a free port (uvicorn on a thread); returns an HTTP client for it."""
+    """Start the API on a free port (the real server, on a thread); returns an HTTP client."""
     servers: list[tuple[uvicorn.Server, threading.Thread, httpx.Client]] = []
 
     def start(
-        tokens: tuple[str, ...] = (), url: str = db_url, pgbouncer: bool = False
+        tokens: tuple[str, ...] = (),
+        url: str = db_url,
+        limits: Limits = DEFAULT_LIMITS,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        pgbouncer: bool = False,
     ) -> httpx.Client:
         port = free_port()
-        app = App(url, tokens, lease_seconds=30, pgbouncer=pgbouncer)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-        )
+        app = App(url, tokens, lease_seconds=30, max_in_flight=max_in_flight, pgbouncer=pgbouncer)
+        # The production server's settings (protocol, limits, loop), on a thread.
+        server = uvicorn.Server(server_config(app, limits, host="127.0.0.1", port=port))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10
@@ -216,3 +224,34 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
 @pytest.fixture
 def api(serve_api: ServeApi) -> httpx.Client:
     return serve_api()
+
+
+@dataclass
+class ApiProcess:
+    """The real `errands api` command, on a free port of the loopback."""
+
+    process: DaemonProcess
+    port: int
+    http: httpx.Client
+
+
+@pytest.fixture
+def api_process(db_url: str, tmp_path: Path) -> Iterator[ApiProcess]:
+    port = free_port()
+    env = {**os.environ, "ERRANDS_DATABASE_URL": db_url, "ERRANDS_LOG_FORMAT": "json"}
+    args = ["api", "--host", "127.0.0.1", "--port", str(port)]
+    process = DaemonProcess(args, env, tmp_path / "api.log").start()
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+    def healthy() -> bool | None:
+        assert process.running(), "errands api exited"
+        with contextlib.suppress(httpx.TransportError):
+            return http.get("/health").status_code == 200 or None
+        return None
+
+    wait_for(healthy, what="errands api")
+    try:
+        yield ApiProcess(process, port, http)
+    finally:
+        http.close()
+        process.kill()

@@ -282,6 +282,10 @@ def test_every_child_exits_when_the_supervisor_is_killed(start_daemon: StartDaem
     # The HTTP child too: left alive it would hold the port the next supervisor needs.
     daemon = start_daemon("--workers", "2", "--port", str(free_port()))
     daemon.wait_for_workers(2)
+    wait_for(  # then two workers and the HTTP child are left
+        lambda: any(e["event"].startswith("no periodic schedules") for e in daemon.log_events()),
+        what="the scheduler to exit: these tasks declare no schedule",
+    )
     children = wait_for(
         lambda: len(daemon.children()) == 3 and daemon.children(), what="3 children"
     )

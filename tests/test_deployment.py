@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shlex
 import shutil
@@ -218,6 +219,63 @@ def test_api_publishes_the_port_it_listens_on() -> None:
     listens = port_of(environment("api")["ERRANDS_HTTP_ADDR"])
     assert listens == 3000
     assert [container_port(p) for p in api["ports"]] == [listens]
+
+
+def published_ports() -> dict[str, list[str]]:
+    services: dict[str, dict[str, Any]] = compose()["services"]
+    return {
+        name: [str(p) for p in svc["ports"]] for name, svc in services.items() if "ports" in svc
+    }
+
+
+def test_published_ports_bind_the_loopback_unless_told_otherwise() -> None:
+    """A default password and an open API must not be reachable from other machines."""
+    published = published_ports()
+    assert set(published) == {"postgres", "api", "prometheus"}
+    for name, mappings in published.items():
+        for mapping in mappings:
+            assert mapping.startswith("${PUBLISH_ADDR:-127.0.0.1}:"), (name, mapping)
+            assert interpolated(mapping).startswith("127.0.0.1:"), (name, mapping)
+
+
+def compose_config(**env: str) -> str:
+    """`docker-compose config`: the file as Compose itself reads and validates it."""
+    docker_compose = shutil.which("docker-compose")
+    assert docker_compose is not None
+    clean = {k: v for k, v in os.environ.items() if k != "PUBLISH_ADDR"}
+    result = subprocess.run(
+        [docker_compose, "--file", str(COMPOSE_FILE), "--profile", "prometheus", "config"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+needs_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose is not installed (.ci/run installs it: apt-get install docker-compose)",
+)
+
+
+@needs_compose
+def test_docker_compose_validates_the_file_and_publishes_on_the_loopback() -> None:
+    published = re.findall(r"^\s*- (\S+):(\d+):\d+/tcp$", compose_config(), re.MULTILINE)
+    assert sorted(published) == [
+        ("127.0.0.1", "3000"),
+        ("127.0.0.1", "5432"),
+        ("127.0.0.1", "9090"),
+    ]
+
+
+@needs_compose
+def test_publish_addr_exposes_the_ports_deliberately() -> None:
+    published = re.findall(
+        r"^\s*- (\S+):(\d+):\d+/tcp$", compose_config(PUBLISH_ADDR="0.0.0.0"), re.MULTILINE
+    )
+    assert {address for address, _ in published} == {"0.0.0.0"}
 
 
 def test_worker_http_child_listens_on_an_internal_port_only() -> None:

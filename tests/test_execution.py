@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import http.server
+import inspect
 import json
-import threading
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
+import structlog
 
 import errands
 from errands import demo
+from errands.errors import WITHHELD
+from errands.log import configure_logging
 from errands.queue import Job, JobState
 from errands.tasks import CurrentJob, running
 from errands.workers.execution import Failed, Succeeded, execute
@@ -79,7 +83,8 @@ def test_an_exception_is_a_failure_with_its_traceback() -> None:
 def test_a_failure_knows_the_line_that_raised_it() -> None:
     outcome = execute(a_job("execution.raises"))
     assert isinstance(outcome, Failed)
-    line = raises.__code__.co_firstlineno + 1
+    source, first = inspect.getsourcelines(raises)  # first: the decorator's line
+    line = first + next(n for n, text in enumerate(source) if "raise ValueError" in text)
     assert outcome.where == f"{__file__}:{line} in raises"
 
 
@@ -106,7 +111,7 @@ def test_an_unregistered_task_fails_with_a_clear_error() -> None:
 
 @pytest.fixture
 def as_job() -> Iterator[None]:
-    with running(CurrentJob(7, "demo", "default", 1, 5, {})):
+    with running(CurrentJob(7, "demo", "default", 1, 5, {}, datetime.now(UTC))):
         yield
 
 
@@ -133,20 +138,39 @@ def test_demo_sleep_returns_what_it_slept(as_job: None) -> None:
     assert demo.sleep(0.01) == {"slept": 0.01}
 
 
-def test_demo_http_call_fetches_a_url(as_job: None) -> None:
-    class Hello(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"hello")
+CARD = "4" + "1" * 15  # the row; written so that no source line in a traceback holds it
 
-        def log_message(self, *args: Any) -> None: ...
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+@errands.task("violates_a_check")
+def violates_a_check(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("create temp table cards (number text check (number not like '4111%'))")
+        conn.execute("insert into cards values ('4' || repeat('1', 15))")
+
+
+def test_a_database_error_in_a_task_is_stored_without_the_row_it_quotes(db_url: str) -> None:
+    outcome = execute(a_job("violates_a_check", {"url": db_url}))
+    assert isinstance(outcome, Failed) and outcome.traceback is not None
+    assert outcome.error.startswith("CheckViolation: new row for relation")
+    assert CARD not in outcome.error + outcome.traceback
+    assert WITHHELD in outcome.traceback
+
+
+def test_a_logged_database_error_shows_no_row(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("json", "INFO")
     try:
-        url = f"http://127.0.0.1:{server.server_port}/"
-        assert demo.http_call(url) == {"status": 200, "bytes": 5}
+        with psycopg.connect(db_url) as conn:
+            conn.execute("create temp table cards (number text check (number not like '4111%'))")
+            try:
+                conn.execute("insert into cards values ('4' || repeat('1', 15))")
+            except psycopg.Error:
+                structlog.get_logger("test").exception("could not store")
     finally:
-        server.shutdown()
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level  # not left writing to the captured stderr
+    logged = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert "CheckViolation" in logged["exception"] and CARD not in logged["exception"]

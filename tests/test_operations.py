@@ -128,6 +128,20 @@ def test_a_port_in_use_stops_start_up_with_one_clear_message(
     assert "child started" not in result.stderr
 
 
+def test_a_supervisor_started_right_after_a_killed_one_takes_its_port_over(
+    start_daemon: StartDaemon,
+) -> None:
+    # The killed supervisor's HTTP child still holds the port for a moment, until it notices.
+    port = free_port()
+    first = start_daemon("--workers", "1", "--port", str(port))
+    first.wait_for_workers(1)
+    first.signal(signal.SIGKILL)
+    first.wait()
+    second = start_daemon("--workers", "1", "--port", str(port))
+    wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), what="the second supervisor")
+    assert second.running()
+
+
 def ready(port: int) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
 

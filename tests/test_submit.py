@@ -154,14 +154,16 @@ def test_a_replay_matches_numbers_by_value_as_the_database_stores_them(
     )
 
 
-def test_a_key_repeated_in_a_batch_with_another_payload_is_a_conflict(
+def test_a_key_repeated_in_a_batch_with_another_payload_is_a_conflict_naming_no_job(
     client: Client, conn: Any
 ) -> None:
-    with pytest.raises(IdempotencyConflict):
+    # The first copy was never stored: the conflict names the two copies, not a job id.
+    with pytest.raises(IdempotencyConflict, match=r"\[0\] and \[1\] of the batch") as raised:
         client.enqueue_many(
             [
                 {"task": "t", "idempotency_key": "k"},
                 {"task": "t", "payload": {"x": 1}, "idempotency_key": "k"},
             ]
         )
+    assert raised.value.job_id is None
     assert count_jobs(conn) == 0

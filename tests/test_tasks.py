@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 import errands
 from errands.errors import ConfigurationError
 from errands.tasks import CurrentJob, registered, running
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_bare_decorator_registers_under_the_function_name() -> None:
@@ -40,20 +44,23 @@ def test_one_name_for_two_functions_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_attempts": 0}, {"timeout": 0}, {"queue": "bad queue"}],
+    [{"max_attempts": 0}, {"timeout": 0}, {"queue": "bad queue"}, {"queue": "q\n"}],
 )
 def test_invalid_options_are_refused_at_registration(options: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         errands.task("options.example", **options)(lambda: None)  # type: ignore[call-overload]
 
 
-def test_invalid_task_name_is_refused() -> None:
+@pytest.mark.parametrize("name", ["not a name", "trailing_newline\n"])
+def test_invalid_task_name_is_refused(name: str) -> None:
     with pytest.raises(ConfigurationError):
-        errands.task("not a name")(lambda: None)
+        errands.task(name)(lambda: None)
 
 
 def test_current_job_is_the_job_being_run() -> None:
-    job = CurrentJob(id=7, task="t", queue="default", attempt=2, max_attempts=5, payload={})
+    job = CurrentJob(
+        id=7, task="t", queue="default", attempt=2, max_attempts=5, payload={}, run_at=NOW
+    )
     with running(job):
         assert errands.current_job() == job
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,6 +12,10 @@ from hypothesis import strategies as st
 
 from errands import Client, InvalidJob
 from errands.queue import parse_request
+
+DEEP: list[Any] = []
+for _ in range(5_000):
+    DEEP = [DEEP]
 
 
 @pytest.mark.parametrize(
@@ -32,6 +36,14 @@ from errands.queue import parse_request
         ({"task": "t", "delay": -1}, "delay"),
         ({"task": "t", "queue": "has space"}, "queue"),
         ({"task": "t", "idempotency_key": ""}, "idempotency_key"),
+        # Values that once escaped validation as raw errors:
+        ({"task": "t\n"}, "task"),  # `$` matched before a trailing newline; PostgreSQL's not
+        ({"task": "t", "queue": "q\n"}, "queue"),
+        ({"task": "t", "delay": 10**400}, "delay"),  # OverflowError converting to a float
+        ({"task": "t", "delay": math.inf}, "delay"),
+        ({"task": "t", "run_at": datetime(1, 1, 1, tzinfo=UTC)}, "run_at"),
+        ({"task": "t", "run_at": datetime(9999, 12, 31, tzinfo=UTC)}, "run_at"),
+        ({"task": "t", "payload": {"x": DEEP}}, "payload"),  # RecursionError in json.dumps
     ],
 )
 def test_invalid_field_is_named_and_nothing_is_stored(

@@ -11,9 +11,10 @@ import asyncio
 import hmac
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -22,9 +23,19 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from errands.api import endpoints
-from errands.api.http import MAX_BODY_BYTES, HTTPError, Request, Response
+from errands.api.http import (
+    MAX_BODY_BYTES,
+    SINGLE_HEADERS,
+    HTTPError,
+    Request,
+    Response,
+    invalid,
+)
 from errands.api.openapi import document
+from errands.database import configure as configure_session
 from errands.database import pooling_options
+from errands.errors import FieldError
+from errands.queue.requests import Field, parse_fields
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -37,6 +48,9 @@ Readiness = Callable[[], str | None]
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 # Hit by every probe and scrape: their request lines are logged at debug, unless they fail.
 PROBE_PATHS = OPEN_PATHS
+# Requests handled at once (queued for, or running on, the threads); beyond it, 503. A
+# connection still sending its headers or body holds no slot, and /health needs none.
+MAX_IN_FLIGHT = 128
 
 _log = structlog.get_logger("errands.api")
 
@@ -46,24 +60,28 @@ class Route:
     method: str
     pattern: re.Pattern[str]
     handler: Handler | None  # None: answered without a database connection
+    query: Mapping[str, Field] = field(default_factory=dict)  # the query parameters it takes
 
 
 def _routes(lease_seconds: float, readiness: Readiness | None) -> list[Route]:
-    job = r"/jobs/(?P<id>\d{1,20})"
-    table: list[tuple[str, str, Handler | None]] = [
-        ("POST", "/jobs", endpoints.submit),
-        ("POST", "/jobs/batch", endpoints.submit_batch),
-        ("GET", "/jobs", endpoints.list_jobs),
-        ("GET", job, endpoints.get_job),
-        ("POST", job + "/retry", endpoints.retry_job),
-        ("POST", job + "/cancel", endpoints.cancel_job),
-        ("GET", "/stats", partial(endpoints.stats, lease_seconds=lease_seconds)),
-        ("GET", "/ready", partial(endpoints.ready, readiness=readiness)),
-        ("GET", "/metrics", endpoints.prometheus),
-        ("GET", "/health", None),
-        ("GET", "/openapi.json", None),
+    job = r"/jobs/(?P<id>[0-9]{1,20})"  # ASCII digits: \d would take "٣"
+    table: list[tuple[str, str, Handler | None, Mapping[str, Field]]] = [
+        ("POST", "/jobs", endpoints.submit, {}),
+        ("POST", "/jobs/batch", endpoints.submit_batch, {}),
+        ("GET", "/jobs", endpoints.list_jobs, endpoints.LIST_FILTERS),
+        ("GET", job, endpoints.get_job, {}),
+        ("POST", job + "/retry", endpoints.retry_job, {}),
+        ("POST", job + "/cancel", endpoints.cancel_job, {}),
+        ("GET", "/stats", partial(endpoints.stats, lease_seconds=lease_seconds), {}),
+        ("GET", "/schedules", endpoints.schedules, {}),
+        ("GET", "/ready", partial(endpoints.ready, readiness=readiness), {}),
+        ("GET", "/metrics", endpoints.prometheus, {}),
+        ("GET", "/health", None, {}),
+        ("GET", "/openapi.json", None, {}),
     ]
-    return [Route(method, re.compile(f"^{path}$"), handler) for method, path, handler in table]
+    return [
+        Route(method, re.compile(path), handler, query) for method, path, handler, query in table
+    ]
 
 
 class App:
@@ -76,6 +94,7 @@ class App:
         lease_seconds: float,
         threads: int = 8,
         readiness: Readiness | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
         *,
         pgbouncer: bool = False,
     ) -> None:
@@ -84,6 +103,8 @@ class App:
         self._tokens = [token.encode() for token in tokens]
         self._routes = _routes(lease_seconds, readiness)
         self._threads = threads
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._openapi = Response.json(200, document())
@@ -101,6 +122,7 @@ class App:
             min_size=1,
             max_size=self._threads,
             kwargs={"autocommit": True, **pooling_options(self._pgbouncer)},
+            configure=configure_session,
             timeout=5,
             open=True,
         )
@@ -132,35 +154,46 @@ class App:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request = Request.from_scope(dict(scope))
         try:
-            response = await self._answer(request, receive)
+            response = await self._answer(Request.from_scope(dict(scope)), receive)
         except HTTPError as exc:
             response = exc.response()
         except psycopg.OperationalError as exc:
+            _log_database_error("database unavailable", exc)
             response = HTTPError(
-                503, "database_unavailable", f"the database is unavailable: {exc}"
+                503, "database_unavailable", "the database is unavailable"
             ).response()
+        except psycopg.errors.CheckViolation as exc:
+            # A value the validation let through and a check refused: nothing was stored.
+            _log_database_error("a check refused a request that passed validation", exc, "warning")
+            constraint = exc.diag.constraint_name or "a constraint"
+            response = HTTPError(
+                422, "invalid_request", f"the database refused the request ({constraint})"
+            ).response()
+        except psycopg.Error as exc:
+            _log_database_error("unexpected database error", exc)
+            response = _internal_error()
         except Exception:
-            _log.exception("unexpected error", method=request.method, path=request.path)
-            response = HTTPError(
-                500, "internal_error", "unexpected error; see the server log"
-            ).response()
+            _log.exception("unexpected error", method=scope["method"], path=scope["path"])
+            response = _internal_error()
         await _send(send, response)
-        quiet = request.path in PROBE_PATHS and response.status < 500
+        quiet = scope["path"] in PROBE_PATHS and response.status < 500
         (_log.debug if quiet else _log.info)(
             "request",
-            method=request.method,
-            path=request.path,
+            method=scope["method"],
+            path=scope["path"],
             status=response.status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
             job_id=response.job_id,
         )
 
     async def _answer(self, request: Request, receive: Receive) -> Response:
-        route = self._route(request)
+        _check_framing(request)
         if request.path not in OPEN_PATHS:
+            # Before routing: without a token, not even which paths exist is told.
             self._authenticate(request)
+        route = self._route(request)
+        request.values = _query_values(route, request)
         if request.method == "POST":
             request.body = await _read_body(request, receive)
         if route.handler is None:
@@ -169,15 +202,26 @@ class App:
                 if request.path == "/openapi.json"
                 else Response.json(200, {"status": "ok"})
             )
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._with_connection, route.handler, request
-        )
+        if self._in_flight >= self._max_in_flight:
+            raise HTTPError(
+                503,
+                "overloaded",
+                f"more than {self._max_in_flight} requests at once; try again shortly",
+                headers=[("Retry-After", "1")],
+            )
+        self._in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self._with_connection, route.handler, request
+            )
+        finally:
+            self._in_flight -= 1
 
     def _route(self, request: Request) -> Route:
         allowed = []
         for route in self._routes:
-            match = route.pattern.match(request.path)
+            match = route.pattern.fullmatch(request.path)
             if match:
                 if route.method == request.method:
                     request.params = match.groupdict()
@@ -195,11 +239,11 @@ class App:
     def _authenticate(self, request: Request) -> None:
         if not self._tokens:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        presented = token.strip().encode()
+        scheme, _, token = request.headers.get("authorization", b"").partition(b" ")
+        presented = token.strip()
         # Compare with every token, so the time taken says nothing about which one nearly matched.
         matches = [hmac.compare_digest(presented, known) for known in self._tokens]
-        if scheme.lower() != "bearer" or not any(matches):
+        if scheme.lower() != b"bearer" or not any(matches):
             raise HTTPError(
                 401,
                 "unauthorized",
@@ -213,10 +257,53 @@ class App:
             return handler(conn, request)
 
 
+def _check_framing(request: Request) -> None:
+    """400 for a header that must come once and came twice; 501 for a transfer coding."""
+    for name in SINGLE_HEADERS:
+        if name in request.repeated:
+            raise HTTPError(400, "bad_request", f"the {name} header must be sent once")
+    codings = request.headers.get("transfer-encoding", b"chunked").lower().split(b",")
+    if [coding.strip() for coding in codings] != [b"chunked"]:
+        raise HTTPError(
+            501, "not_implemented", "the only transfer coding understood is chunked, alone"
+        )
+
+
+def _query_values(route: Route, request: Request) -> dict[str, Any]:
+    """The route's query parameters, parsed by their rules; 422 naming each problem."""
+    counts = Counter(name for name, _ in request.query)
+    errors = [FieldError(name, "must be given once") for name, n in counts.items() if n > 1]
+    values, problems = parse_fields(
+        route.query, dict(request.query), text=True, unknown="unknown query parameter"
+    )
+    errors += problems
+    if errors:
+        raise invalid(errors)
+    return values
+
+
+def _log_database_error(event: str, exc: psycopg.Error, level: str = "error") -> None:
+    """Named, never quoted: the text of a database error may quote the values (a check
+    violation's DETAIL is the failing row, payload included)."""
+    diag = exc.diag
+    getattr(_log, level)(
+        event,
+        error=type(exc).__name__,
+        sqlstate=exc.sqlstate,
+        table=diag.table_name,
+        column=diag.column_name,
+        constraint=diag.constraint_name,
+    )
+
+
+def _internal_error() -> Response:
+    return HTTPError(500, "internal_error", "unexpected error; see the server log").response()
+
+
 async def _read_body(request: Request, receive: Receive) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed the limit."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    declared = request.headers.get("content-length", b"")
+    if declared.isdigit() and (len(declared) > 9 or int(declared) > MAX_BODY_BYTES):
         raise _too_large()
     chunks, size = [], 0
     while True:

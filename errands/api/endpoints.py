@@ -10,19 +10,37 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import structlog
 
 from errands import queue
 from errands.api.http import HTTPError, Request, Response, invalid, json_body
-from errands.api.openapi import MAX_BATCH
 from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
-from errands.metrics import exposition, metrics, queue_gauges
+from errands.metrics import exposition, metrics, queue_gauges, schedule_gauge
 from errands.queue import Enqueued, Job, JobRequest, JobState
 from errands.queue.admin import MAX_LIST_LIMIT
+from errands.queue.requests import (
+    INT64_MAX,
+    QUEUE_NAME,
+    TASK_NAME,
+    Choice,
+    Field,
+    Integer,
+    Text,
+)
 
-MAX_ID = 2**63 - 1
-LIST_FIELDS = frozenset({"state", "queue", "task", "limit", "after"})
+MAX_BATCH = 1000
+
+# The query parameters of GET /jobs: one table for the check and the OpenAPI document.
+LIST_FILTERS: dict[str, Field] = {
+    "state": Field(Choice(tuple(s.value for s in JobState))),
+    "queue": Field(Text(QUEUE_NAME, "a queue name")),
+    "task": Field(Text(TASK_NAME, "a task name")),
+    "limit": Field(Integer(1, MAX_LIST_LIMIT), default=100),
+    "after": Field(Integer(1, INT64_MAX), description="next_after of the previous page"),
+}
 
 Conn = psycopg.Connection[Any]
+_log = structlog.get_logger("errands.api")
 
 
 def submit(conn: Conn, request: Request) -> Response:
@@ -37,6 +55,11 @@ def submit(conn: Conn, request: Request) -> Response:
 
 
 def submit_batch(conn: Conn, request: Request) -> Response:
+    if "idempotency-key" in request.headers:
+        # One key for many jobs would say nothing about which job it names.
+        raise invalid(
+            [FieldError("Idempotency-Key", "not taken by a batch: give each job idempotency_key")]
+        )
     body = json_body(request)
     if not isinstance(body, dict) or set(body) != {"jobs"}:
         raise invalid([FieldError("body", 'must be an object with one field, "jobs"')])
@@ -54,7 +77,7 @@ def submit_batch(conn: Conn, request: Request) -> Response:
             errors += exc.errors
     if errors:
         raise invalid(errors)
-    answers = _enqueue(lambda: queue.enqueue_many(conn, requests))
+    answers = _enqueue(lambda: queue.enqueue_many(conn, requests, field_prefix="jobs[{}]."))
     return Response.json(201, {"jobs": [a.job.to_dict() for a in answers]})
 
 
@@ -66,31 +89,9 @@ def get_job(conn: Conn, request: Request) -> Response:
 
 
 def list_jobs(conn: Conn, request: Request) -> Response:
-    query = request.query
-    errors = [
-        FieldError(name, "unknown query parameter") for name in sorted(set(query) - LIST_FIELDS)
-    ]
-    state = query.get("state")
-    if state is not None and state not in {s.value for s in JobState}:
-        errors.append(FieldError("state", f"must be one of {', '.join(s.value for s in JobState)}"))
-    errors += [
-        FieldError(name, "must not contain NUL characters")
-        for name in ("queue", "task")
-        if "\x00" in query.get(name, "")
-    ]
-    limit = _int_param(query, "limit", 100, 1, MAX_LIST_LIMIT, errors)
-    after = _int_param(query, "after", None, 1, MAX_ID, errors)
-    if errors:
-        raise invalid(errors)
-    jobs = queue.list_jobs(
-        conn,
-        state=state,
-        queue=query.get("queue"),
-        task=query.get("task"),
-        limit=limit,
-        after=after,
-    )
-    next_after = jobs[-1].id if len(jobs) == limit else None
+    filters = request.values
+    jobs = queue.list_jobs(conn, **filters)
+    next_after = jobs[-1].id if len(jobs) == filters["limit"] else None
     return Response.json(200, {"jobs": [j.to_dict() for j in jobs], "next_after": next_after})
 
 
@@ -104,6 +105,10 @@ def cancel_job(conn: Conn, request: Request) -> Response:
 
 def stats(conn: Conn, request: Request, lease_seconds: float) -> Response:
     return Response.json(200, queue.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
+
+
+def schedules(conn: Conn, request: Request) -> Response:
+    return Response.json(200, {"schedules": [s.to_dict() for s in queue.list_schedules(conn)]})
 
 
 def ready(conn: Conn, request: Request, readiness: Callable[[], str | None] | None) -> Response:
@@ -120,7 +125,10 @@ def prometheus(conn: Conn, request: Request) -> Response:
             for q in queue.job_counts(conn)
             for state, n in q.counts.items()
         ]
-        return queue_gauges(counts, queue.oldest_pending_seconds(conn))
+        return [
+            *queue_gauges(counts, queue.oldest_pending_seconds(conn)),
+            schedule_gauge(queue.list_schedules(conn)),
+        ]
 
     return Response(200, exposition(database_gauges), "text/plain; version=0.0.4; charset=utf-8")
 
@@ -129,11 +137,16 @@ def prometheus(conn: Conn, request: Request) -> Response:
 
 
 def _with_header_key(body: dict[str, Any], request: Request) -> dict[str, Any]:
-    header = request.headers.get("idempotency-key")
+    header = request.header("idempotency-key")
     if header is None:
         return body
-    if "idempotency_key" in body and body["idempotency_key"] != header:
-        raise invalid([FieldError("idempotency_key", "differs from the Idempotency-Key header")])
+    if body.get("idempotency_key") not in (None, header):
+        raise HTTPError(
+            409,
+            "idempotency_conflict",
+            "the Idempotency-Key header and the idempotency_key field give different keys",
+            [FieldError("idempotency_key", "differs from the Idempotency-Key header")],
+        )
     return {**body, "idempotency_key": header}
 
 
@@ -149,9 +162,13 @@ def _enqueue(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
         answers: list[Enqueued] = store()
     except IdempotencyConflict as exc:
         raise HTTPError(409, "idempotency_conflict", str(exc)) from None
-    for answer in answers:
-        if answer.created:
-            metrics().jobs_enqueued.labels(answer.job.queue, answer.job.task).inc()
+    try:
+        for answer in answers:
+            if answer.created:
+                metrics().jobs_enqueued.labels(answer.job.queue, answer.job.task).inc()
+    except Exception:
+        # The jobs are committed: a counter that cannot move must not turn that into an error.
+        _log.exception("could not count enqueued jobs")
     return answers
 
 
@@ -166,28 +183,11 @@ def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) ->
 
 
 def _job_id(request: Request) -> int:
-    job_id = int(request.params["id"])  # the route matched digits only
-    if job_id > MAX_ID:
+    job_id = int(request.params["id"])  # the route matched ASCII digits only
+    if job_id > INT64_MAX:
         raise _not_found(request)
     return job_id
 
 
 def _not_found(request: Request) -> HTTPError:
     return HTTPError(404, "not_found", f"job {request.params.get('id')} does not exist")
-
-
-def _int_param(
-    query: dict[str, str],
-    name: str,
-    default: int | None,
-    low: int,
-    high: int,
-    errors: list[FieldError],
-) -> Any:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        errors.append(FieldError(name, f"must be an integer between {low} and {high}"))
-        return default
-    return int(raw)

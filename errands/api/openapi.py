@@ -1,25 +1,19 @@
 """The OpenAPI 3.1 document of the HTTP API, served at /openapi.json.
 
-Constraints come from the validation code itself (requests.py), so the document
-and the behaviour cannot drift apart; the schemathesis test checks the rest.
+Fields and query parameters are generated from the tables of rules that the
+validation runs (JOB_FIELDS, LIST_FILTERS), so the document and the behaviour
+cannot drift apart; the schemathesis test checks the rest.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from errands.api.endpoints import LIST_FILTERS, MAX_BATCH
+from errands.api.http import MAX_BODY_BYTES
+from errands.api.transport import DEFAULT_LIMITS as _LIMITS
 from errands.queue import JobState
-from errands.queue.admin import MAX_LIST_LIMIT
-from errands.queue.requests import (
-    INT32,
-    MAX_ATTEMPTS_LIMIT,
-    MAX_DELAY_SECONDS,
-    MAX_IDEMPOTENCY_KEY,
-    QUEUE_NAME,
-    TASK_NAME,
-)
-
-MAX_BATCH = 1000
+from errands.queue.requests import JOB_FIELDS, JSON_VALUE_SCHEMA, Field
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -42,19 +36,51 @@ def _json(
     return answer
 
 
+_REASONS = {
+    400: "Unparsable JSON, a repeated header, or a header or query string that is not UTF-8",
+    401: "Missing or unknown bearer token (when ERRANDS_API_TOKENS is set)",
+    404: "No such job",
+    408: f"The request line and headers took over {_LIMITS.head_timeout:g} s, "
+    f"or the body over {_LIMITS.body_timeout:g} s",
+    409: "Idempotency key taken by another request (a stored job's, another job's of the "
+    "same batch, or the body's and the header's differ), or a state that forbids the action",
+    413: f"The body exceeds {MAX_BODY_BYTES} bytes",
+    415: "The body is not application/json in UTF-8, or has a Content-Encoding",
+    422: "Invalid fields or query parameters, each named in details",
+    431: f"The request line and headers exceed {_LIMITS.max_head_bytes} bytes "
+    f"or {_LIMITS.max_headers} lines",
+    501: "A transfer coding other than chunked",
+    503: "The database is unavailable, or the server has too many connections or requests",
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    reasons = {
-        400: "The body is not valid JSON",
-        401: "Missing or unknown bearer token (when ERRANDS_API_TOKENS is set)",
-        404: "No such job",
-        405: "Method not allowed",
-        409: "Idempotency key taken by another request, or a state that forbids the action",
-        413: "The body exceeds 1 MiB",
-        415: "The body is not application/json",
-        422: "Invalid fields, each named in details",
-        503: "The database is unavailable",
-    }
-    return {str(status): _json(_ref("Error"), reasons[status]) for status in statuses}
+    # Every operation may meet the transport's limits (408, 431, 503 beyond the connections),
+    # framing errors (400, 501) and unknown query parameters (422).
+    every = {400, 408, 422, 431, 501, 503, *statuses}
+    return {str(status): _json(_ref("Error"), _REASONS[status]) for status in sorted(every)}
+
+
+def _properties(fields: dict[str, Field]) -> dict[str, Any]:
+    return {name: rule.schema() for name, rule in fields.items()}
+
+
+def _query(fields: dict[str, Field]) -> list[dict[str, Any]]:
+    """Query parameters: never null, and never blank unless the rule allows it."""
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": rule.required,
+            "schema": {
+                key: value
+                for key, value in {**rule.rule.schema(), "default": rule.default}.items()
+                if value is not None
+            },
+            **({"description": rule.description} if rule.description else {}),
+        }
+        for name, rule in fields.items()
+    ]
 
 
 _TIMESTAMP = {"type": "string", "format": "date-time"}
@@ -64,24 +90,6 @@ _JOB_ID = {
     "required": True,
     "schema": {"type": "integer", "minimum": 0},
 }
-_REQUEST_FIELDS: dict[str, Any] = {
-    "task": {"type": "string", "pattern": TASK_NAME.pattern},
-    "payload": {
-        "type": "object",
-        "description": "the task's keyword arguments (JSON without NUL characters)",
-    },
-    "queue": {"type": "string", "pattern": QUEUE_NAME.pattern, "default": "default"},
-    "priority": {"type": "integer", "minimum": INT32[0], "maximum": INT32[1], "default": 0},
-    "run_at": {**_TIMESTAMP, "description": "not before this time (RFC 3339 with an offset)"},
-    "delay": {
-        "type": "number",
-        "minimum": 0,
-        "maximum": MAX_DELAY_SECONDS,
-        "description": "seconds",
-    },
-    "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT, "default": 5},
-    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-}
 
 
 def document() -> dict[str, Any]:
@@ -89,8 +97,12 @@ def document() -> dict[str, Any]:
         "type": "object",
         "required": ["task"],
         "additionalProperties": False,
-        "properties": _REQUEST_FIELDS,
-        "not": {"required": ["run_at", "delay"]},
+        "properties": _properties(JOB_FIELDS),
+        # Both given (null is absent): refused.
+        "not": {
+            "required": ["run_at", "delay"],
+            "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}},
+        },
     }
     job = {
         "type": "object",
@@ -127,8 +139,8 @@ def document() -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-        "description": "Same as the idempotency_key field",
+        "schema": JOB_FIELDS["idempotency_key"].rule.schema(),
+        "description": "Same as the idempotency_key field, in UTF-8 (not taken by /jobs/batch)",
     }
     return {
         "openapi": "3.1.0",
@@ -139,7 +151,17 @@ def document() -> dict[str, Any]:
             '{"error": {"code", "message", "details"}}.',
         },
         "components": {
-            "schemas": {"JobRequest": job_request, "Job": job, "Error": error},
+            "schemas": {
+                "JobRequest": job_request,
+                "Job": job,
+                "Error": error,
+                "JsonValue": JSON_VALUE_SCHEMA,
+                "Schedule": {
+                    "type": "object",
+                    "required": list(_SCHEDULE_PROPERTIES),
+                    "properties": _SCHEDULE_PROPERTIES,
+                },
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],
@@ -170,31 +192,7 @@ def document() -> dict[str, Any]:
                 },
                 "get": {
                     "summary": "List jobs, newest first",
-                    "parameters": [
-                        {
-                            "name": "state",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": [s.value for s in JobState]},
-                        },
-                        {"name": "queue", "in": "query", "schema": {"type": "string"}},
-                        {"name": "task", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": MAX_LIST_LIMIT,
-                                "default": 100,
-                            },
-                        },
-                        {
-                            "name": "after",
-                            "in": "query",
-                            "description": "next_after of the previous page",
-                            "schema": {"type": "integer", "minimum": 1},
-                        },
-                    ],
+                    "parameters": _query(LIST_FILTERS),
                     "responses": {
                         "200": _json(
                             {
@@ -295,6 +293,24 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/schedules": {
+                "get": {
+                    "summary": "Periodic schedules: definition, next tick, last enqueued job",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["schedules"],
+                                "properties": {
+                                    "schedules": {"type": "array", "items": _ref("Schedule")}
+                                },
+                            },
+                            "Every schedule a scheduler declared, by name",
+                        ),
+                        **_errors(401, 422, 503),
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "summary": "Liveness; no database call",
@@ -302,7 +318,8 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json(
                             {"type": "object", "properties": {"status": {"const": "ok"}}}, "Alive"
-                        )
+                        ),
+                        **_errors(),
                     },
                 }
             },
@@ -344,6 +361,27 @@ def document() -> dict[str, Any]:
         },
     }
 
+
+_SCHEDULE_PROPERTIES: dict[str, Any] = {
+    "name": {"type": "string"},
+    "task": {"type": "string"},
+    "cron": _nullable({"type": "string", "description": "five fields or a nickname (@daily)"}),
+    "every": _nullable({"type": "integer", "minimum": 1, "description": "seconds"}),
+    "tz": {"type": "string", "description": "the time zone cron is evaluated in"},
+    "payload": {"type": "object"},
+    "catch_up": {"type": "boolean"},
+    "next_tick": _nullable(_TIMESTAMP),
+    "last_tick": _nullable(_TIMESTAMP),
+    "last_job_id": _nullable({"type": "integer"}),
+    "last_job_state": _nullable({"type": "string", "enum": [s.value for s in JobState]}),
+    "last_enqueued_at": _nullable(_TIMESTAMP),
+    "declared_at": _TIMESTAMP,
+    "seen_at": _TIMESTAMP,
+    "active": {
+        "type": "boolean",
+        "description": "a running scheduler declared it within the last three minutes",
+    },
+}
 
 _JOB_PROPERTIES: dict[str, Any] = {
     "id": {"type": "integer"},

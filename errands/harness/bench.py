@@ -32,7 +32,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from errands.client import Client
-from errands.database import connect
+from errands.database import connect, open_connection
 from errands.errors import ConfigurationError
 from errands.harness import pgbench
 from errands.harness.pgbouncer import PgBouncer
@@ -150,7 +150,7 @@ class Bench:
                 admin.execute(f"drop database {name} with (force)")
 
     def _reset(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with open_connection(self.url, autocommit=True) as conn:
             conn.execute("truncate errands_jobs, errands_finished_counts, errands_workers")
             conn.execute("vacuum analyze errands_jobs")
 
@@ -350,7 +350,7 @@ class Bench:
             self._wait_until_drained(jobs)
         finally:
             daemon.stop()
-        with psycopg.connect(self.url) as conn:
+        with open_connection(self.url) as conn:
             waits = [
                 row[0] * 1000
                 for row in conn.execute(
@@ -534,7 +534,7 @@ class Bench:
 
     def _wait_for_workers(self, count: int) -> None:
         def started() -> bool:
-            with psycopg.connect(self.url, autocommit=True) as conn:
+            with open_connection(self.url, autocommit=True) as conn:
                 return len(live_workers(conn, silence_seconds=60)) >= count
 
         wait_for(started, what="workers to start")
@@ -543,7 +543,7 @@ class Bench:
         wait_for(lambda: drained(self.url), timeout=600, what=f"{jobs} jobs to finish")
 
     def _busy_seconds(self) -> float:
-        with psycopg.connect(self.url) as conn:
+        with open_connection(self.url) as conn:
             busy = "max(finished_at) - min(started_at)"
             row = conn.execute(
                 f"select extract(epoch from {busy})::float8 from errands_jobs"
@@ -553,7 +553,7 @@ class Bench:
 
     def _postmaster_pid(self) -> int | None:
         """The local PostgreSQL's parent process; None when the server runs elsewhere."""
-        with psycopg.connect(self.url) as conn:
+        with open_connection(self.url) as conn:
             row = conn.execute("select pg_backend_pid()").fetchone()
             assert row is not None
             stat = ProcStat.read(row[0])

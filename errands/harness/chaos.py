@@ -31,7 +31,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from errands.client import Client
-from errands.database import connect
+from errands.database import connect, open_connection
 from errands.harness.chaos_tasks import RECORD_TABLES
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, alive, free_port
@@ -389,7 +389,7 @@ class Chaos:
         """(pid, job id, attempt) of a worker of a current daemon running a job."""
         mine = {pid for daemon in self._current() for pid in daemon.children()}
         try:
-            with psycopg.connect(self.direct_url, connect_timeout=2) as conn:
+            with open_connection(self.direct_url, connect_timeout=2) as conn:
                 rows = conn.execute(
                     "select lease_owner, id, attempts from errands_jobs where state = 'in_progress'"
                 ).fetchall()
@@ -580,7 +580,7 @@ class Evidence:
 
     @classmethod
     def read(cls, url: str) -> Evidence:
-        with psycopg.connect(url) as conn:
+        with open_connection(url) as conn:
             rows = conn.execute(
                 "select id, idempotency_key, task, payload, state::text, attempts,"
                 " max_attempts, result, lease_expires_at < now() from errands_jobs"

@@ -10,8 +10,7 @@ import time
 import uuid
 from typing import Any
 
-import psycopg
-
+from errands.database import open_connection
 from errands.tasks import current_job, task
 
 _local = threading.local()
@@ -31,7 +30,7 @@ def _record(sql: str, *params: Any) -> None:
     if conn is None or conn.closed or conn.broken:
         # No prepared statements: the URL may go through a transaction-pooling PgBouncer.
         url = os.environ["ERRANDS_DATABASE_URL"]
-        conn = _local.conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
+        conn = _local.conn = open_connection(url, autocommit=True, prepare_threshold=None)
     conn.execute(sql.encode(), params)
 
 

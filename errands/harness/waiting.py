@@ -9,6 +9,7 @@ from typing import TypeVar
 import httpx
 import psycopg
 
+from errands.database import open_connection
 from errands.queue import JobState, job_counts
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ def answers(url: str) -> bool:
 def drained(url: str) -> bool:
     """Whether no job is left pending, failed or in progress (False while the database is down)."""
     try:
-        with psycopg.connect(url, connect_timeout=2) as conn:
+        with open_connection(url, connect_timeout=2) as conn:
             counts = job_counts(conn)
     except psycopg.OperationalError:
         return False

@@ -35,6 +35,7 @@ from errands.queue.presence import (
     worker_id,
 )
 from errands.queue.requests import JobRequest, parse_request
+from errands.queue.schedules import Schedule, ScheduleStatus, list_schedules
 from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "JobState",
     "QueueCounts",
     "Recovered",
+    "Schedule",
+    "ScheduleStatus",
     "Stats",
     "WorkerInfo",
     "announce",
@@ -63,6 +66,7 @@ __all__ = [
     "host_of",
     "job_counts",
     "list_jobs",
+    "list_schedules",
     "live_workers",
     "oldest_pending_seconds",
     "parse_request",

@@ -48,10 +48,18 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
     raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
 
 
-def enqueue_many(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) -> list[Enqueued]:
-    """Store many jobs in one statement and one transaction: all of them or none."""
+def enqueue_many(
+    conn: psycopg.Connection[Any], requests: Sequence[JobRequest], field_prefix: str = "[{}]."
+) -> list[Enqueued]:
+    """Store many jobs in one statement and one transaction: all of them or none.
+
+    A key repeated inside the batch must come with the same request (later copies
+    replay the first); otherwise IdempotencyConflict names both copies (`field_prefix`
+    formatted with their index) before the database sees anything.
+    """
     if not requests:
         return []
+    _refuse_conflicting_copies(requests, field_prefix)
     params = {
         "tasks": [r.task for r in requests],
         "queues": [r.queue for r in requests],
@@ -73,6 +81,24 @@ def enqueue_many(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) 
     raise ErrandsError("could not settle the idempotency keys of a batch")
 
 
+def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
+    """A key repeated in the batch with another request; its first copy was never stored."""
+    first: dict[str, int] = {}
+    for n, request in enumerate(requests):
+        key = request.idempotency_key
+        if key is None:
+            continue
+        earlier = first.setdefault(key, n)
+        if not request.same_request_as(requests[earlier]):
+            where = [field_prefix.format(i).rstrip(".") for i in (earlier, n)]
+            raise IdempotencyConflict(
+                key,
+                None,
+                f"idempotency key {key!r} is given to {where[0]} and {where[1]} of the batch "
+                "with a different task, queue or payload; nothing was stored",
+            )
+
+
 def _match(requests: Sequence[JobRequest], rows: list[dict[str, Any]]) -> list[Enqueued]:
     """Pair each request with its row: by key when it has one, else in insertion order."""
     by_key: dict[str, dict[str, Any]] = {}
@@ -86,22 +112,19 @@ def _match(requests: Sequence[JobRequest], rows: list[dict[str, Any]]) -> list[E
     fresh = iter(unkeyed)
 
     answers = []
-    first_with_key: dict[str, JobRequest] = {}
+    seen: set[str] = set()
     for request in requests:
         key = request.idempotency_key
         if key is None:
             answers.append(Enqueued(Job.from_row(next(fresh)), created=True))
         elif key not in by_key:
             raise _KeyRace
-        elif key not in first_with_key:
-            first_with_key[key] = request
+        elif key not in seen:
+            seen.add(key)
             answers.append(_answer(request, by_key[key]))
         else:
-            # A key repeated inside one batch: later copies replay the first.
-            job = Job.from_row(by_key[key])
-            if not request.same_request_as(first_with_key[key]):
-                raise IdempotencyConflict(key, job.id)
-            answers.append(Enqueued(job, created=False))
+            # A key repeated inside one batch (the same request, checked before): a replay.
+            answers.append(Enqueued(Job.from_row(by_key[key]), created=False))
     return answers
 
 

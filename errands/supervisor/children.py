@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from errands.errors import ConfigurationError
+from errands.errors import ConfigurationError, scrub
 
 EXIT_STARTUP = 3  # the child could not start (e.g. a task module failed to import)
 EXIT_ORPHANED = 5  # the supervisor died
@@ -28,7 +28,7 @@ _log = structlog.get_logger("errands.supervisor")
 class Slot:
     """A place for one child; it outlives the processes that fill it in turn."""
 
-    kind: str  # "worker" or "http"
+    kind: str  # "worker", "http" or "scheduler"
     number: int
     crashes: int = 0  # consecutive quick deaths, for the restart backoff
     start_after: float = 0.0  # monotonic time before which it must not be restarted
@@ -77,9 +77,13 @@ def fork_child(slot: Slot, main: Callable[[], int], inherited_fds: Iterable[int]
     except BaseException as exc:
         code = EXIT_STARTUP if isinstance(exc, ConfigurationError) else 1
         with contextlib.suppress(BaseException):  # a closed log pipe must not keep us alive
-            os.write(status_w, f"{type(exc).__name__}: {exc}".encode()[:65536])
+            error = scrub(f"{type(exc).__name__}: {exc}", exc)  # a database error's row: never
+            os.write(status_w, error.encode()[:65536])
             _log.error(
-                "child failed", child=slot.name, error=str(exc), traceback=traceback.format_exc()
+                "child failed",
+                child=slot.name,
+                error=scrub(str(exc), exc),
+                traceback=scrub(traceback.format_exc(), exc),
             )
     finally:
         with contextlib.suppress(BaseException):

@@ -1,5 +1,8 @@
 """The supervisor: forks the children, restarts the dead, recovers their jobs, reaps leases.
 
+Its children: the workers, the HTTP child (unless --no-http) and the scheduler,
+which enqueues periodic jobs. Task modules are imported only in children.
+
 It is single-threaded and sleeps in one select() on a wake-up pipe (signals,
 including SIGCHLD, write to it) and the children's status pipes, with a
 timeout for the next reaper run, restart or shutdown deadline.
@@ -34,6 +37,7 @@ from errands.queue import Recovered, forget, reap, release, worker_id
 from errands.supervisor.board import WorkerBoard
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
 from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
+from errands.workers.scheduler import EXIT_NOTHING_TO_SCHEDULE, SchedulerOptions, run_scheduler
 
 QUICK_DEATH_SECONDS = 10.0  # a child dying sooner than this counts towards a crash loop
 MAX_RESTART_DELAY = 30.0
@@ -51,6 +55,7 @@ class SupervisorOptions:
     http_main: Callable[[Callable[[], str | None]], int] | None = None
     # Its listening socket, bound before any child is forked; closed in worker children.
     http_socket: socket.socket | None = None
+    scheduler: bool = True  # the child that enqueues periodic jobs' ticks
     hostname: str = field(default_factory=socket.gethostname)  # in the workers' ids
 
 
@@ -62,6 +67,8 @@ class Supervisor:
         self._board = WorkerBoard(options.workers)
         if options.http_main is not None:
             self._slots.append(Slot("http", 1))
+        if options.scheduler:
+            self._slots.append(Slot("scheduler", 1))
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
@@ -170,12 +177,19 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         fds = [self._wake_r, self._wake_w, *(c.status_fd for c in self._children.values())]
+        if slot.kind != "http" and self.options.http_socket is not None:
+            fds.append(self.options.http_socket.fileno())  # only the HTTP child keeps the port
         if slot.kind == "http":
             assert self.options.http_main is not None
             child = fork_child(slot, partial(self.options.http_main, self._board.not_ready), fds)
+        elif slot.kind == "scheduler":
+            scheduler = SchedulerOptions(
+                self._url,
+                self.options.worker.task_modules,
+                pgbouncer=not self.options.worker.listen,
+            )
+            child = fork_child(slot, partial(run_scheduler, scheduler), fds)
         else:
-            if self.options.http_socket is not None:
-                fds.append(self.options.http_socket.fileno())
             token = secrets.token_hex(3)
 
             def worker_main() -> int:
@@ -226,6 +240,10 @@ class Supervisor:
             _log.info("child exited", **fields)
             return
         slot = child.slot
+        if code == EXIT_NOTHING_TO_SCHEDULE:
+            self._slots.remove(slot)
+            _log.info("no periodic schedules declared: the scheduler is not needed", **fields)
+            return
         if code == EXIT_REPLACE:
             slot.crashes, delay = 0, 0.0
         elif code == EXIT_STARTUP or lived < QUICK_DEATH_SECONDS:

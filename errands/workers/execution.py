@@ -6,7 +6,9 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from errands.errors import scrub
 from errands.queue import Job, encode_result
+from errands.queue.ticks import tick_of
 from errands.tasks import CurrentJob, registered, registered_tasks, running
 
 
@@ -39,14 +41,26 @@ def execute(job: Job) -> Outcome:
             None,
             time.monotonic() - started,
         )
-    current = CurrentJob(job.id, job.task, job.queue, job.attempts, job.max_attempts, job.payload)
+    current = CurrentJob(
+        job.id,
+        job.task,
+        job.queue,
+        job.attempts,
+        job.max_attempts,
+        job.payload,
+        tick_of(job.idempotency_key) or job.run_at,
+    )
     try:
         with running(current):
             result = spec.func(**job.payload)
         result_json = encode_result(result)
     except (Exception, SystemExit) as exc:  # a task's sys.exit() is its failure, not ours
+        # Stored with the job and logged: never the row a database error quotes.
         return Failed(
-            _describe(exc), traceback.format_exc(), time.monotonic() - started, _where(exc)
+            scrub(_describe(exc), exc),
+            scrub(traceback.format_exc(), exc),
+            time.monotonic() - started,
+            _where(exc),
         )
     return Succeeded(result_json, time.monotonic() - started)
 

@@ -232,3 +232,31 @@ select id, host, pid, queues, concurrency, started_at, heartbeat_at
 from errands_workers
 where heartbeat_at >= now() - make_interval(secs => %(silence_seconds)s)
 order by started_at, id;
+
+-- name: declare_schedule
+-- A scheduler declares a schedule it runs: the definition is the latest
+-- declared (a rolling deploy may change it); the record of ticks stays.
+insert into errands_schedules as s (name, task, cron, every_seconds, tz, payload, catch_up)
+values (%(name)s, %(task)s, %(cron)s, %(every_seconds)s, %(tz)s, %(payload)s, %(catch_up)s)
+on conflict (name) do update
+set task = excluded.task, cron = excluded.cron, every_seconds = excluded.every_seconds,
+    tz = excluded.tz, payload = excluded.payload, catch_up = excluded.catch_up, seen_at = now()
+returning s.declared_at, s.last_tick;
+
+-- name: schedules_seen
+update errands_schedules set seen_at = now() where name = any(%(names)s::text[]);
+
+-- name: record_tick
+-- Only ever moves forward, whichever supervisor records the tick first.
+update errands_schedules
+set last_tick = %(tick)s, last_job_id = %(job_id)s, last_enqueued_at = %(enqueued_at)s,
+    seen_at = now()
+where name = %(name)s and (last_tick is null or last_tick < %(tick)s);
+
+-- name: list_schedules
+select s.name, s.task, s.cron, s.every_seconds, s.tz, s.payload, s.catch_up, s.declared_at,
+       s.seen_at, s.last_tick, s.last_job_id, s.last_enqueued_at,
+       job.state::text as last_job_state, now() as now
+from errands_schedules as s
+left join errands_jobs as job on job.id = s.last_job_id
+order by s.name;
