@@ -37,7 +37,7 @@ from errands.queue.requests import INT32, MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS
 from errands.queue.ticks import rfc3339
 from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
-from errands.workers import WorkerOptions
+from errands.workers import DEFAULT_CONCURRENCY, WorkerOptions
 from errands.workers.wakeups import listen_works
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -161,9 +161,9 @@ def http_options(func: F) -> F:
 @click.option(
     "--concurrency",
     type=Integer(1, 10_000),
-    default=1,
+    default=DEFAULT_CONCURRENCY,
     show_default=True,
-    help="Jobs each worker process runs at once, on threads (for I/O-bound tasks).",
+    help="Jobs each worker process runs at once, on threads (1 for CPU-bound tasks).",
 )
 @click.option(
     "--prefetch",

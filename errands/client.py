@@ -108,7 +108,7 @@ class Client:
     def enqueue_many(
         self, specs: Iterable[Mapping[str, Any]], *, conn: psycopg.Connection[Any] | None = None
     ) -> builtins.list[Job]:
-        """Submit many jobs in one round trip and one transaction: all or none.
+        """Submit many jobs in one transaction (sent by COPY): all or none.
 
         Each spec is a dict with the fields of the HTTP body (`task`, `payload`,
         `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`).

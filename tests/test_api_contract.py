@@ -25,7 +25,7 @@ ST = Path(sys.executable).with_name("st")
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_every_check_passes_on_positive_and_negative_data(
-    serve_api: ServeApi, conn: psycopg.Connection[Any]
+    serve_api: ServeApi, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     # Schedules to list, one with a last job: GET /schedules answers with every field.
     conn.execute(
@@ -51,6 +51,7 @@ def test_every_check_passes_on_positive_and_negative_data(
             "--generation-database",
             "none",
         ],
+        cwd=tmp_path,  # st keeps a cache in its working directory
         capture_output=True,
         text=True,
         timeout=1800,

@@ -74,7 +74,27 @@ def test_a_worker_killed_mid_job_has_its_job_run_again_before_the_lease_could_ex
     assert (first[0], second[0]) == (1, 2) and second[1] != victim
 
 
-def test_a_killed_supervisors_workers_exit_and_the_next_supervisors_reaper_recovers_the_job(
+def test_a_supervisor_started_after_one_killed_on_this_machine_releases_its_job_at_once(
+    start_daemon: StartDaemon, client: Client
+) -> None:
+    # A 30 s lease: the job's history says who recovered it (released as its worker
+    # exited, not reaped after the lease), with no timing in the test.
+    first = start_daemon("--workers", "1", ERRANDS_LEASE_SECONDS="30")
+    (worker,) = first.wait_for_workers(1)
+    job = client.enqueue("hold", {"seconds": 60})
+    wait_for_executions(first, job.id, 1)
+    first.signal(signal.SIGKILL)
+    first.wait()
+
+    start_daemon("--workers", "1", ERRANDS_LEASE_SECONDS="30")
+    wait_for_state(client, job.id, JobState.COMPLETED)
+    recovered = client.get(job.id)
+    assert recovered is not None
+    assert [e["error"] for e in recovered.errors] == [WORKER_EXITED]
+    assert recovered.errors[0]["worker"].split(":")[1] == str(worker)
+
+
+def test_a_killed_supervisors_job_recorded_from_another_machine_is_left_to_the_reaper(
     start_daemon: StartDaemon, client: Client
 ) -> None:
     first = start_daemon("--workers", "1")
@@ -85,6 +105,9 @@ def test_a_killed_supervisors_workers_exit_and_the_next_supervisors_reaper_recov
     first.wait()
     wait_for(lambda: not alive(worker), timeout=5, what="the orphaned worker to exit")
     assert job_state(client, job.id) is JobState.IN_PROGRESS  # nobody released it
+    # As a worker of another machine (or container) would be recorded: its pid means
+    # nothing here, so only its lease can tell that it is gone.
+    first.query("update errands_workers set boot_id = 'another machine' returning id")
 
     start_daemon("--workers", "1")
     wait_for_state(client, job.id, JobState.COMPLETED)
@@ -104,7 +127,8 @@ def test_sigterm_lets_a_running_job_finish_within_the_grace_and_exits_zero(
 
 
 def test_sigterm_stops_claiming_new_jobs(start_daemon: StartDaemon, client: Client) -> None:
-    daemon = start_daemon("--workers", "1")
+    # One slot, taken by the running job: the waiting job could only be claimed after it.
+    daemon = start_daemon("--workers", "1", "--concurrency", "1")
     running = client.enqueue("hold", {"seconds": 1})
     wait_for_executions(daemon, running.id, 1)
     waiting = client.enqueue("record")

@@ -40,7 +40,9 @@ def daemon_env(db_url: str, **extra: str) -> dict[str, str]:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen there now (connections in TIME_WAIT do not count)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -167,3 +167,55 @@ def test_a_key_repeated_in_a_batch_with_another_payload_is_a_conflict_naming_no_
         )
     assert raised.value.job_id is None
     assert count_jobs(conn) == 0
+
+
+def test_enqueue_many_returns_every_job_as_stored(client: Client) -> None:
+    stored = client.enqueue("t", {"n": 1}, idempotency_key="old")
+    jobs = client.enqueue_many(
+        [
+            {"task": "t", "payload": {"b": 2, "a": [1.5, None]}, "priority": 3},
+            {"task": "t", "queue": "q", "idempotency_key": "new", "max_attempts": 2},
+            {"task": "t", "payload": {"n": 1}, "idempotency_key": "old"},
+            {"task": "t", "run_at": datetime(2030, 1, 1, tzinfo=UTC)},
+        ]
+    )
+    assert jobs == [client.get(job.id) for job in jobs]
+    assert jobs[2] == client.get(stored.id)
+
+
+def test_batches_in_one_transaction_each_store_their_own_jobs(client: Client, db_url: str) -> None:
+    with psycopg.connect(db_url) as app_conn:
+        first = client.enqueue_many([{"task": "a"}, {"task": "b"}], conn=app_conn)
+        second = client.enqueue_many([{"task": "c"}], conn=app_conn)
+        app_conn.commit()
+    assert [job.task for job in first] == ["a", "b"]
+    assert [job.task for job in second] == ["c"]
+    assert sorted(job.task for job in client.list()) == ["a", "b", "c"]
+
+
+def test_a_batch_notifies_each_of_its_queues_once(client: Client, db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("listen errands_jobs")
+        client.enqueue_many([{"task": "t", "queue": q} for q in ("mail", "pdf", "mail", "pdf")])
+        client.enqueue("t", queue="end")  # marks the end of what the batch sent
+        notes = []
+        for note in listener.notifies(timeout=5):
+            notes.append(note.payload)
+            if note.payload == "end":
+                break
+    assert sorted(notes) == ["end", "mail", "pdf"]
+
+
+def test_a_batch_conflicting_with_a_stored_key_leaves_the_callers_transaction_usable(
+    client: Client, db_url: str
+) -> None:
+    client.enqueue("t", {"n": 1}, idempotency_key="k1")
+    with psycopg.connect(db_url) as app_conn:
+        with pytest.raises(IdempotencyConflict):
+            client.enqueue_many(
+                [{"task": "t"}, {"task": "t", "payload": {"n": 2}, "idempotency_key": "k1"}],
+                conn=app_conn,
+            )
+        client.enqueue_many([{"task": "after"}], conn=app_conn)
+        app_conn.commit()
+    assert sorted(job.task for job in client.list()) == ["after", "t"]

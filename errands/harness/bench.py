@@ -49,6 +49,9 @@ from errands.queue import live_workers
 NOOP = "bench.noop"
 JSON = {"Content-Type": "application/json"}
 HOLD = "bench.hold"
+STAMP = "bench.stamp"
+SLOW = "bench.slow"
+SLOW_JOBS, SLOW_SECONDS = 20, 2.0
 
 
 @dataclass
@@ -89,6 +92,8 @@ WORKLOADS = (
     "drain",
     "drain-immediate",
     "drain-prefetch",
+    "fairness",
+    "fairness-prefetch",
     "latency",
     "recovery",
     "recovery-supervisor",
@@ -217,10 +222,17 @@ class Bench:
         jobs, batch = self.sizes.enqueue_batch, 1000
         specs = [{"task": NOOP}] * batch
         with Client(self.url) as client:
+            client.enqueue_many(specs[:1])  # the pool is open and the schema checked
+            postgres_cpu = self._postgres_cpu()
+            own_cpu = time.process_time()
             started = time.perf_counter()
             for _ in range(jobs // batch):
                 client.enqueue_many(specs)
             rate = jobs / (time.perf_counter() - started)
+            cpu_by = {
+                "client": ("the submitting process", time.process_time() - own_cpu),
+                "postgres": ("PostgreSQL", postgres_cpu()),
+            }
         self._add(
             Figure(
                 "enqueue-batch",
@@ -230,6 +242,7 @@ class Bench:
                 ratio_to="INSERT 1 client",
             )
         )
+        self._add_cpu("enqueue-batch", jobs, cpu_by)
 
     def http_single(self) -> None:
         seconds = self.sizes.baseline_seconds
@@ -285,13 +298,12 @@ class Bench:
         with Client(self.url) as client:
             for first in range(0, jobs, 1000):
                 client.enqueue_many([{"task": NOOP}] * min(1000, jobs - first))
-        postmaster = self._postmaster_pid()
-        pg_cpu_before = tree_cpu_seconds(postmaster) if postmaster else 0.0
+        postgres_cpu = self._postgres_cpu()
         daemon = self._daemon(*options)
         try:
             self._wait_until_drained(jobs)
             worker_cpu = tree_cpu_seconds(daemon.pid)
-            pg_cpu = tree_cpu_seconds(postmaster) - pg_cpu_before if postmaster else None
+            pg_cpu = postgres_cpu()
             memory = sum(rss_megabytes(pid) for pid in [daemon.pid, *daemon.children()])
         finally:
             daemon.stop()
@@ -306,21 +318,11 @@ class Bench:
                 ratio_to="pgbench -N 4 clients",
             )
         )
-        cpu_by = {
-            "workers": ("supervisor + workers", worker_cpu),
-            "postgres": ("PostgreSQL", pg_cpu),
-        }
-        for short, (who, cpu) in cpu_by.items():
-            if cpu is not None:
-                per_thousand = cpu / jobs * 1000
-                self._add(
-                    Figure(
-                        f"{figure_id} cpu {short}",
-                        f"CPU s per 1,000 jobs: {who}",
-                        per_thousand,
-                        "s",
-                    )
-                )
+        self._add_cpu(
+            figure_id,
+            jobs,
+            {"workers": ("supervisor + workers", worker_cpu), "postgres": ("PostgreSQL", pg_cpu)},
+        )
         if not options:
             self._add(
                 Figure(
@@ -336,6 +338,79 @@ class Bench:
 
     def drain_prefetch(self) -> None:
         self.drain("drain-prefetch", "--prefetch", "32")
+
+    def fairness(self, figure_id: str = "fairness", *options: str) -> None:
+        """20 jobs of 2 s among no-op jobs: how long a no-op job, once a worker has claimed
+        it, waits to start while a slot somewhere is not running a slow job (so it could
+        have run there). Waiting in the queue itself is not counted: it is the drain."""
+        jobs = self.sizes.drain
+        every = jobs // SLOW_JOBS
+        specs = [
+            {"task": SLOW, "payload": {"seconds": SLOW_SECONDS}}
+            if n % every == every // 2
+            else {"task": STAMP}
+            for n in range(jobs)
+        ]
+        with Client(self.url) as client:
+            for first in range(0, jobs, 1000):
+                client.enqueue_many(specs[first : first + 1000])
+        daemon = self._daemon(*options)
+        try:
+            self._wait_for_workers(2)
+            slots = self._slots()
+            self._wait_until_drained(jobs)
+        finally:
+            daemon.stop()
+        waits = self._waits_beside_idle_slots(slots)
+        setup = (
+            f"{jobs - SLOW_JOBS:,} no-op + {SLOW_JOBS} jobs of {SLOW_SECONDS:g} s, 2 workers "
+            f"{' '.join(options) or '(defaults)'}"
+        )
+        workload = f"{setup}: claimed no-op job's wait while a slot was idle"
+        cuts = statistics.quantiles(waits, n=100, method="inclusive")
+        self._add(Figure(f"{figure_id} p99", workload, cuts[98], "ms"))
+        self._add(Figure(f"{figure_id} max", workload, max(waits), "ms"))
+        self._add(
+            Figure(
+                f"{figure_id} drain",
+                setup,
+                jobs / self._busy_seconds(),
+                "jobs/s",
+                ratio_to="pgbench -N 4 clients",
+            )
+        )
+
+    def fairness_prefetch(self) -> None:
+        self.fairness("fairness-prefetch", "--prefetch", "32")
+
+    def _slots(self) -> int:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return sum(w.concurrency for w in live_workers(conn, silence_seconds=60))
+
+    def _waits_beside_idle_slots(self, slots: int) -> list[float]:
+        """For each no-op job, ms from its claim to its start, less any time every slot ran a
+        slow job (the tasks return when they ran; the claim time is the row's started_at)."""
+        with psycopg.connect(self.url) as conn:
+            rows = conn.execute(
+                "select task, extract(epoch from started_at)::float8, result from errands_jobs"
+            ).fetchall()
+        events = sorted(
+            (at, step)
+            for task, _, result in rows
+            if task == SLOW
+            for at, step in ((result[0], 1), (result[1], -1))
+        )
+        busy, full, since = 0, [], 0.0  # `full`: periods when every slot ran a slow job
+        for at, step in events:
+            if busy >= slots:
+                full.append((since, at))
+            busy, since = busy + step, at
+        waits = []
+        for task, claimed, started in rows:
+            if task == STAMP:
+                blocked = sum(max(0.0, min(e, started) - max(b, claimed)) for b, e in full)
+                waits.append(max(0.0, started - claimed - blocked) * 1000)
+        return waits
 
     def latency(self) -> None:
         jobs, rate = self.sizes.latency_jobs, 100.0
@@ -550,6 +625,30 @@ class Bench:
             ).fetchone()
         assert row is not None
         return float(row[0])
+
+    def _add_cpu(
+        self, figure_id: str, jobs: int, cpu_by: dict[str, tuple[str, float | None]]
+    ) -> None:
+        """CPU seconds per 1,000 jobs, by who spent them: robust where throughput is not
+        (a shared machine stretches every round trip; CPU per job moves far less)."""
+        for short, (who, cpu) in cpu_by.items():
+            if cpu is not None:
+                self._add(
+                    Figure(
+                        f"{figure_id} cpu {short}",
+                        f"CPU s per 1,000 jobs: {who}",
+                        cpu / jobs * 1000,
+                        "s",
+                    )
+                )
+
+    def _postgres_cpu(self) -> Callable[[], float | None]:
+        """A meter: CPU the local PostgreSQL spends from now until it is read (None if remote)."""
+        postmaster = self._postmaster_pid()
+        if postmaster is None:
+            return lambda: None
+        before = tree_cpu_seconds(postmaster)
+        return lambda: tree_cpu_seconds(postmaster) - before
 
     def _postmaster_pid(self) -> int | None:
         """The local PostgreSQL's parent process; None when the server runs elsewhere."""

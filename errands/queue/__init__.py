@@ -27,9 +27,11 @@ from errands.queue.lease import (
     release,
 )
 from errands.queue.presence import (
+    ProcessIdentity,
     WorkerInfo,
     announce,
     forget,
+    gone_workers,
     host_of,
     live_workers,
     worker_id,
@@ -45,6 +47,7 @@ __all__ = [
     "Job",
     "JobRequest",
     "JobState",
+    "ProcessIdentity",
     "QueueCounts",
     "Recovered",
     "Schedule",
@@ -62,6 +65,7 @@ __all__ = [
     "fail",
     "forget",
     "get",
+    "gone_workers",
     "heartbeat",
     "host_of",
     "job_counts",

@@ -50,6 +50,9 @@ _INTEGER_TEXT = re.compile(r"-?[0-9]{1,30}")
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 5
 
+# One encoder for every payload: json.dumps given options builds a new one per call.
+_PAYLOAD_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
 
 class Invalid(Exception):
     """Raised by a rule: the value's problem, in words that follow the field's name."""
@@ -304,7 +307,7 @@ class JobRequest:
 
     @property
     def payload_json(self) -> str:
-        return json.dumps(self.payload, allow_nan=False, separators=(",", ":"))
+        return _PAYLOAD_ENCODER.encode(self.payload)
 
     def same_request_as(self, other: JobRequest) -> bool:
         """Whether `other` replays this request: the same task, queue and payload."""

@@ -1,16 +1,17 @@
-"""Putting jobs on the queue: one, or many in one round trip, idempotently."""
+"""Putting jobs on the queue: one in one statement, or many by COPY, idempotently."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import dict_row
 
 from errands.errors import ErrandsError, IdempotencyConflict
-from errands.queue.jobs import Job
+from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
 
@@ -51,31 +52,27 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
 def enqueue_many(
     conn: psycopg.Connection[Any], requests: Sequence[JobRequest], field_prefix: str = "[{}]."
 ) -> list[Enqueued]:
-    """Store many jobs in one statement and one transaction: all of them or none.
+    """Store many jobs in one transaction, all of them or none, in submission order.
 
     A key repeated inside the batch must come with the same request (later copies
     replay the first); otherwise IdempotencyConflict names both copies (`field_prefix`
-    formatted with their index) before the database sees anything.
+    formatted with their index) before the database sees anything. The batch
+    travels by COPY into a staging table and moves into the jobs table in one
+    statement: COPY sends rows without parsing or planning a parameter per value.
+    Only what the database chose (id, timestamps, the stored payload) comes back
+    for a new job; the rest of it is the request.
     """
     if not requests:
         return []
     _refuse_conflicting_copies(requests, field_prefix)
-    params = {
-        "tasks": [r.task for r in requests],
-        "queues": [r.queue for r in requests],
-        "payloads": [r.payload_json for r in requests],
-        "priorities": [r.priority for r in requests],
-        "run_ats": [r.run_at for r in requests],
-        "max_attempts": [r.max_attempts for r in requests],
-        "idempotency_keys": [r.idempotency_key for r in requests],
-    }
     for _ in range(_KEY_RACE_TRIES):
         try:
             # A savepoint when the caller has a transaction open: a conflict or
             # a race undoes this batch only.
-            with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(query("enqueue_many"), params).fetchall()
-                return _match(requests, rows)
+            with conn.transaction(), conn.cursor() as cur:
+                _stage(cur, requests)
+                rows = cur.execute(query("enqueue_staged")).fetchall()
+                return _match(conn, requests, [_Stored._make(row) for row in rows])
         except _KeyRace:
             continue
     raise ErrandsError("could not settle the idempotency keys of a batch")
@@ -99,33 +96,115 @@ def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str
             )
 
 
-def _match(requests: Sequence[JobRequest], rows: list[dict[str, Any]]) -> list[Enqueued]:
+def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> None:
+    cur.execute(query("stage_jobs"))
+    with cur.copy(query("copy_staged")) as copy:
+        copy.set_types(_STAGED_TYPES)
+        for n, r in enumerate(requests):
+            copy.write_row(
+                (
+                    n,
+                    r.task,
+                    r.queue,
+                    r.payload_json,
+                    r.priority,
+                    r.run_at,
+                    r.max_attempts,
+                    r.idempotency_key,
+                )
+            )
+
+
+# The types COPY sends the staged columns as (the payload as JSON text).
+_STAGED_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "int4", "text"]
+
+
+class _Stored(NamedTuple):
+    """A row of `enqueue_staged`: a new job's database-chosen fields, or a stored job's id."""
+
+    created: bool
+    same_request: bool
+    id: int
+    idempotency_key: str | None
+    payload: dict[str, Any] | None
+    run_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+def _match(
+    conn: psycopg.Connection[Any], requests: Sequence[JobRequest], rows: list[_Stored]
+) -> list[Enqueued]:
     """Pair each request with its row: by key when it has one, else in insertion order."""
-    by_key: dict[str, dict[str, Any]] = {}
-    unkeyed: list[dict[str, Any]] = []
+    by_key: dict[str, _Stored] = {}
+    unkeyed: list[_Stored] = []
     for row in rows:
-        if row["idempotency_key"] is None:
+        if row.idempotency_key is None:
             unkeyed.append(row)
         else:
-            by_key[row["idempotency_key"]] = row
-    unkeyed.sort(key=lambda row: row["id"])
+            by_key[row.idempotency_key] = row
+    unkeyed.sort(key=lambda row: row.id)
     fresh = iter(unkeyed)
+    jobs = _stored_jobs(conn, [row.id for row in rows if not row.created])
 
     answers = []
-    seen: set[str] = set()
+    first_with_key: dict[str, Job] = {}
     for request in requests:
         key = request.idempotency_key
         if key is None:
-            answers.append(Enqueued(Job.from_row(next(fresh)), created=True))
+            answers.append(Enqueued(_new_job(request, next(fresh)), created=True))
         elif key not in by_key:
             raise _KeyRace
-        elif key not in seen:
-            seen.add(key)
-            answers.append(_answer(request, by_key[key]))
+        elif key not in first_with_key:
+            row = by_key[key]
+            job = _new_job(request, row) if row.created else jobs[row.id]
+            if not row.same_request:
+                raise IdempotencyConflict(key, job.id)
+            first_with_key[key] = job
+            answers.append(Enqueued(job, created=row.created))
         else:
             # A key repeated inside one batch (the same request, checked before): a replay.
-            answers.append(Enqueued(Job.from_row(by_key[key]), created=False))
+            answers.append(Enqueued(first_with_key[key], created=False))
     return answers
+
+
+def _stored_jobs(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Job]:
+    """The stored jobs that keys of the batch replay (read in the batch's transaction)."""
+    if not ids:
+        return {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("jobs_by_id"), {"ids": ids}).fetchall()
+    jobs = {row["id"]: Job.from_row(row) for row in rows}
+    if len(jobs) < len(ids):
+        raise _KeyRace  # pruned since the statement saw it: its key is free again
+    return jobs
+
+
+def _new_job(request: JobRequest, row: _Stored) -> Job:
+    """A job just inserted: the request, and the fields the database chose."""
+    return Job.from_fields(
+        {
+            "id": row.id,
+            "queue": request.queue,
+            "task": request.task,
+            "payload": row.payload,
+            "state": JobState.PENDING,
+            "priority": request.priority,
+            "run_at": row.run_at,
+            "attempts": 0,
+            "max_attempts": request.max_attempts,
+            "idempotency_key": request.idempotency_key,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "last_error": None,
+            "errors": [],
+            "result": None,
+            "created_at": row.created_at,
+            "started_at": None,
+            "finished_at": None,
+            "updated_at": row.updated_at,
+        }
+    )
 
 
 def _answer(request: JobRequest, row: dict[str, Any]) -> Enqueued:

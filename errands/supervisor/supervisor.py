@@ -33,7 +33,7 @@ import structlog
 
 from errands.database import LazyConnection
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
-from errands.queue import Recovered, forget, reap, release, worker_id
+from errands.queue import Recovered, forget, gone_workers, reap, release, worker_id
 from errands.supervisor.board import WorkerBoard
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
 from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
@@ -41,6 +41,10 @@ from errands.workers.scheduler import EXIT_NOTHING_TO_SCHEDULE, SchedulerOptions
 
 QUICK_DEATH_SECONDS = 10.0  # a child dying sooner than this counts towards a crash loop
 MAX_RESTART_DELAY = 30.0
+# A supervisor killed on this machine leaves workers that exit within ORPHAN_CHECK_SECONDS:
+# for this long after start, a new one looks for them every LOCAL_WATCH_INTERVAL.
+LOCAL_WATCH_SECONDS = 3.0
+LOCAL_WATCH_INTERVAL = 0.05
 
 _log = structlog.get_logger("errands.supervisor")
 
@@ -77,6 +81,7 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._killed = False  # the children left at the end of the grace were sent SIGKILL
         self._next_reap = 0.0
+        self._watch_local_until = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -105,11 +110,13 @@ class Supervisor:
             grace_seconds=self.options.grace_seconds,
         )
         self._db.get_retrying(give_up=lambda: bool(self._signals))
+        self._watch_local_until = time.monotonic() + LOCAL_WATCH_SECONDS
         while True:
             self._handle_signals()
             self._reap_children()
             if self._stop_deadline is not None and not self._children:
                 break
+            self._find_gone_local_workers()
             self._start_due_children()
             self._release_unreleased()
             self._run_reaper_when_due()
@@ -272,6 +279,22 @@ class Supervisor:
             _log_recovered(recovered, "released the jobs of an exited worker", worker_id)
             metrics().jobs_recovered.labels("worker_exited").inc(len(recovered))
 
+    def _find_gone_local_workers(self) -> None:
+        """Queue for release the jobs of workers of this machine whose process is gone.
+
+        They belonged to a supervisor killed here (its workers exit soon after it):
+        released now rather than when their leases expire. Workers elsewhere, or
+        whose fate is uncertain, are left to the reaper.
+        """
+        if time.monotonic() > self._watch_local_until:
+            return
+        try:
+            gone = gone_workers(self._db.get())
+        except psycopg.OperationalError as exc:
+            self._db.drop(exc)
+            return
+        self._unreleased += [w for w in gone if w not in self._unreleased]
+
     def _run_reaper_when_due(self) -> None:
         now = time.monotonic()
         if now < self._next_reap:
@@ -296,6 +319,8 @@ class Supervisor:
             wake_at.append(self._stop_deadline if self._children else now)
         if self._unreleased:
             wake_at.append(now + 1.0)
+        if now < self._watch_local_until:
+            wake_at.append(now + LOCAL_WATCH_INTERVAL)
         timeout = max(0.0, min(wake_at) - now)
         fds = [self._wake_r, *(c.status_fd for c in self._children.values())]
         try:

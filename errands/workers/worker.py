@@ -28,7 +28,7 @@ import structlog
 from errands.backoff import Backoff
 from errands.database import LazyConnection
 from errands.metrics import metrics
-from errands.queue import Job
+from errands.queue import Job, announce
 from errands.tasks import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
 from errands.workers.execution import Outcome, execute
@@ -37,6 +37,10 @@ from errands.workers.loading import load_task_modules
 from errands.workers.running import Entry, RunningJobs, log_fields
 
 EXIT_OK = 0
+# Jobs a worker process runs at once, on threads (`--concurrency`). Several slots let one
+# claim and one acknowledgement carry several jobs, and a slot is taken only when free,
+# so no job waits behind a slow one while another could run it (bench/RESULTS.md).
+DEFAULT_CONCURRENCY = 8
 EXIT_REPLACE = 4  # a timed-out job is stuck on a thread: start a fresh process
 CHANNEL = "errands_jobs"
 
@@ -49,7 +53,7 @@ class WorkerOptions:
     worker_id: str
     task_modules: Sequence[str] = ()
     queues: Sequence[str] = ()  # empty: "default" and every queue a registered task names
-    concurrency: int = 1
+    concurrency: int = DEFAULT_CONCURRENCY
     prefetch: int = 0  # jobs claimed beyond the free slots, held (leased) until a slot frees
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
@@ -79,7 +83,7 @@ class Worker:
         self._stopping = False
         self._replacing = False
         self._db = LazyConnection(
-            options.url, on_connect=self._listen, pgbouncer=not options.listen
+            options.url, on_connect=self._on_connect, pgbouncer=not options.listen
         )
         self._queues: list[str] = list(options.queues)
 
@@ -242,7 +246,10 @@ class Worker:
 
     # -- the connection --------------------------------------------------------------------
 
-    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+    def _on_connect(self, conn: psycopg.Connection[Any]) -> None:
+        # Recorded before the first claim, so that a supervisor starting on this machine
+        # can tell that this process is gone should it die holding jobs.
+        announce(conn, self.options.worker_id, self._queues, self.options.concurrency)
         if self.options.listen:
             conn.execute(f"listen {CHANNEL}")
 

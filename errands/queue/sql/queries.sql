@@ -9,8 +9,8 @@
 -- holds only the rows committed before it, never the one it inserts. A key
 -- that a transaction still in flight inserted is in neither branch: the caller
 -- runs the statement again when it returns no row.
--- enqueue_many below could serve one job too, but PostgreSQL re-plans its
--- array form on every call (0.5 ms): measured, it halves single submissions.
+-- enqueue_many's COPY could serve one job too, but costs four round trips
+-- where this statement needs one.
 with inserted as (
     insert into errands_jobs
         (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
@@ -26,35 +26,59 @@ select false, (task, queue, payload) = (%(task)s, %(queue)s, %(payload)s::jsonb)
 from errands_jobs
 where idempotency_key = %(idempotency_key)s;
 
--- name: enqueue_many
--- Insert many jobs in one statement, as enqueue does for one. Rows whose key is
--- already stored come back with created = false.
-with requested as (
-    select * from unnest(
-        %(tasks)s::text[], %(queues)s::text[], %(payloads)s::jsonb[], %(priorities)s::int[],
-        %(run_ats)s::timestamptz[], %(max_attempts)s::int[], %(idempotency_keys)s::text[]
-    ) with ordinality as r(task, queue, payload, priority, run_at, max_attempts, idempotency_key, n)
-),
-inserted as (
+-- name: stage_jobs
+-- enqueue_many's staging table: private to the session, emptied at every commit,
+-- and emptied here too for a batch that follows another in the caller's
+-- transaction. Created in the transaction that uses it, so it works on any
+-- server connection a pooler hands out.
+create temp table if not exists errands_enqueue_staging (
+    n               integer not null,  -- the request's place in its batch
+    task            text not null,
+    queue           text not null,
+    payload         jsonb not null,
+    priority        integer not null,
+    run_at          timestamptz,
+    max_attempts    integer not null,
+    idempotency_key text
+) on commit delete rows;
+delete from errands_enqueue_staging;
+
+-- name: copy_staged
+copy errands_enqueue_staging
+    (n, task, queue, payload, priority, run_at, max_attempts, idempotency_key)
+from stdin;
+
+-- name: enqueue_staged
+-- Move a staged batch into the jobs table, as enqueue does for one job, in
+-- submission order (ids grow with n, and the first request naming a key wins).
+-- New rows come back with what the database chose for them; a key already
+-- stored comes back as that job's id (created = false), with whether the first
+-- request naming it asked for the same job.
+with inserted as (
     insert into errands_jobs
         (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
     select task, queue, payload, priority, coalesce(run_at, now()), max_attempts, max_attempts,
            idempotency_key
-    from requested order by n
+    from errands_enqueue_staging order by n
     on conflict (idempotency_key) do nothing
-    returning *
+    returning id, idempotency_key, payload, run_at, created_at, updated_at
 )
 select true as created, true as same_request, * from inserted
 union all
--- A stored job answers the first request of the batch that names its key.
-select false, (job.task, job.queue, job.payload) = (first.task, first.queue, first.payload), job.*
+select false, (job.task, job.queue, job.payload) = (first.task, first.queue, first.payload),
+       job.id, job.idempotency_key, null, null, null, null
 from errands_jobs as job
 cross join lateral (
-    select task, queue, payload from requested
-    where requested.idempotency_key = job.idempotency_key
+    select task, queue, payload from errands_enqueue_staging as staged
+    where staged.idempotency_key = job.idempotency_key
     order by n limit 1
 ) as first
-where job.idempotency_key in (select idempotency_key from requested);
+where job.idempotency_key in (
+    select idempotency_key from errands_enqueue_staging where idempotency_key is not null
+);
+
+-- name: jobs_by_id
+select * from errands_jobs where id = any(%(ids)s);
 
 -- name: claim
 -- Take up to `limit` claimable jobs of the given queues, best first; rows other
@@ -215,9 +239,17 @@ with expired as (
 delete from errands_jobs as job using expired where job.id = expired.id;
 
 -- name: worker_heartbeat
-insert into errands_workers (id, host, pid, queues, concurrency)
-values (%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s)
+insert into errands_workers
+    (id, host, pid, queues, concurrency, boot_id, pid_namespace, process_started)
+values (%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s,
+        %(boot_id)s, %(pid_namespace)s, %(process_started)s)
 on conflict (id) do update set heartbeat_at = now();
+
+-- name: workers_of_namespace
+-- Workers recorded by processes of this kernel (boot) and pid namespace, whose
+-- pids therefore name processes this one can look up.
+select id, pid, process_started from errands_workers
+where boot_id = %(boot_id)s and pid_namespace = %(pid_namespace)s;
 
 -- name: worker_gone
 delete from errands_workers where id = %(id)s;
