@@ -194,6 +194,8 @@ def test_two_supervisors_through_pgbouncer_drain_one_queue_each_releasing_only_i
         host: start_daemon(
             "--workers",
             "2",
+            "--concurrency",
+            "1",  # one job per worker, so that each host holds two of the four
             ERRANDS_DATABASE_URL=bouncer_url,
             ERRANDS_PGBOUNCER="1",
             ERRANDS_HOSTNAME=host,
