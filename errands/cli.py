@@ -26,7 +26,7 @@ from errands import embedded
 from errands.api import Readiness, listen, serve, url_of
 from errands.client import Client
 from errands.config import Settings
-from errands.database import connect, open_connection, resolve_url
+from errands.database import connect, open_connection, pooling_options, resolve_url
 from errands.errors import ConfigurationError, ErrandsError, scrub
 from errands.log import configure_logging
 from errands.queue import Job, JobState, QueueInfo, ScheduleStatus, list_schedules, parse_request
@@ -40,6 +40,7 @@ from errands.schema import migrate as apply_migrations
 from errands.supervisor import Supervisor, SupervisorOptions
 from errands.workers import DEFAULT_CONCURRENCY, WorkerOptions
 from errands.workers.loading import TaskModuleError, load_task_modules
+from errands.workers.wakeups import listen_works
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -208,7 +209,10 @@ def http_options(func: F) -> F:
     help="batched: acknowledgements ride with the next claim; immediate: one statement each.",
 )
 @click.option(
-    "--poll-only", is_flag=True, help="No LISTEN/NOTIFY (behind a transaction-pooling PgBouncer)."
+    "--poll-only",
+    is_flag=True,
+    help="Behind a transaction-pooling PgBouncer: poll, no LISTEN, no prepared statements "
+    "[env: ERRANDS_PGBOUNCER=1; detected when LISTEN gets no NOTIFY back]",
 )
 @click.option("--no-http", is_flag=True, help="Do not start the HTTP API child.")
 @http_options
@@ -237,8 +241,10 @@ def run(
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     s = ctx.settings
+    url = ctx.database_url()
+    pgbouncer = _behind_transaction_pooler(s, url, poll_only)
     worker = WorkerOptions(
-        url=ctx.database_url(),
+        url=url,
         worker_id="",
         task_modules=_split(tasks) if tasks is not None else s.tasks,
         queues=_split(queues) if queues else (),
@@ -249,7 +255,7 @@ def run(
         poll_seconds=poll or s.poll_seconds,
         backoff=s.backoff,
         ack="immediate" if ack == "immediate" else "batched",
-        listen=not poll_only,
+        listen=not pgbouncer,
     )
     grace_seconds = s.grace_seconds if grace is None else grace
     sock = None if no_http else _listen(ctx, host, port)
@@ -259,11 +265,12 @@ def run(
         else partial(
             _serve_api,
             ctx,
-            worker.url,
+            url,
             sock,
             grace_seconds,
             task_modules=worker.task_modules,
             ui=not no_ui,
+            pgbouncer=pgbouncer,
         )
     )
     options = SupervisorOptions(
@@ -273,6 +280,7 @@ def run(
         reaper_seconds=reaper or s.reaper_seconds,
         http_main=http_main,
         http_socket=sock,
+        hostname=s.hostname,
     )
     sys.exit(Supervisor(options).run())
 
@@ -289,11 +297,25 @@ def api(ctx: Context, tasks: str | None, host: str | None, port: int | None, no_
     if os.getcwd() not in sys.path:  # task modules beside the caller, as for `errands run`
         sys.path.insert(0, os.getcwd())
     modules = _split(tasks) if tasks is not None else ctx.settings.tasks
-    url = ctx.database_url()
+    s, url = ctx.settings, ctx.database_url()
+    pgbouncer = _behind_transaction_pooler(s, url, poll_only=False)
     sock = _listen(ctx, host, port)
     sys.exit(
-        _serve_api(ctx, url, sock, ctx.settings.grace_seconds, task_modules=modules, ui=not no_ui)
+        _serve_api(
+            ctx,
+            url,
+            sock,
+            s.grace_seconds,
+            task_modules=modules,
+            ui=not no_ui,
+            pgbouncer=pgbouncer,
+        )
     )
+
+
+def _behind_transaction_pooler(settings: Settings, url: str, poll_only: bool) -> bool:
+    """Told so (ERRANDS_PGBOUNCER, --poll-only), or found so: NOTIFY does not come back."""
+    return settings.pgbouncer or poll_only or not listen_works(url)
 
 
 def _listen(ctx: Context, host: str | None, port: int | None) -> socket.socket:
@@ -312,6 +334,7 @@ def _serve_api(
     *,
     task_modules: Sequence[str] = (),
     ui: bool,
+    pgbouncer: bool = False,
 ) -> int:
     # A job submitted by task name gets the queue and budget its task declares, when known
     # here. A broken task module must not take the API down with the workers: it only
@@ -333,6 +356,7 @@ def _serve_api(
         grace_seconds=grace_seconds,
         readiness=readiness,
         ui=ctx.settings.ui and ui,
+        pgbouncer=pgbouncer,
     )
 
 
@@ -496,11 +520,14 @@ def stats(ctx: Context, as_json: bool) -> None:
         lines.append(f"{queue:<16}" + "".join(f"{counts[s]:>13}" for s in states))
     if result.paused:
         lines.append(f"\npaused (not claimed until resumed): {', '.join(result.paused)}")
-    lines.append(f"\n{len(result.workers)} live worker(s)")
-    lines += [
-        f"  {w.id}  queues={','.join(w.queues)}  concurrency={w.concurrency}"
-        for w in result.workers
-    ]
+    hosts = sorted({w.host for w in result.workers})
+    lines.append(f"\n{len(result.workers)} live worker(s) on {len(hosts)} host(s)")
+    for host in hosts:
+        mine = [w for w in result.workers if w.host == host]
+        lines.append(f"  {host}: {len(mine)} worker(s)")
+        lines += [
+            f"    {w.id}  queues={','.join(w.queues)}  concurrency={w.concurrency}" for w in mine
+        ]
     emit(as_json, data, "\n".join(lines))
 
 
@@ -597,7 +624,8 @@ def _queue_action(
 @pass_context
 def migrate(ctx: Context, as_json: bool) -> None:
     """Create or update the errands tables (safe to run any number of times)."""
-    with open_connection(ctx.database_url(), autocommit=True) as conn:
+    options = pooling_options(ctx.settings.pgbouncer)
+    with open_connection(ctx.database_url(), autocommit=True, **options) as conn:
         applied = apply_migrations(conn)
     names = [f"{m.version:04d}_{m.name}" for m in applied]
     emit(as_json, {"applied": names}, "\n".join(f"applied {n}" for n in names) or "up to date")
@@ -615,14 +643,18 @@ def migrate(ctx: Context, as_json: bool) -> None:
 @pass_context
 def prune(ctx: Context, older_than: float, as_json: bool) -> None:
     """Delete finished jobs past their retention, in bounded batches."""
-    with connect(ctx.database_url()) as conn:
+    with connect(ctx.database_url(), **pooling_options(ctx.settings.pgbouncer)) as conn:
         deleted = prune_jobs(conn, retention_seconds=older_than * 3600)
     emit(as_json, {"deleted": deleted}, f"deleted {deleted} finished jobs")
 
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="A smaller run, about a minute.")
-@click.option("--only", help="Comma-separated workloads (the table's names) [default: all]")
+@click.option(
+    "--only",
+    help="Comma-separated workloads (the table's names) [default: all but scale, "
+    "which runs only when named]",
+)
 @click.option("--drain-jobs", type=Integer(1, 10_000_000), help="Jobs the drain workloads run.")
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures here."

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from errands import queue as ops  # `queue` is also a parameter name here
 from errands.config import Settings
-from errands.database import configure, connect, resolve_url
+from errands.database import configure, connect, pooling_options, resolve_url
 from errands.errors import FieldError, InvalidArgument, InvalidJob, JobNotFound, scrub
 from errands.queue import Job, JobState, Stats
 from errands.queue.admin import MAX_LIST_LIMIT
@@ -69,13 +69,17 @@ class Client:
     from a small pool opened on first use.
     """
 
-    def __init__(self, dsn: str | None = None, *, max_connections: int = 4) -> None:
+    def __init__(
+        self, dsn: str | None = None, *, max_connections: int = 4, pgbouncer: bool | None = None
+    ) -> None:
         problems = [
             _dsn_problem(dsn),
             _integer_problem("max_connections", max_connections, 1, 1000),
         ]
         _refuse(problems)
         self._settings = Settings.from_env()
+        # Through a transaction-pooling PgBouncer (None: ERRANDS_PGBOUNCER says).
+        self._pgbouncer = self._settings.pgbouncer if pgbouncer is None else pgbouncer
         self._dsn = dsn
         self._max_connections = max_connections
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -262,13 +266,14 @@ class Client:
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
             url = self._url()
-            with connect(url):  # migrates
+            options = pooling_options(self._pgbouncer)
+            with connect(url, **options):  # migrates
                 pass
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=self._max_connections,
-                kwargs={"autocommit": True},
+                kwargs={"autocommit": True, **options},
                 configure=configure,
                 check=_check_if_idle,
                 open=True,

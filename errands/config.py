@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +36,10 @@ class Settings:
     log_format: str = "console"
     log_level: str = "INFO"
     ui: bool = True  # the dashboard at /ui on the API's port
+    # The database URL goes through a transaction-pooling PgBouncer: no LISTEN, no
+    # server-side prepared statements (README "PgBouncer and many hosts").
+    pgbouncer: bool = False
+    hostname: str = field(default_factory=socket.gethostname)  # in every worker id
 
     @property
     def backoff(self) -> Backoff:
@@ -82,6 +88,8 @@ class Settings:
             ),
             log_level=get("ERRANDS_LOG_LEVEL", _log_level, default.log_level),
             ui=get("ERRANDS_UI", _boolean, default.ui),
+            pgbouncer=get("ERRANDS_PGBOUNCER", _boolean, default.pgbouncer),
+            hostname=get("ERRANDS_HOSTNAME", _hostname, default.hostname),
         )
 
 
@@ -131,6 +139,13 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
         return raw.lower()
 
     return parse
+
+
+def _hostname(raw: str) -> str:
+    # Worker ids are host:pid:token, so a colon would make them ambiguous.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", raw):
+        raise ValueError("must be 1 to 100 letters, digits, '.', '-' or '_'")
+    return raw
 
 
 def _log_level(raw: str) -> str:

@@ -34,6 +34,16 @@ def resolve_url(settings: Settings) -> str:
     return url
 
 
+def pooling_options(pgbouncer: bool) -> dict[str, Any]:
+    """psycopg connection arguments for a database reached directly or through a pooler.
+
+    Behind a transaction pooler each transaction may run on another server
+    connection, where a statement psycopg prepared on the previous one does not
+    exist (PgBouncer tracks them only from 1.21): preparation is turned off.
+    """
+    return {"prepare_threshold": None} if pgbouncer else {}
+
+
 # Whatever the server's, database's or role's defaults (or PGTZ, or `options` in the URL),
 # errands reads its rows under these settings: timestamps in UTC, since a local zone
 # moves year 1 and 9999 outside what Python's datetime holds (Kiritimati is UTC+14), in the
@@ -124,8 +134,10 @@ class LazyConnection:
         *,
         on_connect: Callable[[psycopg.Connection[Any]], None] | None = None,
         connect_timeout: int = 5,
+        pgbouncer: bool = False,
     ) -> None:
         self._url = url
+        self._pgbouncer = pgbouncer
         self._on_connect = on_connect
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[Any] | None = None
@@ -140,17 +152,18 @@ class LazyConnection:
     def get(self) -> psycopg.Connection[Any]:
         """The open connection, or a new one (OperationalError when the database is down)."""
         if (conn := self.current) is None:
-            conn = self._opened(connect(self._url, connect_timeout=self._connect_timeout))
+            conn = self._opened(connect(self._url, **self._options()))
         return conn
 
     def get_retrying(self, give_up: Callable[[], bool]) -> psycopg.Connection[Any] | None:
         """The open connection, or a new one once the database answers; None if `give_up()`."""
         if (conn := self.current) is None:
-            new = connect_retrying(
-                self._url, give_up=give_up, connect_timeout=self._connect_timeout
-            )
+            new = connect_retrying(self._url, give_up=give_up, **self._options())
             conn = None if new is None else self._opened(new)
         return conn
+
+    def _options(self) -> dict[str, Any]:
+        return {"connect_timeout": self._connect_timeout, **pooling_options(self._pgbouncer)}
 
     def _opened(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         self._conn = conn

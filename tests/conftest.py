@@ -32,6 +32,8 @@ from errands.api import App
 from errands.api.app import MAX_IN_FLIGHT
 from errands.api.server import config as server_config
 from errands.api.transport import DEFAULT_LIMITS, Limits
+from errands.errors import ConfigurationError
+from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, free_port
 from errands.harness.waiting import wait_for
 from errands.schema import migrate
@@ -77,6 +79,34 @@ def server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def server_url(server: Server) -> str:
     return server.url
+
+
+NO_PGBOUNCER = "ERRANDS_TEST_NO_PGBOUNCER"
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(server: Server) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction pooling mode in front of the session's PostgreSQL.
+
+    Missing, it fails the tests that need it, saying how to install it, unless
+    ERRANDS_TEST_NO_PGBOUNCER=1 opts out (they are skipped then).
+    """
+    try:
+        bouncer = PgBouncer(server.url).start()
+    except ConfigurationError as exc:
+        if os.environ.get(NO_PGBOUNCER) == "1":
+            pytest.skip(f"{exc} ({NO_PGBOUNCER}=1)")
+        pytest.fail(f"{exc}; or set {NO_PGBOUNCER}=1 to skip the tests through PgBouncer")
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture
+def bouncer_url(pgbouncer: PgBouncer, db_url: str) -> str:
+    """This test's database, through PgBouncer in transaction pooling mode."""
+    return pgbouncer.url(db_url)
 
 
 @pytest.fixture
@@ -169,9 +199,17 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
         limits: Limits = DEFAULT_LIMITS,
         max_in_flight: int = MAX_IN_FLIGHT,
         ui: bool = True,
+        pgbouncer: bool = False,
     ) -> httpx.Client:
         port = free_port()
-        app = App(url, tokens, lease_seconds=30, max_in_flight=max_in_flight, ui=ui)
+        app = App(
+            url,
+            tokens,
+            lease_seconds=30,
+            max_in_flight=max_in_flight,
+            ui=ui,
+            pgbouncer=pgbouncer,
+        )
         # The production server's settings (protocol, limits, loop), on a thread.
         server = uvicorn.Server(server_config(app, limits, host="127.0.0.1", port=port))
         thread = threading.Thread(target=server.run, daemon=True)

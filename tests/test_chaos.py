@@ -1,4 +1,4 @@
-"""The chaos suite's short profile, as CI runs it: faults under load, then the verdict."""
+"""The chaos suite's short profiles, as CI runs them: faults under load, then the verdict."""
 
 from __future__ import annotations
 
@@ -7,21 +7,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from errands.harness.pgbouncer import PgBouncer
 from tests.conftest import Server
 
-CI_PROFILE = Path(__file__).parent.parent / "chaos" / "ci.toml"
+PROFILES = Path(__file__).parent.parent / "chaos"
 pytestmark = pytest.mark.slow
 
 
-def test_the_ci_chaos_profile_keeps_every_invariant(server: Server, tmp_path: Path) -> None:
+def run_chaos(server: Server, profile: str, tmp_path: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("ERRANDS_DATABASE_URL", "DATABASE_URL")}
     args = [
         "chaos",
         "--profile",
-        str(CI_PROFILE),
+        str(PROFILES / profile),
         "--seed",
         "42",
         "--json",
@@ -41,8 +43,21 @@ def test_the_ci_chaos_profile_keeps_every_invariant(server: Server, tmp_path: Pa
     )
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    report = json.loads((tmp_path / "r.json").read_text())
+    report: dict[str, Any] = json.loads((tmp_path / "r.json").read_text())
     assert report["passed"] and sum(report["faults"].values()) > 0
     assert report["submissions"].get("python accepted") and report["submissions"].get(
         "http accepted"
     )
+    return report
+
+
+def test_the_ci_chaos_profile_keeps_every_invariant(server: Server, tmp_path: Path) -> None:
+    run_chaos(server, "ci.toml", tmp_path)
+
+
+def test_two_supervisors_through_pgbouncer_keep_every_invariant_under_chaos(
+    server: Server, pgbouncer: PgBouncer, tmp_path: Path
+) -> None:
+    # `pgbouncer` only proves it is installed (or opted out of): the harness starts its own.
+    report = run_chaos(server, "many-hosts.toml", tmp_path)
+    assert report["profile"]["supervisors"] == 2 and report["profile"]["pgbouncer"]

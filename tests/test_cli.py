@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from errands import Client, JobState
-from errands.queue import Held, claim, fail
+from errands.queue import Held, announce, claim, fail
 from errands.schema import available_migrations
 
 Conn = psycopg.Connection[Any]
@@ -102,6 +102,17 @@ def test_stats_counts_by_queue_and_state(client: Client, db_url: str) -> None:
     stats = errands_json(db_url, "stats")
     assert stats["queues"]["mail"]["pending"] == 1
     assert stats["workers"] == []
+
+
+def test_stats_lists_live_workers_per_host(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for worker in ("alpha:11:a", "alpha:12:b", "beta:13:c"):
+            announce(conn, worker, ["default"], concurrency=1)
+    out = errands(db_url, "stats").stdout
+    assert "3 live worker(s) on 2 host(s)" in out
+    assert "alpha: 2 worker(s)" in out and "beta: 1 worker(s)" in out
+    hosts = [w["host"] for w in errands_json(db_url, "stats")["workers"]]
+    assert sorted(hosts) == ["alpha", "alpha", "beta"]
 
 
 def test_migrate_is_idempotent(empty_db_url: str) -> None:

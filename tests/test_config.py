@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from errands.config import Settings
@@ -19,6 +21,16 @@ def test_database_url_falls_back_to_database_url() -> None:
     assert Settings.from_env({"DATABASE_URL": "postgresql://x"}).database_url == "postgresql://x"
     both = {"DATABASE_URL": "postgresql://x", "ERRANDS_DATABASE_URL": "postgresql://y"}
     assert Settings.from_env(both).database_url == "postgresql://y"
+
+
+def test_the_host_name_in_worker_ids_defaults_to_the_machines_and_can_be_set() -> None:
+    assert Settings.from_env({}).hostname == socket.gethostname()
+    assert Settings.from_env({"ERRANDS_HOSTNAME": "web-2.eu"}).hostname == "web-2.eu"
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("true", True), ("0", False), ("", False)])
+def test_pgbouncer_is_a_yes_or_no(raw: str, value: bool) -> None:
+    assert Settings.from_env({"ERRANDS_PGBOUNCER": raw}).pgbouncer is value
 
 
 def test_lists_are_comma_separated() -> None:
@@ -39,6 +51,9 @@ def test_lists_are_comma_separated() -> None:
         ("ERRANDS_HTTP_ADDR", "localhost"),
         ("ERRANDS_LOG_FORMAT", "xml"),
         ("ERRANDS_LOG_LEVEL", "loud"),
+        ("ERRANDS_PGBOUNCER", "maybe"),
+        ("ERRANDS_HOSTNAME", "host:1"),
+        ("ERRANDS_HOSTNAME", "a b"),
     ],
 )
 def test_an_invalid_value_names_its_variable(name: str, value: str) -> None:

@@ -36,6 +36,7 @@ from errands.api.longpoll import FinishWaits, until_heard
 from errands.api.openapi import document
 from errands.api.ui import Dashboard
 from errands.database import configure as configure_session
+from errands.database import pooling_options
 from errands.errors import FieldError
 from errands.queue import is_finished
 from errands.queue.requests import Field, parse_fields
@@ -105,8 +106,11 @@ class App:
         readiness: Readiness | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         ui: bool = True,
+        *,
+        pgbouncer: bool = False,
     ) -> None:
         self._url = database_url
+        self._pgbouncer = pgbouncer
         self._ui = Dashboard(tokens, lease_seconds) if ui else None
         self._tokens = [token.encode() for token in tokens]
         self._routes = _routes(lease_seconds, readiness)
@@ -130,7 +134,7 @@ class App:
             self._url,
             min_size=1,
             max_size=self._threads,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **pooling_options(self._pgbouncer)},
             configure=configure_session,
             timeout=5,
             open=True,

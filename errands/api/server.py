@@ -90,9 +90,10 @@ def serve(
     grace_seconds: float,
     readiness: Readiness | None = None,
     ui: bool = True,
+    pgbouncer: bool = False,
 ) -> int:
     """Serve on `sock` until SIGTERM/SIGINT, then finish in-flight requests; the exit code."""
-    app = App(database_url, tokens, lease_seconds, readiness=readiness, ui=ui)
+    app = App(database_url, tokens, lease_seconds, readiness=readiness, ui=ui, pgbouncer=pgbouncer)
     server = uvicorn.Server(config(app, timeout_graceful_shutdown=max(1, round(grace_seconds))))
     server.run(sockets=[sock])
     return 0 if server.started else 1

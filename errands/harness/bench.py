@@ -35,6 +35,7 @@ from errands.client import Client
 from errands.database import connect, open_connection
 from errands.errors import ConfigurationError
 from errands.harness import bench_ui, pgbench
+from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import (
     DaemonProcess,
     ProcStat,
@@ -77,12 +78,14 @@ class Sizes:
     async_jobs: int  # sleeping coroutine jobs for drain-async
     waits: int  # jobs waited for, one after another, for wait-latency
     ui_jobs: int  # jobs in the table while the dashboard's pages are timed
+    scale_drain: int  # jobs of each drain of the scale workload
+    idle_seconds: float  # how long the idle fleet's database CPU is measured
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(3, 1000, 10_000, 3000, 200, 3.0, 3000, 200, 50_000)
-        return cls(10, 5000, 50_000, 20_000, 1000, 30.0, 20_000, 1000, 1_000_000)
+            return cls(3, 1000, 10_000, 3000, 200, 3.0, 3000, 200, 50_000, 1000, 5.0)
+        return cls(10, 5000, 50_000, 20_000, 1000, 30.0, 20_000, 1000, 1_000_000, 3000, 20.0)
 
 
 WORKLOADS = (
@@ -102,7 +105,13 @@ WORKLOADS = (
     "recovery",
     "recovery-supervisor",
     "ui",
+    "scale",
 )
+# Run only when named (--only scale): many processes, a few minutes, and it needs PgBouncer.
+OPT_IN = frozenset({"scale"})
+SCALE_WORKERS = (1, 2, 4, 8)
+SCALE_SUPERVISORS = (1, 2, 4)
+IDLE_SUPERVISORS, IDLE_WORKERS_EACH = 4, 8
 
 
 class Bench:
@@ -128,7 +137,11 @@ class Bench:
     def run(self, only: set[str] | None = None) -> list[Figure]:
         with self._fresh_database() as url:
             self.url = url
-            chosen = [w for w in WORKLOADS if only is None or w in only or w == "baseline"]
+            chosen = [
+                w
+                for w in WORKLOADS
+                if (w in only if only is not None else w not in OPT_IN) or w == "baseline"
+            ]
             for workload in chosen:
                 self.report(f"running {workload} ...")
                 getattr(self, workload.replace("-", "_"))()
@@ -536,6 +549,103 @@ class Bench:
             )
         )
 
+    def scale(self) -> None:
+        """Drain throughput by worker processes and supervisors, and what an idle fleet costs.
+
+        Each setting runs on its own, direct and through a PgBouncer in
+        transaction pooling mode: `workers` processes split evenly across
+        `supervisors` separate `errands run` (stand-ins for hosts).
+        """
+        with PgBouncer(self.server_url, pool_size=40) as bouncer:
+            for route, url in (("direct", self.url), ("pgbouncer", bouncer.url(self.url))):
+                for workers in SCALE_WORKERS:
+                    for supervisors in (s for s in SCALE_SUPERVISORS if s <= workers):
+                        self._scale_drain(route, url, workers, supervisors)
+                        self._reset()
+                self._idle_fleet(route, url, bouncer)
+                self._reset()
+
+    def _scale_drain(self, route: str, url: str, workers: int, supervisors: int) -> None:
+        jobs = self.sizes.scale_drain
+        with Client(self.url) as client:
+            for first in range(0, jobs, 1000):
+                client.enqueue_many([{"task": NOOP}] * min(1000, jobs - first))
+        fleet = self._fleet(url, route == "pgbouncer", supervisors, workers // supervisors)
+        try:
+            self._wait_until_drained(jobs)
+        finally:
+            for daemon in fleet:
+                daemon.stop()
+        self._add(
+            Figure(
+                f"scale {route} {workers}w {supervisors}s",
+                f"{jobs:,} no-op jobs, {workers} worker processes across {supervisors} "
+                f"supervisor(s), {route}",
+                jobs / self._busy_seconds(),
+                "jobs/s",
+                ratio_to="pgbench -N 4 clients",
+                details={"route": route, "workers": workers, "supervisors": supervisors},
+            )
+        )
+
+    def _idle_fleet(self, route: str, url: str, bouncer: PgBouncer) -> None:
+        """Database CPU spent on worker processes polling one empty queue, per worker-second."""
+        workers = IDLE_SUPERVISORS * IDLE_WORKERS_EACH
+        postmaster = self._postmaster_pid()
+        if postmaster is None:
+            self.report("  idle fleet: PostgreSQL runs elsewhere; its CPU cannot be read")
+            return
+        assert bouncer.process is not None
+        seconds = self.sizes.idle_seconds
+        # What the server spends with no worker at all (its own background processes).
+        background = _cpu_during(seconds, postmaster)[0]
+        fleet = self._fleet(url, route == "pgbouncer", IDLE_SUPERVISORS, IDLE_WORKERS_EACH)
+        try:
+            self._wait_for_workers(workers)
+            time.sleep(2)  # past the start-up: connections, migrations check, first claims
+            pg_cpu, bouncer_cpu = _cpu_during(seconds, postmaster, bouncer.process.pid)
+        finally:
+            for daemon in fleet:
+                daemon.stop()
+        self._add(
+            Figure(
+                f"idle {route} db cpu per worker",
+                f"PostgreSQL CPU per idle worker per second, its background subtracted: "
+                f"{workers} workers across {IDLE_SUPERVISORS} supervisors polling one empty "
+                f"queue ({route}, poll 1 s)",
+                (pg_cpu - background) / (workers * seconds) * 1000,
+                "ms/s",
+                details={
+                    "postgres_cpu_seconds": pg_cpu,
+                    "postgres_background_cpu_seconds": background,
+                    "pgbouncer_cpu_seconds": bouncer_cpu if route == "pgbouncer" else None,
+                    "window_seconds": seconds,
+                    "workers": workers,
+                },
+            )
+        )
+
+    def _fleet(
+        self, url: str, pgbouncer: bool, supervisors: int, workers_each: int
+    ) -> list[DaemonProcess]:
+        """`supervisors` separate `errands run --no-http`, hosts host-1, host-2, ..."""
+        env = {
+            **os.environ,
+            "ERRANDS_DATABASE_URL": url,
+            "ERRANDS_PGBOUNCER": "1" if pgbouncer else "0",
+            "ERRANDS_LOG_FORMAT": "json",
+        }
+        command = ["run", "--no-http", "--workers", str(workers_each)]
+        command += ["--tasks", "errands.harness.bench_tasks"]
+        return [
+            DaemonProcess(
+                command,
+                {**env, "ERRANDS_HOSTNAME": f"host-{n}"},
+                self.logs / f"fleet-{uuid.uuid4().hex[:6]}-host-{n}.log",
+            ).start()
+            for n in range(1, supervisors + 1)
+        ]
+
     # -- helpers ---------------------------------------------------------------------------
 
     def ui(self) -> None:
@@ -624,6 +734,13 @@ class Bench:
             assert row is not None
             stat = ProcStat.read(row[0])
         return stat.ppid if stat else None
+
+
+def _cpu_during(seconds: float, *pids: int) -> list[float]:
+    """CPU seconds each process tree spends over the next `seconds`."""
+    before = [tree_cpu_seconds(pid) for pid in pids]
+    time.sleep(seconds)
+    return [tree_cpu_seconds(pid) - cpu for pid, cpu in zip(pids, before, strict=True)]
 
 
 def wrk_post(url: str, body: str, connections: int, seconds: float) -> float:

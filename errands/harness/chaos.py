@@ -33,6 +33,7 @@ from psycopg.conninfo import make_conninfo
 from errands.client import Client
 from errands.database import connect, open_connection
 from errands.harness.chaos_tasks import RECORD_TABLES
+from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, alive, free_port
 from errands.harness.waiting import answers, drained, wait_for
 
@@ -63,6 +64,10 @@ class Profile:
         }
     )
     settle_seconds: float = 180.0
+    # Stand-ins for hosts: separate `errands run` processes, host names host-1, host-2, ...
+    supervisors: int = 1
+    # Through a PgBouncer in transaction pooling mode that the harness starts itself.
+    pgbouncer: bool = False
 
     @classmethod
     def load(cls, path: Path) -> Profile:
@@ -168,8 +173,10 @@ class Chaos:
             Path(os.environ.get("TMPDIR", "/tmp")) / f"errands-chaos-{seed}-{uuid.uuid4().hex[:6]}"
         )
         self.logs.mkdir(parents=True)
-        self.daemons: list[DaemonProcess] = []
-        self.port = free_port()
+        self.daemons: list[DaemonProcess] = []  # every one started, for the final cleanup
+        self.hosts: list[DaemonProcess | None] = [None] * profile.supervisors  # current ones
+        self.ports = [free_port() for _ in range(profile.supervisors)]
+        self.bouncer: PgBouncer | None = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -177,32 +184,45 @@ class Chaos:
         name = f"errands_chaos_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(self.server_url, autocommit=True) as admin:
             admin.execute(f"create database {name}".encode())
-        self.url = make_conninfo(self.server_url, dbname=name)
+        # The harness reads and checks directly; the system under test may go through PgBouncer.
+        self.direct_url = self.url = make_conninfo(self.server_url, dbname=name)
         with connect(self.url) as conn:
             conn.execute(RECORD_TABLES.encode())
         report = None
         try:
-            self._start_daemon()
+            if self.profile.pgbouncer:
+                self.bouncer = PgBouncer(self.server_url).start()
+                self.url = self.bouncer.url(self.direct_url)
+            for host in range(len(self.hosts)):
+                self._start_daemon(host)
             self._wait_for_http()
-            self.say(f"storm: {self.profile.duration:g}s, seed {self.seed}, logs in {self.logs}")
+            self.say(
+                f"storm: {self.profile.duration:g}s, seed {self.seed}, "
+                f"{len(self.hosts)} supervisor(s){' through PgBouncer' if self.bouncer else ''}, "
+                f"logs in {self.logs}"
+            )
             self._storm()
             self.say("settling ...")
             settled = self._settle()
-            exit_code = self.daemons[-1].stop(timeout=60)
-            report = self._verdict(settled, exit_code, name)
+            exit_codes = [daemon.stop(timeout=60) for daemon in self._current()]
+            report = self._verdict(settled, exit_codes, name)
             return report
         finally:
             for daemon in self.daemons:
                 daemon.kill()
+            if self.bouncer is not None:
+                self.bouncer.stop()
             if report is not None and report.passed:
                 with psycopg.connect(self.server_url, autocommit=True) as admin:
                     admin.execute(f"drop database {name} with (force)".encode())
 
-    def _start_daemon(self) -> None:
+    def _start_daemon(self, host: int) -> None:
         p = self.profile
         env = {
             **os.environ,
             "ERRANDS_DATABASE_URL": self.url,
+            "ERRANDS_PGBOUNCER": "1" if self.bouncer else "0",
+            "ERRANDS_HOSTNAME": f"host-{host + 1}",
             "ERRANDS_LOG_FORMAT": "json",
             "ERRANDS_LEASE_SECONDS": str(p.lease_seconds),
             "ERRANDS_REAPER_SECONDS": str(p.lease_seconds / 4),
@@ -222,21 +242,24 @@ class Chaos:
             "--host",
             "127.0.0.1",
             "--port",
-            str(self.port),
+            str(self.ports[host]),
         ]
-        log = self.logs / f"daemon-{len(self.daemons)}.log"
-        self.daemons.append(DaemonProcess(args, env, log).start())
+        log = self.logs / f"daemon-{len(self.daemons)}-host-{host + 1}.log"
+        daemon = DaemonProcess(args, env, log).start()
+        self.daemons.append(daemon)
+        self.hosts[host] = daemon
 
-    @property
-    def daemon(self) -> DaemonProcess:
-        return self.daemons[-1]
+    def _current(self) -> list[DaemonProcess]:
+        return [daemon for daemon in self.hosts if daemon is not None]
 
     def _wait_for_http(self) -> None:
-        wait_for(lambda: answers(f"{self._base}/health"), timeout=30, what="the daemon's HTTP API")
+        for host in range(len(self.hosts)):
+            health = f"{self._base(host)}/health"
+            wait_for(partial(answers, health), timeout=30, what="the daemons' HTTP APIs")
 
-    @property
-    def _base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def _base(self, host: int) -> str:
+        """The HTTP API of supervisor `host` (its port stays the same across restarts)."""
+        return f"http://127.0.0.1:{self.ports[host % len(self.ports)]}"
 
     def _storm(self) -> None:
         end = time.monotonic() + self.profile.duration
@@ -274,7 +297,7 @@ class Chaos:
         return submission
 
     def _submit_python(self, end: float) -> None:
-        with Client(self.url) as client:
+        with Client(self.url, pgbouncer=self.bouncer is not None) as client:
             n = 0
             while time.monotonic() < end:
                 n += 1
@@ -284,10 +307,12 @@ class Chaos:
                 time.sleep(self.profile.submit_interval)
 
     def _submit_http(self, end: float) -> None:
-        with httpx.Client(base_url=self._base, timeout=5) as http:
+        apis = [httpx.Client(base_url=self._base(h), timeout=5) for h in range(len(self.hosts))]
+        try:
             n = 0
             while time.monotonic() < end:
                 n += 1
+                http = apis[n % len(apis)]  # every host's API in turn
                 s = self._new_submission("http", n)
                 body = {
                     "task": s.task,
@@ -296,6 +321,9 @@ class Chaos:
                 }
                 self._until_answered(s, end, partial(_post, http, body, s.key))
                 time.sleep(self.profile.submit_interval)
+        finally:
+            for api in apis:
+                api.close()
 
     def _until_answered(self, s: Submission, end: float, submit: Callable[[], int]) -> None:
         """Submit; after an unclear failure (connection lost, database down), again, same key."""
@@ -324,7 +352,7 @@ class Chaos:
                 barrier: threading.Barrier = barrier,
                 ids: list[int | None] = ids,
             ) -> None:
-                with httpx.Client(base_url=self._base, timeout=5) as http:
+                with httpx.Client(base_url=self._base(i), timeout=5) as http:
                     barrier.wait()
                     try:
                         ids[i] = _post(http, {"task": "chaos.quick", "max_attempts": BUDGET}, key)
@@ -358,10 +386,10 @@ class Chaos:
                 self.say(f"  fault: {fault.kind} {fault.detail}")
 
     def _busy_worker(self) -> tuple[int, int, int] | None:
-        """(pid, job id, attempt) of a worker of the current daemon running a job."""
-        mine = set(self.daemon.children())
+        """(pid, job id, attempt) of a worker of a current daemon running a job."""
+        mine = {pid for daemon in self._current() for pid in daemon.children()}
         try:
-            with open_connection(self.url, connect_timeout=2) as conn:
+            with open_connection(self.direct_url, connect_timeout=2) as conn:
                 rows = conn.execute(
                     "select lease_owner, id, attempts from errands_jobs where state = 'in_progress'"
                 ).fetchall()
@@ -398,12 +426,18 @@ class Chaos:
         )
 
     def _kill_supervisor(self) -> Fault:
-        old = self.daemon
+        host = self.random.randrange(len(self.hosts))
+        old = self.hosts[host]
+        assert old is not None
         old.signal(signal.SIGKILL)
         old.wait()
-        self._start_daemon()
+        self._start_daemon(host)
+        new = self.hosts[host]
+        assert new is not None
         return Fault(
-            "kill_supervisor", time.time(), detail=f"pid {old.pid}; started {self.daemon.pid}"
+            "kill_supervisor",
+            time.time(),
+            detail=f"host-{host + 1}: pid {old.pid}; started {new.pid}",
         )
 
     def _restart_postgres(self) -> Fault:
@@ -413,9 +447,10 @@ class Chaos:
         return Fault("restart_postgres", started, detail=f"down {time.time() - started:.2f}s")
 
     def _kill_http(self) -> Fault | None:
+        daemon = self.random.choice(self._current())
         started = [
             e
-            for e in self.daemon.log_events()
+            for e in daemon.log_events()
             if e.get("event") == "child started" and e.get("child") == "http-1"
         ]
         if not started or not alive(started[-1]["pid"]):
@@ -429,19 +464,23 @@ class Chaos:
     def _settle(self) -> bool:
         try:
             return wait_for(
-                lambda: drained(self.url), timeout=self.profile.settle_seconds, interval=0.5
+                lambda: drained(self.direct_url),
+                timeout=self.profile.settle_seconds,
+                interval=0.5,
             )
         except TimeoutError:
             return False
 
-    def _verdict(self, settled: bool, exit_code: int, database: str) -> Report:
-        evidence = Evidence.read(self.url)
+    def _verdict(self, settled: bool, exit_codes: list[int], database: str) -> Report:
+        evidence = Evidence.read(self.direct_url)
         checks = [
             Check("the system settled: no job left pending, failed or in progress", settled),
             *self._submission_checks(evidence),
             *job_checks(evidence, {s.key: s.kind for s in self.submissions}),
             Check(
-                "the last supervisor exited 0 on SIGTERM", exit_code == 0, f"exit code {exit_code}"
+                "every supervisor still running exited 0 on SIGTERM",
+                set(exit_codes) == {0},
+                f"exit codes {exit_codes}",
             ),
         ]
         finishes_per_job = Counter(job_id for job_id, _, _ in evidence.finishes)

@@ -28,7 +28,9 @@ create table if not exists chaos_finishes (
 def _record(sql: str, *params: Any) -> None:
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed or conn.broken:
-        conn = _local.conn = open_connection(os.environ["ERRANDS_DATABASE_URL"], autocommit=True)
+        # No prepared statements: the URL may go through a transaction-pooling PgBouncer.
+        url = os.environ["ERRANDS_DATABASE_URL"]
+        conn = _local.conn = open_connection(url, autocommit=True, prepare_threshold=None)
     conn.execute(sql.encode(), params)
 
 

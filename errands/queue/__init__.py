@@ -35,7 +35,9 @@ from errands.queue.presence import (
     announce,
     forget,
     gone_workers,
+    host_of,
     live_workers,
+    worker_id,
 )
 from errands.queue.requests import JobRequest, parse_request
 from errands.queue.schedules import Schedule, ScheduleStatus, list_schedules
@@ -71,6 +73,7 @@ __all__ = [
     "get",
     "gone_workers",
     "heartbeat",
+    "host_of",
     "is_finished",
     "job_counts",
     "list_jobs",
@@ -87,4 +90,5 @@ __all__ = [
     "resume",
     "retry",
     "stats",
+    "worker_id",
 ]

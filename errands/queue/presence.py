@@ -8,7 +8,6 @@ tell a dead worker from a live one without waiting for its leases to expire.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +30,15 @@ class WorkerInfo:
     concurrency: int
     started_at: datetime
     heartbeat_at: datetime
+
+
+def worker_id(host: str, pid: int, token: str) -> str:
+    """A worker's id, `host:pid:token`: it names the lease owner of every job it holds."""
+    return f"{host}:{pid}:{token}"
+
+
+def host_of(worker_id: str) -> str:
+    return worker_id.partition(":")[0]
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ def announce(
         query("worker_heartbeat"),
         {
             "id": worker_id,
-            "host": socket.gethostname(),
+            "host": host_of(worker_id),
             "pid": os.getpid(),
             "queues": list(queues),
             "concurrency": concurrency,

@@ -22,7 +22,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -33,7 +33,7 @@ import structlog
 
 from errands.database import LazyConnection
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
-from errands.queue import Recovered, forget, gone_workers, reap, release
+from errands.queue import Recovered, forget, gone_workers, reap, release, worker_id
 from errands.supervisor.board import WorkerBoard
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
 from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
@@ -60,6 +60,7 @@ class SupervisorOptions:
     # Its listening socket, bound before any child is forked; closed in worker children.
     http_socket: socket.socket | None = None
     scheduler: bool = True  # the child that enqueues periodic jobs' ticks
+    hostname: str = field(default_factory=socket.gethostname)  # in the workers' ids
 
 
 class Supervisor:
@@ -75,7 +76,7 @@ class Supervisor:
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
-        self._db = LazyConnection(self._url)
+        self._db = LazyConnection(self._url, pgbouncer=not options.worker.listen)
         self._wake_r, self._wake_w = os.pipe()
         self._stop_deadline: float | None = None
         self._killed = False  # the children left at the end of the grace were sent SIGKILL
@@ -189,22 +190,26 @@ class Supervisor:
             assert self.options.http_main is not None
             child = fork_child(slot, partial(self.options.http_main, self._board.not_ready), fds)
         elif slot.kind == "scheduler":
-            scheduler = SchedulerOptions(self._url, self.options.worker.task_modules)
+            scheduler = SchedulerOptions(
+                self._url,
+                self.options.worker.task_modules,
+                pgbouncer=not self.options.worker.listen,
+            )
             child = fork_child(slot, partial(run_scheduler, scheduler), fds)
         else:
             token = secrets.token_hex(3)
 
             def worker_main() -> int:
-                worker_id = f"{socket.gethostname()}:{os.getpid()}:{token}"
+                own_id = worker_id(self.options.hostname, os.getpid(), token)
                 options = dataclasses.replace(
                     self.options.worker,
-                    worker_id=worker_id,
+                    worker_id=own_id,
                     on_started=partial(self._board.set, slot.number, True),
                 )
                 return run_worker(options)
 
             child = fork_child(slot, worker_main, fds)
-            child.worker_id = f"{socket.gethostname()}:{child.pid}:{token}"
+            child.worker_id = worker_id(self.options.hostname, child.pid, token)
         self._children[child.pid] = child
         _log.info("child started", child=slot.name, pid=child.pid, worker=child.worker_id)
 

@@ -36,6 +36,7 @@ class LeaseKeeper(threading.Thread):
         running: RunningJobs,
         retry_delay: Callable[[Job], float],
         on_timeout: Callable[[], None],
+        pgbouncer: bool = False,
     ) -> None:
         super().__init__(name="errands-lease-keeper", daemon=True)
         self._worker_id = worker_id
@@ -46,7 +47,7 @@ class LeaseKeeper(threading.Thread):
         self._retry_delay = retry_delay
         self._on_timeout = on_timeout
         self._stopped = threading.Event()
-        self._db = LazyConnection(url)
+        self._db = LazyConnection(url, pgbouncer=pgbouncer)
         self._renewed_at = time.monotonic()
 
     def stop(self) -> None:

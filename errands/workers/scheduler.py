@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from errands.database import connect_retrying
+from errands.database import connect_retrying, pooling_options
 from errands.errors import IdempotencyConflict
 from errands.periodic import registered_schedules
 from errands.queue.schedules import SEEN_EVERY_SECONDS, Schedule, declare, enqueue_tick, mark_seen
@@ -48,6 +48,7 @@ def utc_now() -> datetime:
 class SchedulerOptions:
     url: str
     task_modules: Sequence[str] = ()
+    pgbouncer: bool = False  # through a transaction pooler: no prepared statements
 
 
 class Scheduler:
@@ -157,7 +158,9 @@ def run_scheduler(options: SchedulerOptions, clock: Clock = utc_now) -> int:
     retry = 0.05
     while not stop.requested:
         try:
-            conn = conn or connect_retrying(options.url, give_up=lambda: stop.requested)
+            conn = conn or connect_retrying(
+                options.url, give_up=lambda: stop.requested, **pooling_options(options.pgbouncer)
+            )
             if conn is None:
                 break
             if not started:

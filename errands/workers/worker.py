@@ -66,6 +66,8 @@ class WorkerOptions:
     poll_seconds: float = 1.0
     backoff: Backoff = field(default_factory=Backoff)
     ack: AckMode = "batched"
+    # LISTEN for wake-ups. Off behind a transaction pooler, where it is useless, and so
+    # are server-side prepared statements: they are turned off with it.
     listen: bool = True
     on_started: Callable[[], None] | None = None  # called once tasks are loaded and claims begin
 
@@ -90,7 +92,9 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._stopping = False
         self._replacing = False
-        self._db = LazyConnection(options.url, on_connect=self._on_connect)
+        self._db = LazyConnection(
+            options.url, on_connect=self._on_connect, pgbouncer=not options.listen
+        )
         self._queues: list[str] = list(options.queues)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -114,6 +118,7 @@ class Worker:
             running=self.running,
             retry_delay=self.retry_delay,
             on_timeout=self._replace,
+            pgbouncer=not self.options.listen,
         )
         keeper.start()
         metrics().workers_alive.set(1)
@@ -126,6 +131,7 @@ class Worker:
             concurrency=self.options.concurrency,
             async_concurrency=self._async_slots,
             tasks=sorted(registered_tasks()),
+            wakeups="listen" if self.options.listen else "poll",
         )
         pool = ThreadPoolExecutor(self.options.concurrency, "errands-job")
         self._loop(pool)
