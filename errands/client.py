@@ -225,7 +225,9 @@ class Client:
         with self._watcher_lock:
             if self._watcher is None:
                 self._open_pool()  # the schema, with its finish notifications, is up to date
-                self._watcher = ops.FinishWatcher(self._url(), WAIT_POLL_SECONDS)
+                self._watcher = ops.FinishWatcher(
+                    self._url(), WAIT_POLL_SECONDS, pooling_options(self._pgbouncer)
+                )
             return self._watcher
 
     @staticmethod

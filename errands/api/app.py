@@ -139,7 +139,7 @@ class App:
             timeout=5,
             open=True,
         )
-        self._finishes = FinishWaits(self._url)
+        self._finishes = FinishWaits(self._url, pooling_options(self._pgbouncer))
 
     def close(self) -> None:
         if self._finishes is not None:

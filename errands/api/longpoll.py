@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from errands.queue import FinishWatcher
@@ -18,8 +18,9 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class FinishWaits:
-    def __init__(self, database_url: str) -> None:
-        self._watcher = FinishWatcher(database_url)  # its thread starts with the first wait
+    def __init__(self, database_url: str, connect_options: Mapping[str, Any]) -> None:
+        # Its thread starts with the first wait.
+        self._watcher = FinishWatcher(database_url, connect_options=connect_options)
 
     def close(self) -> None:
         self._watcher.close()

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
 import structlog
 
+from errands.database import open_connection
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
 
@@ -40,8 +41,11 @@ def is_finished(job: Job) -> bool:
 class FinishWatcher:
     """Calls back, once, when a watched job has finished; safe to use from any thread."""
 
-    def __init__(self, url: str, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, url: str, poll_seconds: float = 1.0, connect_options: Mapping[str, Any] | None = None
+    ) -> None:
         self._url = url
+        self._connect_options = dict(connect_options or {})  # e.g. no prepared statements
         self._poll = poll_seconds
         self._lock = threading.Lock()
         self._watches: dict[int, list[Callback]] = {}
@@ -82,7 +86,9 @@ class FinishWatcher:
         delay = 0.1
         while not self._stopped.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                with open_connection(
+                    self._url, autocommit=True, connect_timeout=5, **self._connect_options
+                ) as conn:
                     conn.execute(f"listen {CHANNEL}")
                     delay = 0.1
                     self._listen(conn)
