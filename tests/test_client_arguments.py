@@ -148,3 +148,33 @@ def test_scrub_withholds_the_detail_of_a_chained_error(db_url: str) -> None:
             assert "hunter2" in str(outer.__cause__)
             text = scrub(f"{outer}\n{outer.__cause__}", outer)
     assert "hunter2" not in text and WITHHELD in text
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    for _ in range(depth):
+        payload = {"a": payload}
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("task", "arguments", "field"),
+    [
+        ("sleep", {"payload": _nested(5000)}, "payload"),
+        ("sleep", {"delay": 10**400}, "delay"),
+        ("sleep", {"delay": 1e400}, "delay"),
+        ("sleep", {"queue": "default\n"}, "queue"),
+        ("sleep\n", {}, "task"),
+    ],
+    ids=["5000-deep payload", "delay 10**400", "delay 1e400", "queue newline", "task newline"],
+)
+def test_enqueue_refuses_values_that_once_escaped_as_raw_errors(
+    client: Client, task: str, arguments: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidJob) as refused:
+        client.enqueue(task, **arguments)
+    assert [e.field for e in refused.value.errors] == [field]
+    with pytest.raises(InvalidJob) as refused:
+        client.enqueue_many([{"task": task, **arguments}])
+    assert [e.field for e in refused.value.errors] == [f"[0].{field}"]
+    assert client.list() == []
