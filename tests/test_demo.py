@@ -6,6 +6,7 @@ import http.server
 import ipaddress
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -75,7 +76,7 @@ def test_public_addresses_are_public(text: str) -> None:
 
 @pytest.fixture
 def as_job() -> Iterator[None]:
-    with running(CurrentJob(7, "demo", "default", 1, 5, {})):
+    with running(CurrentJob(7, "demo", "default", 1, 5, {}, datetime.now(UTC))):
         yield
 
 
