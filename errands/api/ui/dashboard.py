@@ -249,7 +249,7 @@ class Dashboard:
                 queue=where.queue,
                 task=where.task,
                 limit=PAGE_SIZE,
-                after=int(after) if after.isdigit() and len(after) < 19 else None,
+                after=_job_id(after),
             )
         filters = {"state": query.get("state", ""), "queue": where.queue, "task": where.task}
         next_page = None
@@ -272,9 +272,9 @@ class Dashboard:
     def find(self, call: Call) -> Response:
         wanted = call.request.query.get("q", "").strip().replace("\x00", "")
         with call.connect() as conn:
-            job = (
-                queue.get(conn, int(wanted)) if wanted.isdigit() and len(wanted) < 19 else None
-            ) or (queue.control.find_by_key(conn, wanted) if wanted else None)
+            job = (queue.get(conn, job_id) if (job_id := _job_id(wanted)) else None) or (
+                queue.control.find_by_key(conn, wanted) if wanted else None
+            )
         if job is not None:
             return _redirect(f"/ui/jobs/{job.id}")
         return self._page(
@@ -397,8 +397,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], Page]] = [
         ("GET", "/ui/live", Dashboard.live),
         ("GET", "/ui/jobs", Dashboard.jobs),
         ("GET", "/ui/find", Dashboard.find),
-        ("GET", r"/ui/jobs/(?P<id>\d{1,19})", Dashboard.job),
-        ("POST", r"/ui/jobs/(?P<id>\d{1,19})/(?P<action>retry|cancel)", Dashboard.act_on_job),
+        ("GET", r"/ui/jobs/(?P<id>[0-9]{1,18})", Dashboard.job),
+        ("POST", r"/ui/jobs/(?P<id>[0-9]{1,18})/(?P<action>retry|cancel)", Dashboard.act_on_job),
         ("POST", "/ui/bulk", Dashboard.bulk),
         (
             "POST",
@@ -476,8 +476,16 @@ def _safe_next(target: str | None) -> str:
     return "/ui"
 
 
+# ASCII digits only, and within a bigint: str.isdigit() and int() also take "²" and "٣".
+_JOB_ID = re.compile(r"[0-9]{1,18}")
+
+
 def _digits(text: str) -> str:
-    return text if text.isdigit() else ""
+    return text if _JOB_ID.fullmatch(text) else ""
+
+
+def _job_id(text: str) -> int | None:
+    return int(text) if _JOB_ID.fullmatch(text) else None
 
 
 @cache

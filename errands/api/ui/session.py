@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class Sessions:
         nonce, _, expiry = signed.partition(".")
         if not hmac.compare_digest(signature, self._sign(signed)):
             return None
-        if not expiry.isdigit() or int(expiry) < time.time():
+        if not re.fullmatch(r"[0-9]{1,12}", expiry) or int(expiry) < time.time():
             return None
         return self._session(nonce)
 
