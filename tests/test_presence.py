@@ -65,4 +65,5 @@ def test_gone_workers_lists_only_the_workers_whose_process_is_gone(conn: Conn) -
         " where id = 'there:3:elsewhere'",
         (dead.pid, dead.started),
     )
-    assert gone_workers(conn) == ["here:2:dead"]
+    assert gone_workers(conn, "here") == ["here:2:dead"]
+    assert gone_workers(conn, "there") == []  # here's dead worker is not there's to release

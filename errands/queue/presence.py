@@ -111,8 +111,12 @@ def announce(
     )
 
 
-def gone_workers(conn: psycopg.Connection[Any]) -> list[str]:
-    """Workers recorded on this machine and pid namespace whose process is certainly gone."""
+def gone_workers(conn: psycopg.Connection[Any], host: str) -> list[str]:
+    """Workers of `host` recorded on this machine and pid namespace, certainly gone.
+
+    Only `host`'s: supervisors sharing a machine under other host names (ERRANDS_HOSTNAME)
+    each release their own children's jobs.
+    """
     namespace = _namespace()
     if namespace is None:
         return []
@@ -122,7 +126,7 @@ def gone_workers(conn: psycopg.Connection[Any]) -> list[str]:
     return [
         worker_id
         for worker_id, pid, started in rows
-        if ProcessIdentity(*namespace, pid, started).is_gone()
+        if host_of(worker_id) == host and ProcessIdentity(*namespace, pid, started).is_gone()
     ]
 
 

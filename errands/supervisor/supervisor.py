@@ -289,7 +289,7 @@ class Supervisor:
         if time.monotonic() > self._watch_local_until:
             return
         try:
-            gone = gone_workers(self._db.get())
+            gone = gone_workers(self._db.get(), self.options.hostname)
         except psycopg.OperationalError as exc:
             self._db.drop(exc)
             return
