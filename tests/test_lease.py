@@ -10,6 +10,7 @@ import pytest
 
 from errands import Client, JobState
 from errands.queue import (
+    AsyncSlots,
     Completion,
     Held,
     claim,
@@ -68,6 +69,32 @@ def test_claim_skips_jobs_scheduled_later_and_other_queues(client: Client, conn:
 def test_claim_honours_its_limit(client: Client, conn: Conn) -> None:
     client.enqueue_many([{"task": "t"}] * 5)
     assert len(claim(conn, "w1", ["default"], limit=2, lease_seconds=30)) == 2
+
+
+def test_claim_takes_no_more_thread_jobs_than_its_limit_however_many_coroutine_slots_are_free(
+    client: Client, conn: Conn
+) -> None:
+    threads = [client.enqueue("sync").id for _ in range(5)]
+    naps = [client.enqueue("nap").id for _ in range(2)]
+    jobs = claim(conn, "w1", ["default"], 2, 30, AsyncSlots(tasks=["nap"], free=100))
+    assert sorted(job.id for job in jobs) == sorted(threads[:2] + naps)
+
+
+def test_claim_takes_no_more_coroutine_jobs_than_the_free_coroutine_slots(
+    client: Client, conn: Conn
+) -> None:
+    first_thread = client.enqueue("sync").id
+    naps = [client.enqueue("nap").id for _ in range(5)]
+    jobs = claim(conn, "w1", ["default"], 1, 30, AsyncSlots(tasks=["nap"], free=3))
+    assert sorted(job.id for job in jobs) == sorted(naps[:3] + [first_thread])
+
+
+def test_coroutine_slots_without_async_tasks_claim_nothing_extra(
+    client: Client, conn: Conn
+) -> None:
+    for _ in range(3):
+        client.enqueue("sync")
+    assert len(claim(conn, "w1", ["default"], 1, 30, AsyncSlots(tasks=[], free=50))) == 1
 
 
 def test_a_job_claimed_by_one_worker_is_not_claimed_by_another(client: Client, conn: Conn) -> None:

@@ -57,6 +57,8 @@ def test_the_claim_looks_up_paused_queues_and_reads_jobs_by_the_claimable_index(
         .decode()
         .replace("%(queues)s", "array['a','b']")
         .replace("%(limit)s", "10")
+        .replace("%(async_limit)s", "5")
+        .replace("%(async_tasks)s", "array['nap']")
         .replace("%(owner)s", "'w'")
         .replace("%(lease_seconds)s", "30")
     ).fetchall()

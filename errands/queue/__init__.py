@@ -16,6 +16,7 @@ from errands.queue.control import QueueInfo, pause, queues, resume
 from errands.queue.finished import FINISHED, FinishWatcher, is_finished
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import (
+    AsyncSlots,
     Completion,
     Held,
     Recovered,
@@ -45,6 +46,7 @@ from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
 __all__ = [
     "FINISHED",
+    "AsyncSlots",
     "Completion",
     "Enqueued",
     "FinishWatcher",

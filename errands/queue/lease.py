@@ -42,6 +42,17 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class AsyncSlots:
+    """Coroutine slots a claim may fill: jobs of `tasks` (the `async def` ones), up to `free`."""
+
+    tasks: Sequence[str] = ()
+    free: int = 0
+
+
+NO_ASYNC_SLOTS = AsyncSlots()
+
+
+@dataclass(frozen=True)
 class Recovered:
     """A job taken back from a lost worker."""
 
@@ -58,11 +69,13 @@ def claim(
     queues: Sequence[str],
     limit: int,
     lease_seconds: float,
+    async_slots: AsyncSlots = NO_ASYNC_SLOTS,
 ) -> list[Job]:
-    """Take up to `limit` due jobs from `queues` for `owner`, best first."""
+    """Take due jobs from `queues` for `owner`, best first: up to `limit` for threads and
+    up to `async_slots.free` of the `async def` tasks, so none is held without a slot."""
+    params = _claim_params(owner, queues, limit, lease_seconds, async_slots)
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("claim"), _claim_params(owner, queues, limit, lease_seconds))
-        return _claimed(rows.fetchall())
+        return _claimed(cur.execute(query("claim"), params).fetchall())
 
 
 def complete_and_claim(
@@ -72,6 +85,7 @@ def complete_and_claim(
     queues: Sequence[str],
     limit: int,
     lease_seconds: float,
+    async_slots: AsyncSlots = NO_ASYNC_SLOTS,
 ) -> tuple[set[int], list[Job]]:
     """Acknowledge finished jobs and claim the next ones in one round trip (a pipeline).
 
@@ -81,21 +95,28 @@ def complete_and_claim(
     lost) and the jobs claimed.
     """
     if not done:
-        return set(), claim(conn, owner, queues, limit, lease_seconds)
-    if limit <= 0:
+        return set(), claim(conn, owner, queues, limit, lease_seconds, async_slots)
+    if limit <= 0 and async_slots.free <= 0:
         return complete(conn, owner, done), []
     with conn.pipeline():
         completed = conn.execute(query("complete"), _complete_params(owner, done))
         claimed = conn.cursor(row_factory=dict_row).execute(
-            query("claim"), _claim_params(owner, queues, limit, lease_seconds)
+            query("claim"), _claim_params(owner, queues, limit, lease_seconds, async_slots)
         )
     return {row[0] for row in completed.fetchall()}, _claimed(claimed.fetchall())
 
 
 def _claim_params(
-    owner: str, queues: Sequence[str], limit: int, lease_seconds: float
+    owner: str, queues: Sequence[str], limit: int, lease_seconds: float, async_slots: AsyncSlots
 ) -> dict[str, Any]:
-    return {"owner": owner, "queues": list(queues), "limit": limit, "lease_seconds": lease_seconds}
+    return {
+        "owner": owner,
+        "queues": list(queues),
+        "limit": max(0, limit),
+        "async_tasks": list(async_slots.tasks),
+        "async_limit": max(0, async_slots.free) if async_slots.tasks else 0,
+        "lease_seconds": lease_seconds,
+    }
 
 
 def _claimed(rows: list[dict[str, Any]]) -> list[Job]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
@@ -23,6 +23,7 @@ import structlog
 
 from errands.metrics import metrics, record_failure
 from errands.queue import (
+    AsyncSlots,
     Completion,
     Job,
     JobState,
@@ -45,11 +46,21 @@ _log = structlog.get_logger("errands.worker")
 
 @dataclass(frozen=True)
 class ClaimRequest:
-    """The claim to send with the acknowledgements: up to `limit` jobs from `queues`."""
+    """The claim to send with the acknowledgements: from `queues`, up to `limit` jobs for
+    threads and what `async_slots` allow for coroutines."""
 
     queues: Sequence[str]
     limit: int
     lease_seconds: float
+    async_slots: AsyncSlots = field(default_factory=AsyncSlots)
+
+    @property
+    def wanted(self) -> bool:
+        return self.limit > 0 or (bool(self.async_slots.tasks) and self.async_slots.free > 0)
+
+    def nothing(self) -> ClaimRequest:
+        """The same request claiming no job: acknowledgements only."""
+        return ClaimRequest(self.queues, 0, self.lease_seconds)
 
 
 class Acknowledgements:
@@ -124,14 +135,15 @@ class Acknowledgements:
     def _complete_and_claim(
         self, conn: psycopg.Connection[Any], claiming: ClaimRequest
     ) -> list[Job]:
-        if not self._successes and claiming.limit <= 0:
+        if not self._successes and not claiming.wanted:
             return []
         sent, self._successes = self._successes, []
-        owner, queues, limit, lease = (
+        owner, queues, limit, lease, slots = (
             self._worker_id,
             claiming.queues,
             claiming.limit,
             claiming.lease_seconds,
+            claiming.async_slots,
         )
         done = [Completion(e.job.id, e.job.attempts, o.result_json) for e, o in sent]
         try:
@@ -139,8 +151,8 @@ class Acknowledgements:
                 completed = complete(conn, owner, done)
                 self._report(sent, completed)
                 sent = []
-                return claim(conn, owner, queues, limit, lease) if limit > 0 else []
-            completed, claimed = complete_and_claim(conn, owner, done, queues, limit, lease)
+                return claim(conn, owner, queues, limit, lease, slots) if claiming.wanted else []
+            completed, claimed = complete_and_claim(conn, owner, done, queues, limit, lease, slots)
         except psycopg.OperationalError:
             self._successes = sent + self._successes  # fenced: safe to send again
             raise

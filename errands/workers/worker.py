@@ -30,7 +30,7 @@ from errands.backoff import Backoff
 from errands.client import Client, set_default_client
 from errands.database import LazyConnection
 from errands.metrics import metrics
-from errands.queue import Job, announce
+from errands.queue import AsyncSlots, Job, announce
 from errands.tasks import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
 from errands.workers.coroutines import EventLoopThread
@@ -87,6 +87,7 @@ class Worker:
         self._executing = 0  # on threads
         self._executing_async = 0  # coroutines on the event loop
         self._async_slots = 0  # async_concurrency once an async task is registered
+        self._async_tasks: list[str] = []  # the registered `async def` tasks' names
         self._events = EventLoopThread()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -104,7 +105,8 @@ class Worker:
         load_task_modules(self.options.task_modules)
         # Jobs the tasks enqueue (`task.enqueue(...)`) go to this worker's database.
         set_default_client(Client(self.options.url))
-        if any(task.is_async for task in registered_tasks().values()):
+        self._async_tasks = sorted(n for n, t in registered_tasks().items() if t.is_async)
+        if self._async_tasks:
             self._async_slots = self.options.async_concurrency
         if not self._queues:
             self._queues = sorted({"default"} | {t.queue for t in registered_tasks().values()})
@@ -167,26 +169,22 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self, pool: ThreadPoolExecutor) -> None:
-        capacity = self.options.concurrency + self._async_slots + self.options.prefetch
         while True:
             self._collect_outcomes()
             self._dispatch(pool)
             draining = self._stopping or self._replacing
             if draining and self._nothing_owed():
                 return
-            free = 0 if draining else capacity - len(self.running)
+            request = self._claim_request(draining)
             # Refill when the prefetch buffer runs low; without one, whenever a slot is free.
-            refill = free > 0 and len(self._ready) <= self.options.prefetch // 2
+            refill = request.wanted and len(self._ready) <= self.options.prefetch // 2
             idle = not self._executing and not self._executing_async and not self._ready
             if refill or self._acks.due(flush=draining or idle):
                 try:
                     conn = self._db.get_retrying(give_up=self._must_give_up)
                     if conn is None:
                         return
-                    request = ClaimRequest(
-                        self._queues, free if refill else 0, self.options.lease_seconds
-                    )
-                    claimed = self._acks.write(conn, request)
+                    claimed = self._acks.write(conn, request if refill else request.nothing())
                 except psycopg.OperationalError as exc:
                     self._db.drop(exc)
                     continue
@@ -198,11 +196,27 @@ class Worker:
                 listen_too=refill, timeout=self._acks.seconds_until_due(self.options.poll_seconds)
             )
 
+    def _claim_request(self, draining: bool) -> ClaimRequest:
+        """As many jobs of each kind as its free slots can start now (threads also fill the
+        prefetch buffer): a claimed job never waits while a slot of its kind is free elsewhere."""
+        if draining:
+            return ClaimRequest(self._queues, 0, self.options.lease_seconds)
+        held_async = sum(1 for entry in self._ready if is_async(entry.job))
+        held_threads = len(self._ready) - held_async
+        threads = self.options.concurrency + self.options.prefetch - self._executing - held_threads
+        coroutines = self._async_slots - self._executing_async - held_async
+        return ClaimRequest(
+            self._queues,
+            threads,
+            self.options.lease_seconds,
+            AsyncSlots(self._async_tasks, coroutines),
+        )
+
     def _dispatch(self, pool: ThreadPoolExecutor) -> None:
         """Start held jobs, in claim order, each where a slot of its kind is free.
 
-        A claim cannot tell coroutine jobs from thread jobs, so a job whose
-        kind has no free slot waits here, held, while the others start.
+        Claims take no more jobs of a kind than its free slots, so a job waits
+        here only in the prefetch buffer (`--prefetch`), held while others start.
         """
         waiting: deque[Entry] = deque()
         while self._ready:

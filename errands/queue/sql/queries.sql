@@ -81,27 +81,36 @@ where job.idempotency_key in (
 select * from errands_jobs where id = any(%(ids)s);
 
 -- name: claim
--- Take up to `limit` claimable jobs of the given queues, best first; rows other
+-- Take claimable jobs of the given queues, best first: up to `limit` jobs for
+-- threads and up to `async_limit` for coroutines (tasks in `async_tasks`), so a
+-- worker never takes a job no slot of its kind can start at once. Rows other
 -- workers are claiming right now are skipped, never waited for or shared.
 -- One index range scan per queue (a plain `queue = any(...)` would sort every
 -- claimable row instead). Paused queues are dropped from the wanted list first,
 -- one primary-key probe per queue, so their jobs are never even read.
-with claimable as (
-    select candidate.id
+with candidate as (
+    select candidate.id, candidate.priority, candidate.run_at,
+           candidate.task = any(%(async_tasks)s::text[]) as on_loop
     from (select distinct unnest(%(queues)s::text[])) as wanted(queue)
     cross join lateral (
         select 1 where not exists (
             select from errands_queues where name = wanted.queue and paused)
     ) as running
     cross join lateral (
-        select id, priority, run_at from errands_jobs
+        select id, priority, run_at, task from errands_jobs
         where queue = wanted.queue and state in ('pending', 'failed') and run_at <= now()
         order by priority desc, run_at, id
-        limit %(limit)s
+        limit %(limit)s + %(async_limit)s
         for update skip locked
     ) as candidate
-    order by candidate.priority desc, candidate.run_at, candidate.id
-    limit %(limit)s
+),
+claimable as (
+    select id from (
+        select id, on_loop,
+               row_number() over (partition by on_loop order by priority desc, run_at, id) as place
+        from candidate
+    ) as ranked
+    where place <= case when on_loop then %(async_limit)s else %(limit)s end
 )
 update errands_jobs as job
 set state = 'in_progress',
