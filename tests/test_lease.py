@@ -86,7 +86,7 @@ def test_claim_takes_no_more_coroutine_jobs_than_the_free_coroutine_slots(
     first_thread = client.enqueue("sync").id
     naps = [client.enqueue("nap").id for _ in range(5)]
     jobs = claim(conn, "w1", ["default"], 1, 30, AsyncSlots(tasks=["nap"], free=3))
-    assert sorted(job.id for job in jobs) == sorted(naps[:3] + [first_thread])
+    assert sorted(job.id for job in jobs) == sorted([*naps[:3], first_thread])
 
 
 def test_coroutine_slots_without_async_tasks_claim_nothing_extra(

@@ -43,12 +43,14 @@ EXIT_OK = 0
 # Jobs a worker process runs at once, on threads (`--concurrency`). Several slots let one
 # claim and one acknowledgement carry several jobs, and a slot is taken only when free,
 # so no job waits behind a slow one while another could run it (bench/RESULTS.md).
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 32
 EXIT_REPLACE = 4  # a timed-out job is stuck on a thread: start a fresh process
 # A coroutine is cancelled at its timeout; one that ignores the cancellation (or blocks
 # the event loop) is failed by the lease keeper this much later, and the worker replaced.
 ASYNC_CANCEL_GRACE_SECONDS = 5.0
 CHANNEL = "errands_jobs"
+# The longest a freed thread slot waits for others to free before a claim fills it alone.
+CLAIM_GATHER_SECONDS = 0.002
 
 _log = structlog.get_logger("errands.worker")
 
@@ -88,6 +90,7 @@ class Worker:
         self._executing_async = 0  # coroutines on the event loop
         self._async_slots = 0  # async_concurrency once an async task is registered
         self._async_tasks: list[str] = []  # the registered `async def` tasks' names
+        self._slot_freed_at: float | None = None  # since when a claim has been gathering slots
         self._events = EventLoopThread()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -176,8 +179,11 @@ class Worker:
             if draining and self._nothing_owed():
                 return
             request = self._claim_request(draining)
-            # Refill when the prefetch buffer runs low; without one, whenever a slot is free.
-            refill = request.wanted and len(self._ready) <= self.options.prefetch // 2
+            gathering = self._gathering_seconds(request)
+            # Refill when the prefetch buffer runs low; without one, once slots are free.
+            refill = (
+                request.wanted and len(self._ready) <= self.options.prefetch // 2 and not gathering
+            )
             idle = not self._executing and not self._executing_async and not self._ready
             if refill or self._acks.due(flush=draining or idle):
                 try:
@@ -188,13 +194,28 @@ class Worker:
                 except psycopg.OperationalError as exc:
                     self._db.drop(exc)
                     continue
+                self._slot_freed_at = None
                 self._ready.extend(self.running.hold(job) for job in claimed)
                 self._dispatch(pool)
                 if claimed:
                     continue  # there may be more work now: sleep only when a claim finds none
-            self._wait(
-                listen_too=refill, timeout=self._acks.seconds_until_due(self.options.poll_seconds)
-            )
+            ceiling = gathering or self.options.poll_seconds
+            self._wait(listen_too=refill, timeout=self._acks.seconds_until_due(ceiling))
+
+    def _gathering_seconds(self, request: ClaimRequest) -> float:
+        """How much longer to let freed thread slots gather before claiming for them; 0: now.
+
+        A claim for one slot costs the database as much as a claim for eight, so a
+        freed slot waits up to CLAIM_GATHER_SECONDS for others while jobs still run.
+        A job is never claimed into a slot it must wait for: this delays only claims.
+        """
+        threads = self.options.concurrency + self.options.prefetch
+        if not request.wanted or not self._executing or request.limit * 2 >= threads:
+            return 0.0
+        now = time.monotonic()
+        if self._slot_freed_at is None:
+            self._slot_freed_at = now
+        return max(0.0, self._slot_freed_at + CLAIM_GATHER_SECONDS - now)
 
     def _claim_request(self, draining: bool) -> ClaimRequest:
         """As many jobs of each kind as its free slots can start now (threads also fill the
@@ -205,6 +226,9 @@ class Worker:
         held_threads = len(self._ready) - held_async
         threads = self.options.concurrency + self.options.prefetch - self._executing - held_threads
         coroutines = self._async_slots - self._executing_async - held_async
+        # A claim locks the rows it reads for both kinds before it keeps what fits, so
+        # it reads at most as many for coroutines as a thread claim does.
+        coroutines = min(coroutines, self.options.concurrency)
         return ClaimRequest(
             self._queues,
             threads,
