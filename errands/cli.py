@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
@@ -23,7 +23,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from errands import embedded
-from errands.api import Readiness, listen, serve, url_of
+from errands.api.sockets import listen, url_of
 from errands.client import Client
 from errands.config import Settings
 from errands.database import connect, open_connection, pooling_options, resolve_url
@@ -41,6 +41,9 @@ from errands.supervisor import Supervisor, SupervisorOptions
 from errands.workers import DEFAULT_CONCURRENCY, WorkerOptions
 from errands.workers.loading import TaskModuleError, load_task_modules
 from errands.workers.wakeups import listen_works
+
+if TYPE_CHECKING:
+    from errands.api.app import Readiness
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -348,6 +351,10 @@ def _serve_api(
                 "queue and budget",
                 error=str(exc).splitlines()[0],
             )
+    # uvicorn and the application load here, in the HTTP process only: a supervisor
+    # that skips them starts, and releases a crashed predecessor's jobs, sooner.
+    from errands.api.server import serve  # noqa: PLC0415
+
     return serve(
         url,
         sock,

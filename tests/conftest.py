@@ -28,8 +28,7 @@ from hypothesis import HealthCheck, settings
 from psycopg.conninfo import make_conninfo
 
 from errands import Client, embedded
-from errands.api import App
-from errands.api.app import MAX_IN_FLIGHT
+from errands.api.app import MAX_IN_FLIGHT, App
 from errands.api.server import config as server_config
 from errands.api.transport import DEFAULT_LIMITS, Limits
 from errands.errors import ConfigurationError

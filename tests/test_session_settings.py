@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from errands import Client, JobState
-from errands.api import App
+from errands.api.app import App
 from errands.database import connect, open_connection
 from errands.harness.process import free_port
 from errands.harness.waiting import wait_for

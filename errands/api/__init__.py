@@ -1,6 +1,5 @@
-"""The thin HTTP shim: submission, inspection, health and metrics over the queue functions."""
+"""The thin HTTP shim: submission, inspection, health and metrics over the queue functions.
 
-from errands.api.app import App, Readiness
-from errands.api.server import listen, serve, url_of
-
-__all__ = ["App", "Readiness", "listen", "serve", "url_of"]
+app.py is the application, server.py serves it with uvicorn, sockets.py binds its
+socket; nothing is imported here, so that binding the socket loads no server.
+"""

@@ -116,9 +116,11 @@ class Supervisor:
             self._reap_children()
             if self._stop_deadline is not None and not self._children:
                 break
+            # Release first: a crashed predecessor's jobs go back to the queue before
+            # forking the children that will claim them.
             self._find_gone_local_workers()
-            self._start_due_children()
             self._release_unreleased()
+            self._start_due_children()
             self._run_reaper_when_due()
             self._enforce_grace()
             self._sleep()
