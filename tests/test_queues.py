@@ -53,8 +53,11 @@ def test_the_claim_looks_up_paused_queues_and_reads_jobs_by_the_claimable_index(
     # subplan or a primary-key probe, as the planner likes), never by a join over jobs.
     plan = conn.execute(
         "explain (costs off) "
-        + query("claim")
+        + query("complete_and_claim")
         .decode()
+        .replace("%(ids)s", "array[]::bigint[]")
+        .replace("%(attempts)s", "array[]::int[]")
+        .replace("%(results)s", "array[]::jsonb[]")
         .replace("%(queues)s", "array['a','b']")
         .replace("%(limit)s", "10")
         .replace("%(async_limit)s", "5")

@@ -2,8 +2,8 @@
 
 The claim loop hands every finished attempt to `Acknowledgements` (the shape of
 River's job completer and PgQueuer's job buffer). Successes wait up to
-ACK_FLUSH_SECONDS for others to share their statement, and ride in the same
-round trip as the worker's next claim; failures (and reschedules asked for with
+ACK_FLUSH_SECONDS for others to share their statement, which is also the
+worker's next claim (one round trip, one commit); failures (and reschedules asked for with
 errands.Retry) are written at once, one by one, each with its own retry delay
 and traceback. Every write is fenced, so a batch
 cut off by a lost connection is kept and sent again: a second copy changes

@@ -80,15 +80,38 @@ where job.idempotency_key in (
 -- name: jobs_by_id
 select * from errands_jobs where id = any(%(ids)s);
 
--- name: claim
--- Take claimable jobs of the given queues, best first: up to `limit` jobs for
--- threads and up to `async_limit` for coroutines (tasks in `async_tasks`), so a
--- worker never takes a job no slot of its kind can start at once. Rows other
--- workers are claiming right now are skipped, never waited for or shared.
--- One index range scan per queue (a plain `queue = any(...)` would sort every
--- claimable row instead). Paused queues are dropped from the wanted list first,
--- one primary-key probe per queue, so their jobs are never even read.
-with candidate as (
+-- name: complete_and_claim
+-- Store the results of finished jobs, then take claimable jobs of the given
+-- queues, best first: one statement, so one round trip and one commit for both
+-- (either part may be empty: no results, or a limit of 0). The two parts touch
+-- disjoint rows: completions in_progress ones, the claim pending or failed ones.
+--
+-- The claim takes up to `limit` jobs for threads and up to `async_limit` for
+-- coroutines (tasks in `async_tasks`), so a worker never takes a job no slot of
+-- its kind can start at once. Rows other workers are claiming right now are
+-- skipped, never waited for or shared. One index range scan per queue (a plain
+-- `queue = any(...)` would sort every claimable row instead). Paused queues are
+-- dropped from the wanted list first, one primary-key probe per queue, so their
+-- jobs are never even read.
+--
+-- The answer is one row per claimed job (at least one row: a claim of nothing
+-- comes back as nulls), each carrying the ids actually completed (the others'
+-- leases were lost).
+with completed as (
+    update errands_jobs as job
+    set state = 'completed',
+        result = done.result,
+        finished_at = now(),
+        updated_at = now(),
+        lease_owner = null,
+        lease_expires_at = null
+    from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[])
+        as done(id, attempts, result)
+    where job.id = done.id and job.attempts = done.attempts
+      and job.lease_owner = %(owner)s and job.state = 'in_progress'
+    returning job.id
+),
+candidate as (
     select candidate.id, candidate.priority, candidate.run_at,
            candidate.task = any(%(async_tasks)s::text[]) as on_loop
     from (select distinct unnest(%(queues)s::text[])) as wanted(queue)
@@ -111,17 +134,22 @@ claimable as (
         from candidate
     ) as ranked
     where place <= case when on_loop then %(async_limit)s else %(limit)s end
+),
+claimed as (
+    update errands_jobs as job
+    set state = 'in_progress',
+        attempts = job.attempts + 1,
+        lease_owner = %(owner)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(),
+        updated_at = now()
+    from claimable
+    where job.id = claimable.id
+    returning job.*
 )
-update errands_jobs as job
-set state = 'in_progress',
-    attempts = job.attempts + 1,
-    lease_owner = %(owner)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    started_at = now(),
-    updated_at = now()
-from claimable
-where job.id = claimable.id
-returning job.*;
+select (select coalesce(array_agg(id), '{}') from completed) as completed_ids, claimed.*
+from (values (1)) as answer (one)
+left join claimed on true;
 
 -- name: heartbeat
 -- Renew every lease the owner believes it holds; the ids that come back are the
@@ -130,20 +158,6 @@ update errands_jobs as job
 set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 from unnest(%(ids)s::bigint[], %(attempts)s::int[]) as held(id, attempts)
 where job.id = held.id and job.attempts = held.attempts
-  and job.lease_owner = %(owner)s and job.state = 'in_progress'
-returning job.id;
-
--- name: complete
--- Store the results of finished jobs; the ids that come back were completed.
-update errands_jobs as job
-set state = 'completed',
-    result = done.result,
-    finished_at = now(),
-    updated_at = now(),
-    lease_owner = null,
-    lease_expires_at = null
-from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) as done(id, attempts, result)
-where job.id = done.id and job.attempts = done.attempts
   and job.lease_owner = %(owner)s and job.state = 'in_progress'
 returning job.id;
 
