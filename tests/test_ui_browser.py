@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -93,12 +93,13 @@ def shown(driver: WebDriver, css: str, text: str, timeout: float = 10) -> None:
 
 
 def click(driver: WebDriver, css: str) -> None:
-    """Click the element at `css`, found again if the live part was swapped under it."""
+    """Click the element at `css` once the page shows it, found again if the live part was
+    swapped under it (or the page a click just asked for has not replaced this one yet)."""
 
     def clicked() -> bool:
         try:
             driver.find_element(By.CSS_SELECTOR, css).click()
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, NoSuchElementException):
             return False
         return True
 
@@ -180,7 +181,7 @@ def test_bulk_retry_of_a_filter_shows_the_count_and_retries_every_match_once_con
     browser.find_element(By.ID, "filter-queue").send_keys("mail")
     Select(browser.find_element(By.ID, "filter-state")).select_by_value("dead")
     browser.find_element(By.ID, "apply-filter").click()
-    browser.find_element(By.ID, "bulk-retry").click()
+    click(browser, "#bulk-retry")  # on the filtered page, once it has loaded
     shown(browser, "#bulk-count", "3")
     assert {state_of(client, i) for i in mail} == {JobState.DEAD}  # nothing before confirming
     browser.find_element(By.ID, "confirm").click()
