@@ -52,6 +52,7 @@ HOLD = "bench.hold"
 STAMP = "bench.stamp"
 SLOW = "bench.slow"
 SLOW_JOBS, SLOW_SECONDS = 20, 2.0
+BULK_QUEUE = "bulk"  # the backlog another worker drains while latency is measured
 SLEEP = "bench.sleep"
 NAP = "bench.nap"
 
@@ -100,6 +101,7 @@ WORKLOADS = (
     "fairness",
     "fairness-prefetch",
     "latency",
+    "latency-during-drain",
     "drain-async",
     "wait-latency",
     "recovery",
@@ -424,23 +426,71 @@ class Bench:
         return waits
 
     def latency(self) -> None:
-        jobs, rate = self.sizes.latency_jobs, 100.0
         daemon = self._daemon()
         try:
             self._wait_for_workers(2)
-            with Client(self.url) as client:
-                start = time.perf_counter()
-                for n in range(jobs):
-                    time.sleep(max(0.0, start + n / rate - time.perf_counter()))
-                    client.enqueue(NOOP)
-            self._wait_until_drained(jobs)
+            self._measure_latency("latency", "idle daemon")
         finally:
             daemon.stop()
+
+    def latency_during_drain(self) -> None:
+        """Latency at 100 jobs/s on one worker process while another drains a backlog."""
+        backlog = 3 * self.sizes.drain  # outlasts the latency jobs' 10 s at one process's drain
+        with Client(self.url) as client:
+            for first in range(0, backlog, 1000):
+                client.enqueue_many(
+                    [{"task": NOOP, "queue": BULK_QUEUE}] * min(1000, backlog - first)
+                )
+        # The last --workers given wins (click), over the two _daemon passes by default.
+        serving = self._daemon("--workers", "1", "--queues", "default")
+        try:
+            self._wait_for_workers(1)
+            draining = self._daemon("--workers", "1", "--queues", BULK_QUEUE)
+            try:
+                wait_for(self._drain_started, what="the drain to start")
+                self._measure_latency(
+                    "latency during drain",
+                    f"one worker process while another drains {backlog:,} no-op jobs",
+                )
+                if not self._drain_outlasted_latency():
+                    self.report("  (the drain ended before the last latency job started)")
+            finally:
+                draining.stop()
+        finally:
+            serving.stop()
+
+    def _drain_started(self) -> bool:
+        with open_connection(self.url, autocommit=True) as conn:
+            row = conn.execute(
+                "select exists (select from errands_jobs where queue = %s and state = 'completed')",
+                (BULK_QUEUE,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def _drain_outlasted_latency(self) -> bool:
+        with open_connection(self.url, autocommit=True) as conn:
+            row = conn.execute(
+                "select (select max(finished_at) from errands_jobs where queue = %s)"
+                " > (select max(started_at) from errands_jobs where queue = 'default')",
+                (BULK_QUEUE,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def _measure_latency(self, figure_id: str, setting: str) -> None:
+        """Enqueue no-op jobs at a steady 100/s into "default", and report enqueue to start."""
+        jobs, rate = self.sizes.latency_jobs, 100.0
+        with Client(self.url) as client:
+            start = time.perf_counter()
+            for n in range(jobs):
+                time.sleep(max(0.0, start + n / rate - time.perf_counter()))
+                client.enqueue(NOOP)
+        self._wait_until_drained(jobs)
         with open_connection(self.url) as conn:
             waits = [
                 row[0] * 1000
                 for row in conn.execute(
-                    "select extract(epoch from started_at - created_at)::float8 from errands_jobs"
+                    "select extract(epoch from started_at - created_at)::float8"
+                    " from errands_jobs where queue = 'default'"
                 )
             ]
         cuts = statistics.quantiles(waits, n=100, method="inclusive")
@@ -450,14 +500,8 @@ class Bench:
             ("p99", cuts[98]),
             ("max", max(waits)),
         ):
-            self._add(
-                Figure(
-                    f"latency {name}",
-                    f"enqueue to start, {rate:.0f} jobs/s, idle daemon",
-                    value,
-                    "ms",
-                )
-            )
+            workload = f"enqueue to start, {rate:.0f} jobs/s, {setting}"
+            self._add(Figure(f"{figure_id} {name}", workload, value, "ms"))
 
     def drain_async(self) -> None:
         """Sleeping coroutine jobs (1 s each) through ONE worker process, by async concurrency."""
