@@ -8,44 +8,23 @@ writes docs/overview.png (the overview) and docs/job.png (job JOB_ID).
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
-
 HERE = Path(__file__).parent
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-)
+sys.path.insert(0, str(HERE.parent))  # the repository: its browser set-up is the tests'
+
+from tests.browser import headless_chromium  # noqa: E402
 
 
 def main(base: str, job_id: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="errands-chromium-") as profile:
-        options = Options()
-        options.binary_location = "/usr/bin/chromium"
-        for flag in (*FLAGS, f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-        try:
-            for path, name, height in (
-                ("/ui", "overview.png", 860),
-                (f"/ui/jobs/{job_id}", "job.png", 1500),  # down to the tracebacks
-            ):
-                driver.set_window_size(1280, height)
-                driver.get(base.rstrip("/") + path)
-                driver.save_screenshot(str(HERE / name))
-        finally:
-            driver.quit()
+    with headless_chromium("--hide-scrollbars") as driver:
+        for path, name, height in (
+            ("/ui", "overview.png", 860),
+            (f"/ui/jobs/{job_id}", "job.png", 1500),  # down to the tracebacks
+        ):
+            driver.set_window_size(1280, height)
+            driver.get(base.rstrip("/") + path)
+            driver.save_screenshot(str(HERE / name))
 
 
 if __name__ == "__main__":

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -27,25 +23,13 @@ from errands import Client, JobState
 from errands.harness.process import free_port
 from errands.harness.waiting import answers
 from errands.queue import Held, claim, fail
+from tests.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from tests.conftest import ServeApi
 from tests.daemon import Daemon, wait_for
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("ERRANDS_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("ERRANDS_CHROMEDRIVER", "/usr/bin/chromedriver")
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,900",
-)
 TOKEN = "browser-test-token"
 Conn = psycopg.Connection[Any]
 StartDaemon = Callable[..., Daemon]
@@ -63,17 +47,9 @@ def browser() -> Iterator[WebDriver]:
             f"`{INSTALL}` (or set ERRANDS_SKIP_BROWSER_TESTS=1 to skip these tests)",
             pytrace=False,
         )
-    with tempfile.TemporaryDirectory(prefix="errands-chromium-") as profile:
-        options = Options()
-        options.binary_location = CHROMIUM
-        for flag in (*FLAGS, f"--user-data-dir={profile}"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    with headless_chromium("--window-size=1280,900") as driver:
         driver.implicitly_wait(0)
-        try:
-            yield driver
-        finally:
-            driver.quit()
+        yield driver
 
 
 def base_of(api: httpx.Client) -> str:
