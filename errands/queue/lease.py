@@ -48,6 +48,11 @@ class AsyncSlots:
     tasks: Sequence[str] = ()
     free: int = 0
 
+    @property
+    def limit(self) -> int:
+        """Coroutine jobs a claim may take: none without `async def` tasks to take."""
+        return max(0, self.free) if self.tasks else 0
+
 
 NO_ASYNC_SLOTS = AsyncSlots()
 
@@ -106,7 +111,7 @@ def complete_and_claim(
         "queues": list(queues),
         "limit": max(0, limit),
         "async_tasks": list(async_slots.tasks),
-        "async_limit": max(0, async_slots.free) if async_slots.tasks else 0,
+        "async_limit": async_slots.limit,
         "lease_seconds": lease_seconds,
     }
     with conn.cursor(row_factory=dict_row) as cur:

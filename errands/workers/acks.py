@@ -56,7 +56,7 @@ class ClaimRequest:
 
     @property
     def wanted(self) -> bool:
-        return self.limit > 0 or (bool(self.async_slots.tasks) and self.async_slots.free > 0)
+        return self.limit > 0 or self.async_slots.limit > 0
 
     def nothing(self) -> ClaimRequest:
         """The same request claiming no job: acknowledgements only."""
