@@ -4,25 +4,26 @@
 -- worker whose lease was taken away changes nothing.
 
 -- name: enqueue
--- Insert one job. With an idempotency key already stored, insert nothing and
--- return the stored job instead (created = false): the statement's snapshot
--- holds only the rows committed before it, never the one it inserts. A key
--- that a transaction still in flight inserted is in neither branch: the caller
--- runs the statement again when it returns no row.
+-- Insert one job. A job whose idempotency key is already stored is not
+-- inserted: the statement returns no row, and enqueue_replay reads the stored
+-- job. A key that a transaction still in flight inserted makes this statement
+-- wait for that transaction's end.
 -- enqueue_many's COPY could serve one job too, but costs four round trips
 -- where this statement needs one.
-with inserted as (
-    insert into errands_jobs
-        (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
-    values (%(task)s, %(queue)s, %(payload)s, %(priority)s, coalesce(%(run_at)s, now()),
-            %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s)
-    on conflict (idempotency_key) do nothing
-    returning *
-)
-select true as created, true as same_request, * from inserted
-union all
+insert into errands_jobs
+    (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
+values (%(task)s, %(queue)s, %(payload)s, %(priority)s, coalesce(%(run_at)s, now()),
+        %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s)
+on conflict (idempotency_key) do nothing
+returning true as created, true as same_request, *;
+
+-- name: enqueue_replay
+-- The stored job holding a key that enqueue found taken (created = false),
+-- with whether it was submitted as the same request. No row: the job was
+-- pruned since, and its key is free again.
 -- jsonb compares numbers by value: 1e23 in the request equals the stored 100000000000000000000000.
-select false, (task, queue, payload) = (%(task)s, %(queue)s, %(payload)s::jsonb), *
+select false as created, (task, queue, payload) = (%(task)s, %(queue)s, %(payload)s::jsonb)
+       as same_request, *
 from errands_jobs
 where idempotency_key = %(idempotency_key)s;
 
