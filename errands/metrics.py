@@ -93,9 +93,18 @@ class JobMetric(Generic[M]):
     def __init__(self, metric: M, labels: Callable[[str, str], tuple[str, str]]) -> None:
         self._metric: M = metric
         self._labels = labels
+        # Pairs labelled by their own names keep them: their series, found without the
+        # label checks (a worker moves three series per job). As bounded as the pairs.
+        self._named: dict[tuple[str, str], M] = {}
 
     def labels(self, queue: str, task: str) -> M:
-        child: M = self._metric.labels(*self._labels(queue, task))
+        pair = (queue, task)
+        child = self._named.get(pair)
+        if child is None:
+            values = self._labels(queue, task)
+            child = self._metric.labels(*values)
+            if values == pair:
+                self._named[pair] = child
         return child
 
 

@@ -8,10 +8,18 @@ from collections import defaultdict
 import httpx
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter
 
 from errands.harness.process import free_port
 from errands.harness.waiting import wait_for
-from errands.metrics import MAX_LABELLED_PAIRS, MAX_QUEUE_GAUGES, OTHER, JobLabels, queue_gauges
+from errands.metrics import (
+    MAX_LABELLED_PAIRS,
+    MAX_QUEUE_GAUGES,
+    OTHER,
+    JobLabels,
+    JobMetric,
+    queue_gauges,
+)
 from errands.queue.requests import QUEUE_NAME, TASK_NAME
 from errands.tasks import registered, task
 from tests.test_daemon import StartDaemon
@@ -49,6 +57,24 @@ def test_registered_tasks_keep_their_labels_past_the_cap() -> None:
     assert labels("default", "invented_0") == ("default", "invented_0")  # labelled before the cap
     assert labels("default", "invented_4") == ("default", OTHER)
     assert labels("made-up", "invented_4") == (OTHER, OTHER)
+
+
+def test_a_folded_pair_is_labelled_by_name_once_its_task_is_registered() -> None:
+    counter = Counter("late", "a test counter", ["queue", "task"], registry=CollectorRegistry())
+    metric = JobMetric(counter, JobLabels(limit=0))
+    metric.labels("late-queue", "metrics_late_task").inc()
+
+    def late() -> None:
+        """Registered only after its first job was counted."""
+
+    task("metrics_late_task", queue="late-queue")(late)
+    metric.labels("late-queue", "metrics_late_task").inc(2)
+    counted = {
+        (s.labels["queue"], s.labels["task"]): s.value
+        for s in next(iter(counter.collect())).samples
+        if s.name == "late_total"
+    }
+    assert counted == {(OTHER, OTHER): 1, ("late-queue", "metrics_late_task"): 2}
 
 
 def test_queue_gauges_fold_the_smallest_invented_queues_and_keep_the_totals() -> None:

@@ -14,6 +14,7 @@ already finished.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -160,13 +161,18 @@ class Acknowledgements:
         return claimed
 
     def _report(self, sent: list[tuple[Entry, Succeeded]], completed: set[int]) -> None:
+        """A log line per completed job, the counter moved once per queue and task."""
+        log = _log.bind()  # the logging configuration, looked up once for the batch
+        counts: Counter[tuple[str, str]] = Counter()
         for entry, outcome in sent:
             if entry.job.id in completed:
                 fields = log_fields(entry, self._worker_id)
-                _log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
-                metrics().jobs_completed.labels(entry.job.queue, entry.job.task).inc()
+                log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
+                counts[entry.job.queue, entry.job.task] += 1
             else:
                 self._on_lost(entry)
+        for (queue, task), n in counts.items():
+            metrics().jobs_completed.labels(queue, task).inc(n)
 
 
 def record_failed_attempt(
