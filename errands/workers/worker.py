@@ -15,6 +15,7 @@ import os
 import queue
 import select
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -139,6 +140,7 @@ class Worker:
             wakeups="listen" if self.options.listen else "poll",
         )
         pool = ThreadPoolExecutor(self.options.concurrency, "errands-job")
+        _start_every_thread(pool, self.options.concurrency)
         self._loop(pool)
         # Never join: a timed-out job may be stuck on its thread, and the process exits anyway.
         pool.shutdown(wait=False, cancel_futures=True)
@@ -349,6 +351,15 @@ class Worker:
     def _timeout_of(self, job: Job) -> float | None:
         spec = registered(job.task)
         return spec.timeout if spec else None
+
+
+def _start_every_thread(pool: ThreadPoolExecutor, threads: int) -> None:
+    """Start the pool's threads before the first claim. ThreadPoolExecutor starts one per
+    job handed over until it has them all: the first batch's jobs would wait, leased, while
+    the loop created their threads one after another."""
+    all_started = threading.Barrier(threads)
+    for started in [pool.submit(all_started.wait) for _ in range(threads)]:
+        started.result()
 
 
 def _record_wait(entry: Entry) -> None:
