@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -177,9 +177,12 @@ def test_enqueue_many_returns_every_job_as_stored(client: Client) -> None:
             {"task": "t", "queue": "q", "idempotency_key": "new", "max_attempts": 2},
             {"task": "t", "payload": {"n": 1}, "idempotency_key": "old"},
             {"task": "t", "run_at": datetime(2030, 1, 1, tzinfo=UTC)},
+            {"task": "t", "run_at": datetime(2030, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))},
+            {"task": "t", "payload": {"n": 1e23, "z": {"x": (1, 2)}}},
         ]
     )
-    assert jobs == [client.get(job.id) for job in jobs]
+    # As the database would give them back, down to each timestamp's offset.
+    assert [job.to_dict() for job in jobs] == [client.get(job.id).to_dict() for job in jobs]
     assert jobs[2] == client.get(stored.id)
 
 

@@ -226,13 +226,14 @@ class Payload(Rule):
             raise Invalid(f"must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep")
         try:
             # The round trip normalises tuples and rejects NaN, infinities and non-JSON values,
-            # so that a replayed request compares equal to what the database holds.
-            text = json.dumps(value, allow_nan=False)
+            # so that a replayed request compares equal to what the database holds. Unescaped
+            # text keeps a lone surrogate visible; NUL is escaped (\u0000) either way.
+            text = json.dumps(value, allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise Invalid(f"must be JSON-serialisable without NaN or infinity ({exc})") from None
         if _ESCAPED_NUL.search(text):
             raise Invalid("must not contain NUL characters (PostgreSQL cannot store them)")
-        if not _is_unicode(json.dumps(value, ensure_ascii=False)):
+        if not _is_unicode(text):
             raise Invalid("must be valid Unicode (a lone surrogate is not)")
         parsed: dict[str, Any] = json.loads(text)
         return parsed

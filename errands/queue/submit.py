@@ -68,8 +68,8 @@ def enqueue_many(
     formatted with their index) before the database sees anything. The batch
     travels by COPY into a staging table and moves into the jobs table in one
     statement: COPY sends rows without parsing or planning a parameter per value.
-    Only what the database chose (id, timestamps, the stored payload) comes back
-    for a new job; the rest of it is the request.
+    Only its id and stored payload come back for a new job: the rest is the request
+    and the transaction's time, which every new job of the batch is stamped with.
     """
     if not requests:
         return []
@@ -79,9 +79,9 @@ def enqueue_many(
             # A savepoint when the caller has a transaction open: a conflict or
             # a race undoes this batch only.
             with conn.transaction(), conn.cursor() as cur:
-                _stage(cur, requests)
+                now = _stage(cur, requests)
                 rows = cur.execute(query("enqueue_staged"), prepare=False).fetchall()
-                return _match(conn, requests, [_Stored._make(row) for row in rows])
+                return _match(conn, requests, [_Stored._make(row) for row in rows], now)
         except _KeyRace:
             continue
     raise ErrandsError("could not settle the idempotency keys of a batch")
@@ -105,8 +105,14 @@ def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str
             )
 
 
-def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> None:
+def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> datetime:
+    """Copy the requests into the staging table; the transaction's time, which new jobs get."""
     cur.execute(query("stage_jobs"))
+    while cur.nextset():  # to the script's last statement
+        pass
+    row = cur.fetchone()
+    assert row is not None, "stage_jobs ends with select now()"
+    now: datetime = row[0]
     with cur.copy(query("copy_staged")) as copy:
         copy.set_types(_STAGED_TYPES)
         for n, r in enumerate(requests):
@@ -122,6 +128,7 @@ def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> None:
                     r.idempotency_key,
                 )
             )
+    return now
 
 
 # The types COPY sends the staged columns as (the payload as JSON text).
@@ -129,20 +136,21 @@ _STAGED_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "int4", 
 
 
 class _Stored(NamedTuple):
-    """A row of `enqueue_staged`: a new job's database-chosen fields, or a stored job's id."""
+    """A row of `enqueue_staged`: a new job's id and payload, or the id of the stored job
+    a key names."""
 
     created: bool
     same_request: bool
     id: int
     idempotency_key: str | None
     payload: dict[str, Any] | None
-    run_at: datetime | None
-    created_at: datetime | None
-    updated_at: datetime | None
 
 
 def _match(
-    conn: psycopg.Connection[Any], requests: Sequence[JobRequest], rows: list[_Stored]
+    conn: psycopg.Connection[Any],
+    requests: Sequence[JobRequest],
+    rows: list[_Stored],
+    now: datetime,
 ) -> list[Enqueued]:
     """Pair each request with its row: by key when it has one, else in insertion order."""
     by_key: dict[str, _Stored] = {}
@@ -161,12 +169,12 @@ def _match(
     for request in requests:
         key = request.idempotency_key
         if key is None:
-            answers.append(Enqueued(_new_job(request, next(fresh)), created=True))
+            answers.append(Enqueued(_new_job(request, next(fresh), now), created=True))
         elif key not in by_key:
             raise _KeyRace
         elif key not in first_with_key:
             row = by_key[key]
-            job = _new_job(request, row) if row.created else jobs[row.id]
+            job = _new_job(request, row, now) if row.created else jobs[row.id]
             if not row.same_request:
                 raise IdempotencyConflict(key, job.id)
             first_with_key[key] = job
@@ -189,8 +197,8 @@ def _stored_jobs(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Job
     return jobs
 
 
-def _new_job(request: JobRequest, row: _Stored) -> Job:
-    """A job just inserted: the request, and the fields the database chose."""
+def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
+    """A job just inserted, as the database stores it: the request, its row, and the time."""
     return Job.from_fields(
         {
             "id": row.id,
@@ -199,7 +207,8 @@ def _new_job(request: JobRequest, row: _Stored) -> Job:
             "payload": row.payload,
             "state": JobState.PENDING,
             "priority": request.priority,
-            "run_at": row.run_at,
+            # In the session's time zone, as every timestamp read from the database.
+            "run_at": request.run_at.astimezone(now.tzinfo) if request.run_at else now,
             "attempts": 0,
             "max_attempts": request.max_attempts,
             "idempotency_key": request.idempotency_key,
@@ -208,10 +217,10 @@ def _new_job(request: JobRequest, row: _Stored) -> Job:
             "last_error": None,
             "errors": [],
             "result": None,
-            "created_at": row.created_at,
+            "created_at": now,
             "started_at": None,
             "finished_at": None,
-            "updated_at": row.updated_at,
+            "updated_at": now,
         }
     )
 

@@ -43,6 +43,9 @@ create temp table if not exists errands_enqueue_staging (
     idempotency_key text
 ) on commit delete rows;
 delete from errands_enqueue_staging;
+-- The time every new job of the batch gets as created_at and updated_at (and
+-- as run_at when it names none): now() is the transaction's start.
+select now();
 
 -- name: copy_staged
 copy errands_enqueue_staging
@@ -52,9 +55,11 @@ from stdin;
 -- name: enqueue_staged
 -- Move a staged batch into the jobs table, as enqueue does for one job, in
 -- submission order (ids grow with n, and the first request naming a key wins).
--- New rows come back with what the database chose for them; a key already
--- stored comes back as that job's id (created = false), with whether the first
--- request naming it asked for the same job.
+-- A new row comes back as its id and its payload as stored (jsonb may write a
+-- number otherwise than the request did); the rest of it is the request and
+-- the time stage_jobs returned. A key already stored comes back as that job's id
+-- (created = false), with whether the first request naming it asked for the
+-- same job.
 with inserted as (
     insert into errands_jobs
         (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
@@ -62,12 +67,12 @@ with inserted as (
            idempotency_key
     from errands_enqueue_staging order by n
     on conflict (idempotency_key) do nothing
-    returning id, idempotency_key, payload, run_at, created_at, updated_at
+    returning id, idempotency_key, payload
 )
-select true as created, true as same_request, * from inserted
+select true as created, true as same_request, id, idempotency_key, payload from inserted
 union all
 select false, (job.task, job.queue, job.payload) = (first.task, first.queue, first.payload),
-       job.id, job.idempotency_key, null, null, null, null
+       job.id, job.idempotency_key, null
 from errands_jobs as job
 cross join lateral (
     select task, queue, payload from errands_enqueue_staging as staged
