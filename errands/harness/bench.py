@@ -45,6 +45,7 @@ from errands.harness.process import (
 )
 from errands.harness.waiting import answers, drained, wait_for
 from errands.queue import live_workers
+from errands.queue.queries import query
 
 NOOP = "bench.noop"
 JSON = {"Content-Type": "application/json"}
@@ -93,6 +94,7 @@ WORKLOADS = (
     "baseline",
     "enqueue-single",
     "enqueue-batch",
+    "enqueue-floors",
     "http-single",
     "http-batch",
     "drain",
@@ -256,6 +258,41 @@ class Bench:
             )
         )
         self._add_cpu("enqueue-batch", jobs, cpu_by)
+
+    def enqueue_floors(self) -> None:
+        """What PostgreSQL and psycopg allow the two enqueue workloads, without errands:
+        the one-job statement alone on one connection (no validation, no `Job`), and
+        COPY straight into the jobs table (no staging, no ids back)."""
+        single, batch = self.sizes.enqueue_single, 1000
+        params = {
+            "task": NOOP,
+            "queue": "default",
+            "payload": "{}",
+            "priority": 0,
+            "run_at": None,
+            "max_attempts": 5,
+            "idempotency_key": None,
+        }
+        copy_jobs = (
+            "copy errands_jobs (task, queue, payload, max_attempts, attempt_budget) from stdin"
+        )
+        rows = [(NOOP, "default", "{}", 5, 5)] * batch
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            started = time.perf_counter()
+            for _ in range(single):
+                conn.execute(query("enqueue"), params).fetchone()
+            single_rate = single / (time.perf_counter() - started)
+            started = time.perf_counter()
+            for _ in range(self.sizes.enqueue_batch // batch):
+                with conn.transaction(), conn.cursor().copy(copy_jobs) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            batch_rate = self.sizes.enqueue_batch / (time.perf_counter() - started)
+        for figure_id, workload, rate in (
+            ("enqueue-single floor", "the enqueue statement alone, psycopg", single_rate),
+            ("enqueue-batch floor", "COPY into errands_jobs, 1,000 rows a commit", batch_rate),
+        ):
+            self._add(Figure(figure_id, workload, rate, "jobs/s", ratio_to="INSERT 1 client"))
 
     def http_single(self) -> None:
         seconds = self.sizes.baseline_seconds
