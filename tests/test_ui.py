@@ -281,6 +281,43 @@ def test_a_session_of_other_tokens_is_refused(serve_api: ServeApi) -> None:
     assert answer.status_code == 303
 
 
+def test_a_logged_out_cookie_is_refused_by_every_api_process(serve_api: ServeApi) -> None:
+    first, second = serve_api(tokens=(TOKEN,)), serve_api(tokens=(TOKEN,))
+    first.post("/ui/login", data={"token": TOKEN})
+    copy = first.cookies["errands_session"]
+    second.cookies.set("errands_session", copy)
+    assert second.get("/ui").status_code == 200
+
+    answer = first.post("/ui/logout", data={"csrf": csrf_of(first.get("/ui"))})
+    assert answer.headers["location"] == "/ui/login"
+
+    for ui in (first, second):
+        ui.cookies.set("errands_session", copy)
+        assert ui.get("/ui").status_code == 303
+        assert ui.post("/ui/logout", data={"csrf": "any"}).status_code == 401
+
+
+def test_logging_out_leaves_other_sessions_open(serve_api: ServeApi) -> None:
+    staying, leaving = serve_api(tokens=(TOKEN,)), serve_api(tokens=(TOKEN,))
+    for ui in (staying, leaving):
+        ui.post("/ui/login", data={"token": TOKEN})
+    leaving.post("/ui/logout", data={"csrf": csrf_of(leaving.get("/ui"))})
+    assert staying.get("/ui").status_code == 200
+
+
+def test_a_logout_is_forgotten_once_its_cookie_has_expired(
+    serve_api: ServeApi, conn: Conn
+) -> None:
+    conn.execute(
+        "insert into errands_dashboard_logouts values ('gone', now() - interval '1 second')"
+    )
+    ui = serve_api(tokens=(TOKEN,))
+    ui.post("/ui/login", data={"token": TOKEN})
+    ui.post("/ui/logout", data={"csrf": csrf_of(ui.get("/ui"))})
+    nonces = conn.execute("select nonce from errands_dashboard_logouts").fetchall()
+    assert len(nonces) == 1 and nonces[0][0] != "gone"
+
+
 def test_the_api_still_wants_its_bearer_token(serve_api: ServeApi) -> None:
     ui = serve_api(tokens=(TOKEN,))
     ui.post("/ui/login", data={"token": TOKEN})

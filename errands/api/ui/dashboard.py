@@ -27,7 +27,14 @@ from psycopg.rows import dict_row
 from errands import queue
 from errands.api.http import Request, Response
 from errands.api.ui.chart import throughput_chart
-from errands.api.ui.session import Session, Sessions, cookie_header, read_cookie
+from errands.api.ui.session import (
+    Session,
+    Sessions,
+    cookie_header,
+    log_out,
+    logged_out,
+    read_cookie,
+)
 from errands.errors import InvalidJob, InvalidState, JobNotFound
 from errands.queue import JobState
 from errands.queue.control import BULK_STATES, BulkAction, Filter
@@ -128,7 +135,7 @@ class Dashboard:
             return _static(request.path.removeprefix("/ui/static/"))
         if request.path == "/ui/login":
             return self._login(request)
-        session = self.sessions.read(read_cookie(request.cookie))
+        session = self._session(request, connect)
         new_cookie = None
         if session is None:
             if self.sessions.login_required and request.method == "GET":
@@ -159,6 +166,14 @@ class Dashboard:
         return self._page(call, "message.html", 403, **context)
 
     # -- sessions ----------------------------------------------------------------------------
+
+    def _session(self, request: Visit, connect: Connect) -> Session | None:
+        """The request's session, unless its cookie is forged, expired or logged out."""
+        session = self.sessions.read(read_cookie(request.cookie))
+        if session is None or not self.sessions.login_required:
+            return session  # an open dashboard hands a session to anyone who asks
+        with connect() as conn:
+            return None if logged_out(conn, session) else session
 
     def _login(self, request: Visit) -> Response:
         form = _form(request)
@@ -385,6 +400,9 @@ class Dashboard:
         )
 
     def logout(self, call: Call) -> Response:
+        if self.sessions.login_required:
+            with call.connect() as conn:
+                log_out(conn, call.session)
         answer = _redirect("/ui/login" if self.sessions.login_required else "/ui")
         answer.headers.append(("Set-Cookie", cookie_header("", call.request.https, 0)))
         return answer

@@ -1,4 +1,4 @@
-"""Dashboard sessions and CSRF tokens: signed cookies, no server-side store.
+"""Dashboard sessions and CSRF tokens: signed cookies, and the list of those logged out.
 
 A session cookie is `<nonce>.<expiry>.<signature>`, signed with HMAC-SHA256.
 With API tokens configured, the key is derived from them, so a session works on
@@ -6,6 +6,11 @@ every API process and host that shares the tokens, and removing a token ends
 every session; without tokens the key is random per process (a restart only
 costs a reload). The CSRF token of a form is the HMAC of the session's nonce:
 a page from another site can neither read it nor guess it.
+
+Logging out clears the cookie in the browser, but a copy of it (taken from a
+shared machine, a proxy's log) would stay valid until its expiry: the session's
+nonce is therefore written to `errands_dashboard_logouts`, which every API
+process reads, and a cookie naming it is refused from then on.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 COOKIE = "errands_session"
 LIFETIME_SECONDS = 12 * 3600
@@ -25,6 +33,26 @@ LIFETIME_SECONDS = 12 * 3600
 class Session:
     nonce: str
     csrf: str
+    expires: int  # Unix time from which its cookie is refused anyway
+
+
+# A logout is kept until its cookie expires; each logout prunes those that have.
+_LOG_OUT = """
+with expired as (delete from errands_dashboard_logouts where expires_at < now())
+insert into errands_dashboard_logouts (nonce, expires_at) values (%s, to_timestamp(%s))
+on conflict (nonce) do nothing
+"""
+_LOGGED_OUT = "select exists (select from errands_dashboard_logouts where nonce = %s)"
+
+
+def log_out(conn: psycopg.Connection[Any], session: Session) -> None:
+    """End the session on every API process: its cookie is refused from now on."""
+    conn.execute(_LOG_OUT, (session.nonce, session.expires))
+
+
+def logged_out(conn: psycopg.Connection[Any], session: Session) -> bool:
+    row = conn.execute(_LOGGED_OUT, (session.nonce,)).fetchone()
+    return bool(row and row[0])
 
 
 class Sessions:
@@ -45,8 +73,9 @@ class Sessions:
     def new(self) -> tuple[Session, str]:
         """A fresh session and the cookie value that carries it."""
         nonce = secrets.token_urlsafe(18)
-        signed = f"{nonce}.{int(time.time()) + LIFETIME_SECONDS}"
-        return self._session(nonce), f"{signed}.{self._sign(signed)}"
+        expires = int(time.time()) + LIFETIME_SECONDS
+        signed = f"{nonce}.{expires}"
+        return self._session(nonce, expires), f"{signed}.{self._sign(signed)}"
 
     def read(self, cookie: str | None) -> Session | None:
         """The session a cookie value carries, if its signature holds and it has not expired."""
@@ -58,10 +87,10 @@ class Sessions:
             return None
         if not re.fullmatch(r"[0-9]{1,12}", expiry) or int(expiry) < time.time():
             return None
-        return self._session(nonce)
+        return self._session(nonce, int(expiry))
 
-    def _session(self, nonce: str) -> Session:
-        return Session(nonce, self._sign("csrf:" + nonce))
+    def _session(self, nonce: str, expires: int) -> Session:
+        return Session(nonce, self._sign("csrf:" + nonce), expires)
 
     def _sign(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
