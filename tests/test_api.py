@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from errands import Client
+from errands.api.guesses import LIMIT, WINDOW_SECONDS
 from tests.conftest import ServeApi
 
 TOKEN = "s3cret-token"
@@ -283,6 +284,31 @@ def test_a_valid_token_is_accepted_and_a_wrong_one_refused(serve_api: ServeApi) 
     assert http.get("/stats", headers={"Authorization": "Bearer other"}).status_code == 200
     assert http.get("/stats", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert http.get("/stats", headers={"Authorization": TOKEN}).status_code == 401
+
+
+def test_an_address_that_guessed_too_often_is_held_even_with_the_right_token(
+    serve_api: ServeApi,
+) -> None:
+    http = serve_api((TOKEN,))
+    for _ in range(LIMIT):
+        assert http.get("/stats", headers={"Authorization": "Bearer guess"}).status_code == 401
+    held = http.get("/stats", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert held.status_code == 429
+    assert held.json()["error"]["code"] == "too_many_refused_tokens"
+    assert 1 <= int(held.headers["retry-after"]) <= WINDOW_SECONDS
+    # Another address is not held (the same server, reached from 127.0.0.2).
+    other = httpx.Client(
+        base_url=http.base_url, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+    )
+    with other:
+        assert other.get("/stats", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_requests_without_a_token_are_not_counted_as_guesses(serve_api: ServeApi) -> None:
+    http = serve_api((TOKEN,))
+    for _ in range(LIMIT + 1):
+        assert http.get("/stats").status_code == 401
+    assert http.get("/stats", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
 def test_tokens_never_appear_in_the_logs(

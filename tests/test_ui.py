@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from errands import Client, JobState
+from errands.api.guesses import LIMIT
 from errands.config import Settings
 from errands.errors import ConfigurationError
 from errands.queue import Held, claim, fail
@@ -266,6 +267,17 @@ def test_a_right_token_opens_a_session(serve_api: ServeApi) -> None:
     assert ui.get("/ui/jobs").status_code == 200
 
 
+def test_login_is_held_after_too_many_refused_tokens_from_an_address(serve_api: ServeApi) -> None:
+    ui = serve_api(tokens=(TOKEN,))
+    for _ in range(LIMIT - 1):
+        assert ui.post("/ui/login", data={"token": "guess"}).status_code == 401
+    # Guesses through the API's bearer header count too.
+    assert ui.get("/stats", headers={"Authorization": "Bearer guess"}).status_code == 401
+    held = ui.post("/ui/login", data={"token": TOKEN})
+    assert held.status_code == 429
+    assert "Try again in" in held.text and "set-cookie" not in held.headers
+
+
 def test_login_never_redirects_to_another_site(serve_api: ServeApi) -> None:
     ui = serve_api(tokens=(TOKEN,))
     answer = ui.post("/ui/login", data={"token": TOKEN, "next": "//evil.example/ui"})
@@ -305,9 +317,7 @@ def test_logging_out_leaves_other_sessions_open(serve_api: ServeApi) -> None:
     assert staying.get("/ui").status_code == 200
 
 
-def test_a_logout_is_forgotten_once_its_cookie_has_expired(
-    serve_api: ServeApi, conn: Conn
-) -> None:
+def test_a_logout_is_forgotten_once_its_cookie_has_expired(serve_api: ServeApi, conn: Conn) -> None:
     conn.execute(
         "insert into errands_dashboard_logouts values ('gone', now() - interval '1 second')"
     )

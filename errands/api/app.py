@@ -24,6 +24,7 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from errands.api import endpoints
+from errands.api.guesses import Guesses
 from errands.api.http import (
     MAX_BODY_BYTES,
     SINGLE_HEADERS,
@@ -111,7 +112,8 @@ class App:
     ) -> None:
         self._url = database_url
         self._pgbouncer = pgbouncer
-        self._ui = Dashboard(tokens, lease_seconds) if ui else None
+        self._guesses = Guesses()
+        self._ui = Dashboard(tokens, lease_seconds, self._guesses) if ui else None
         self._tokens = [token.encode() for token in tokens]
         self._routes = _routes(lease_seconds, readiness)
         self._threads = threads
@@ -281,11 +283,21 @@ class App:
     def _authenticate(self, request: Request) -> None:
         if not self._tokens:
             return
+        wait = self._guesses.wait_seconds(request.client)
+        if wait:
+            raise HTTPError(
+                429,
+                "too_many_refused_tokens",
+                f"too many refused tokens from this address; try again in {wait} s",
+                headers=[("Retry-After", str(wait))],
+            )
         scheme, _, token = request.headers.get("authorization", b"").partition(b" ")
         presented = token.strip()
         # Compare with every token, so the time taken says nothing about which one nearly matched.
         matches = [hmac.compare_digest(presented, known) for known in self._tokens]
         if scheme.lower() != b"bearer" or not any(matches):
+            if "authorization" in request.headers:  # a guess; a request without one is not
+                self._guesses.refused(request.client)
             raise HTTPError(
                 401,
                 "unauthorized",

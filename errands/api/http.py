@@ -32,6 +32,7 @@ class Request:
     body: bytes = b""
     params: dict[str, str] = field(default_factory=dict)  # from the path
     values: dict[str, Any] = field(default_factory=dict)  # the query, parsed by its rules
+    client: str = ""  # the peer's address (a trusted proxy's X-Forwarded-For, per uvicorn)
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any]) -> Request:
@@ -48,6 +49,7 @@ class Request:
             query=_query(scope.get("query_string", b"")),
             headers=headers,
             repeated=frozenset(repeated),
+            client=str((scope.get("client") or ("",))[0]),
         )
 
     def header(self, name: str) -> str | None:

@@ -25,6 +25,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from errands import queue
+from errands.api.guesses import Guesses
 from errands.api.http import Request, Response
 from errands.api.ui.chart import throughput_chart
 from errands.api.ui.session import (
@@ -78,6 +79,7 @@ class Visit:
     cookie: str
     https: bool  # per X-Forwarded-Proto, from a TLS-terminating proxy
     body: bytes
+    client: str  # the peer's address
 
     @classmethod
     def of(cls, request: Request) -> Visit:
@@ -92,6 +94,7 @@ class Visit:
             header("cookie"),
             header("x-forwarded-proto").lower() == "https",
             request.body,
+            request.client,
         )
 
 
@@ -112,8 +115,9 @@ class Call:
 class Dashboard:
     """Answers `/` and `/ui/...`; everything else belongs to the API."""
 
-    def __init__(self, tokens: tuple[str, ...], lease_seconds: float) -> None:
+    def __init__(self, tokens: tuple[str, ...], lease_seconds: float, guesses: Guesses) -> None:
         self.sessions = Sessions(tokens)
+        self.guesses = guesses  # shared with the API's bearer tokens
         self.lease_seconds = lease_seconds
         self._templates = jinja2.Environment(
             loader=jinja2.PackageLoader("errands.api.ui", "templates"),
@@ -182,7 +186,14 @@ class Dashboard:
             return _redirect(target)
         if request.method == "GET":
             return self._bare("login.html", 200, error=None, next=target)
+        wait = self.guesses.wait_seconds(request.client)
+        if wait:
+            error = f"Too many refused tokens from your address. Try again in {wait} s."
+            answer = self._bare("login.html", 429, error=error, next=target)
+            answer.headers.append(("Retry-After", str(wait)))
+            return answer
         if not self.sessions.token_matches(form.get("token", "").strip()):
+            self.guesses.refused(request.client)
             return self._bare("login.html", 401, error="That token is not accepted.", next=target)
         _, cookie = self.sessions.new()
         answer = _redirect(target)
