@@ -10,6 +10,7 @@ import pytest
 
 import errands
 from errands import Client, IdempotencyConflict, JobState
+from errands.queue.queries import query
 
 
 def count_jobs(conn: psycopg.Connection[Any]) -> int:
@@ -141,6 +142,27 @@ def test_registered_task_supplies_queue_and_budget_defaults(client: Client) -> N
     job = client.enqueue("registered_for_defaults", {"to": "x"})
     assert (job.queue, job.max_attempts) == ("mail", 9)
     assert client.enqueue("registered_for_defaults", queue="other").queue == "other"
+
+
+def test_a_key_whose_job_is_pruned_between_the_insert_and_the_read_is_stored_anew(
+    client: Client, db_url: str
+) -> None:
+    stored = client.enqueue("t", idempotency_key="k")
+
+    class PrunedMidway(psycopg.Cursor[Any]):
+        """Deletes the job holding the key right after an insert finds the key taken."""
+
+        def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> PrunedMidway:
+            super().execute(statement, params, **kwargs)
+            if statement == query("enqueue") and self.rowcount == 0:
+                with psycopg.connect(db_url, autocommit=True) as pruner:
+                    pruner.execute("delete from errands_jobs where id = %s", (stored.id,))
+            return self
+
+    with psycopg.connect(db_url, autocommit=True, cursor_factory=PrunedMidway) as app_conn:
+        job = client.enqueue("t", idempotency_key="k", conn=app_conn)
+    assert job.id != stored.id
+    assert client.get(job.id).idempotency_key == "k"
 
 
 def test_a_replay_matches_numbers_by_value_as_the_database_stores_them(
