@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from errands import Client
+from errands.api import openapi
 from errands.api.guesses import LIMIT, WINDOW_SECONDS
 from tests.conftest import ServeApi
 
@@ -302,6 +303,12 @@ def test_an_address_that_guessed_too_often_is_held_even_with_the_right_token(
     )
     with other:
         assert other.get("/stats", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_every_operation_that_wants_a_token_documents_the_throttling() -> None:
+    operations = [op for path in openapi.document()["paths"].values() for op in path.values()]
+    wanting = [op for op in operations if "401" in op["responses"]]
+    assert wanting and all("429" in op["responses"] for op in wanting)
 
 
 def test_requests_without_a_token_are_not_counted_as_guesses(serve_api: ServeApi) -> None:

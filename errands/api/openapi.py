@@ -47,6 +47,8 @@ _REASONS = {
     413: f"The body exceeds {MAX_BODY_BYTES} bytes",
     415: "The body is not application/json in UTF-8, or has a Content-Encoding",
     422: "Invalid fields or query parameters, each named in details",
+    429: "Too many refused tokens from this address within a minute; "
+    "try again after Retry-After seconds",
     431: f"The request line and headers exceed {_LIMITS.max_head_bytes} bytes "
     f"or {_LIMITS.max_headers} lines",
     501: "A transfer coding other than chunked",
@@ -56,8 +58,9 @@ _REASONS = {
 
 def _errors(*statuses: int) -> dict[str, Any]:
     # Every operation may meet the transport's limits (408, 431, 503 beyond the connections),
-    # framing errors (400, 501) and unknown query parameters (422).
-    every = {400, 408, 422, 431, 501, 503, *statuses}
+    # framing errors (400, 501) and unknown query parameters (422); one that wants a token,
+    # the throttling of guesses (429).
+    every = {400, 408, 422, 431, 501, 503, *statuses, *({429} if 401 in statuses else set())}
     return {str(status): _json(_ref("Error"), _REASONS[status]) for status in sorted(every)}
 
 
