@@ -20,6 +20,7 @@ from errands.config import Settings
 from errands.errors import ConfigurationError
 from errands.queue import Held, claim, fail
 from tests.conftest import ServeApi
+from tests.rawhttp import exchange, request
 
 TOKEN = "s3cret-token"
 SCRIPT = "<script>document.title='pwned'</script>"
@@ -386,3 +387,33 @@ def test_no_form_body_makes_an_action_fail_with_a_server_error(
     token = csrf_of(api.get("/ui/jobs"))
     assert api.post(path, data={**form, "csrf": token}).status_code < 500
     assert api.post(path, content=raw).status_code < 500
+
+
+cookie_values = st.one_of(
+    st.text(st.characters(blacklist_characters="\r\n\x00"), max_size=200),
+    # Shaped like a session cookie: nonce, expiry and signature, none of them signed by us.
+    st.builds(
+        lambda nonce, expiry, signature: f"errands_session={nonce}.{expiry}.{signature}",
+        st.text(st.characters(blacklist_characters="\r\n\x00;."), max_size=40),
+        st.one_of(st.integers(-(10**15), 10**15).map(str), st.text(max_size=20)),
+        st.text("0123456789abcdef", min_size=64, max_size=64),
+    ),
+)
+
+
+@pytest.fixture
+def ui_with_tokens(serve_api: ServeApi) -> httpx.Client:
+    return serve_api(tokens=(TOKEN,))
+
+
+@given(cookie=cookie_values)
+def test_no_cookie_opens_a_dashboard_with_tokens_or_fails_with_a_server_error(
+    ui_with_tokens: httpx.Client, cookie: str
+) -> None:
+    # On a raw socket: httpx refuses some of these bytes itself. The server refuses control
+    # characters in a header (400); nothing else may open a page.
+    port = ui_with_tokens.base_url.port
+    assert port is not None
+    header = [("Cookie", cookie)]
+    assert exchange(port, request("GET", "/ui", header)).status in (303, 400)
+    assert exchange(port, request("POST", "/ui/logout", header)).status in (400, 401)
