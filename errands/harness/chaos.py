@@ -39,6 +39,7 @@ from errands.harness.waiting import answers, drained, wait_for
 
 BUDGET = 10  # attempts of jobs that should complete: room for many crashes
 DOOMED_BUDGET = 3
+SPARED_FROM_ATTEMPT = BUDGET // 2 + 1  # half the budget lost: see fair_targets
 
 
 @dataclass(frozen=True)
@@ -395,9 +396,9 @@ class Chaos:
                 ).fetchall()
         except psycopg.Error:
             return None
-        busy = [(int(owner.split(":")[1]), job, attempt) for owner, job, attempt in rows]
-        busy = [b for b in busy if b[0] in mine and b[0] not in self.stopped_pids]
-        return self.random.choice(busy) if busy else None
+        running = [(int(owner.split(":")[1]), job, attempt) for owner, job, attempt in rows]
+        targets = fair_targets(running, mine - self.stopped_pids)
+        return self.random.choice(targets) if targets else None
 
     def _kill_worker(self) -> Fault | None:
         target = self._busy_worker()
@@ -596,6 +597,21 @@ class Evidence:
     @cached_property
     def by_key(self) -> dict[str, StoredJob]:
         return {job.key: job for job in self.jobs.values() if job.key is not None}
+
+
+def fair_targets(
+    running: list[tuple[int, int, int]], workers: set[int]
+) -> list[tuple[int, int, int]]:
+    """The (pid, job id, attempt) entries of `workers` a worker fault may aim at.
+
+    A worker running a job that has already lost half its budget is spared. Often a
+    slow job is the only one in progress, so aim alone would end attempt after attempt
+    of it until its budget ran out, and the verdict would judge the aim, not errands.
+    Faults that hit every worker at once (a supervisor's death, a restart of
+    PostgreSQL) still reach it.
+    """
+    worn = {pid for pid, _, attempt in running if attempt >= SPARED_FROM_ATTEMPT}
+    return [entry for entry in running if entry[0] in workers - worn]
 
 
 def job_checks(evidence: Evidence, kinds: dict[str, str]) -> list[Check]:
