@@ -63,6 +63,13 @@ def test_a_dead_job_that_should_have_completed_fails() -> None:
     ]
 
 
+def test_a_job_that_settled_wrongly_is_named_with_its_task_and_spent_attempts() -> None:
+    # What a reader of a failed run needs first: which workload it was and what it spent.
+    evidence = Evidence({7: stored(7, "dead", 3, task="chaos.slow")}, [(7, 1, None)], [])
+    (check,) = [c for c in job_checks(evidence, {}) if not c.passed]
+    assert check.detail == "1: ['7 chaos.slow dead after 3/3 attempts']"
+
+
 def test_an_always_failing_job_must_end_dead_with_its_budget_spent() -> None:
     kinds = {"k1": "doomed"}
     spent = Evidence({1: stored(1, "dead", 3)}, [(1, 1, None)], [])

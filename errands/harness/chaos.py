@@ -635,7 +635,7 @@ def job_checks(evidence: Evidence, kinds: dict[str, str]) -> list[Check]:
         _check(
             "every job completed, or is dead with its budget spent when it always fails",
             [
-                f"{job.id}:{job.state}"
+                f"{job.id} {job.task} {job.state} after {job.attempts}/{job.max_attempts} attempts"
                 for job in evidence.jobs.values()
                 if not settled_as_it_should(job)
             ],
