@@ -398,7 +398,10 @@ cookie_values = st.one_of(
         lambda nonce, expiry, signature: f"errands_session={nonce}.{expiry}.{signature}",
         st.text(header_characters.filter(lambda c: c not in ";."), max_size=40),
         st.one_of(st.integers(-(10**15), 10**15).map(str), st.text(header_characters, max_size=20)),
-        st.text("0123456789abcdef", min_size=64, max_size=64),
+        st.one_of(
+            st.text("0123456789abcdef", min_size=64, max_size=64),
+            st.text(header_characters.filter(lambda c: c not in ";."), max_size=70),
+        ),
     ),
 )
 
@@ -419,3 +422,19 @@ def test_no_cookie_opens_a_dashboard_with_tokens_or_fails_with_a_server_error(
     header = [("Cookie", cookie)]
     assert exchange(port, request("GET", "/ui", header)).status in (303, 400)
     assert exchange(port, request("POST", "/ui/logout", header)).status in (400, 401)
+
+
+@given(csrf=any_text)
+def test_no_csrf_text_makes_a_form_fail_with_a_server_error(api: httpx.Client, csrf: str) -> None:
+    api.get("/ui")  # a session, as a browser holds one
+    assert api.post("/ui/bulk", data={"csrf": csrf, "action": "retry"}).status_code == 403
+
+
+def test_a_session_signature_outside_ascii_is_refused_not_answered_with_a_server_error(
+    ui_with_tokens: httpx.Client,
+) -> None:
+    port = ui_with_tokens.base_url.port
+    assert port is not None
+    # Header bytes are read as ISO-8859-1: \xc3\xa9 arrives as two non-ASCII characters.
+    answer = exchange(port, request("GET", "/ui", [("Cookie", "errands_session=n.1.\u00e9")]))
+    assert answer.status == 303

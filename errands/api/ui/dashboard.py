@@ -7,7 +7,6 @@ counters, throughput from the per-minute rollup, job lists from cursor pages.
 
 from __future__ import annotations
 
-import hmac
 import json
 import mimetypes
 import re
@@ -35,6 +34,7 @@ from errands.api.ui.session import (
     log_out,
     logged_out,
     read_cookie,
+    same_text,
 )
 from errands.errors import InvalidJob, InvalidState, JobNotFound
 from errands.queue import JobState
@@ -449,7 +449,7 @@ def _form(request: Visit) -> dict[str, str]:
 
 
 def _csrf_ok(call: Call) -> bool:
-    return hmac.compare_digest(call.form.get("csrf", ""), call.session.csrf)
+    return same_text(call.form.get("csrf", ""), call.session.csrf)
 
 
 def _filter(fields: dict[str, str], errors: list[str]) -> Filter:

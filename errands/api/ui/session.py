@@ -45,6 +45,12 @@ on conflict (nonce) do nothing
 _LOGGED_OUT = "select exists (select from errands_dashboard_logouts where nonce = %s)"
 
 
+def same_text(presented: str, expected: str) -> bool:
+    """Equality in constant time of any two texts: `hmac.compare_digest` refuses a str
+    with a non-ASCII character, and what a client presents may hold one."""
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
 def log_out(conn: psycopg.Connection[Any], session: Session) -> None:
     """End the session on every API process: its cookie is refused from now on."""
     conn.execute(_LOG_OUT, (session.nonce, session.expires))
@@ -83,7 +89,7 @@ class Sessions:
             return None
         signed, _, signature = cookie.rpartition(".")
         nonce, _, expiry = signed.partition(".")
-        if not hmac.compare_digest(signature, self._sign(signed)):
+        if not same_text(signature, self._sign(signed)):
             return None
         if not re.fullmatch(r"[0-9]{1,12}", expiry) or int(expiry) < time.time():
             return None
