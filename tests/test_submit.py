@@ -144,9 +144,10 @@ def test_registered_task_supplies_queue_and_budget_defaults(client: Client) -> N
     assert client.enqueue("registered_for_defaults", queue="other").queue == "other"
 
 
-def pruning_after(statement_name: str, db_url: str, job_id: int) -> type[psycopg.Cursor[Any]]:
-    """A cursor that deletes a job right after the named statement has run: a prune landing
-    between an enqueue's insert, which found the job's key taken, and its read of that job."""
+def pruning_after(statement_name: str, db_url: str, job_id: int) -> psycopg.Connection[Any]:
+    """A connection that deletes a job right after the named statement has run: a prune
+    landing between an enqueue's insert, which found the job's key taken, and its read of
+    that job."""
 
     class PrunedMidway(psycopg.Cursor[Any]):
         def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> PrunedMidway:
@@ -156,15 +157,14 @@ def pruning_after(statement_name: str, db_url: str, job_id: int) -> type[psycopg
                     pruner.execute("delete from errands_jobs where id = %s", (job_id,))
             return self
 
-    return PrunedMidway
+    return psycopg.connect(db_url, autocommit=True, cursor_factory=PrunedMidway)
 
 
 def test_a_key_whose_job_is_pruned_between_the_insert_and_the_read_is_stored_anew(
     client: Client, db_url: str
 ) -> None:
     stored = client.enqueue("t", idempotency_key="k")
-    cursor = pruning_after("enqueue", db_url, stored.id)
-    with psycopg.connect(db_url, autocommit=True, cursor_factory=cursor) as app_conn:
+    with pruning_after("enqueue", db_url, stored.id) as app_conn:
         job = client.enqueue("t", idempotency_key="k", conn=app_conn)
     assert job.id != stored.id
     assert client.get(job.id).idempotency_key == "k"
@@ -174,8 +174,7 @@ def test_a_batch_whose_keyed_job_is_pruned_midway_stores_it_anew(
     client: Client, db_url: str
 ) -> None:
     stored = client.enqueue("t", idempotency_key="k")
-    cursor = pruning_after("enqueue_staged", db_url, stored.id)
-    with psycopg.connect(db_url, autocommit=True, cursor_factory=cursor) as app_conn:
+    with pruning_after("enqueue_staged", db_url, stored.id) as app_conn:
         jobs = client.enqueue_many(
             [{"task": "t"}, {"task": "t", "idempotency_key": "k"}], conn=app_conn
         )
