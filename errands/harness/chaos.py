@@ -31,11 +31,12 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from errands.client import Client
-from errands.database import connect, open_connection
+from errands.database import open_connection
 from errands.harness.chaos_tasks import RECORD_TABLES
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, alive, free_port
 from errands.harness.waiting import answers, drained, wait_for
+from errands.schema import migrate
 
 BUDGET = 10  # attempts of jobs that should complete: room for many crashes
 DOOMED_BUDGET = 3
@@ -187,7 +188,8 @@ class Chaos:
             admin.execute(f"create database {name}".encode())
         # The harness reads and checks directly; the system under test may go through PgBouncer.
         self.direct_url = self.url = make_conninfo(self.server_url, dbname=name)
-        with connect(self.url) as conn:
+        with open_connection(self.url, autocommit=True) as conn:
+            migrate(conn)
             conn.execute(RECORD_TABLES.encode())
         report = None
         try:

@@ -76,7 +76,11 @@ class Supervisor:
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
-        self._db = LazyConnection(self._url, pgbouncer=not options.worker.listen)
+        self._db = LazyConnection(
+            self._url,
+            lease_seconds=options.worker.lease_seconds,
+            pgbouncer=not options.worker.listen,
+        )
         self._wake_r, self._wake_w = os.pipe()
         self._stop_deadline: float | None = None
         self._killed = False  # the children left at the end of the grace were sent SIGKILL

@@ -47,7 +47,7 @@ class LeaseKeeper(threading.Thread):
         self._retry_delay = retry_delay
         self._on_timeout = on_timeout
         self._stopped = threading.Event()
-        self._db = LazyConnection(url, pgbouncer=pgbouncer)
+        self._db = LazyConnection(url, lease_seconds=lease_seconds, pgbouncer=pgbouncer)
         self._renewed_at = time.monotonic()
 
     def stop(self) -> None:

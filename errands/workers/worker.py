@@ -98,7 +98,10 @@ class Worker:
         self._stopping = False
         self._replacing = False
         self._db = LazyConnection(
-            options.url, on_connect=self._on_connect, pgbouncer=not options.listen
+            options.url,
+            lease_seconds=options.lease_seconds,
+            on_connect=self._on_connect,
+            pgbouncer=not options.listen,
         )
         self._queues: list[str] = list(options.queues)
 
