@@ -138,9 +138,9 @@ def test_an_application_client_never_migrates(empty_db_url: str, empty: Conn) ->
 
 def test_an_edited_migration_is_refused_by_check_and_by_migrate(db_url: str, conn: Conn) -> None:
     conn.execute("update errands_migrations set checksum = 'edited' where version = 5")
-    with pytest.raises(SchemaMismatch, match="0005_queues.*never be edited"):
+    with pytest.raises(SchemaMismatch, match=r"0005_queues.*never be edited"):
         check(conn)
-    with pytest.raises(SchemaMismatch, match="0005_queues.*never be edited"):
+    with pytest.raises(SchemaMismatch, match=r"0005_queues.*never be edited"):
         migrate(conn)
     result = errands_cli(db_url, "migrate")
     assert result.returncode == 2 and "0005_queues" in result.stderr
@@ -156,7 +156,7 @@ def test_a_newer_schema_that_older_code_must_not_run_against_is_refused(
     db_url: str, conn: Conn
 ) -> None:
     record_future(conn, older_code_runs=False)
-    with pytest.raises(SchemaMismatch, match="9999_future_column.*upgrade errands"):
+    with pytest.raises(SchemaMismatch, match=r"9999_future_column.*upgrade errands"):
         check(conn)
     result = errands_cli(db_url, "stats")
     assert result.returncode == 2 and "upgrade errands" in result.stderr
