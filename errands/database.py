@@ -70,6 +70,12 @@ def dead_peer_settings(lease_seconds: float) -> dict[str, int]:
     }
 
 
+def statement_deadline(lease_seconds: float) -> float:
+    """How long a lease keeper's or supervisor's statement may take before its connection is
+    cut: a third of the lease, when the next renewal falls due, and at least a second."""
+    return max(1.0, lease_seconds / 3)
+
+
 def with_dead_peer_detection(url: str, lease_seconds: float) -> str:
     """`url` with `dead_peer_settings` for each of them it does not set itself (it wins)."""
     given = conninfo_to_dict(url)

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from errands.database import LazyConnection
+from errands.database import LazyConnection, statement_deadline
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
 from errands.queue import Recovered, forget, gone_workers, reap, release, worker_id
 from errands.supervisor.board import WorkerBoard
@@ -81,6 +81,8 @@ class Supervisor:
             lease_seconds=options.worker.lease_seconds,
             pgbouncer=not options.worker.listen,
         )
+        # A statement on a peer that stopped answering must not stall restarts and signals.
+        self._deadline = statement_deadline(options.worker.lease_seconds)
         self._wake_r, self._wake_w = os.pipe()
         self._stop_deadline: float | None = None
         self._killed = False  # the children left at the end of the grace were sent SIGKILL
@@ -275,9 +277,9 @@ class Supervisor:
         while self._unreleased:
             worker_id = self._unreleased[0]
             try:
-                conn = self._db.get()
-                recovered = release(conn, worker_id)
-                forget(conn, worker_id)
+                with self._db.within(self._deadline) as conn:
+                    recovered = release(conn, worker_id)
+                    forget(conn, worker_id)
             except psycopg.OperationalError as exc:
                 self._db.drop(exc)
                 return
@@ -295,7 +297,8 @@ class Supervisor:
         if time.monotonic() > self._watch_local_until:
             return
         try:
-            gone = gone_workers(self._db.get(), self.options.hostname)
+            with self._db.within(self._deadline) as conn:
+                gone = gone_workers(conn, self.options.hostname)
         except psycopg.OperationalError as exc:
             self._db.drop(exc)
             return
@@ -307,7 +310,8 @@ class Supervisor:
             return
         self._next_reap = now + self.options.reaper_seconds
         try:
-            recovered = reap(self._db.get())
+            with self._db.within(self._deadline) as conn:
+                recovered = reap(conn)
         except psycopg.OperationalError as exc:
             self._db.drop(exc)
             return
