@@ -4,7 +4,8 @@
 -- worker whose lease was taken away changes nothing.
 
 -- name: enqueue
--- Insert one job. A job whose idempotency key is already stored is not
+-- Insert one job, due at run_at, else `delay` seconds after the database's now
+-- (a host's clock may be off). A job whose idempotency key is already stored is not
 -- inserted: the statement returns no row, and enqueue_replay reads the stored
 -- job. A key that a transaction still in flight inserted makes this statement
 -- wait for that transaction's end.
@@ -12,7 +13,8 @@
 -- where this statement needs one.
 insert into errands_jobs
     (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
-values (%(task)s, %(queue)s, %(payload)s, %(priority)s, coalesce(%(run_at)s, now()),
+values (%(task)s, %(queue)s, %(payload)s, %(priority)s,
+        coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
         %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s)
 on conflict (idempotency_key) do nothing
 returning true as created, true as same_request, *;
