@@ -741,13 +741,15 @@ def chaos(
         settings = dataclasses.replace(settings, workers=workers)
     url = ctx.database_url()
     restart: Callable[[], None] | None = None
+    pgdata: Path | None = None
     if pg_restart_cmd:
         restart = shell_restart(pg_restart_cmd)
     elif not ctx.settings.database_url:  # the embedded database: errands manages it
-        restart = partial(embedded.restart, ctx.settings.data_dir or embedded.default_data_dir())
+        pgdata = Path(ctx.settings.data_dir or embedded.default_data_dir())
+        restart = partial(embedded.restart, pgdata)
     chosen_seed = seed if seed is not None else random.randrange(2**32)
     report = Chaos(
-        url, settings, chosen_seed, restart, lambda line: click.echo(line, err=True)
+        url, settings, chosen_seed, restart, lambda line: click.echo(line, err=True), pgdata
     ).run()
     click.echo(report.text())
     if json_path:

@@ -185,10 +185,15 @@ class LazyConnection:
         lease_seconds: float,
         on_connect: Callable[[psycopg.Connection[Any]], None] | None = None,
         pgbouncer: bool = False,
+        quiet_after_failure: float = 0.0,
     ) -> None:
         self._url = with_dead_peer_detection(url, lease_seconds)
         self._pgbouncer = pgbouncer
         self._on_connect = on_connect
+        # For this long after a failure, `get()` fails at once instead of connecting: a
+        # loop with other duties (the supervisor's) spends no connect_timeout on each turn.
+        self._quiet_after_failure = quiet_after_failure
+        self._failed_at = -math.inf
         self._conn: psycopg.Connection[Any] | None = None
         # A duplicate of the connection's socket, owned here: shutting it down from
         # another thread wakes a statement blocked on it, and its descriptor can
@@ -207,7 +212,13 @@ class LazyConnection:
     def get(self) -> psycopg.Connection[Any]:
         """The open connection, or a new one (OperationalError when the database is down)."""
         if (conn := self.current) is None:
-            conn = self._opened(connect(self._url, **pooling_options(self._pgbouncer)))
+            if time.monotonic() < self._failed_at + self._quiet_after_failure:
+                raise psycopg.OperationalError("the database failed a moment ago; not retried yet")
+            try:
+                conn = self._opened(connect(self._url, **pooling_options(self._pgbouncer)))
+            except psycopg.OperationalError:
+                self._failed_at = time.monotonic()
+                raise
         return conn
 
     def get_retrying(self, give_up: Callable[[], bool]) -> psycopg.Connection[Any] | None:
@@ -263,9 +274,13 @@ class LazyConnection:
         return conn
 
     def drop(self, exc: Exception | None = None) -> None:
-        """Close after an error (logged when given); the next `get()` reconnects."""
+        """Close after an error (logged when given and a connection was open); the next
+        `get()` reconnects."""
+        if self._conn is None:
+            return  # connecting failed: get() knows, and its caller said so
         if exc is not None:
             _log.warning("database connection lost; reconnecting", error=str(exc))
+        self._failed_at = time.monotonic()
         self.close()
 
     def close(self) -> None:

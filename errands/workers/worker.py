@@ -51,6 +51,8 @@ EXIT_REPLACE = 4  # a job past its timeout or its lease is stuck on a thread: st
 # A coroutine is cancelled at its timeout; one that ignores the cancellation (or blocks
 # the event loop) is failed by the lease keeper this much later, and the worker replaced.
 ASYNC_CANCEL_GRACE_SECONDS = 5.0
+# A worker that must stop a thread job exits this long after deciding to, whatever its loop does.
+ABANDON_SECONDS = 0.5
 CHANNEL = "errands_jobs"
 # The longest a freed thread slot waits for others to free before a claim fills it alone.
 CLAIM_GATHER_SECONDS = 0.002
@@ -101,6 +103,9 @@ class Worker:
         self._replacing = False
         # A thread job's lease passed: exit now, whatever is owed (see _fenced).
         self._abandoning = False
+        self._abandon_lock = threading.Lock()
+        self._exit_timer = threading.Timer(ABANDON_SECONDS, self._exit_now)
+        self._exit_timer.daemon = True
         self._db = LazyConnection(
             options.url,
             lease_seconds=options.lease_seconds,
@@ -151,6 +156,7 @@ class Worker:
         pool = ThreadPoolExecutor(self.options.concurrency, "errands-job")
         _start_every_thread(pool, self.options.concurrency)
         self._loop(pool)
+        self._exit_timer.cancel()  # the loop made it out: exit the ordinary way
         # Never join: a timed-out job may be stuck on its thread, and the process exits anyway.
         pool.shutdown(wait=False, cancel_futures=True)
         self._events.stop()
@@ -202,9 +208,21 @@ class Worker:
             self._abandon()
 
     def _abandon(self) -> None:
-        self._abandoning = self._replacing = True
+        with self._abandon_lock:  # the fence and a cancellation's grace timer may both call
+            if self._abandoning:
+                return
+            self._abandoning = self._replacing = True
         self._db.cut()  # a statement hanging on a silent peer must not keep the job running
         self._wake()
+        # Nor may a connection attempt (bounded by connect_timeout only): exit without the loop.
+        self._exit_timer.start()
+
+    def _exit_now(self) -> None:
+        _log.warning(
+            "worker replaced at once: its claim loop is stuck connecting to the database",
+            worker=self.options.worker_id,
+        )
+        os._exit(EXIT_REPLACE)
 
     def _install_signal_handlers(self) -> None:
         def on_term(signum: int, frame: FrameType | None) -> None:
