@@ -164,7 +164,8 @@ class CutOffs:
         running = [(job, attempt) for _, job, attempt, _ in self._running(SLOW_TASKS)]
         now, mono = time.time(), time.monotonic()
         self.stopped_postgres = stop_postgres(self.pgdata)
-        cut = Cut("hang_postgres", f"SIGSTOP for {self.seconds:g}s", now, mono)
+        detail = f"SIGSTOP for {self.seconds:g}s; {len(running)} slow attempts running"
+        cut = Cut("hang_postgres", detail, now, mono)
         cut.attempts = running
         try:
             self._sleep_until(mono + self.seconds)
@@ -200,15 +201,16 @@ class CutOffs:
     ) -> dict[str, float | None]:
         if cut.kind == "partition_api":
             return {}
+        few = "" if len(cut.attempts) == 1 else "s (the last)"
         elsewhere = [_first_start_after(starts, job, attempt) for job, attempt in cut.attempts]
         figures: dict[str, float | None] = {
-            "its job ran again after": _latest(t - cut.at if t else None for t in elsewhere)
+            f"the job{few} ran again after": _latest(t - cut.at for t in elsewhere if t)
         }
         if cut.kind == "partition_supervisor":
             return figures
         stopped = [_last_trace(traces, job, attempt) for job, attempt in cut.attempts]
-        figures["the cut-off attempt stopped after"] = _latest(
-            t - cut.mono if t is not None else None for t in stopped
+        figures[f"the cut-off attempt{few} stopped after"] = _latest(
+            t - cut.mono for t in stopped if t is not None
         )
         resumed = [at.timestamp() for _, _, pid, at in starts if at.timestamp() > cut.healed_at]
         if cut.kind == "partition_worker":
@@ -277,10 +279,9 @@ def _last_trace(traces: Path, job: int, attempt: int) -> float | None:
     return float(lines[-1]) if lines else None
 
 
-def _latest(values: Any) -> float | None:
-    """The worst of the figures, or None when one is missing."""
-    found = list(values)
-    return None if not found or None in found else max(found)
+def _latest(values: Iterator[float]) -> float | None:
+    """The worst of the figures, if any."""
+    return max(values, default=None)
 
 
 def _worker_recorded(url: str, pid: int) -> bool:

@@ -156,14 +156,15 @@ class Worker:
         pool = ThreadPoolExecutor(self.options.concurrency, "errands-job")
         _start_every_thread(pool, self.options.concurrency)
         self._loop(pool)
-        self._exit_timer.cancel()  # the loop made it out: exit the ordinary way
         # Never join: a timed-out job may be stuck on its thread, and the process exits anyway.
         pool.shutdown(wait=False, cancel_futures=True)
         self._events.stop()
         fence.stop()
         keeper.stop()
-        keeper.join(timeout=2)
+        # Its last renewal may hang on the database; a job to stop cannot wait for it.
+        keeper.join(timeout=0 if self._abandoning else 2)
         self._db.close()
+        self._exit_timer.cancel()  # out in time: exit the ordinary way
         code = EXIT_REPLACE if self._replacing else EXIT_OK
         _log.info("worker stopped", worker=self.options.worker_id, exit_code=code)
         return code
