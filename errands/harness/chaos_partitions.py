@@ -104,7 +104,8 @@ class CutOffs:
         pid, job, attempt, task = self.pick(targets)
         on_thread = not task.endswith("_async")
         kind = "thread" if on_thread else "coroutine"
-        with self._cut(pid, "partition_worker", f"pid {pid}, job {job} ({kind})") as cut:
+        detail = f"pid {pid}, job {job} ({kind})"
+        with self._cut(pid, "partition_worker", detail) as cut:
             cut.attempts = [(job, attempt)]
             if on_thread:  # replaced: a thread cannot be stopped
                 cut.live["the cut-off process exited after"] = self._until(
@@ -118,11 +119,17 @@ class CutOffs:
         host = self.pick(list(range(len(daemons))))
         daemon = daemons[host]
         children = set(daemon.children())
-        busy = [(p, j, a) for p, j, a, _ in self._running(None) if p in children]
+        busy = [
+            (p, j, a)
+            for p, j, a, _ in self._running(None)
+            if p in children and a < SPARED_FROM_ATTEMPT
+        ]
         if not busy:
             return None
         worker, job, attempt = self.pick(busy)
-        detail = f"pid {daemon.pid}; its worker {worker} SIGKILLed running job {job}"
+        detail = (
+            f"host-{host + 1}: pid {daemon.pid}; its worker {worker} SIGKILLed running job {job}"
+        )
         with self._cut(daemon.pid, "partition_supervisor", detail) as cut:
             cut.attempts = [(job, attempt)]
             os.kill(worker, signal.SIGKILL)

@@ -198,7 +198,9 @@ class Worker:
             if entry.cancel is not None:
                 entry.cancel()
         if coroutines:
-            timer = threading.Timer(ASYNC_CANCEL_GRACE_SECONDS, self._abandon_if_running, [entries])
+            timer = threading.Timer(
+                ASYNC_CANCEL_GRACE_SECONDS, self._abandon_if_running, [coroutines]
+            )
             timer.daemon = True
             timer.start()
         if any(e.started and not is_async(e.job) for e in entries):
@@ -374,8 +376,8 @@ class Worker:
                 **log_fields(entry, self.options.worker_id)
             ):
                 outcome: Outcome = await execute_async(entry.job)
-        except asyncio.CancelledError:  # by the fence: never written, the attempt is lost
-            outcome = Failed("cancelled: its lease passed without a renewal", None, 0.0)
+        except asyncio.CancelledError:  # by the fence, whose attempts are never written
+            outcome = Failed("CancelledError: the coroutine was cancelled", None, 0.0)
         entry.ended = True
         self._outcomes.put((entry, outcome, True))
         self._wake()
