@@ -85,7 +85,7 @@ def test_imported_as_a_library_errands_logs_through_logging_and_prints_nothing(
     )
     records = json.loads(result.stdout)  # nothing else on stdout
     assert result.stderr == ""
-    assert ["refused", ""] == records[-1][:2] and "errands migrate" in records[-1][2]
+    assert records[-1][:2] == ["refused", ""] and "errands migrate" in records[-1][2]
     warnings = [r for r in records if r[0] == "errands.database" and r[1] == "WARNING"]
     assert len(warnings) == 1 and EMBEDDED_WARNING in warnings[0][2]
 
