@@ -263,7 +263,9 @@ def test_a_worker_paused_past_its_lease_cannot_overwrite_the_job_it_lost(
     def zombie_noticed() -> bool:
         # Its fence stops the attempt on waking, or the database refuses its write.
         return any(
-            e.get("event", "").startswith(("lease lost", "lease passed by this worker's clock"))
+            e.get("event", "").startswith(
+                ("lease lost", "lease running out by this worker's clock")
+            )
             and e.get("job_id") == job.id
             for e in daemon.log_events()
         )

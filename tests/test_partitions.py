@@ -150,7 +150,9 @@ def test_a_worker_cut_off_mid_job_stops_its_thread_job_when_the_lease_passes(
 
     assert (done.state, done.result, done.attempts) == (JobState.COMPLETED, 2, 2)
     assert "returned" not in traces(tmp_path, job.id, 1)
-    fenced = [e for e in daemon.log_events() if "lease passed" in e.get("event", "")]
+    fenced = [
+        e for e in daemon.log_events() if "running out by this worker's clock" in e.get("event", "")
+    ]
     assert [(e["job_id"], e["attempt"]) for e in fenced] == [(job.id, 1)]
     proxy.heal(worker)
     assert daemon.stop() == 0

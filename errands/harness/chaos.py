@@ -144,7 +144,7 @@ class Report:
     recovery_seconds: dict[str, float | None]
     partitions: list[dict[str, Any]]  # each cut off or hang: its figures (chaos_partitions.py)
     stale_writes_refused: int  # fenced writes and renewals the database refused, as logged
-    attempts_fenced: int  # attempts stopped when their lease passed by their worker's clock
+    attempts_fenced: int  # attempts stopped as their lease ran out by their worker's clock
     clock_offsets: dict[str, float]
     checks: list[Check]
 
@@ -650,7 +650,7 @@ class Chaos:
             ),
             stale_writes_refused=sum(n for event, n in logged.items() if "lease lost" in event),
             attempts_fenced=sum(
-                n for event, n in logged.items() if "lease passed by this worker's clock" in event
+                n for event, n in logged.items() if "running out by this worker's clock" in event
             ),
             clock_offsets={
                 f"host-{host + 1}": offset

@@ -139,7 +139,7 @@ class Worker:
             pgbouncer=not self.options.listen,
         )
         keeper.start()
-        fence = LeaseFence(self.running, self._fenced)
+        fence = LeaseFence(self.running, self._fenced, early=self.options.lease_seconds / 10)
         fence.start()
         metrics().workers_alive.set(1)
         if self.options.on_started is not None:
@@ -188,7 +188,7 @@ class Worker:
         """
         for entry in entries:
             _log.warning(
-                "lease passed by this worker's clock without a renewal; attempt stopped, "
+                "lease running out by this worker's clock without a renewal; attempt stopped, "
                 "its outcome will not be written",
                 **log_fields(entry, self.options.worker_id),
             )
