@@ -1,0 +1,12 @@
+"""Django's task framework on errands (extra `errands[django]`; README: Django).
+
+    INSTALLED_APPS = [..., "errands.contrib.django"]  # for `manage.py errands_worker`
+    TASKS = {"default": {"BACKEND": "errands.contrib.django.ErrandsBackend"}}
+
+Serves `django.tasks` (Django 6.0 and later) and the `django-tasks` backport
+(Django 5.2), whichever is installed.
+"""
+
+from errands.contrib.django.backend import ErrandsBackend
+
+__all__ = ["ErrandsBackend"]
