@@ -202,6 +202,23 @@ def test_the_runner_calls_the_task_and_sends_its_signals(django_db: str) -> None
     assert seen == [("started", "RUNNING"), ("finished", "SUCCESSFUL")]
 
 
+def test_the_runner_gives_the_task_the_queue_and_backend_it_was_enqueued_with(
+    django_db: str,
+) -> None:
+    seen: list[Any] = []
+
+    def record(sender: type, task_result: Any, **kwargs: Any) -> None:
+        seen.append((task_result.task.queue_name, task_result.task.backend, task_result.backend))
+
+    task_started.connect(record)
+    try:
+        payload = {"task_path": ADD, "args": [2, 3], "kwargs": {}, "backend": "anyqueue"}
+        run(runner, payload, queue="elsewhere")
+    finally:
+        task_started.disconnect(record)
+    assert seen == [("elsewhere", "anyqueue", "anyqueue")]
+
+
 @pytest.mark.parametrize(
     ("task_path", "backend"),
     [

@@ -86,7 +86,9 @@ def _django_task(task_path: str, backend: str, queue: str) -> Any:
         raise errands.Fail(f"cannot run the Django task {task_path!r}: {exc}") from exc
     if not isinstance(task, Task) or task.module_path != task_path:
         raise errands.Fail(f"{task_path!r} is not a Django task (made by @task)")
-    try:  # as enqueued: the queue and backend of the job, whatever the task's defaults
+    if (task.queue_name, task.backend) == (queue, backend):
+        return task
+    try:  # as enqueued (`task.using(...)`): the job's queue and backend, not the defaults
         return task.using(queue_name=queue, backend=backend)
     except InvalidTask as exc:
         raise errands.Fail(f"cannot run the Django task {task_path!r}: {exc}") from exc

@@ -63,19 +63,33 @@ def _run_options() -> list[click.Option]:
     return [p for p in run_command.params if isinstance(p, click.Option) and p.name]
 
 
+# Where this command's defaults differ from `errands run`'s.
+_HELP = {
+    "database_url": "PostgreSQL URL [default: Django's database for the backend's DATABASE]",
+    "queues": "Comma-separated queues to work [default: the backend's QUEUES and 'default']",
+    "tasks": "Comma-separated modules that register errands tasks, beside Django's "
+    "[env: ERRANDS_TASKS]",
+}
+
+
 def _argparse_spec(option: click.Option) -> dict[str, Any]:
     """The option as argparse takes it; `errands run` itself checks and converts the value."""
+    assert option.name is not None
     spec: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS}
-    help_text = option.help or ""
+    help_text = _HELP.get(option.name, option.help or "")
     if option.show_default and option.default is not None:
         help_text += f" [default: {option.default}]"
     spec["help"] = help_text.replace("%", "%%")
     if option.is_flag:
         spec["action"] = "store_true"
+    elif isinstance(option.type, click.Choice):
+        spec["choices"] = list(option.type.choices)
+    elif isinstance(option.type, click.IntRange):
+        spec["metavar"] = "N"
+    elif isinstance(option.type, click.FloatRange):
+        spec["metavar"] = "SECONDS"
     else:
-        spec["metavar"] = option.metavar or option.type.name.upper()
-        if isinstance(option.type, click.Choice):
-            spec["choices"] = list(option.type.choices)
+        spec["metavar"] = option.metavar or option.name.upper()
     return spec
 
 
