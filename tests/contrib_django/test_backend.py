@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import traceback
 from datetime import timedelta
 from typing import Any
@@ -265,3 +267,14 @@ def test_a_queue_name_errands_cannot_store_is_an_invalid_task() -> None:
     assert add.using(backend="anyqueue", queue_name="any.name:1").queue_name == "any.name:1"
     with pytest.raises(InvalidTaskError, match="errands queue name"):
         add.using(backend="anyqueue", queue_name="has space")
+
+
+@pytest.mark.parametrize("missing", ["django", "django_tasks"])
+def test_without_django_or_its_task_framework_the_import_says_what_to_install(
+    missing: str,
+) -> None:
+    hide = f"import sys; sys.modules[{missing!r}] = None; import errands.contrib.django"
+    done = subprocess.run(
+        [sys.executable, "-c", hide], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "pip install 'errands[django]'" in done.stderr
