@@ -24,6 +24,8 @@ from errands.contrib.django.backend import RUN
 from errands.contrib.django.results import NO_TRACEBACK, STATUSES, exception_path
 from errands.contrib.django.runner import run as runner
 from errands.testing import run
+from tests.contrib_django.conftest import use_database
+from tests.contrib_django.project.settings import UNSET
 from tests.contrib_django.project.shop.tasks import OutOfStock, add, reserve, send_welcome
 
 ADD = "tests.contrib_django.project.shop.tasks.add"
@@ -94,6 +96,15 @@ def test_arguments_that_are_not_json_are_refused_and_nothing_stored(client: Clie
     with pytest.raises(TypeError):
         add.enqueue(object(), 1)
     assert client.list() == []
+
+
+def test_enqueue_before_errands_migrate_says_to_run_it(empty_db_url: str) -> None:
+    use_database(empty_db_url)
+    try:
+        with pytest.raises(ImproperlyConfigured, match=r"manage\.py errands_migrate"):
+            add.enqueue(1, 2)
+    finally:
+        use_database(UNSET)
 
 
 def test_task_enqueued_is_sent_with_the_stored_result(django_db: str) -> None:

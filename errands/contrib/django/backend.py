@@ -16,6 +16,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from django.apps import apps
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -117,6 +118,11 @@ class ErrandsBackend(BaseTaskBackend):
             )
         except InvalidArgument as exc:
             raise InvalidTask(str(exc)) from exc
+        except psycopg.errors.UndefinedTable as exc:
+            raise ImproperlyConfigured(
+                f"errands: the database {self.database!r} has no errands tables: "
+                "run `manage.py errands_migrate`"
+            ) from exc
         object.__setattr__(result, "id", str(job.id))
         object.__setattr__(result, "enqueued_at", job.created_at)
         # Sent when the job is written, as Django's database-backed backends do: inside
