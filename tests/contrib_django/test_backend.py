@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import traceback
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 from django_tasks import TaskResultStatus, task_backends
@@ -105,6 +108,28 @@ def test_enqueue_before_errands_migrate_says_to_run_it(empty_db_url: str) -> Non
             add.enqueue(1, 2)
     finally:
         use_database(UNSET)
+
+
+def test_errands_migrate_creates_the_tables_in_djangos_database(empty_db_url: str) -> None:
+    use_database(empty_db_url)
+    try:
+        out = io.StringIO()
+        call_command("errands_migrate", stdout=out)
+        assert "applied 0001_jobs" in out.getvalue()
+        assert stored_job_count(empty_db_url) == 0  # the table is there
+        call_command("errands_migrate", stdout=out)
+        assert out.getvalue().endswith("up to date\n")
+        add.enqueue(1, 2)
+        assert stored_job_count(empty_db_url) == 1
+    finally:
+        use_database(UNSET)
+
+
+def stored_job_count(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("select count(*) from errands_jobs").fetchone()
+        assert row is not None
+        return int(row[0])
 
 
 def test_task_enqueued_is_sent_with_the_stored_result(django_db: str) -> None:

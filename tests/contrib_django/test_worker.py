@@ -217,11 +217,3 @@ def test_help_lists_the_options_of_errands_run() -> None:
     assert done.returncode == 0
     for option in ("--backend", "--workers", "--concurrency", "--queues", "--database-url"):
         assert option in done.stdout
-
-
-def test_errands_migrate_creates_the_tables_in_djangos_database(empty_db_url: str) -> None:
-    done = manage("errands_migrate", env={"DJANGO_DATABASE_URL": empty_db_url})
-    assert done.returncode == 0, done.stderr
-    assert "applied 0001_jobs" in done.stdout
-    with psycopg.connect(empty_db_url) as conn:
-        assert conn.execute("select to_regclass('errands_jobs') is not null").fetchone() == (True,)
