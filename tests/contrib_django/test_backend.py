@@ -6,7 +6,7 @@ import io
 import subprocess
 import sys
 import traceback
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -15,6 +15,7 @@ from asgiref.sync import async_to_sync
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import transaction
+from django.test import override_settings
 from django.utils import timezone
 from django_tasks import TaskResultStatus, task_backends
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist, TaskResultMismatch
@@ -88,6 +89,13 @@ def test_queue_and_priority_become_the_jobs(client: Client) -> None:
 def test_run_after_becomes_the_jobs_run_at(client: Client) -> None:
     when = timezone.now() + timedelta(hours=1)
     assert stored(client, add.using(run_after=when).enqueue(1, 2)).run_at == when
+
+
+def test_a_naive_run_after_without_use_tz_is_in_djangos_time_zone(client: Client) -> None:
+    naive = datetime(2031, 7, 1, 9, 30)
+    with override_settings(USE_TZ=False, TIME_ZONE="Europe/Berlin"):
+        result = add.using(run_after=naive).enqueue(1, 2)
+    assert stored(client, result).run_at == datetime(2031, 7, 1, 7, 30, tzinfo=UTC)
 
 
 def test_max_attempts_option_is_the_jobs_budget(client: Client) -> None:
