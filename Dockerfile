@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The errands image: `errands run` (supervisor, workers and HTTP child) by default; any other
 # command as arguments, e.g. `docker run --rm IMAGE migrate`. Settings come from the ERRANDS_*
 # environment variables (see .env.example); ERRANDS_DATABASE_URL is required, since the image
@@ -6,32 +5,58 @@
 #
 #   docker build -t errands .
 #   docker run --rm -p 3000:3000 -e ERRANDS_DATABASE_URL=postgresql://... errands
+#
+# Build arguments, none needed where the official image and PyPI can be reached:
+#   PYTHON_IMAGE   the Python 3.11 base of both stages (deploy/images/build makes a stand-in
+#                  from Debian's packages where no registry answers)
+#   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST   pip's own settings, and
+#   EXTRA_CA_PEM   CA certificates (PEM text) pip trusts besides the system's, for a proxy that
+#                  re-signs TLS
+# The pip settings reach the build stage only: the image installs the wheels it made, offline.
+ARG PYTHON_IMAGE=python:3.11-slim
 
-# -- build: errands as a wheel (build tools stay in this stage) --------------------------------
-FROM python:3.11-slim AS build
+# -- build: the pinned dependencies and errands as wheels (the only stage that downloads) -------
+FROM ${PYTHON_IMAGE} AS build
 ARG SETUPTOOLS_VERSION=84.2.1
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG EXTRA_CA_PEM
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN pip install --no-cache-dir --disable-pip-version-check "setuptools==${SETUPTOOLS_VERSION}"
+# Wheels only, exactly the lock's, without their dependencies: the runtime stage installs them
+# with no index, so a dependency missing from the lock fails the build. This layer is rebuilt
+# only when the lock changes.
+COPY requirements.lock ./
+RUN if [ -n "${EXTRA_CA_PEM:-}" ]; then \
+        { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_PEM"; } >/tmp/ca.pem \
+        && export PIP_CERT=/tmp/ca.pem; \
+    fi \
+    && pip install "setuptools==${SETUPTOOLS_VERSION}" \
+    && pip download --only-binary=:all: --no-deps --requirement requirements.lock --dest /deps \
+    && rm -f /tmp/ca.pem
 COPY pyproject.toml README.md ./
 COPY errands ./errands
-RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation \
-        --wheel-dir /wheels .
+RUN pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /wheels .
 
 # -- runtime ------------------------------------------------------------------------------------
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Pinned runtime dependencies first, wheels only: this layer is rebuilt only when the lock
-# changes. Then errands itself with --no-deps, so nothing unpinned enters the image, and
+# The lock's wheels first (a layer rebuilt only when the lock changes), from the build stage
+# and no index; then errands itself with --no-deps, so nothing unpinned enters the image, and
 # `pip check` fails the build if the lock misses a dependency.
 COPY requirements.lock /tmp/requirements.lock
-RUN pip install --only-binary=:all: --requirement /tmp/requirements.lock \
-    && rm /tmp/requirements.lock
+COPY --from=build /deps/ /tmp/deps/
+RUN pip install --no-index --find-links /tmp/deps --only-binary=:all: \
+        --requirement /tmp/requirements.lock \
+    && rm -rf /tmp/requirements.lock /tmp/deps
 COPY --from=build /wheels/ /tmp/wheels/
-RUN pip install --no-deps /tmp/wheels/*.whl \
+RUN pip install --no-index --no-deps /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels \
     && pip check
 

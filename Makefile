@@ -1,6 +1,7 @@
 # `make run` and `make test` bootstrap .venv on a fresh machine and reuse it afterwards.
 # `make run` installs what running needs (errands and the embedded database); `make test`,
-# `make bench` and `make chaos` add the test, lint and harness tools.
+# `make bench` and `make chaos` add the test, lint and harness tools. `make compose-test` runs
+# the compose deployment for real, in containers (deploy/compose-test: root, Docker, Debian).
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
@@ -8,7 +9,7 @@ DEV := $(VENV)/.installed-dev
 PYTHON ?= python3
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: run test lint bench bench-quick chaos
+.PHONY: run test lint bench bench-quick chaos compose-test
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +24,8 @@ run: $(INSTALLED)
 	$(BIN)/errands run
 
 lint: $(DEV)
-	$(BIN)/ruff check errands tests
-	$(BIN)/ruff format --check errands tests
+	$(BIN)/ruff check errands tests deploy
+	$(BIN)/ruff format --check errands tests deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -39,3 +40,6 @@ bench-quick: $(DEV)
 
 chaos: $(DEV)
 	$(BIN)/errands chaos --profile chaos/ci.toml
+
+compose-test: $(DEV)
+	PYTHON=$(BIN)/python deploy/compose-test

@@ -774,14 +774,15 @@ def _harness(command: str) -> Iterator[None]:
         ) from None
 
 
-def main() -> None:
+def main(args: Sequence[str] | None = None) -> None:
     """The entry point: every refusal and every database error is one line, never a traceback.
 
     Usage errors (a bad option or value) exit 2, as do unusable settings; errors of
     the work itself (a refused job, an unreachable database, a wrong password) exit 1.
+    `args` None reads the command line (`manage.py errands_worker` passes its own).
     """
     try:
-        code = cli.main(standalone_mode=False)
+        code = cli.main(args=args, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # `errands` alone: the help, to stderr
         click.echo(exc.format_message(), err=True)
         sys.exit(2)

@@ -251,12 +251,11 @@ class Client:
     ) -> Iterator[psycopg.Connection[Any]]:
         if conn is not None and not isinstance(conn, psycopg.Connection):
             raise InvalidArgument([FieldError("conn", "must be a psycopg Connection or None")])
-        pool = self._open_pool()
         try:
-            if conn is not None:
+            if conn is not None:  # the caller's: this client's own database is not needed
                 yield conn
                 return
-            with pool.connection() as pooled:
+            with self._open_pool().connection() as pooled:
                 try:
                     yield pooled
                 finally:

@@ -129,9 +129,9 @@ def template_url(server_url: str) -> str:
     return url
 
 
-@pytest.fixture
-def db_url(server_url: str, template_url: str) -> Iterator[str]:
-    """A fresh, migrated database of this test's own."""
+@contextlib.contextmanager
+def migrated_database(server_url: str) -> Iterator[str]:
+    """A fresh database cloned from the migrated template, dropped on leaving."""
     name = f"errands_test_{os.getpid()}_{next(_numbers)}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f"create database {name} template {TEMPLATE}")
@@ -140,6 +140,13 @@ def db_url(server_url: str, template_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f"drop database if exists {name} with (force)")
+
+
+@pytest.fixture
+def db_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database of this test's own."""
+    with migrated_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture

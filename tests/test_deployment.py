@@ -1,14 +1,17 @@
-"""The deployment files, checked without a Docker engine (none runs where the tests do).
+"""The deployment files, checked without a Docker engine (`make compose-test` runs them).
 
-The compose file, the Dockerfile, the lock, the Prometheus configuration and its alert rules
-are read as text or YAML and checked against the code they deploy: services and their
+The compose files, the Dockerfile, the lock, the Prometheus configuration and its alert
+rules are read as text or YAML and checked against the code they deploy: services and their
 wiring, ports, healthchecks, that every ERRANDS_* variable exists in errands/config.py,
 that every command is a real `errands` command, and that alerts use real metric names.
+deploy/compose.local.yml is held in step with docker-compose.yml, and deploy/replica.py,
+which gives its replicas their ports and identities, is run here in process.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -32,6 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from errands.cli import cli
+from errands.harness.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -40,6 +44,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 LOCK = ROOT / "requirements.lock"
 DOCKERIGNORE = ROOT / ".dockerignore"
 DEPLOY = ROOT / "deploy"
+LOCAL_FILE = DEPLOY / "compose.local.yml"
 ERRANDS_SERVICES = ("migrate", "api", "worker")  # run the image built from this repository
 LONG_RUNNING = ("api", "worker")
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
@@ -56,6 +61,16 @@ def compose() -> dict[str, Any]:
 
 def service(name: str) -> dict[str, Any]:
     services: dict[str, dict[str, Any]] = compose()["services"]
+    return services[name]
+
+
+def local() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(LOCAL_FILE.read_text())
+    return document
+
+
+def local_service(name: str) -> dict[str, Any]:
+    services: dict[str, dict[str, Any]] = local()["services"]
     return services[name]
 
 
@@ -96,6 +111,33 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
             keyword, _, arguments = line.strip().partition(" ")
             instructions.append((keyword.upper(), arguments.strip()))
     return instructions
+
+
+def build_arguments() -> dict[str, str]:
+    """The ARGs declared before the first FROM, which FROM lines may use: their defaults."""
+    declared = {}
+    for keyword, arguments in dockerfile_instructions():
+        if keyword == "FROM":
+            return declared
+        if keyword == "ARG":
+            name, _, default = arguments.partition("=")
+            declared[name] = default
+    raise AssertionError("the Dockerfile has no FROM")
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    """The instructions of each stage, FROM first."""
+    found: list[list[tuple[str, str]]] = []
+    for instruction in dockerfile_instructions():
+        if instruction[0] == "FROM":
+            found.append([])
+        if found:
+            found[-1].append(instruction)
+    return found
+
+
+def build_stage_arguments() -> list[str]:
+    return [args.partition("=")[0] for word, args in stages()[0] if word == "ARG"]
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -343,6 +385,226 @@ def test_prometheus_mounts_its_configuration_and_rules_from_the_repository() -> 
         assert (ROOT / source).is_file(), source
 
 
+# -- compose on the host network: deploy/compose.local.yml in step with docker-compose.yml ------
+
+# What the host network changes in each service's environment, and nothing else: addresses on
+# the loopback at the ERRANDS_COMPOSE_* ports; a worker replica's port is deploy/replica.py's.
+LOCAL_DATABASE = "@127.0.0.1:${ERRANDS_COMPOSE_PG_PORT:-55432}/"
+LOCAL_ENVIRONMENT: dict[str, dict[str, str | None]] = {
+    "postgres": {"PGPORT": "${ERRANDS_COMPOSE_PG_PORT:-55432}"},
+    "api": {"ERRANDS_HTTP_ADDR": "127.0.0.1:${ERRANDS_COMPOSE_API_PORT:-3000}"},
+    "worker": {
+        "ERRANDS_HTTP_ADDR": None,
+        "ERRANDS_COMPOSE_WORKER_PORT": "${ERRANDS_COMPOSE_WORKER_PORT:-9100}",
+    },
+}
+REPLICA_ENTRYPOINT = ["python", "/deploy/replica.py"]
+
+
+def expected_local_environment(name: str) -> dict[str, str]:
+    main = {
+        key: str(value).replace("@postgres:5432/", LOCAL_DATABASE)
+        for key, value in service(name).get("environment", {}).items()
+    }
+    for key, value in LOCAL_ENVIRONMENT.get(name, {}).items():
+        if value is None:
+            del main[key]
+        else:
+            main[key] = value
+    return main
+
+
+def test_local_file_has_the_services_and_profiles_of_the_main_file() -> None:
+    services = compose()["services"]
+    assert set(local()["services"]) == set(services)
+    for name, spec in services.items():
+        assert local_service(name).get("profiles") == spec.get("profiles"), name
+
+
+@pytest.mark.parametrize("name", [*ERRANDS_SERVICES, "prune"])
+def test_local_errands_service_runs_the_same_command_from_the_same_image(name: str) -> None:
+    main, here = service(name), local_service(name)
+    assert here["command"] == main["command"]
+    assert here["image"] == main["image"]
+    assert here["build"]["context"] == ".."  # the repository, from deploy/
+    assert here.get("entrypoint") == (REPLICA_ENTRYPOINT if name in LONG_RUNNING else None)
+
+
+def test_local_postgres_and_prometheus_run_the_main_command_on_the_loopback() -> None:
+    assert local_service("postgres")["command"] == ["postgres", "-c", "listen_addresses=127.0.0.1"]
+    assert local_service("prometheus")["command"] == [
+        *service("prometheus")["command"],
+        "--web.listen-address=127.0.0.1:${ERRANDS_COMPOSE_PROMETHEUS_PORT:-9090}",
+    ]
+
+
+@pytest.mark.parametrize("name", ["postgres", "migrate", "api", "worker", "prune", "prometheus"])
+def test_local_service_has_the_main_environment_but_for_host_network_addresses(name: str) -> None:
+    assert dict(local_service(name).get("environment", {})) == expected_local_environment(name)
+
+
+def test_local_worker_ports_start_where_the_main_workers_listen() -> None:
+    first = interpolated(local_service("worker")["environment"]["ERRANDS_COMPOSE_WORKER_PORT"])
+    assert int(first) == port_of(environment("worker")["ERRANDS_HTTP_ADDR"])
+
+
+@pytest.mark.parametrize("name", ["postgres", "migrate", "api", "worker", "prune"])
+def test_local_service_has_the_main_healthcheck(name: str) -> None:
+    expected = dict(service(name)["healthcheck"])
+    if name == "worker":  # the port is the replica's own, where replica.py announced it
+        expected["test"] = ["CMD", *REPLICA_ENTRYPOINT, "health"]
+    assert local_service(name)["healthcheck"] == expected
+
+
+@pytest.mark.parametrize("key", ["restart", "depends_on", "stop_grace_period"])
+def test_local_services_restart_wait_and_stop_as_the_main_ones(key: str) -> None:
+    for name, spec in compose()["services"].items():
+        assert local_service(name).get(key) == spec.get(key), (name, key)
+
+
+def test_every_local_service_is_on_the_host_network_and_publishes_nothing() -> None:
+    for name, spec in local()["services"].items():
+        assert spec["network_mode"] == "host", name
+        assert "ports" not in spec and "expose" not in spec, name
+
+
+def test_local_images_are_the_official_ones_unless_told_otherwise() -> None:
+    for name, variable in [
+        ("postgres", "ERRANDS_COMPOSE_POSTGRES_IMAGE"),
+        ("prometheus", "ERRANDS_COMPOSE_PROMETHEUS_IMAGE"),
+    ]:
+        assert local_service(name)["image"] == f"${{{variable}:-{service(name)['image']}}}"
+    python = local_service("api")["build"]["args"]["PYTHON_IMAGE"]
+    assert python == f"${{ERRANDS_COMPOSE_PYTHON_IMAGE:-{build_arguments()['PYTHON_IMAGE']}}}"
+
+
+def test_the_errands_image_builds_on_the_host_network_with_the_shells_pip_settings() -> None:
+    build = local_service("api")["build"]
+    assert build["network"] == "host"
+    passed = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "EXTRA_CA_PEM"}
+    assert {name: build["args"][name] for name in passed} == {
+        name: f"${{{name}:-}}" for name in passed
+    }
+    assert set(build["args"]) == passed | {"PYTHON_IMAGE"}
+    assert passed <= set(build_stage_arguments())
+
+
+def test_local_replicas_share_the_targets_volume_prometheus_reads() -> None:
+    volumes = local()["volumes"]
+    assert volumes["targets"]["driver_opts"]["type"] == "tmpfs"  # empty whenever the stack is down
+    owner = re.search(r"\buid=(\d+),gid=(\d+)\b", volumes["targets"]["driver_opts"]["o"])
+    assert owner is not None and ":".join(owner.groups()) == only("USER")  # replicas write it
+    for name in LONG_RUNNING:
+        assert "targets:/targets" in local_service(name)["volumes"]
+        assert "./replica.py:/deploy/replica.py:ro" in local_service(name)["volumes"]
+    assert "targets:/etc/prometheus/targets:ro" in local_service("prometheus")["volumes"]
+
+
+def test_local_prometheus_reads_the_targets_the_replicas_announce() -> None:
+    mounts = dict(v.split(":")[:2] for v in local_service("prometheus")["volumes"])
+    assert mounts["./prometheus.local.yml"] == "/etc/prometheus/prometheus.yml"
+    assert mounts["./alerts.yml"] == "/etc/prometheus/alerts.yml"
+    document = yaml.safe_load((DEPLOY / "prometheus.local.yml").read_text())
+    files = {job["job_name"]: job["file_sd_configs"] for job in document["scrape_configs"]}
+    assert files == {
+        "errands-api": [{"files": ["/etc/prometheus/targets/api.json"]}],
+        "errands-worker": [{"files": ["/etc/prometheus/targets/worker-*.json"]}],
+    }
+    assert document["rule_files"] == prometheus_config()["rule_files"]
+
+
+@needs_compose
+def test_docker_compose_validates_the_local_file() -> None:
+    result = subprocess.run(
+        ["docker-compose", "--file", str(LOCAL_FILE), "--profile", "prometheus", "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("network_mode: host") == len(local()["services"])
+
+
+# -- deploy/replica.py: a port, an identity and a Prometheus target per replica -----------------
+
+
+@pytest.fixture
+def replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """deploy/replica.py, its shared volume and announcement file under tmp_path."""
+    spec = importlib.util.spec_from_file_location("replica", DEPLOY / "replica.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "TARGETS", tmp_path / "targets")
+    monkeypatch.setattr(module, "CLAIMS", tmp_path / "targets" / "claims")
+    monkeypatch.setattr(module, "ANNOUNCED", tmp_path / "http-addr")
+    (tmp_path / "targets" / "claims").mkdir(parents=True)
+    yield module
+    for lock in module._claims:
+        os.close(lock)
+
+
+def held_elsewhere(replica: Any, port: int) -> int:
+    """Another replica's claim on `port`: a lock of its own on the claim file."""
+    lock = replica._lock(port)
+    assert lock is not None
+    return int(lock)
+
+
+def test_replicas_claim_ports_of_their_own(replica: Any) -> None:
+    first = replica.claim_port(free_port())
+    assert replica.claim_port(first) > first
+
+
+def test_a_replica_skips_a_port_something_else_listens_on(replica: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert replica.claim_port(port) != port
+
+
+def test_a_crashed_replicas_port_is_free_again(replica: Any) -> None:
+    port = free_port()
+    os.close(held_elsewhere(replica, port))  # the replica's processes died: the lock with them
+    assert replica.claim_port(port) == port
+
+
+def test_sweep_removes_the_targets_of_replicas_gone_for_good_only(replica: Any) -> None:
+    live, gone = free_port(), free_port()
+    lock = held_elsewhere(replica, live)
+    replica.CLAIMS.joinpath(str(gone)).touch()
+    for port in (live, gone):
+        replica.announce(f"worker-{port}", f"127.0.0.1:{port}", "replica")
+    replica.sweep()
+    assert sorted(p.name for p in replica.TARGETS.glob("*.json")) == [f"worker-{live}.json"]
+    os.close(lock)
+
+
+def test_announce_writes_a_prometheus_target_and_where_health_looks(replica: Any) -> None:
+    target = replica.announce("worker-9100", "127.0.0.1:9100", "0123456789ab")
+    assert json.loads(target.read_text()) == [
+        {"targets": ["127.0.0.1:9100"], "labels": {"replica": "0123456789ab"}}
+    ]
+    assert replica.ANNOUNCED.read_text() == "127.0.0.1:9100"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/vda rw",
+        "/var/lib/containers/storage/overlay-containers/{id}/userdata/hostname /etc/hostname rw",
+    ],
+    ids=["docker", "podman"],
+)
+def test_a_replicas_identity_is_its_container_id(replica: Any, tmp_path: Path, source: str) -> None:
+    container = "0123456789abcdef" * 4
+    mountinfo = tmp_path / "mountinfo"
+    mounts = f"1 0 0:1 / / rw - overlay overlay rw\n639 630 254:0 {source.format(id=container)}\n"
+    mountinfo.write_text(mounts)
+    assert replica.container_id(mountinfo) == container
+
+
 # -- environment variables -------------------------------------------------------------------
 
 
@@ -420,10 +682,25 @@ def test_alert_rules_fire_as_their_unit_tests_expect() -> None:
 # -- Dockerfile --------------------------------------------------------------------------------
 
 
-def test_dockerfile_builds_on_python_311_slim() -> None:
+def test_dockerfile_builds_on_python_311_slim_unless_told_otherwise() -> None:
     images = [args.split()[0] for word, args in dockerfile_instructions() if word == "FROM"]
-    assert images
-    assert set(images) == {"python:3.11-slim"}
+    assert images == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]  # the build stage and the image
+    assert build_arguments() == {"PYTHON_IMAGE": "python:3.11-slim"}
+
+
+def test_only_the_build_stage_reaches_a_package_index() -> None:
+    """pip's settings and a proxy's CA are build arguments of the build stage: the image
+    installs the wheels that stage made, with no index, and keeps none of them."""
+    build, final = stages()
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "EXTRA_CA_PEM"} <= set(
+        build_stage_arguments()
+    )
+    assert not [args for word, args in final if word == "ARG"]
+    installs = [args for word, args in final if word == "RUN" and "pip install" in args]
+    assert installs and all("--no-index" in args for args in installs)
+    downloads = [args for word, args in build if word == "RUN" and "pip download" in args]
+    assert len(downloads) == 1 and "--no-deps" in downloads[0]
+    assert "requirements.lock" in downloads[0]
 
 
 def test_entrypoint_is_errands_in_exec_form() -> None:
@@ -568,7 +845,8 @@ def test_lock_provides_every_module_errands_imports_at_start_up() -> None:
     """Module-level imports run when `errands` starts; lazy ones inside functions do not.
 
     errands/harness is imported only by `errands bench` and `errands chaos`, which need
-    the `harness` extra (not in the image).
+    the `harness` extra (not in the image); errands/contrib only by applications that
+    install its extras (`errands[django]`).
     """
 
     def module_level_imports(body: list[ast.stmt]) -> Iterator[str]:
@@ -585,7 +863,7 @@ def test_lock_provides_every_module_errands_imports_at_start_up() -> None:
     modules = {
         module
         for path in (ROOT / "errands").rglob("*.py")
-        if "harness" not in path.relative_to(ROOT / "errands").parts
+        if not {"harness", "contrib"} & set(path.relative_to(ROOT / "errands").parts)
         for module in module_level_imports(ast.parse(path.read_text()).body)
     }
     third_party = modules - set(sys.stdlib_module_names) - {"errands", "__future__"}

@@ -127,6 +127,16 @@ def test_enqueue_in_a_committed_transaction_stores_the_job(client: Client, db_ur
     assert client.get(job.id) is not None
 
 
+def test_enqueue_on_the_callers_connection_opens_none_of_its_own(db_url: str) -> None:
+    nowhere = Client("postgresql://nobody@127.0.0.1:1/nothing")  # refused, were it used
+    with psycopg.connect(db_url) as app_conn:
+        job = nowhere.enqueue("send_email", {}, conn=app_conn)
+        [batch_job] = nowhere.enqueue_many([{"task": "a"}], conn=app_conn)
+        app_conn.commit()
+    with Client(db_url) as client:
+        assert [j.id for j in client.list()] == [batch_job.id, job.id]
+
+
 def test_enqueue_notifies_listeners_of_its_queue(client: Client, db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("listen errands_jobs")

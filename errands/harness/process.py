@@ -81,16 +81,24 @@ def rss_megabytes(pid: int) -> float:
 class DaemonProcess:
     """One `errands run` (or other errands command), in a session of its own."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        program: Sequence[str] = (sys.executable, "-m", "errands"),  # or `manage.py …`
+    ) -> None:
         self.args = list(args)
         self.env = dict(env)
         self.log_path = log_path
+        self.program = list(program)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "errands", *self.args],
+                [*self.program, *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

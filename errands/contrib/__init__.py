@@ -1,0 +1,1 @@
+"""Integrations with application frameworks, each behind an extra of its own."""
