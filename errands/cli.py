@@ -26,7 +26,13 @@ from errands import embedded
 from errands.api.sockets import listen, url_of
 from errands.client import Client
 from errands.config import Settings
-from errands.database import connect, open_connection, pooling_options, resolve_url
+from errands.database import (
+    connect,
+    open_connection,
+    pooling_options,
+    resolve_url,
+    with_dead_peer_detection,
+)
 from errands.errors import ConfigurationError, ErrandsError, scrub
 from errands.log import configure_logging
 from errands.queue import Job, JobState, QueueInfo, ScheduleStatus, list_schedules, parse_request
@@ -83,7 +89,8 @@ DATABASE_URL = "errands.database_url"  # in click's context meta, shared by the 
 class Context:
     settings: Settings
 
-    def database_url(self) -> str:
+    def database_url(self, lease_seconds: float | None = None) -> str:
+        """The database URL, with the dead-peer settings of the lease where it sets none."""
         url = resolve_url(self.settings)
         try:
             conninfo_to_dict(url)
@@ -93,7 +100,7 @@ class Context:
                 "the database URL (--database-url, ERRANDS_DATABASE_URL or DATABASE_URL) is not "
                 "a PostgreSQL URL such as postgresql://user:password@host:5432/dbname"
             ) from None
-        return url
+        return with_dead_peer_detection(url, lease_seconds or self.settings.lease_seconds)
 
     def client(self) -> Client:
         return Client(self.database_url())
@@ -244,7 +251,10 @@ def run(
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     s = ctx.settings
-    url = ctx.database_url()
+    lease_seconds = lease or s.lease_seconds
+    url = ctx.database_url(lease_seconds)
+    # Only the embedded development database is migrated here (README: Migrations).
+    _ready_schema(url, migrate=s.database_url is None, pgbouncer=s.pgbouncer or poll_only)
     pgbouncer = _behind_transaction_pooler(s, url, poll_only)
     worker = WorkerOptions(
         url=url,
@@ -254,7 +264,7 @@ def run(
         concurrency=concurrency,
         async_concurrency=async_concurrency,
         prefetch=prefetch,
-        lease_seconds=lease or s.lease_seconds,
+        lease_seconds=lease_seconds,
         poll_seconds=poll or s.poll_seconds,
         backoff=s.backoff,
         ack="immediate" if ack == "immediate" else "batched",
@@ -301,6 +311,7 @@ def api(ctx: Context, tasks: str | None, host: str | None, port: int | None, no_
         sys.path.insert(0, os.getcwd())
     modules = _split(tasks) if tasks is not None else ctx.settings.tasks
     s, url = ctx.settings, ctx.database_url()
+    _ready_schema(url, migrate=False, pgbouncer=s.pgbouncer)
     pgbouncer = _behind_transaction_pooler(s, url, poll_only=False)
     sock = _listen(ctx, host, port)
     sys.exit(
@@ -314,6 +325,17 @@ def api(ctx: Context, tasks: str | None, host: str | None, port: int | None, no_
             pgbouncer=pgbouncer,
         )
     )
+
+
+def _ready_schema(url: str, *, migrate: bool, pgbouncer: bool) -> None:
+    """Migrate when told to, then refuse to start on a schema this code may not run against."""
+    options = pooling_options(pgbouncer)
+    if migrate:
+        with open_connection(url, autocommit=True, **options) as conn:
+            for migration in apply_migrations(conn):
+                _log.info("migration applied", migration=migration.label)
+    with connect(url, **options):
+        pass
 
 
 def _behind_transaction_pooler(settings: Settings, url: str, poll_only: bool) -> bool:
@@ -630,11 +652,11 @@ def _queue_action(
 @json_option
 @pass_context
 def migrate(ctx: Context, as_json: bool) -> None:
-    """Create or update the errands tables (safe to run any number of times)."""
+    """Create or update the errands tables (safe to run any number of times, from any host)."""
     options = pooling_options(ctx.settings.pgbouncer)
     with open_connection(ctx.database_url(), autocommit=True, **options) as conn:
         applied = apply_migrations(conn)
-    names = [f"{m.version:04d}_{m.name}" for m in applied]
+    names = [m.label for m in applied]
     emit(as_json, {"applied": names}, "\n".join(f"applied {n}" for n in names) or "up to date")
 
 
@@ -719,13 +741,15 @@ def chaos(
         settings = dataclasses.replace(settings, workers=workers)
     url = ctx.database_url()
     restart: Callable[[], None] | None = None
+    pgdata: Path | None = None
     if pg_restart_cmd:
         restart = shell_restart(pg_restart_cmd)
     elif not ctx.settings.database_url:  # the embedded database: errands manages it
-        restart = partial(embedded.restart, ctx.settings.data_dir or embedded.default_data_dir())
+        pgdata = Path(ctx.settings.data_dir or embedded.default_data_dir())
+        restart = partial(embedded.restart, pgdata)
     chosen_seed = seed if seed is not None else random.randrange(2**32)
     report = Chaos(
-        url, settings, chosen_seed, restart, lambda line: click.echo(line, err=True)
+        url, settings, chosen_seed, restart, lambda line: click.echo(line, err=True), pgdata
     ).run()
     click.echo(report.text())
     if json_path:

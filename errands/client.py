@@ -18,7 +18,13 @@ from psycopg_pool import ConnectionPool
 
 from errands import queue as ops  # `queue` is also a parameter name here
 from errands.config import Settings
-from errands.database import configure, connect, pooling_options, resolve_url
+from errands.database import (
+    configure,
+    connect,
+    pooling_options,
+    resolve_url,
+    with_dead_peer_detection,
+)
 from errands.errors import FieldError, InvalidArgument, InvalidJob, JobNotFound, scrub
 from errands.queue import Job, JobState, Stats
 from errands.queue.admin import MAX_LIST_LIMIT
@@ -262,13 +268,13 @@ class Client:
     def _url(self) -> str:
         if self._dsn is None:
             self._dsn = resolve_url(self._settings)
-        return self._dsn
+        return with_dead_peer_detection(self._dsn, self._settings.lease_seconds)
 
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
             url = self._url()
             options = pooling_options(self._pgbouncer)
-            with connect(url, **options):  # migrates
+            with connect(url, **options):  # never migrates: refuses a schema it may not use
                 pass
             self._pool = ConnectionPool(
                 url,

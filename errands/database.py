@@ -1,22 +1,27 @@
-"""Finding the database and opening connections to it, schema brought up to date."""
+"""Finding the database and opening connections to it, on a schema this code may run against."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from errands import embedded
 from errands.config import Settings
-from errands.schema import migrate
+from errands.schema import check
 
 _log = structlog.get_logger("errands.database")
-_migrated: set[str] = set()
-_migrate_lock = threading.Lock()
+_checked: set[str] = set()
+_check_lock = threading.Lock()
 
 
 def resolve_url(settings: Settings) -> str:
@@ -42,6 +47,40 @@ def pooling_options(pgbouncer: bool) -> dict[str, Any]:
     exist (PgBouncer tracks them only from 1.21): preparation is turned off.
     """
     return {"prepare_threshold": None} if pgbouncer else {}
+
+
+def dead_peer_settings(lease_seconds: float) -> dict[str, int]:
+    """libpq's TCP settings that find a silently dead peer well within a lease of this length.
+
+    With L the lease: a statement whose data goes unacknowledged for L/3 fails
+    (tcp_user_timeout), an idle connection is probed after L/3 of silence and
+    dropped some seconds after its probes go unanswered (keepalives), and a
+    connection attempt gives up after L/3 (connect_timeout; libpq's floor is 2 s).
+    Whole seconds where libpq wants them. A Unix-socket connection ignores all but
+    connect_timeout. README: Dead peers and partitions.
+    """
+    third = lease_seconds / 3
+    return {
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(third)),
+        "keepalives_interval": max(1, int(lease_seconds / 9)),
+        "keepalives_count": 3,
+        "tcp_user_timeout": max(1000, int(third * 1000)),
+        "connect_timeout": max(2, math.ceil(third)),
+    }
+
+
+def statement_deadline(lease_seconds: float) -> float:
+    """How long a lease keeper's or supervisor's statement may take before its connection is
+    cut: a third of the lease, when the next renewal falls due, and at least a second."""
+    return max(1.0, lease_seconds / 3)
+
+
+def with_dead_peer_detection(url: str, lease_seconds: float) -> str:
+    """`url` with `dead_peer_settings` for each of them it does not set itself (it wins)."""
+    given = conninfo_to_dict(url)
+    missing = {k: v for k, v in dead_peer_settings(lease_seconds).items() if k not in given}
+    return make_conninfo(url, **missing) if missing else url
 
 
 # Whatever the server's, database's or role's defaults (or PGTZ, or `options` in the URL),
@@ -70,7 +109,7 @@ def configure(conn: psycopg.Connection[Any]) -> None:
 
 
 def open_connection(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A connection with errands' session settings (no migration: for tools and the harness)."""
+    """A connection with errands' session settings (no schema check: for tools and the harness)."""
     conn = psycopg.connect(url, **kwargs)
     try:
         configure(conn)
@@ -81,25 +120,33 @@ def open_connection(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
 
 
 def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-    """An autocommit connection to a database whose schema is up to date."""
+    """An autocommit connection to a database whose schema this code may run against.
+
+    The schema is checked once per process and database; a mismatch raises
+    SchemaMismatch with one line naming what to do (`errands migrate`, most often).
+    """
     conn = open_connection(url, autocommit=True, **kwargs)
     try:
-        ensure_schema(conn, url)
+        check_schema(conn, url)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def ensure_schema(conn: psycopg.Connection[Any], url: str) -> None:
-    """Apply pending migrations, once per process and database."""
-    if url in _migrated:
+def check_schema(conn: psycopg.Connection[Any], url: str) -> None:
+    """Refuse a schema this code may not run against, once per process and database."""
+    if url in _checked:
         return
-    with _migrate_lock:
-        if url not in _migrated:
-            for migration in migrate(conn):
-                _log.info("migration applied", version=migration.version, name=migration.name)
-            _migrated.add(url)
+    with _check_lock:
+        if url not in _checked:
+            if newer := check(conn):
+                _log.info(
+                    "the database was migrated by a newer errands; its migrations declare "
+                    "that older code runs",
+                    newer=[m.label for m in newer],
+                )
+            _checked.add(url)
 
 
 def connect_retrying(
@@ -125,59 +172,122 @@ class LazyConnection:
 
     A dropped connection is opened again by the next `get()`; callers catch
     `psycopg.OperationalError`, call `drop()` and carry on, so a database
-    restart costs them a reconnect, never the process.
+    restart costs them a reconnect, never the process. Its URL gets the
+    dead-peer settings of the lease, and `cut()` or a `within()` deadline ends a
+    statement that a peer which stopped answering without closing would hold
+    for ever.
     """
 
     def __init__(
         self,
         url: str,
         *,
+        lease_seconds: float,
         on_connect: Callable[[psycopg.Connection[Any]], None] | None = None,
-        connect_timeout: int = 5,
         pgbouncer: bool = False,
+        quiet_after_failure: float = 0.0,
     ) -> None:
-        self._url = url
+        self._url = with_dead_peer_detection(url, lease_seconds)
         self._pgbouncer = pgbouncer
         self._on_connect = on_connect
-        self._connect_timeout = connect_timeout
+        # For this long after a failure, `get()` fails at once instead of connecting: a
+        # loop with other duties (the supervisor's) spends no connect_timeout on each turn.
+        self._quiet_after_failure = quiet_after_failure
+        self._failed_at = -math.inf
         self._conn: psycopg.Connection[Any] | None = None
+        # A duplicate of the connection's socket, owned here: shutting it down from
+        # another thread wakes a statement blocked on it, and its descriptor can
+        # never be a reused number, whatever libpq did with its own.
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._armed: object | None = None  # the `within()` under way
 
     @property
     def current(self) -> psycopg.Connection[Any] | None:
         """The open connection, if any, without connecting."""
         if self._conn is not None and self._conn.closed:
-            self._conn = None
+            self.close()
         return self._conn
 
     def get(self) -> psycopg.Connection[Any]:
         """The open connection, or a new one (OperationalError when the database is down)."""
         if (conn := self.current) is None:
-            conn = self._opened(connect(self._url, **self._options()))
+            if time.monotonic() < self._failed_at + self._quiet_after_failure:
+                raise psycopg.OperationalError("the database failed a moment ago; not retried yet")
+            try:
+                conn = self._opened(connect(self._url, **pooling_options(self._pgbouncer)))
+            except psycopg.OperationalError:
+                self._failed_at = time.monotonic()
+                raise
         return conn
 
     def get_retrying(self, give_up: Callable[[], bool]) -> psycopg.Connection[Any] | None:
         """The open connection, or a new one once the database answers; None if `give_up()`."""
         if (conn := self.current) is None:
-            new = connect_retrying(self._url, give_up=give_up, **self._options())
+            options = pooling_options(self._pgbouncer)
+            new = connect_retrying(self._url, give_up=give_up, **options)
             conn = None if new is None else self._opened(new)
         return conn
 
-    def _options(self) -> dict[str, Any]:
-        return {"connect_timeout": self._connect_timeout, **pooling_options(self._pgbouncer)}
+    @contextlib.contextmanager
+    def within(self, seconds: float) -> Iterator[psycopg.Connection[Any]]:
+        """The connection, cut if what the caller does with it takes longer than `seconds`.
+
+        The statement under way then fails with OperationalError at once, as if
+        the server had closed the connection; connecting is bounded by the URL's
+        connect_timeout.
+        """
+        conn = self.get()
+        armed = self._armed = object()
+        timer = threading.Timer(seconds, self._cut_if_still, args=(armed,))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                self._armed = None
+            timer.cancel()
+
+    def cut(self) -> None:
+        """Shut the connection's socket down under whoever uses it (any thread may call this)."""
+        with self._lock:
+            self._shutdown()
+
+    def _cut_if_still(self, armed: object) -> None:
+        with self._lock:
+            if self._armed is armed:
+                _log.warning("database statement past its deadline; connection cut")
+                self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
 
     def _opened(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-        self._conn = conn
+        with self._lock:
+            self._conn = conn
+            self._socket = socket.socket(fileno=os.dup(conn.fileno()))
         if self._on_connect is not None:
             self._on_connect(conn)
         return conn
 
     def drop(self, exc: Exception | None = None) -> None:
-        """Close after an error (logged when given); the next `get()` reconnects."""
+        """Close after an error (logged when given and a connection was open); the next
+        `get()` reconnects."""
+        if self._conn is None:
+            return  # connecting failed: get() knows, and its caller said so
         if exc is not None:
             _log.warning("database connection lost; reconnecting", error=str(exc))
+        self._failed_at = time.monotonic()
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            conn, self._conn = self._conn, None
+            sock, self._socket = self._socket, None
+        if conn is not None:
+            conn.close()
+        if sock is not None:
+            sock.close()

@@ -66,6 +66,10 @@ class ConfigurationError(ErrandsError):
     """Settings that cannot work, reported before anything starts."""
 
 
+class SchemaMismatch(ConfigurationError):
+    """The database's schema is not one this code may run against (README: Migrations)."""
+
+
 WITHHELD = "(withheld: it may hold row contents)"
 
 

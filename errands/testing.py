@@ -172,7 +172,7 @@ def _pending_job(job_id: int, request: JobRequest, now: datetime) -> Job:
         payload=request.payload,
         state=JobState.PENDING,
         priority=request.priority,
-        run_at=request.run_at or now,
+        run_at=request.due(now),  # no database here: this process's clock stands in
         attempts=0,
         max_attempts=request.max_attempts,
         idempotency_key=request.idempotency_key,

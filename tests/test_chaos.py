@@ -52,7 +52,12 @@ def run_chaos(server: Server, profile: str, tmp_path: Path) -> dict[str, Any]:
 
 
 def test_the_ci_chaos_profile_keeps_every_invariant(server: Server, tmp_path: Path) -> None:
-    run_chaos(server, "ci.toml", tmp_path)
+    report = run_chaos(server, "ci.toml", tmp_path)
+    cut_off = {cut["kind"] for cut in report["partitions"]}
+    assert cut_off == {"partition_worker", "partition_supervisor", "partition_api"} | (
+        {"hang_postgres"} if server.pgdata is not None else set()
+    )
+    assert report["clock_offsets"] == {"host-1": 1800.0, "host-2": -1800.0}
 
 
 def test_two_supervisors_through_pgbouncer_keep_every_invariant_under_chaos(

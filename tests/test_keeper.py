@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +74,7 @@ def test_a_heartbeat_racing_a_completion_neither_logs_nor_counts_a_lost_lease(
         complete(conn, OWNER, [Completion(job.id, job.attempts, "1")])
 
     running = RacingRunningJobs(claim_loop_acknowledges)
-    running.hold(job)
+    running.hold(job, time.monotonic(), 30)
     before = leases_lost()
     with capture_logs() as logs:
         run_keeper_until_raced(db_url, running)
@@ -94,7 +95,7 @@ def test_a_lease_taken_by_another_worker_is_logged_and_marked_lost(
         assert claim(conn, "w2", ["default"], 1, 30)
 
     running = RacingRunningJobs(another_worker_takes_it)
-    entry = running.hold(job)
+    entry = running.hold(job, time.monotonic(), 30)
     with capture_logs() as logs:
         run_keeper_until_raced(db_url, running)
     assert [line["job_id"] for line in lease_lost_lines(logs)] == [job.id]

@@ -32,7 +32,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from errands.client import Client
-from errands.database import connect, open_connection
+from errands.database import open_connection
 from errands.errors import ConfigurationError
 from errands.harness import bench_ui, pgbench
 from errands.harness.pgbouncer import PgBouncer
@@ -46,6 +46,7 @@ from errands.harness.process import (
 from errands.harness.waiting import answers, drained, wait_for
 from errands.queue import live_workers
 from errands.queue.queries import query
+from errands.schema import migrate
 
 NOOP = "bench.noop"
 JSON = {"Content-Type": "application/json"}
@@ -159,8 +160,8 @@ class Bench:
             admin.execute(f"create database {name}")
         url = make_conninfo(self.server_url, dbname=name)
         try:
-            with connect(url):  # migrates
-                pass
+            with open_connection(url, autocommit=True) as conn:
+                migrate(conn)
             yield url
         finally:
             with psycopg.connect(self.server_url, autocommit=True) as admin:

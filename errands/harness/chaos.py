@@ -3,8 +3,10 @@
 A run creates a fresh database, starts a daemon with short leases, submits a
 mixed workload through the Python client and the HTTP API, injects faults at
 seeded random moments (SIGKILL or SIGSTOP a busy worker, SIGKILL the supervisor
-or the HTTP child, restart PostgreSQL), lets the system settle, and checks the
-invariants against the tasks' own record of what ran.
+or the HTTP child, restart PostgreSQL; and, chaos_partitions.py, cut a process
+off without closing anything, or hang PostgreSQL), with hosts' clocks off if
+the profile says so, lets the system settle, and checks the invariants against
+the tasks' own record of what ran.
 """
 
 from __future__ import annotations
@@ -31,15 +33,20 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from errands.client import Client
-from errands.database import connect, open_connection
-from errands.harness.chaos_tasks import RECORD_TABLES
+from errands.database import open_connection
+from errands.harness import skew
+from errands.harness.chaos_partitions import KINDS as CUT_OFF_KINDS
+from errands.harness.chaos_partitions import CutOffs
+from errands.harness.chaos_tasks import BUDGET, RECORD_TABLES, SPARED_FROM_ATTEMPT, TRACES
+from errands.harness.partition import PartitionProxy
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, alive, free_port
 from errands.harness.waiting import answers, drained, wait_for
+from errands.schema import migrate
 
-BUDGET = 10  # attempts of jobs that should complete: room for many crashes
 DOOMED_BUDGET = 3
-SPARED_FROM_ATTEMPT = BUDGET // 2 + 1  # half the budget lost: see fair_targets
+DELAY_SECONDS = 1.0  # of the workload's delayed jobs
+TICK_LATENESS_SECONDS = 60.0  # a periodic tick enqueued later than this, or early: a wrong clock
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,14 @@ class Profile:
     # Shares of the workload; slow jobs hold a slot for 2.5 leases, so keep them few
     # enough that the workers keep up, or the run cannot settle.
     kind_weights: dict[str, float] = field(
-        default_factory=lambda: {"quick": 12, "slow": 1, "flaky": 2, "doomed": 1}
+        default_factory=lambda: {
+            "quick": 12,
+            "slow": 1,
+            "slow_async": 1,
+            "delayed": 1,
+            "flaky": 2,
+            "doomed": 1,
+        }
     )
     fault_every: tuple[float, float] = (2.0, 6.0)  # seconds between faults, uniformly
     fault_weights: dict[str, float] = field(
@@ -69,12 +83,19 @@ class Profile:
     supervisors: int = 1
     # Through a PgBouncer in transaction pooling mode that the harness starts itself.
     pgbouncer: bool = False
+    # Faults injected once each, in this order, before the random ones.
+    scenarios: tuple[str, ...] = ()
+    # How long a partition or a hang of PostgreSQL lasts.
+    partition_seconds: float = 6.0
+    # Each host's wall clock, off by this many seconds (an LD_PRELOAD shim; 0 for the rest).
+    clock_offsets: tuple[float, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> Profile:
         data = tomllib.loads(path.read_text())
-        if "fault_every" in data:
-            data["fault_every"] = tuple(data["fault_every"])
+        for name in ("fault_every", "scenarios", "clock_offsets"):
+            if name in data:
+                data[name] = tuple(data[name])
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
@@ -88,7 +109,8 @@ class Submission:
     task: str
     payload: dict[str, Any]
     via: str  # "python" | "http"
-    outcome: str = "pending"  # accepted | refused
+    delay: float | None = None
+    outcome: str = "pending"  # accepted | refused | probe (a partition_api probe's key)
     job_id: int | None = None
     detail: str = ""
 
@@ -120,6 +142,10 @@ class Report:
     submissions: dict[str, int]
     faults: dict[str, int]
     recovery_seconds: dict[str, float | None]
+    partitions: list[dict[str, Any]]  # each cut off or hang: its figures (chaos_partitions.py)
+    stale_writes_refused: int  # fenced writes and renewals the database refused, as logged
+    attempts_fenced: int  # attempts stopped as their lease ran out by their worker's clock
+    clock_offsets: dict[str, float]
     checks: list[Check]
 
     @property
@@ -143,6 +169,20 @@ class Report:
                 for k, v in self.recovery_seconds.items()
             ),
         ]
+        for cut in self.partitions:
+            lines.append(f"  {cut['kind']:<20} {cut['detail']}")
+            lines += [
+                f"    {name:<48} {f'{v:.2f}s' if v is not None else '-'}"
+                for name, v in cut["seconds"].items()
+            ]
+        if self.partitions:
+            lines.append(
+                f"  stale writes         {self.stale_writes_refused} refused by the fence, none "
+                f"stored (the fencing check); {self.attempts_fenced} attempts stopped by their "
+                "worker's own clock"
+            )
+        if self.clock_offsets:
+            lines.append(f"  host clocks          {self.clock_offsets} (seconds off)")
         lines += [
             f"  [{'ok' if c.passed else 'FAIL'}] {c.name}{': ' + c.detail if c.detail else ''}"
             for c in self.checks
@@ -158,12 +198,14 @@ class Chaos:
         seed: int,
         restart_postgres: Callable[[], None] | None,
         say: Callable[[str], None],
+        pgdata: Path | None = None,
     ) -> None:
         self.server_url = server_url
         self.profile = profile
         self.seed = seed
         self.random = random.Random(seed)
         self.restart_postgres = restart_postgres
+        self.pgdata = pgdata  # the embedded database's: hang_postgres can SIGSTOP it
         self.say = say
         self.submissions: list[Submission] = []
         self.bursts: list[tuple[str, list[int | None]]] = []
@@ -174,10 +216,17 @@ class Chaos:
             Path(os.environ.get("TMPDIR", "/tmp")) / f"errands-chaos-{seed}-{uuid.uuid4().hex[:6]}"
         )
         self.logs.mkdir(parents=True)
+        self.traces = self.logs / "traces"
+        self.traces.mkdir()
         self.daemons: list[DaemonProcess] = []  # every one started, for the final cleanup
         self.hosts: list[DaemonProcess | None] = [None] * profile.supervisors  # current ones
         self.ports = [free_port() for _ in range(profile.supervisors)]
         self.bouncer: PgBouncer | None = None
+        self.proxy: PartitionProxy | None = None
+        self.cut_offs: CutOffs | None = None
+        self.clock_shim: Path | None = None
+        self.lease_samples: list[tuple[float, float]] = []  # (min, max) of lease ends - now()
+        self.scripted: list[str] = []  # the profile's scenarios not injected yet
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -187,13 +236,19 @@ class Chaos:
             admin.execute(f"create database {name}".encode())
         # The harness reads and checks directly; the system under test may go through PgBouncer.
         self.direct_url = self.url = make_conninfo(self.server_url, dbname=name)
-        with connect(self.url) as conn:
+        with open_connection(self.url, autocommit=True) as conn:
+            migrate(conn)
             conn.execute(RECORD_TABLES.encode())
         report = None
         try:
             if self.profile.pgbouncer:
                 self.bouncer = PgBouncer(self.server_url).start()
                 self.url = self.bouncer.url(self.direct_url)
+            self.client_url = self.url  # the harness's own submissions: never cut off
+            if self._cuts_off():
+                self._start_proxy()
+            if any(self.profile.clock_offsets):
+                self.clock_shim = skew.build(self.logs)
             for host in range(len(self.hosts)):
                 self._start_daemon(host)
             self._wait_for_http()
@@ -209,18 +264,53 @@ class Chaos:
             report = self._verdict(settled, exit_codes, name)
             return report
         finally:
+            if self.cut_offs is not None:
+                self.cut_offs.resume()
             for daemon in self.daemons:
                 daemon.kill()
+            if self.proxy is not None:
+                self.proxy.stop()
             if self.bouncer is not None:
                 self.bouncer.stop()
             if report is not None and report.passed:
                 with psycopg.connect(self.server_url, autocommit=True) as admin:
                     admin.execute(f"drop database {name} with (force)".encode())
 
+    def _cuts_off(self) -> bool:
+        """Whether the profile has faults that need the partition proxy."""
+        kinds = set(self.profile.scenarios) | set(self.profile.fault_weights)
+        return bool(kinds & set(CUT_OFF_KINDS))
+
+    def _start_proxy(self) -> None:
+        self.proxy = PartitionProxy(self.url).start()
+        self.url = self.proxy.url(self.url)
+        self.cut_offs = CutOffs(
+            proxy=self.proxy,
+            direct_url=self.direct_url,
+            hosts=self._current,
+            api_base=self._base,
+            seconds=self.profile.partition_seconds,
+            pgdata=self.pgdata,
+            pick=self._pick,
+            record_probe=self._record_probe,
+        )
+
+    def _pick(self, options: list[Any]) -> Any:
+        with self.lock:
+            return self.random.choice(options)
+
+    def _record_probe(self, key: str) -> None:
+        """partition_api's probe may store a job: the verdict counts it like any other."""
+        with self.lock:
+            self.submissions.append(
+                Submission(key, "quick", "chaos.quick", {}, "http", None, "probe")
+            )
+
     def _start_daemon(self, host: int) -> None:
         p = self.profile
-        env = {
+        env: dict[str, str] = {
             **os.environ,
+            TRACES: str(self.traces),
             "ERRANDS_DATABASE_URL": self.url,
             "ERRANDS_PGBOUNCER": "1" if self.bouncer else "0",
             "ERRANDS_HOSTNAME": f"host-{host + 1}",
@@ -232,6 +322,9 @@ class Chaos:
             "ERRANDS_BACKOFF_BASE_SECONDS": "0.1",
             "ERRANDS_BACKOFF_MAX_SECONDS": "1",
         }
+        offset = p.clock_offsets[host] if host < len(p.clock_offsets) else 0.0
+        if offset and self.clock_shim is not None:
+            env = skew.skewed(env, self.clock_shim, offset)
         args = [
             "run",
             "--workers",
@@ -268,6 +361,7 @@ class Chaos:
             threading.Thread(target=self._submit_python, args=(end,), name="chaos-python"),
             threading.Thread(target=self._submit_http, args=(end,), name="chaos-http"),
             threading.Thread(target=self._bursts, args=(end,), name="chaos-bursts"),
+            threading.Thread(target=self._sample_leases, args=(end,), name="chaos-leases"),
         ]
         for thread in threads:
             thread.start()
@@ -285,20 +379,24 @@ class Chaos:
         with self.lock:
             weights = self.profile.kind_weights
             kind = self.random.choices(list(weights), weights=list(weights.values()))[0]
+        slow = {"seconds": self.profile.lease_seconds * 2.5}
         work: dict[str, tuple[str, dict[str, Any]]] = {
             "quick": ("chaos.quick", {}),
-            "slow": ("chaos.slow", {"seconds": self.profile.lease_seconds * 2.5}),
+            "slow": ("chaos.slow", slow),
+            "slow_async": ("chaos.slow_async", slow),
+            "delayed": ("chaos.quick", {}),
             "flaky": ("chaos.flaky", {"fail_times": 2}),
             "doomed": ("chaos.doomed", {}),
         }
         task, payload = work[kind]
-        submission = Submission(f"{via}-{n}", kind, task, payload, via)
+        delay = DELAY_SECONDS if kind == "delayed" else None
+        submission = Submission(f"{via}-{n}", kind, task, payload, via, delay)
         with self.lock:
             self.submissions.append(submission)
         return submission
 
     def _submit_python(self, end: float) -> None:
-        with Client(self.url, pgbouncer=self.bouncer is not None) as client:
+        with Client(self.client_url, pgbouncer=self.bouncer is not None) as client:
             n = 0
             while time.monotonic() < end:
                 n += 1
@@ -319,6 +417,7 @@ class Chaos:
                     "task": s.task,
                     "payload": s.payload,
                     "max_attempts": DOOMED_BUDGET if s.kind == "doomed" else BUDGET,
+                    **({"delay": s.delay} if s.delay is not None else {}),
                 }
                 self._until_answered(s, end, partial(_post, http, body, s.key))
                 time.sleep(self.profile.submit_interval)
@@ -368,23 +467,66 @@ class Chaos:
             self.bursts.append((key, ids))
             time.sleep(2)
 
+    def _sample_leases(self, end: float) -> None:
+        """How far from PostgreSQL's now() the leases in progress end, twice a second."""
+        while time.monotonic() < end:
+            with (
+                contextlib.suppress(psycopg.Error),
+                open_connection(self.direct_url, connect_timeout=2) as conn,
+            ):
+                row = conn.execute(
+                    "select extract(epoch from min(lease_expires_at) - now())::float8,"
+                    " extract(epoch from max(lease_expires_at) - now())::float8"
+                    " from errands_jobs where state = 'in_progress'"
+                ).fetchone()
+                if row is not None and row[0] is not None:
+                    self.lease_samples.append((row[0], row[1]))
+            time.sleep(0.5)
+
     # -- faults ----------------------------------------------------------------------------
 
+    def _possible(self, kind: str) -> bool:
+        if kind == "restart_postgres":
+            return self.restart_postgres is not None
+        if kind == "hang_postgres":
+            return self.pgdata is not None
+        return True
+
     def _inject_faults(self, end: float) -> None:
-        weights = {
-            kind: w
-            for kind, w in self.profile.fault_weights.items()
-            if kind != "restart_postgres" or self.restart_postgres is not None
-        }
+        weights = {k: w for k, w in self.profile.fault_weights.items() if self._possible(k)}
+        self.scripted = [kind for kind in self.profile.scenarios if self._possible(kind)]
         while True:
             time.sleep(self.random.uniform(*self.profile.fault_every))
             if time.monotonic() >= end:
                 return
-            kind = self.random.choices(list(weights), weights=list(weights.values()))[0]
+            if self.scripted:
+                kind = self.scripted[0]  # again at the next moment, should it find no aim
+            else:
+                kind = self.random.choices(list(weights), weights=list(weights.values()))[0]
             fault = getattr(self, f"_{kind}")()
             if fault is not None:
+                if self.scripted and kind == self.scripted[0]:
+                    self.scripted.pop(0)
                 self.faults.append(fault)
                 self.say(f"  fault: {fault.kind} {fault.detail}")
+
+    def _cut_off(self, kind: str) -> Fault | None:
+        """A fault of chaos_partitions.py; it returns once healed."""
+        assert self.cut_offs is not None, "the profile names no fault that needs the proxy"
+        cut = getattr(self.cut_offs, kind)()
+        return None if cut is None else Fault(kind, cut.at, detail=cut.detail)
+
+    def _partition_worker(self) -> Fault | None:
+        return self._cut_off("partition_worker")
+
+    def _partition_supervisor(self) -> Fault | None:
+        return self._cut_off("partition_supervisor")
+
+    def _partition_api(self) -> Fault | None:
+        return self._cut_off("partition_api")
+
+    def _hang_postgres(self) -> Fault | None:
+        return self._cut_off("hang_postgres")
 
     def _busy_worker(self) -> tuple[int, int, int] | None:
         """(pid, job id, attempt) of a worker of a current daemon running a job."""
@@ -478,6 +620,13 @@ class Chaos:
             Check("the system settled: no job left pending, failed or in progress", settled),
             *self._submission_checks(evidence),
             *job_checks(evidence, {s.key: s.kind for s in self.submissions}),
+            *clock_checks(
+                evidence,
+                {s.key for s in self.submissions if s.delay is not None},
+                self.lease_samples,
+                self.profile.lease_seconds,
+            ),
+            _check("every scenario of the profile ran", self.scripted),
             Check(
                 "every supervisor still running exited 0 on SIGTERM",
                 set(exit_codes) == {0},
@@ -485,6 +634,7 @@ class Chaos:
             ),
         ]
         finishes_per_job = Counter(job_id for job_id, _, _ in evidence.finishes)
+        logged = Counter(e.get("event", "") for d in self.daemons for e in d.log_events())
         return Report(
             seed=self.seed,
             profile=asdict(self.profile),
@@ -495,6 +645,18 @@ class Chaos:
             submissions=dict(Counter(f"{s.via} {s.outcome}" for s in self.submissions)),
             faults=dict(Counter(f.kind for f in self.faults)),
             recovery_seconds=self._recovery(evidence.starts),
+            partitions=(
+                self.cut_offs.figures(evidence.starts, self.traces) if self.cut_offs else []
+            ),
+            stale_writes_refused=sum(n for event, n in logged.items() if "lease lost" in event),
+            attempts_fenced=sum(
+                n for event, n in logged.items() if "running out by this worker's clock" in event
+            ),
+            clock_offsets={
+                f"host-{host + 1}": offset
+                for host, offset in enumerate(self.profile.clock_offsets)
+                if host < len(self.hosts)
+            },
             checks=checks,
         )
 
@@ -506,7 +668,7 @@ class Chaos:
             return job is not None and (job.task, job.payload) == (s.task, s.payload)
 
         accepted = [s for s in self.submissions if s.outcome == "accepted"]
-        refused = [s for s in self.submissions if s.outcome == "refused"]
+        refused = [s for s in self.submissions if s.outcome in ("refused", "probe")]
         return [
             _check(
                 "every accepted submission exists exactly once, as submitted",
@@ -536,7 +698,7 @@ class Chaos:
             ),
         ]
 
-    def _recovery(self, starts: list[tuple[int, int, Any]]) -> dict[str, float | None]:
+    def _recovery(self, starts: list[tuple[int, int, int, Any]]) -> dict[str, float | None]:
         """From each worker kill to its job's next start."""
         times = []
         for fault in self.faults:
@@ -544,7 +706,7 @@ class Chaos:
                 continue
             later = [
                 at.timestamp()
-                for job_id, attempt, at in starts
+                for job_id, attempt, _, at in starts
                 if job_id == fault.job_id and attempt > (fault.attempt or 0)
             ]
             if later:
@@ -569,6 +731,9 @@ class StoredJob(NamedTuple):
     max_attempts: int
     result: Any
     lease_expired: bool | None
+    due_after: float  # seconds from created_at to run_at
+    lateness: float  # seconds from run_at to created_at: a periodic tick's
+    failures: int  # failed attempts, each of which moved run_at to its retry
 
 
 @dataclass
@@ -576,7 +741,7 @@ class Evidence:
     """What the database holds once the storm settled: jobs, and the tasks' own record."""
 
     jobs: dict[int, StoredJob]
-    starts: list[tuple[int, int, Any]]  # job id, attempt, time
+    starts: list[tuple[int, int, int, Any]]  # job id, attempt, pid, time
     finishes: list[tuple[int, int, str]]  # job id, attempt, token
 
     @classmethod
@@ -584,9 +749,13 @@ class Evidence:
         with open_connection(url) as conn:
             rows = conn.execute(
                 "select id, idempotency_key, task, payload, state::text, attempts,"
-                " max_attempts, result, lease_expires_at < now() from errands_jobs"
+                " max_attempts, result, lease_expires_at < now(),"
+                " extract(epoch from run_at - created_at)::float8,"
+                " extract(epoch from created_at - run_at)::float8,"
+                " (select count(*) from jsonb_array_elements(errors) e where not e ? 'worker')::int"
+                " from errands_jobs"
             ).fetchall()
-            starts = conn.execute("select job_id, attempt, at from chaos_starts").fetchall()
+            starts = conn.execute("select job_id, attempt, pid, at from chaos_starts").fetchall()
             finishes = conn.execute("select job_id, attempt, token from chaos_finishes").fetchall()
         return cls({row[0]: StoredJob(*row) for row in rows}, starts, finishes)
 
@@ -615,7 +784,7 @@ def fair_targets(
 
 
 def job_checks(evidence: Evidence, kinds: dict[str, str]) -> list[Check]:
-    started = {job_id for job_id, _, _ in evidence.starts}
+    started = {job_id for job_id, _, _, _ in evidence.starts}
     tokens = set(evidence.finishes)
 
     def settled_as_it_should(job: StoredJob) -> bool:
@@ -655,6 +824,51 @@ def job_checks(evidence: Evidence, kinds: dict[str, str]) -> list[Check]:
     ]
 
 
+def clock_checks(
+    evidence: Evidence,
+    delayed: set[str],
+    lease_samples: list[tuple[float, float]],
+    lease_seconds: float,
+) -> list[Check]:
+    """Leases, delays and periodic ticks by PostgreSQL's clock, whatever the hosts' clocks say.
+
+    A host whose own clock set any of them would be off by its clock's error (the
+    profile's clock_offsets: half an hour), which no fault here comes near. A failed
+    attempt moves run_at to its retry, so only jobs that never failed tell.
+    """
+    unmoved = [j for j in evidence.jobs.values() if not j.failures]
+    ticks = [j for j in unmoved if (j.key or "").startswith("periodic:chaos.tick:")]
+    return [
+        _check(
+            "every lease seen in progress ended at most one lease after PostgreSQL's now, "
+            f"and no more than {TICK_LATENESS_SECONDS:g}s before it",
+            [
+                (round(low, 3), round(high, 3))
+                for low, high in lease_samples
+                if high > lease_seconds + 0.5 or low < -TICK_LATENESS_SECONDS
+            ],
+        ),
+        _check(
+            f"delayed jobs were due {DELAY_SECONDS:g}s after PostgreSQL's now when stored",
+            [
+                (j.id, round(j.due_after, 3))
+                for j in unmoved
+                if j.key in delayed and abs(j.due_after - DELAY_SECONDS) > 0.01
+            ],
+        ),
+        _check(
+            "periodic ticks were enqueued by PostgreSQL's clock: each after its tick, "
+            f"within {TICK_LATENESS_SECONDS:g}s",
+            [
+                (j.key, round(j.lateness, 3))
+                for j in ticks
+                if not 0 <= j.lateness <= TICK_LATENESS_SECONDS
+            ]
+            or ([] if ticks else ["no tick was enqueued"]),
+        ),
+    ]
+
+
 def _check(name: str, violations: list[Any]) -> Check:
     return Check(name, not violations, _some(violations))
 
@@ -664,7 +878,9 @@ class _Refused(Exception):
 
 
 def _enqueue(client: Client, s: Submission, max_attempts: int) -> int:
-    return client.enqueue(s.task, s.payload, idempotency_key=s.key, max_attempts=max_attempts).id
+    return client.enqueue(
+        s.task, s.payload, idempotency_key=s.key, max_attempts=max_attempts, delay=s.delay
+    ).id
 
 
 def _post(http: httpx.Client, body: dict[str, Any], key: str) -> int:

@@ -1,17 +1,28 @@
 """The chaos workload's tasks. Each records its start and its finish in tables of
 the harness's own, outside the jobs table, so the verdict does not trust the
-code it checks."""
+code it checks. Slow attempts also leave a trace in a file of their own while
+they run (ERRANDS_CHAOS_TRACES), which no partition of the database cuts off:
+its last line says when the attempt stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from errands.database import open_connection
+from errands.periodic import periodic
 from errands.tasks import current_job, task
+
+TRACES = "ERRANDS_CHAOS_TRACES"
+TICK_SECONDS = 0.1
+BUDGET = 10  # attempts of jobs that should complete: room for many crashes
+# Faults aimed at a job spare it once it has lost half its budget (chaos.fair_targets).
+SPARED_FROM_ATTEMPT = BUDGET // 2 + 1
 
 _local = threading.local()
 
@@ -64,11 +75,48 @@ def quick() -> dict[str, Any]:
     return _finished()
 
 
+def trace(line: str) -> None:
+    """Append `line` and the monotonic time to this attempt's trace file."""
+    directory = os.environ.get(TRACES)
+    if directory:
+        job = current_job()
+        with (Path(directory) / f"{job.id}-{job.attempt}").open("a") as traces:
+            traces.write(f"{line} {time.monotonic()}\n")
+
+
 @task("chaos.slow")
 def slow(seconds: float) -> dict[str, Any]:
     """Outlives several leases: only heartbeats keep it."""
     _started()
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        trace("tick")
+        time.sleep(TICK_SECONDS)
+    trace("returned")
+    return _finished()
+
+
+@task("chaos.slow_async")
+async def slow_async(seconds: float) -> dict[str, Any]:
+    """The coroutine twin of chaos.slow; it records on a thread, never blocking the loop."""
+    await asyncio.to_thread(_started)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            trace("tick")
+            await asyncio.sleep(TICK_SECONDS)
+    except asyncio.CancelledError:
+        trace("cancelled")
+        raise
+    trace("returned")
+    return await asyncio.to_thread(_finished)
+
+
+@periodic(every=2)
+@task("chaos.tick")
+def tick() -> dict[str, Any]:
+    """Every two seconds, from whichever scheduler enqueues the tick first."""
+    _started()
     return _finished()
 
 

@@ -190,25 +190,30 @@ def release(
     conn: psycopg.Connection[Any], owner: str, reason: str = WORKER_EXITED
 ) -> list[Recovered]:
     """Return every job `owner` holds to pending (dead when spent): its process is gone."""
-    return _recover(conn, owner, reason)
+    return _recover(conn, owner, reason) or []  # no lock to lose: never None
 
 
 def reap(conn: psycopg.Connection[Any]) -> list[Recovered] | None:
-    """Recover every job whose lease has expired; None when another reaper is running."""
-    with conn.transaction():
-        # Transaction-scoped, so it works behind a transaction-pooling PgBouncer.
-        locked = conn.execute("select pg_try_advisory_xact_lock(%s)", (_REAPER_LOCK,)).fetchone()
-        if not locked or not locked[0]:
-            return None
-        return _recover(conn, None, LEASE_EXPIRED)
+    """Recover every job whose lease has expired; None when another reaper is running.
+
+    One statement, its advisory lock transaction-scoped: it works behind a
+    transaction-pooling PgBouncer, and is never held past the statement.
+    """
+    return _recover(conn, None, LEASE_EXPIRED, _REAPER_LOCK)
 
 
-def _recover(conn: psycopg.Connection[Any], owner: str | None, reason: str) -> list[Recovered]:
+def _recover(
+    conn: psycopg.Connection[Any], owner: str | None, reason: str, lock: int | None = None
+) -> list[Recovered] | None:
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("recover"), {"owner": owner, "reason": reason}).fetchall()
+        params = {"owner": owner, "reason": reason, "lock": lock}
+        rows = cur.execute(query("recover"), params).fetchall()
+    if not rows[0]["alone"]:
+        return None
     return [
         Recovered(row["id"], row["queue"], row["task"], JobState(row["state"]), row["attempts"])
         for row in rows
+        if row["id"] is not None
     ]
 
 

@@ -303,7 +303,8 @@ def parse_fields(
 
 @dataclass(frozen=True)
 class JobRequest:
-    """A validated request to enqueue one job. `run_at` None means now."""
+    """A validated request to enqueue one job: due at `run_at`, or `delay` seconds after the
+    database's now (never a host's clock, which may be off), or at once."""
 
     task: str
     payload: dict[str, Any] = field(default_factory=dict)
@@ -312,6 +313,13 @@ class JobRequest:
     run_at: datetime | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     idempotency_key: str | None = None
+    delay: float | None = None
+
+    def due(self, now: datetime) -> datetime:
+        """When the job may run, given the database's `now`."""
+        if self.run_at is not None:
+            return self.run_at.astimezone(now.tzinfo)
+        return now + timedelta(seconds=self.delay or 0)
 
     @property
     def payload_json(self) -> str:
@@ -330,10 +338,8 @@ def parse_request(fields: Mapping[str, Any], *, prefix: str = "") -> JobRequest:
         errors.append(FieldError(prefix + "delay", "give run_at or delay, not both"))
     if errors:
         raise InvalidJob(errors)
-    if delay is not None:
-        run_at = datetime.now(UTC) + timedelta(seconds=delay)
     payload = values.pop("payload") or {}
-    return JobRequest(**values, payload=payload, run_at=run_at)
+    return JobRequest(**values, payload=payload, run_at=run_at, delay=delay)
 
 
 def _is_unicode(text: str) -> bool:

@@ -44,6 +44,7 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
         "payload": request.payload_json,
         "priority": request.priority,
         "run_at": request.run_at,
+        "delay": request.delay,
         "max_attempts": request.max_attempts,
         "idempotency_key": request.idempotency_key,
     }
@@ -123,7 +124,7 @@ def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> datetime
                     r.queue,
                     r.payload_json,
                     r.priority,
-                    r.run_at,
+                    r.due(now),
                     r.max_attempts,
                     r.idempotency_key,
                 )
@@ -208,7 +209,7 @@ def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
             "state": JobState.PENDING,
             "priority": request.priority,
             # In the session's time zone, as every timestamp read from the database.
-            "run_at": request.run_at.astimezone(now.tzinfo) if request.run_at else now,
+            "run_at": request.due(now),
             "attempts": 0,
             "max_attempts": request.max_attempts,
             "idempotency_key": request.idempotency_key,

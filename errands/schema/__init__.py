@@ -1,5 +1,13 @@
-"""The database schema: numbered SQL migrations and the runner that applies them."""
+"""The database schema: numbered SQL migrations, the runner that applies them, and the check
+every process makes before it uses the database."""
 
-from errands.schema.migrator import Migration, applied_versions, available_migrations, migrate
+from errands.schema.migrator import (
+    Applied,
+    Migration,
+    applied_versions,
+    available_migrations,
+    check,
+    migrate,
+)
 
-__all__ = ["Migration", "applied_versions", "available_migrations", "migrate"]
+__all__ = ["Applied", "Migration", "applied_versions", "available_migrations", "check", "migrate"]

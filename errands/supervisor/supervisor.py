@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from errands.database import LazyConnection
+from errands.database import LazyConnection, statement_deadline
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
 from errands.queue import Recovered, forget, gone_workers, reap, release, worker_id
 from errands.supervisor.board import WorkerBoard
@@ -76,12 +76,21 @@ class Supervisor:
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
-        self._db = LazyConnection(self._url, pgbouncer=not options.worker.listen)
+        # A statement on a peer that stopped answering must not stall restarts and signals:
+        # cut past the deadline, and no new connection tried for as long.
+        self._deadline = statement_deadline(options.worker.lease_seconds)
+        self._db = LazyConnection(
+            self._url,
+            lease_seconds=options.worker.lease_seconds,
+            pgbouncer=not options.worker.listen,
+            quiet_after_failure=self._deadline,
+        )
         self._wake_r, self._wake_w = os.pipe()
         self._stop_deadline: float | None = None
         self._killed = False  # the children left at the end of the grace were sent SIGKILL
         self._next_reap = 0.0
         self._watch_local_until = 0.0
+        self._database_lost_at: float | None = None  # monotonic, while unavailable
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -271,12 +280,13 @@ class Supervisor:
         while self._unreleased:
             worker_id = self._unreleased[0]
             try:
-                conn = self._db.get()
-                recovered = release(conn, worker_id)
-                forget(conn, worker_id)
+                with self._db.within(self._deadline) as conn:
+                    recovered = release(conn, worker_id)
+                    forget(conn, worker_id)
             except psycopg.OperationalError as exc:
-                self._db.drop(exc)
+                self._lost_database(exc)
                 return
+            self._reached_database()
             self._unreleased.pop(0)
             _log_recovered(recovered, "released the jobs of an exited worker", worker_id)
             metrics().jobs_recovered.labels("worker_exited").inc(len(recovered))
@@ -291,10 +301,12 @@ class Supervisor:
         if time.monotonic() > self._watch_local_until:
             return
         try:
-            gone = gone_workers(self._db.get(), self.options.hostname)
+            with self._db.within(self._deadline) as conn:
+                gone = gone_workers(conn, self.options.hostname)
         except psycopg.OperationalError as exc:
-            self._db.drop(exc)
+            self._lost_database(exc)
             return
+        self._reached_database()
         self._unreleased += [w for w in gone if w not in self._unreleased]
 
     def _run_reaper_when_due(self) -> None:
@@ -303,12 +315,29 @@ class Supervisor:
             return
         self._next_reap = now + self.options.reaper_seconds
         try:
-            recovered = reap(self._db.get())
+            with self._db.within(self._deadline) as conn:
+                recovered = reap(conn)
         except psycopg.OperationalError as exc:
-            self._db.drop(exc)
+            self._lost_database(exc)
             return
+        self._reached_database()
         _log_recovered(recovered or [], "reaper recovered jobs whose lease expired", None)
         metrics().jobs_recovered.labels("lease_expired").inc(len(recovered or []))
+
+    def _lost_database(self, exc: Exception) -> None:
+        """Said once per outage; the work waits, and is tried again at most every deadline."""
+        self._db.drop()
+        if self._database_lost_at is None:
+            self._database_lost_at = time.monotonic()
+            _log.warning(
+                "database unavailable; releases and reaping wait for it", error=str(exc).strip()
+            )
+
+    def _reached_database(self) -> None:
+        if self._database_lost_at is not None:
+            lost_for = time.monotonic() - self._database_lost_at
+            _log.info("database available again", after_seconds=round(lost_for, 2))
+            self._database_lost_at = None
 
     # -- sleeping --------------------------------------------------------------------------
 

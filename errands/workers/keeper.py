@@ -3,7 +3,10 @@
 Every lease/3 it renews the leases of all running jobs in one statement and
 refreshes the worker's presence; on every tick it fails the attempts that ran
 past their task's timeout. A busy or slow job therefore never looks dead, and
-renewals go on while the worker drains.
+renewals go on while the worker drains. Each statement gets lease/3 (at least a
+second) before its connection is cut and the next one tried on a new
+connection; whether a lease has passed meanwhile is the fence's business
+(fence.py), which waits on no statement.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable, Sequence
 import psycopg
 import structlog
 
-from errands.database import LazyConnection
+from errands.database import LazyConnection, statement_deadline
 from errands.queue import Job, announce, heartbeat
 from errands.workers.acks import record_failed_attempt
 from errands.workers.execution import Failed
@@ -43,12 +46,13 @@ class LeaseKeeper(threading.Thread):
         self._queues = list(queues)
         self._concurrency = concurrency
         self._lease = lease_seconds
+        self._deadline = statement_deadline(lease_seconds)
         self._running = running
         self._retry_delay = retry_delay
         self._on_timeout = on_timeout
         self._stopped = threading.Event()
-        self._db = LazyConnection(url, pgbouncer=pgbouncer)
-        self._renewed_at = time.monotonic()
+        self._db = LazyConnection(url, lease_seconds=lease_seconds, pgbouncer=pgbouncer)
+        self._failing_since: float | None = None  # renewals fail since then (monotonic)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -67,15 +71,17 @@ class LeaseKeeper(threading.Thread):
 
     def _renew(self) -> bool:
         held = self._running.held()
+        sent_at = time.monotonic()
         try:
-            conn = self._db.get()
-            still_held = heartbeat(conn, self._worker_id, [e.held for e in held], self._lease)
-            announce(conn, self._worker_id, self._queues, self._concurrency)
+            with self._db.within(self._deadline) as conn:
+                still_held = heartbeat(conn, self._worker_id, [e.held for e in held], self._lease)
+                announce(conn, self._worker_id, self._queues, self._concurrency)
         except psycopg.OperationalError as exc:
             self._db.drop()
-            self._give_up_expired(held, exc)
+            self._report_failing(exc, held)
             return False
-        self._renewed_at = time.monotonic()
+        self._report_recovered()
+        self._running.renewed([e for e in held if e.job.id in still_held], sent_at, self._lease)
         # A job acknowledged since `held` was taken is not renewed either: it finished, and
         # `mark_lost` skips it because the claim loop no longer holds it.
         not_renewed = [e for e in held if e.job.id not in still_held]
@@ -86,16 +92,25 @@ class LeaseKeeper(threading.Thread):
             )
         return True
 
-    def _give_up_expired(self, held: list[Entry], exc: Exception) -> None:
-        """Past its lease without a renewal, a job may already run elsewhere: treat it as lost."""
-        now = time.monotonic()
-        expired = [e for e in held if now - max(self._renewed_at, e.claimed) > self._lease]
-        _log.warning("cannot renew leases; database unreachable", error=str(exc), running=len(held))
-        for entry in self._running.mark_lost(expired):
+    def _report_failing(self, exc: Exception, held: list[Entry]) -> None:
+        """Once per outage: the fence stops the attempts whose leases pass meanwhile."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
             _log.warning(
-                "lease expired while the database was unreachable; job treated as lost",
-                **log_fields(entry, self._worker_id),
+                "cannot renew leases; attempts stop when their leases pass by this worker's clock",
+                error=str(exc),
+                running=len(held),
+                worker=self._worker_id,
             )
+
+    def _report_recovered(self) -> None:
+        if self._failing_since is not None:
+            _log.info(
+                "leases renewed again",
+                after_seconds=round(time.monotonic() - self._failing_since, 2),
+                worker=self._worker_id,
+            )
+            self._failing_since = None
 
     def _fail_timed_out(self, overdue: list[Entry]) -> None:
         for entry in overdue:
@@ -108,10 +123,10 @@ class LeaseKeeper(threading.Thread):
             )
             failure = Failed(error, None, entry.timeout or 0.0)
             try:
-                conn = self._db.get()
-                record_failed_attempt(
-                    conn, self._worker_id, entry, failure, self._retry_delay(entry.job)
-                )
+                with self._db.within(self._deadline) as conn:
+                    record_failed_attempt(
+                        conn, self._worker_id, entry, failure, self._retry_delay(entry.job)
+                    )
             except psycopg.OperationalError as exc:
                 # Its lease expires and the reaper takes it back, attempt spent.
                 self._db.drop()

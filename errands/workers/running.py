@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,14 +18,27 @@ class Entry:
 
     job: Job
     claimed: float = field(default_factory=time.monotonic)
+    # When the lease may end, by this process's monotonic clock: the lease runs from the
+    # database's now() of the claim or renewal, which came after the statement was sent,
+    # so the send time plus the lease never falls after the lease's true end.
+    expires: float = math.inf
     timeout: float | None = None  # the task's, once the attempt runs
     deadline: float | None = None  # monotonic time past which the attempt is timed out
+    started: bool = False  # running on a thread or the event loop, not waiting for a slot
+    cancel: Callable[[], object] | None = None  # stops it, for a coroutine
+    ended: bool = False  # the coroutine returned or took its cancellation
     lost: bool = False  # the lease is gone: the outcome must not be written
     timed_out: bool = False  # failed by the lease keeper: the outcome is moot
+    fenced: bool = False  # stopped when its lease passed by our clock: the outcome is moot
 
     @property
     def held(self) -> Held:
         return Held(self.job.id, self.job.attempts)
+
+    @property
+    def settled(self) -> bool:
+        """Whether the worker has already dealt with this attempt's end (logged, counted)."""
+        return self.timed_out or self.fenced
 
 
 class RunningJobs:
@@ -37,8 +52,9 @@ class RunningJobs:
         with self._lock:
             return len(self._entries)
 
-    def hold(self, job: Job) -> Entry:
-        entry = Entry(job)
+    def hold(self, job: Job, leased_at: float, lease_seconds: float) -> Entry:
+        """A claimed attempt, whose claim statement was sent at `leased_at` (monotonic)."""
+        entry = Entry(job, expires=leased_at + lease_seconds)
         with self._lock:
             # A job claimed again while an older attempt of it still runs here
             # (its lease was lost, the job reclaimed): the old attempt is stale.
@@ -54,6 +70,7 @@ class RunningJobs:
         is cancelled at its timeout by the event loop and gets that long to go.
         """
         with self._lock:
+            entry.started = True
             entry.timeout = timeout
             entry.deadline = time.monotonic() + timeout + grace if timeout else None
 
@@ -79,6 +96,26 @@ class RunningJobs:
             for entry in marked:
                 entry.lost = True
         return marked
+
+    def renewed(self, entries: list[Entry], sent_at: float, lease_seconds: float) -> None:
+        """The renewal sent at `sent_at` (monotonic) extended these attempts' leases."""
+        with self._lock:
+            for entry in entries:
+                entry.expires = max(entry.expires, sent_at + lease_seconds)
+
+    def take_expired(self, now: float) -> list[Entry]:
+        """Remove and return the attempts whose lease has passed by our clock (fenced)."""
+        with self._lock:
+            expired = [e for e in self._entries.values() if e.expires <= now and not e.lost]
+            for entry in expired:
+                entry.lost = entry.fenced = True
+                del self._entries[entry.job.id]
+        return expired
+
+    def next_expiry(self) -> float:
+        """The earliest lease end among the attempts held (inf when none)."""
+        with self._lock:
+            return min((e.expires for e in self._entries.values() if not e.lost), default=math.inf)
 
     def take_overdue(self, now: float) -> list[Entry]:
         """Remove and return the attempts past their deadline: their outcome is dropped."""

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -40,8 +40,20 @@ MAX_BEHIND = 10  # ticks a running scheduler enqueues one by one after falling b
 _log = structlog.get_logger("errands.scheduler")
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+class DatabaseClock:
+    """PostgreSQL's time, the clock every host shares: ticks fall due by it, never by the
+    host's own clock, which may be off by minutes (README: Dead peers, partitions and
+    clocks). Read on the scheduler's connection, one round trip per wake-up."""
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def __call__(self) -> datetime:
+        assert self.conn is not None, "read only while connected"
+        row = self.conn.execute("select clock_timestamp()").fetchone()
+        assert row is not None
+        moment: datetime = row[0]
+        return moment
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ class SchedulerOptions:
 class Scheduler:
     """Which ticks are due and their enqueueing, on a clock tests can drive without sleeping."""
 
-    def __init__(self, schedules: Sequence[Schedule], clock: Clock = utc_now) -> None:
+    def __init__(self, schedules: Sequence[Schedule], clock: Clock) -> None:
         self.schedules = sorted(schedules, key=lambda s: s.name)
         self._clock = clock
         self._next: dict[str, datetime] = {}
@@ -144,13 +156,14 @@ class Scheduler:
             )
 
 
-def run_scheduler(options: SchedulerOptions, clock: Clock = utc_now) -> int:
+def run_scheduler(options: SchedulerOptions) -> int:
     """The child's main: import the task modules, then tick until SIGTERM."""
     load_task_modules(options.task_modules)
     schedules = list(registered_schedules().values())
     if not schedules:
         return EXIT_NOTHING_TO_SCHEDULE
     stop = _StopSignal()
+    clock = DatabaseClock()
     scheduler = Scheduler(schedules, clock)
     conn: psycopg.Connection[Any] | None = None
     started = False
@@ -163,6 +176,7 @@ def run_scheduler(options: SchedulerOptions, clock: Clock = utc_now) -> int:
             )
             if conn is None:
                 break
+            clock.conn = conn
             if not started:
                 scheduler.start(conn)
                 started, seen_due = True, time.monotonic() + SEEN_EVERY_SECONDS

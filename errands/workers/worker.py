@@ -10,6 +10,7 @@ the next claim, so a job costs about one round trip), is acks.py's business.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -35,7 +36,8 @@ from errands.queue import AsyncSlots, Job, announce
 from errands.tasks import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
 from errands.workers.coroutines import EventLoopThread
-from errands.workers.execution import Outcome, execute, execute_async, is_async
+from errands.workers.execution import Failed, Outcome, execute, execute_async, is_async
+from errands.workers.fence import LeaseFence
 from errands.workers.keeper import LeaseKeeper
 from errands.workers.loading import load_task_modules
 from errands.workers.running import Entry, RunningJobs, log_fields
@@ -45,10 +47,12 @@ EXIT_OK = 0
 # claim and one acknowledgement carry several jobs, and a slot is taken only when free,
 # so no job waits behind a slow one while another could run it (bench/RESULTS.md).
 DEFAULT_CONCURRENCY = 32
-EXIT_REPLACE = 4  # a timed-out job is stuck on a thread: start a fresh process
+EXIT_REPLACE = 4  # a job past its timeout or its lease is stuck on a thread: start afresh
 # A coroutine is cancelled at its timeout; one that ignores the cancellation (or blocks
 # the event loop) is failed by the lease keeper this much later, and the worker replaced.
 ASYNC_CANCEL_GRACE_SECONDS = 5.0
+# A worker that must stop a thread job exits this long after deciding to, whatever its loop does.
+ABANDON_SECONDS = 0.5
 CHANNEL = "errands_jobs"
 # The longest a freed thread slot waits for others to free before a claim fills it alone.
 CLAIM_GATHER_SECONDS = 0.002
@@ -97,8 +101,16 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self._stopping = False
         self._replacing = False
+        # A thread job's lease passed: exit now, whatever is owed (see _fenced).
+        self._abandoning = False
+        self._abandon_lock = threading.Lock()
+        self._exit_timer = threading.Timer(ABANDON_SECONDS, self._exit_now)
+        self._exit_timer.daemon = True
         self._db = LazyConnection(
-            options.url, on_connect=self._on_connect, pgbouncer=not options.listen
+            options.url,
+            lease_seconds=options.lease_seconds,
+            on_connect=self._on_connect,
+            pgbouncer=not options.listen,
         )
         self._queues: list[str] = list(options.queues)
 
@@ -127,6 +139,8 @@ class Worker:
             pgbouncer=not self.options.listen,
         )
         keeper.start()
+        fence = LeaseFence(self.running, self._fenced, early=self.options.lease_seconds / 10)
+        fence.start()
         metrics().workers_alive.set(1)
         if self.options.on_started is not None:
             self.options.on_started()
@@ -145,9 +159,12 @@ class Worker:
         # Never join: a timed-out job may be stuck on its thread, and the process exits anyway.
         pool.shutdown(wait=False, cancel_futures=True)
         self._events.stop()
+        fence.stop()
         keeper.stop()
-        keeper.join(timeout=2)
+        # Its last renewal may hang on the database; a job to stop cannot wait for it.
+        keeper.join(timeout=0 if self._abandoning else 2)
         self._db.close()
+        self._exit_timer.cancel()  # out in time: exit the ordinary way
         code = EXIT_REPLACE if self._replacing else EXIT_OK
         _log.info("worker stopped", worker=self.options.worker_id, exit_code=code)
         return code
@@ -160,6 +177,55 @@ class Worker:
     def _replace(self) -> None:
         self._replacing = True
         self._wake()
+
+    def _fenced(self, entries: list[Entry]) -> None:
+        """On the fence's thread: these attempts' leases passed by our clock; stop them.
+
+        Their outcomes are never written. A coroutine is cancelled (and the process
+        replaced should it not end within ASYNC_CANCEL_GRACE_SECONDS); a job on a
+        thread cannot be stopped, so the process exits at once, leaving what it
+        still owed to be released by its supervisor or reaped.
+        """
+        for entry in entries:
+            _log.warning(
+                "lease running out by this worker's clock without a renewal; attempt stopped, "
+                "its outcome will not be written",
+                **log_fields(entry, self.options.worker_id),
+            )
+            metrics().leases_lost.inc()
+        coroutines = [e for e in entries if e.started and is_async(e.job)]
+        for entry in coroutines:
+            if entry.cancel is not None:
+                entry.cancel()
+        if coroutines:
+            timer = threading.Timer(
+                ASYNC_CANCEL_GRACE_SECONDS, self._abandon_if_running, [coroutines]
+            )
+            timer.daemon = True
+            timer.start()
+        if any(e.started and not is_async(e.job) for e in entries):
+            self._abandon()
+
+    def _abandon_if_running(self, coroutines: list[Entry]) -> None:
+        if not all(entry.ended for entry in coroutines):
+            self._abandon()
+
+    def _abandon(self) -> None:
+        with self._abandon_lock:  # the fence and a cancellation's grace timer may both call
+            if self._abandoning:
+                return
+            self._abandoning = self._replacing = True
+        self._db.cut()  # a statement hanging on a silent peer must not keep the job running
+        self._wake()
+        # Nor may a connection attempt (bounded by connect_timeout only): exit without the loop.
+        self._exit_timer.start()
+
+    def _exit_now(self) -> None:
+        _log.warning(
+            "worker replaced at once: its claim loop is stuck connecting to the database",
+            worker=self.options.worker_id,
+        )
+        os._exit(EXIT_REPLACE)
 
     def _install_signal_handlers(self) -> None:
         def on_term(signum: int, frame: FrameType | None) -> None:
@@ -175,6 +241,15 @@ class Worker:
 
     def _loop(self, pool: ThreadPoolExecutor) -> None:
         while True:
+            if self._abandoning:
+                _log.warning(
+                    "worker replaced: a job on a thread outlived its lease; jobs still held "
+                    "here are released by the supervisor, or reaped",
+                    worker=self.options.worker_id,
+                    held=len(self.running),
+                    unacknowledged=len(self._acks),
+                )
+                return
             self._collect_outcomes()
             self._dispatch(pool)
             draining = self._stopping or self._replacing
@@ -191,13 +266,15 @@ class Worker:
                 try:
                     conn = self._db.get_retrying(give_up=self._must_give_up)
                     if conn is None:
-                        return
+                        continue  # abandoning, or stopping with nothing owed
+                    leased_at = time.monotonic()
                     claimed = self._acks.write(conn, request if refill else request.nothing())
                 except psycopg.OperationalError as exc:
                     self._db.drop(exc)
                     continue
                 self._slot_freed_at = None
-                self._ready.extend(self.running.hold(job) for job in claimed)
+                lease = self.options.lease_seconds
+                self._ready.extend(self.running.hold(job, leased_at, lease) for job in claimed)
                 self._dispatch(pool)
                 if claimed:
                     continue  # there may be more work now: sleep only when a claim finds none
@@ -249,11 +326,15 @@ class Worker:
             entry = self._ready.popleft()
             if entry.lost:  # its lease went while it waited: another worker has it
                 self.running.finish(entry)
-                self._report_lost(entry)
+                if not entry.settled:
+                    self._report_lost(entry)
             elif is_async(entry.job) and self._executing_async < self._async_slots:
                 self._begin(entry, grace=ASYNC_CANCEL_GRACE_SECONDS)
                 self._executing_async += 1
-                self._events.submit(self._execute_async(entry))
+                future = self._events.submit(self._execute_async(entry))
+                entry.cancel = future.cancel
+                if entry.fenced:  # its lease passed before it could be cancelled
+                    future.cancel()
             elif not is_async(entry.job) and self._executing < self.options.concurrency:
                 self._begin(entry, grace=0.0)
                 self._executing += 1
@@ -280,7 +361,7 @@ class Worker:
             metrics().job_duration.labels(job.queue, job.task).observe(outcome.seconds)
             if self.running.finish(entry):
                 self._acks.add(entry, outcome)
-            elif not entry.timed_out:  # a timed-out attempt's failure is recorded already
+            elif not entry.settled:  # a timed-out or fenced attempt was reported already
                 self._report_lost(entry)
 
     def _execute(self, entry: Entry) -> None:
@@ -290,8 +371,14 @@ class Worker:
         self._wake()
 
     async def _execute_async(self, entry: Entry) -> None:
-        with structlog.contextvars.bound_contextvars(**log_fields(entry, self.options.worker_id)):
-            outcome = await execute_async(entry.job)
+        try:
+            with structlog.contextvars.bound_contextvars(
+                **log_fields(entry, self.options.worker_id)
+            ):
+                outcome: Outcome = await execute_async(entry.job)
+        except asyncio.CancelledError:  # by the fence, whose attempts are never written
+            outcome = Failed("CancelledError: the coroutine was cancelled", None, 0.0)
+        entry.ended = True
         self._outcomes.put((entry, outcome, True))
         self._wake()
 
@@ -335,7 +422,7 @@ class Worker:
 
     def _must_give_up(self) -> bool:
         # Stopping with nothing left to report: no reason to wait for the database.
-        return self._stopping and self._nothing_owed()
+        return self._abandoning or (self._stopping and self._nothing_owed())
 
     def _nothing_owed(self) -> bool:
         """No job held, and no outcome left to write."""

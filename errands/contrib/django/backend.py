@@ -34,6 +34,7 @@ from errands.contrib.django.compat import (
     task_enqueued,
 )
 from errands.contrib.django.results import new_result, result_of
+from errands.errors import SchemaMismatch
 from errands.queue.requests import MAX_ATTEMPTS_LIMIT, QUEUE_NAME
 
 APP = "errands.contrib.django"
@@ -118,10 +119,10 @@ class ErrandsBackend(BaseTaskBackend):
             )
         except InvalidArgument as exc:
             raise InvalidTask(str(exc)) from exc
-        except psycopg.errors.UndefinedTable as exc:
+        except (SchemaMismatch, psycopg.errors.UndefinedTable) as exc:  # checked, or not yet
             raise ImproperlyConfigured(
-                f"errands: the database {self.database!r} has no errands tables: "
-                "run `manage.py errands_migrate`"
+                f"errands: the database {self.database!r} is not ready for this errands "
+                f"({exc}); with Django, run `manage.py errands_migrate`"
             ) from exc
         object.__setattr__(result, "id", str(job.id))
         object.__setattr__(result, "enqueued_at", job.created_at)

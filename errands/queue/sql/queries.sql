@@ -4,7 +4,8 @@
 -- worker whose lease was taken away changes nothing.
 
 -- name: enqueue
--- Insert one job. A job whose idempotency key is already stored is not
+-- Insert one job, due at run_at, else `delay` seconds after the database's now
+-- (a host's clock may be off). A job whose idempotency key is already stored is not
 -- inserted: the statement returns no row, and enqueue_replay reads the stored
 -- job. A key that a transaction still in flight inserted makes this statement
 -- wait for that transaction's end.
@@ -12,7 +13,8 @@
 -- where this statement needs one.
 insert into errands_jobs
     (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
-values (%(task)s, %(queue)s, %(payload)s, %(priority)s, coalesce(%(run_at)s, now()),
+values (%(task)s, %(queue)s, %(payload)s, %(priority)s,
+        coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
         %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s)
 on conflict (idempotency_key) do nothing
 returning true as created, true as same_request, *;
@@ -212,7 +214,13 @@ returning job.id;
 -- owner when `owner` is given (its process exited), else those whose lease has
 -- expired. The expiry is checked in this same statement, so a lease renewed a
 -- moment ago is never taken. Idle workers are woken for the returned jobs.
-with recovered as (
+-- With `lock`, only when this statement wins that advisory lock (`alone`): the
+-- lock ends with the statement, so a reaper whose network dies mid-way cannot
+-- hold it, idle in a transaction, while every other host waits. One row per
+-- recovered job, or one row of nulls but `alone`.
+with reaper as materialized (
+    select %(lock)s::bigint is null or pg_try_advisory_xact_lock(%(lock)s) as alone
+), recovered as (
     update errands_jobs as job
     set state = (case when job.attempts >= job.max_attempts then 'dead' else 'pending' end)::errands_job_state,
         finished_at = case when job.attempts >= job.max_attempts then now() end,
@@ -226,10 +234,13 @@ with recovered as (
     where job.state = 'in_progress'
       and case when %(owner)s::text is null then job.lease_expires_at < now()
                else job.lease_owner = %(owner)s end
+      and (select alone from reaper)
     returning job.id, job.queue, job.task, job.state::text, job.attempts
 )
-select recovered.*, pg_notify('errands_jobs', recovered.queue)::text as notified
-from recovered;
+select reaper.alone, recovered.*,
+       case when recovered.id is not null
+            then pg_notify('errands_jobs', recovered.queue)::text end as notified
+from reaper left join recovered on true;
 
 -- name: retry
 -- A manual retry: a dead or cancelled job runs again with a fresh attempt
