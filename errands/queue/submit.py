@@ -43,7 +43,7 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
         "queue": request.queue,
         "payload": request.payload_json,
         "priority": request.priority,
-        "run_at": request.run_at,
+        "run_at": request.due,
         "max_attempts": request.max_attempts,
         "idempotency_key": request.idempotency_key,
     }
@@ -80,7 +80,10 @@ def enqueue_many(
             # a race undoes this batch only.
             with conn.transaction(), conn.cursor() as cur:
                 now = _stage(cur, requests)
-                rows = cur.execute(query("enqueue_staged"), prepare=False).fetchall()
+                cur.execute(query("enqueue_staged"), prepare=False)
+                while cur.nextset():  # past the key locks, to the rows
+                    pass
+                rows = cur.fetchall()
                 return _match(conn, requests, [_Stored._make(row) for row in rows], now)
         except _KeyRace:
             continue
@@ -88,7 +91,8 @@ def enqueue_many(
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
-    """A key repeated in the batch with another request; its first copy was never stored."""
+    """A key repeated in the batch with another request (compared as the database compares
+    a replay, `same_request_as`); its first copy was never stored."""
     first: dict[str, int] = {}
     for n, request in enumerate(requests):
         key = request.idempotency_key
@@ -123,7 +127,7 @@ def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> datetime
                     r.queue,
                     r.payload_json,
                     r.priority,
-                    r.run_at,
+                    r.due,
                     r.max_attempts,
                     r.idempotency_key,
                 )
@@ -208,7 +212,7 @@ def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
             "state": JobState.PENDING,
             "priority": request.priority,
             # In the session's time zone, as every timestamp read from the database.
-            "run_at": request.run_at.astimezone(now.tzinfo) if request.run_at else now,
+            "run_at": request.due.astimezone(now.tzinfo) if request.due else now,
             "attempts": 0,
             "max_attempts": request.max_attempts,
             "idempotency_key": request.idempotency_key,
