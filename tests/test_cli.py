@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 
 from errands import Client, JobState
-from errands.queue import Held, announce, claim, fail
+from errands.queue.lease import Held, claim, fail
+from errands.queue.presence import announce
 from errands.schema import available_migrations
 
 Conn = psycopg.Connection[Any]

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from errands import Client
-from errands.queue import Completion, claim, complete
+from errands.queue.lease import Completion, claim, complete
 from tests.conftest import ServeApi
 
 Conn = psycopg.Connection[Any]

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import Select
 from errands import Client, JobState
 from errands.harness.process import free_port
 from errands.harness.waiting import answers
-from errands.queue import Held, claim, fail
+from errands.queue.lease import Held, claim, fail
 from tests.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from tests.conftest import ServeApi
 from tests.daemon import Daemon, wait_for
