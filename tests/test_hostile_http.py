@@ -19,12 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from errands.queue.requests import JOB_FIELDS, MAX_PAYLOAD_DEPTH
+from errands.queue.limits import MAX_PAYLOAD_DEPTH
+from errands.queue.requests import JobRequest
 from tests.conftest import ApiProcess, ServeApi
 from tests.rawhttp import exchange, request
 
 TOKEN = "s3cret-token"
 JSON = ("Content-Type", "application/json")
+JOB_FIELDS = JobRequest.model_fields
 
 
 def port_of(http: httpx.Client) -> int:
@@ -243,7 +245,7 @@ def test_run_at_is_rfc3339_exactly(api: httpx.Client, run_at: str, accepted: boo
 
 
 def test_null_means_absent_for_every_optional_field(api: httpx.Client) -> None:
-    optional = {name: None for name, rule in JOB_FIELDS.items() if not rule.required}
+    optional = {name: None for name, rule in JOB_FIELDS.items() if not rule.is_required()}
     job = api.post("/jobs", json={"task": "t", **optional})
     assert job.status_code == 201, job.text
     assert {k: job.json()[k] for k in ("queue", "priority", "max_attempts", "payload")} == {
