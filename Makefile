@@ -8,7 +8,7 @@ DEV := $(VENV)/.installed-dev
 PYTHON ?= python3
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: run test lint bench bench-quick chaos
+.PHONY: run test lint bench bench-quick chaos embedded-database
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,17 @@ lint: $(DEV)
 test: lint
 	$(BIN)/pytest
 
-bench: $(DEV)
+# errands bench and errands chaos use the embedded database while it runs, and only
+# errands run starts it: these targets start it first when no database URL is set.
+embedded-database: $(INSTALLED)
+	$(if $(ERRANDS_DATABASE_URL)$(DATABASE_URL),,$(BIN)/python -c \
+	    'import os; from errands import embedded; embedded.start(os.environ.get("ERRANDS_DATA_DIR"))')
+
+bench: $(DEV) embedded-database
 	$(BIN)/errands bench --json bench/last-run.json
 
-bench-quick: $(DEV)
+bench-quick: $(DEV) embedded-database
 	$(BIN)/errands bench --quick
 
-chaos: $(DEV)
+chaos: $(DEV) embedded-database
 	$(BIN)/errands chaos --profile chaos/ci.toml

@@ -349,10 +349,12 @@ def _behind_transaction_pooler(settings: Settings, url: str, poll_only: bool) ->
 
 def _listen(ctx: Context, host: str | None, port: int | None) -> socket.socket:
     default_host, default_port = ctx.settings.http_host_port
-    given = ", ".join(
-        flag for flag, value in (("--host", host), ("--port", port)) if value is not None
+    sock = listen(
+        host or default_host,
+        port or default_port,
+        host_from="--host" if host else "ERRANDS_HTTP_ADDR",
+        port_from="--port" if port else "ERRANDS_HTTP_ADDR",
     )
-    sock = listen(host or default_host, port or default_port, given or "ERRANDS_HTTP_ADDR")
     _log.info(f"HTTP API on {url_of(sock)}")
     return sock
 

@@ -38,6 +38,8 @@ from errands.registry import task_defaults
 # so that a database restart costs the caller a reconnection rather than an error,
 # while a busy caller pays nothing.
 IDLE_CHECK_SECONDS = 0.2
+# Every connection of a Client: see the class's docstring.
+_UNPREPARED = pooling_options(pgbouncer=True)
 # How often `wait` reads the jobs it waits for, in case a finish notification was missed.
 WAIT_POLL_SECONDS = 1.0
 _last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
@@ -77,21 +79,18 @@ class Client:
     embedded development database when none is configured and `errands run`
     started it. Connections come from a small pool opened on first use.
 
-    The pool never prepares statements on the server. Through a transaction
-    pooler (PgBouncer before 1.21), a name psycopg prepared on one server
-    connection may exist on another as a different statement, of another
-    client, that would run instead (README: PgBouncer); direct, preparing
-    would save 50 to 90 µs of a statement's planning (bench/RESULTS.md).
+    Its connections never prepare statements on the server, so that it works the
+    same directly and through a transaction pooler, without a setting: through
+    PgBouncer before 1.21, a name psycopg prepared on one server connection may
+    exist on another as another client's statement, which would run instead
+    (README: PgBouncer). Directly, preparing would save about 80 µs a statement
+    (bench/RESULTS.md).
     """
 
-    def __init__(
-        self, dsn: str | None = None, *, max_connections: int = 4, pgbouncer: bool | None = None
-    ) -> None:
+    def __init__(self, dsn: str | None = None, *, max_connections: int = 4) -> None:
         problems = [_dsn_problem(dsn), _connections_problem(max_connections)]
         _refuse(problems)
         self._settings = Settings.from_env()
-        # Through a transaction-pooling PgBouncer (None: ERRANDS_PGBOUNCER says).
-        self._pgbouncer = self._settings.pgbouncer if pgbouncer is None else pgbouncer
         self._dsn = dsn
         self._max_connections = max_connections
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -234,9 +233,7 @@ class Client:
         with self._watcher_lock:
             if self._watcher is None:
                 self._open_pool()  # the schema, with its finish notifications, is up to date
-                self._watcher = FinishWatcher(
-                    self._url(), WAIT_POLL_SECONDS, pooling_options(self._pgbouncer)
-                )
+                self._watcher = FinishWatcher(self._url(), WAIT_POLL_SECONDS, _UNPREPARED)
             return self._watcher
 
     @contextmanager
@@ -268,14 +265,13 @@ class Client:
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
             url = self._url()
-            options = pooling_options(self._pgbouncer)
-            with connect(url, **options):  # migrates
+            with connect(url, **_UNPREPARED):  # migrates
                 pass
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=self._max_connections,
-                kwargs={"autocommit": True, **options, "prepare_threshold": None},
+                kwargs={"autocommit": True, **_UNPREPARED},
                 configure=configure,
                 check=_check_if_idle,
                 open=True,

@@ -145,6 +145,19 @@ def db_url(server_url: str, template_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def other_db_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A second fresh, migrated database, for what must differ between two deployments."""
+    name = f"errands_other_{os.getpid()}_{next(_numbers)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"create database {name} template {TEMPLATE}")
+    try:
+        yield make_conninfo(server_url, dbname=name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"drop database if exists {name} with (force)")
+
+
+@pytest.fixture
 def empty_db_url(server_url: str) -> Iterator[str]:
     """A fresh database without the errands schema."""
     name = f"errands_empty_{os.getpid()}_{next(_numbers)}"
@@ -202,6 +215,7 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
         ui: bool = True,
         pgbouncer: bool = False,
         forwarded_allow_ips: str | None = None,
+        secret_key: str | None = None,
     ) -> httpx.Client:
         port = free_port()
         app = create_app(
@@ -212,6 +226,7 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
             ui=ui,
             pgbouncer=pgbouncer,
             defaults=task_defaults,  # as the command that loaded the task modules passes them
+            secret_key=secret_key,
         )
         # The production server's settings (protocol, limits, loop), on a thread.
         server = uvicorn.Server(

@@ -11,11 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 
 from errands import Client, JobState
-from errands.harness.process import alive, free_port
+from errands.harness.process import alive
 from errands.queue.lease import WORKER_EXITED
 from tests.daemon import Daemon, wait_for
 
@@ -192,129 +191,18 @@ def test_a_worker_whose_task_module_fails_to_import_is_restarted_with_backoff(
     assert daemon.stop() == 0
 
 
-def test_several_jobs_run_at_once_in_one_process_with_concurrency(
-    start_daemon: StartDaemon, client: Client
+def test_a_broken_task_module_prints_its_traceback_once_per_crash_loop(
+    start_daemon: StartDaemon,
 ) -> None:
-    daemon = start_daemon("--workers", "1", "--concurrency", "4")
-    jobs = client.enqueue_many([{"task": "hold_every_time", "payload": {"seconds": 3}}] * 4)
-    starts = [wait_for_executions(daemon, job.id, 1)[0] for job in jobs]
-    assert len({pid for _, pid, _ in starts}) == 1
+    # Two workers and the scheduler fail the same way, restart after restart.
+    daemon = start_daemon("--workers", "2", ERRANDS_TASKS="broken_tasks")
 
-    def all_four_running_at_once() -> bool:
-        rows = daemon.query(
-            "select count(*), count(distinct lease_owner) from errands_jobs"
-            " where state = 'in_progress'"
-        )
-        return bool(rows[0] == (4, 1))
+    def restarts() -> list[dict[str, Any]] | None:
+        found = [e for e in daemon.log_events() if e.get("event") == "child exited; restarting"]
+        return found if len(found) >= 6 else None
 
-    wait_for(all_four_running_at_once, what="four jobs held by one worker at once")
-    for job in jobs:
-        wait_for_state(client, job.id, JobState.COMPLETED)
-
-
-def test_work_resumes_after_the_database_restarts(
-    start_daemon: StartDaemon, client: Client, restart_database: Callable[[], None]
-) -> None:
-    daemon = start_daemon("--workers", "2")
-    daemon.wait_for_workers(2)
-    before = client.enqueue_many([{"task": "record"}] * 10)
-    for job in before:
-        wait_for_state(client, job.id, JobState.COMPLETED)
-    running = client.enqueue("hold", {"seconds": 1})
-    wait_for_executions(daemon, running.id, 1)
-
-    restart_database()
-
-    after = client.enqueue_many([{"task": "record"}] * 10)
-    for job in [*before, running, *after]:
-        wait_for_state(client, job.id, JobState.COMPLETED, timeout=30)
+    found = wait_for(restarts, what="six restarts")
     assert daemon.stop() == 0
-
-
-@pytest.mark.parametrize(("ack", "prefetch"), [("batched", 0), ("immediate", 0), ("batched", 8)])
-def test_every_acknowledgement_mode_completes_every_job_once(
-    start_daemon: StartDaemon, client: Client, ack: str, prefetch: int
-) -> None:
-    daemon = start_daemon(
-        "--workers", "2", "--concurrency", "2", "--ack", ack, "--prefetch", str(prefetch)
-    )
-    jobs = client.enqueue_many([{"task": "record"}] * 200)
-    for job in jobs:
-        wait_for_state(client, job.id, JobState.COMPLETED)
-    starts = daemon.query("select job_id, count(*) from test_executions group by job_id")
-    assert sorted(starts) == [(job.id, 1) for job in jobs]
-
-
-def test_a_worker_paused_past_its_lease_cannot_overwrite_the_job_it_lost(
-    start_daemon: StartDaemon, client: Client
-) -> None:
-    daemon = start_daemon("--workers", "2")
-    daemon.wait_for_workers(2)
-    job = client.enqueue("hold", {"seconds": 3})
-    ((_, zombie, _),) = wait_for_executions(daemon, job.id, 1)
-    os.kill(zombie, signal.SIGSTOP)  # past its 2 s lease: the reaper gives the job away
-    try:
-        wait_for_state(client, job.id, JobState.COMPLETED)
-    finally:
-        os.kill(zombie, signal.SIGCONT)
-    done = client.get(job.id)
-    assert done is not None and done.attempts == 2 and done.result["pid"] != zombie
-
-    def zombie_noticed() -> bool:
-        return any(
-            e.get("event", "").startswith("lease lost") and e.get("job_id") == job.id
-            for e in daemon.log_events()
-        )
-
-    wait_for(zombie_noticed, what="the zombie to report its lost lease")
-    assert client.get(job.id) == done  # nothing the zombie did changed the job
-
-
-def test_metrics_from_every_process_move_as_jobs_run(
-    start_daemon: StartDaemon, client: Client
-) -> None:
-    port = free_port()
-    daemon = start_daemon("--workers", "2", "--port", str(port))
-    (victim, _) = daemon.wait_for_workers(2)
-    jobs = client.enqueue_many([{"task": "record"}] * 10)
-    for job in jobs:
-        wait_for_state(client, job.id, JobState.COMPLETED)
-    os.kill(victim, signal.SIGKILL)
-    daemon.wait_for_workers(2)
-
-    def scrape() -> dict[str, float]:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        return {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("errands_")
-        }
-
-    def settled() -> dict[str, float] | None:
-        # Right after the kill the victim is a zombie still holding its row, so the
-        # replacement is waited for here, by its own gauge.
-        found = scrape()
-        restarted = found.get("errands_worker_restarts_total") == 1
-        return found if restarted and found.get("errands_workers_alive") == 2 else None
-
-    metrics = wait_for(settled, what="the restart to be counted and the replacement alive")
-    assert metrics['errands_jobs_completed_total{queue="default",task="record"}'] == 10
-    assert metrics['errands_queue_jobs{queue="default",state="completed"}'] == 10
-    assert metrics['errands_job_duration_seconds_count{queue="default",task="record"}'] == 10
-    assert daemon.stop() == 0
-
-
-def test_every_child_exits_when_the_supervisor_is_killed(start_daemon: StartDaemon) -> None:
-    # The HTTP child too: left alive it would hold the port the next supervisor needs.
-    daemon = start_daemon("--workers", "2", "--port", str(free_port()))
-    daemon.wait_for_workers(2)
-    wait_for(  # then two workers and the HTTP child are left
-        lambda: any(e["event"].startswith("no periodic schedules") for e in daemon.log_events()),
-        what="the scheduler to exit: these tasks declare no schedule",
-    )
-    children = wait_for(
-        lambda: len(daemon.children()) == 3 and daemon.children(), what="3 children"
-    )
-    daemon.signal(signal.SIGKILL)
-    daemon.wait()
-    wait_for(lambda: not any(alive(pid) for pid in children), timeout=5, what="children to exit")
+    assert [e["child"] for e in found if "traceback" in e] == [found[0]["child"]]
+    assert "broken on purpose" in found[0]["traceback"]
+    assert all("broken on purpose" in e["reason"] for e in found)  # each says why, in a line

@@ -11,15 +11,18 @@ import contextlib
 import socket
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+import uvicorn
 
 from errands import Client
-from errands.api.transport import Limits
+from errands.api.transport import PROVEN_UVICORN, Limits
 from errands.harness.process import rss_megabytes
 from errands.harness.waiting import wait_for
 from tests.conftest import ApiProcess, ServeApi
@@ -221,3 +224,16 @@ def test_requests_beyond_the_limit_get_a_json_503_but_health_answers(
         locker.rollback()
     held.join(30)
     assert api.get("/stats").status_code == 200
+
+
+def test_uvicorn_is_the_release_the_limits_were_proven_on() -> None:
+    # transport.py subclasses an internal of uvicorn: any other release must be proven by
+    # this module's tests first, then added to PROVEN_UVICORN and to pyproject.toml's pin.
+    assert uvicorn.__version__ in PROVEN_UVICORN, (
+        f"uvicorn {uvicorn.__version__} is installed; the HTTP limits are proven on "
+        f"{', '.join(PROVEN_UVICORN)} only"
+    )
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pins = [d for d in pyproject["project"]["dependencies"] if d.startswith("uvicorn")]
+    assert len(pins) == 1 and pins[0].startswith("uvicorn==")  # exactly, no range
+    assert pins[0].removeprefix("uvicorn==") in PROVEN_UVICORN

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errands.api.errors import HTTPError, internal_error
@@ -88,12 +87,11 @@ class Gate:
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope) -> None:
-        headers = Headers(scope=scope)
-        check_framing(headers)
+        headers = check_framing(scope["headers"])
         if not self._tokens.required or self._own_auth(scope["path"]):
             return
-        given = headers.get("authorization")
-        if given is not None and self._tokens.bearer(given.encode("latin-1")):
+        given = headers.get(b"authorization")
+        if given is not None and self._tokens.bearer(given):
             return  # a right token is never held back, whatever its address guessed
         if given is not None:  # a guess; a request without a token is not
             address = str((scope.get("client") or ("",))[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -25,34 +26,36 @@ M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 1024 * 1024
 # Headers the API reads: each must come once, or which one counts would be a guess
 # (and a proxy may have picked the other).
-SINGLE_HEADERS = (
-    "authorization",
-    "content-type",
-    "content-encoding",
-    "content-length",
-    "transfer-encoding",
-    "idempotency-key",
+SINGLE_HEADERS = frozenset(
+    {
+        b"authorization",
+        b"content-type",
+        b"content-encoding",
+        b"content-length",
+        b"transfer-encoding",
+        b"idempotency-key",
+    }
 )
 
 
-def check_framing(headers: Headers) -> None:
-    """400 for a header that must come once and came twice; 501 for a transfer coding; 413
-    for a body announced over the limit."""
-    for name in SINGLE_HEADERS:
-        if len(headers.getlist(name)) > 1:
-            raise HTTPError(400, "bad_request", f"the {name} header must be sent once")
-    declared = headers.get("content-length", "").lstrip("0")
-    if (
-        declared.isascii()
-        and declared.isdigit()
-        and (len(declared) > 9 or int(declared) > MAX_BODY_BYTES)
-    ):
-        raise HTTPError(413, "payload_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
-    codings = headers.get("transfer-encoding", "chunked").lower().split(",")
-    if [coding.strip() for coding in codings] != ["chunked"]:
+def check_framing(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The headers the API reads (names in lower case, as uvicorn gives them), or 400 for
+    one that came twice, 501 for a transfer coding, 413 for a body announced over the limit."""
+    read: dict[bytes, bytes] = {}
+    for name, value in raw_headers:
+        if name in SINGLE_HEADERS:
+            if name in read:
+                raise HTTPError(400, "bad_request", f"the {name.decode()} header must be sent once")
+            read[name] = value
+    codings = read.get(b"transfer-encoding", b"chunked").lower().split(b",")
+    if [coding.strip() for coding in codings] != [b"chunked"]:
         raise HTTPError(
             501, "not_implemented", "the only transfer coding understood is chunked, alone"
         )
+    declared = read.get(b"content-length", b"").lstrip(b"0")
+    if declared.isdigit() and (len(declared) > 9 or int(declared) > MAX_BODY_BYTES):
+        raise HTTPError(413, "payload_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+    return read
 
 
 async def body(request: Request) -> bytes:

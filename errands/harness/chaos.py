@@ -298,7 +298,7 @@ class Chaos:
         return submission
 
     def _submit_python(self, end: float) -> None:
-        with Client(self.url, pgbouncer=self.bouncer is not None) as client:
+        with Client(self.url) as client:
             n = 0
             while time.monotonic() < end:
                 n += 1

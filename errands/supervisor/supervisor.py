@@ -77,7 +77,7 @@ class Supervisor:
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
-        self._told_traceback = ""  # the last failed child's traceback logged
+        self._told: set[str] = set()  # why children failed, told with a traceback already
         self._db = LazyConnection(self._url, pgbouncer=not options.worker.listen)
         self._wake_r, self._wake_w = os.pipe()
         self._stop_deadline: float | None = None
@@ -247,9 +247,10 @@ class Supervisor:
         }
         if child.reason:
             fields["reason"] = child.reason
-        if child.traceback and child.traceback != self._told_traceback:
+        if child.traceback and child.reason not in self._told:
             # Once per crash loop: every worker fails the same way when a task module is broken.
-            fields["traceback"] = self._told_traceback = child.traceback
+            fields["traceback"] = child.traceback
+            self._told.add(child.reason)
         if self._stop_deadline is not None:
             _log.info("child exited", **fields)
             return
@@ -265,7 +266,7 @@ class Supervisor:
             delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (slot.crashes - 1))
         else:
             slot.crashes, delay = 0, 0.0
-            self._told_traceback = ""  # the loop, if there was one, is over
+            self._told.clear()  # the loop, if there was one, is over
         slot.start_after = time.monotonic() + delay
         metrics().worker_restarts.inc()
         log = _log.info if code == EXIT_REPLACE else _log.error
