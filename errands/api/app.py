@@ -1,6 +1,6 @@
 """The HTTP API and the dashboard as one Starlette application.
 
-The routes come from endpoints.OPERATIONS (and the dashboard's pages); in front
+The routes come from endpoints.operations() (and the dashboard's pages); in front
 of them, the request log and the gate (gate.py); behind them, the request
 threads and their pooled connections (backend.py).
 """
@@ -62,9 +62,14 @@ def create_app(
     guesses = Guesses()
     api = operations(lease_seconds, readiness, defaults)
     document = json.dumps(openapi.document(api)).encode()
+    # What the application answers itself, on the event loop.
+    local: dict[str, Callable[[], Response]] = {
+        "/health": lambda: JSONResponse({"status": "ok"}),
+        "/openapi.json": lambda: Response(document, media_type="application/json"),
+    }
     by_path: dict[str, dict[str, Endpoint]] = {}
     for op in api:
-        by_path.setdefault(op.path, {})[op.method] = _endpoint(op, backend, waits, document)
+        by_path.setdefault(op.route, {})[op.method] = _endpoint(op, backend, waits, local)
     # One route per path, so that a wrong method is answered 405 with every method allowed.
     routes: list[BaseRoute] = [
         Route(path, _by_method(endpoints), methods=list(endpoints))
@@ -102,7 +107,12 @@ def create_app(
     return app
 
 
-def _endpoint(op: Operation, backend: Backend, waits: FinishWaits, document: bytes) -> Endpoint:
+def _endpoint(
+    op: Operation,
+    backend: Backend,
+    waits: FinishWaits,
+    local: dict[str, Callable[[], Response]],
+) -> Endpoint:
     """`op` as a Starlette endpoint: its query and body read here, its handler on a thread."""
 
     async def endpoint(request: Request) -> Response:
@@ -114,9 +124,7 @@ def _endpoint(op: Operation, backend: Backend, waits: FinishWaits, document: byt
         )
         try:
             if op.handler is None:
-                if op.path == "/openapi.json":
-                    return Response(document, media_type="application/json")
-                return JSONResponse({"status": "ok"})
+                return local[op.path]()
             if isinstance(call.query, JobWait) and call.query.wait:
                 return await long_poll(backend, waits, call, call.query.wait, request.receive)
             handler = op.handler

@@ -10,9 +10,9 @@ connection still sending its headers or body holds no slot, and /health needs no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import psycopg
@@ -38,7 +38,7 @@ class Backend:
         *,
         pgbouncer: bool = False,
     ) -> None:
-        self.database_url = database_url
+        self._url = database_url
         self.connect_options = pooling_options(pgbouncer)
         self._threads = threads
         self._max_in_flight = max_in_flight
@@ -49,7 +49,7 @@ class Backend:
     def open(self) -> None:
         self._executor = ThreadPoolExecutor(self._threads, "errands-api")
         self._pool = ConnectionPool(
-            self.database_url,
+            self._url,
             min_size=1,
             max_size=self._threads,
             kwargs={"autocommit": True, **self.connect_options},
@@ -64,11 +64,9 @@ class Backend:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    @contextmanager
-    def connection(self) -> Iterator[Conn]:
+    def connection(self) -> AbstractContextManager[Conn]:
         assert self._pool is not None, "the application was not started"
-        with self._pool.connection() as conn:
-            yield conn
+        return self._pool.connection()
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """`work(*args)` on a request thread; 503 at once while too many requests are in hand."""

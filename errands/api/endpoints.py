@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from it before 3.12
@@ -26,6 +27,7 @@ from errands.metrics import exposition, metrics, queue_gauges, schedule_gauge
 from errands.queue import admin, control
 from errands.queue.control import QueueInfo
 from errands.queue.jobs import Job, JobState
+from errands.queue.limits import MAX_JOB_ID
 from errands.queue.requests import (
     Defaults,
     JobBatch,
@@ -34,7 +36,6 @@ from errands.queue.requests import (
     JobWait,
     NoQuery,
     QueueName,
-    job_id_of_text,
     parse_batch,
     parse_request,
 )
@@ -46,11 +47,27 @@ T = TypeVar("T")
 _log = get_logger("errands.api")
 
 
+class JobIdDigits(Convertor[int]):
+    """A job id in a path: 1 to 20 ASCII digits, else the path names no endpoint (`int`
+    alone would take "٣", and more digits than 4,300 would crash it)."""
+
+    regex = "[0-9]{1,20}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("job_id", JobIdDigits())
+
+
 @dataclass
 class Call:
     """What a handler reads of its request, gathered on the event loop."""
 
-    params: Mapping[str, str]  # from the path
+    params: Mapping[str, Any]  # from the path
     query: Any  # the operation's query model, validated
     body: bytes
     headers: Headers
@@ -81,6 +98,11 @@ class Operation:
     query: type[BaseModel] = NoQuery
     body: type[BaseModel] | None = None
     token: bool = True  # asks for a bearer token when tokens are configured
+
+    @property
+    def route(self) -> str:
+        """The path as Starlette routes it: a job id is digits."""
+        return self.path.replace("{id}", "{id:job_id}")
 
 
 # -- the shapes of the answers, for the document ---------------------------------------------
@@ -279,9 +301,9 @@ def _control(conn: Conn, call: Call, action: Callable[[Conn, str], QueueInfo]) -
 
 
 def job_id(call: Call) -> int:
-    """The job id of the path: ASCII digits within a bigint, else no such job (404)."""
-    number = job_id_of_text(call.params["id"])
-    if number is None:
+    """The job id of the path; one beyond a bigint names no job (404)."""
+    number: int = call.params["id"]
+    if not 1 <= number <= MAX_JOB_ID:
         raise _not_found(call)
     return number
 

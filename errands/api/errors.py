@@ -1,8 +1,8 @@
 """Every answer that is not a success, in one shape: {"error": {"code", "message", "details"}}.
 
-Handlers raise HTTPError; Starlette's own refusals (no route, wrong method, a
-body over the limit) and database errors are turned into the same shape by the
-handlers registered here.
+Handlers raise HTTPError; Starlette's own refusals (no route, a wrong method)
+and database errors are turned into the same shape by the exception handlers
+registered here.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def invalid(errors: list[FieldError]) -> HTTPError:
     return HTTPError(422, "invalid_request", f"invalid fields: {fields}", errors)
 
 
-def log_database_error(event: str, exc: psycopg.Error, level: str = "error") -> None:
+def _log_database_error(event: str, exc: psycopg.Error, level: str = "error") -> None:
     """Named, never quoted: the text of a database error may quote the values (a check
     violation's DETAIL is the failing row, payload included)."""
     diag = exc.diag
@@ -122,32 +122,23 @@ async def on_client_disconnect(request: Request, exc: Exception) -> Response:
     return error_response(400, "client_disconnected", "the client went away")
 
 
-async def on_database_unavailable(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, psycopg.Error)
-    log_database_error("database unavailable", exc)
-    return error_response(503, "database_unavailable", "the database is unavailable")
-
-
-async def on_check_violation(request: Request, exc: Exception) -> Response:
-    """A value the validation let through and a check refused: nothing was stored."""
-    assert isinstance(exc, psycopg.Error)
-    log_database_error("a check refused a request that passed validation", exc, "warning")
-    constraint = exc.diag.constraint_name or "a constraint"
-    return error_response(
-        422, "invalid_request", f"the database refused the request ({constraint})"
-    )
-
-
 async def on_database_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, psycopg.Error)
-    log_database_error("unexpected database error", exc)
+    if isinstance(exc, psycopg.OperationalError):
+        _log_database_error("database unavailable", exc)
+        return error_response(503, "database_unavailable", "the database is unavailable")
+    if isinstance(exc, psycopg.errors.CheckViolation):
+        # A value the validation let through and a check refused: nothing was stored.
+        _log_database_error("a check refused a request that passed validation", exc, "warning")
+        constraint = exc.diag.constraint_name or "a constraint"
+        message = f"the database refused the request ({constraint})"
+        return error_response(422, "invalid_request", message)
+    _log_database_error("unexpected database error", exc)
     return internal_error()
 
 
 HANDLERS: dict[Any, Any] = {
     HTTPException: on_http_exception,
     ClientDisconnect: on_client_disconnect,
-    psycopg.OperationalError: on_database_unavailable,
-    psycopg.errors.CheckViolation: on_check_violation,
     psycopg.Error: on_database_error,
 }

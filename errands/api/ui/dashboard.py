@@ -10,9 +10,9 @@ POST but the login carries that token.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -67,7 +67,6 @@ class Call:
     client: str  # the peer's address
     backend: Backend
     session: Session | None = None
-    _conn: Conn | None = field(default=None, repr=False)
 
     @classmethod
     async def read(cls, request: Request, backend: Backend) -> Call:
@@ -88,10 +87,9 @@ class Call:
         """The fields of a urlencoded form body; undecodable bytes become U+FFFD."""
         return dict(parse_qsl(self.body.decode("utf-8", "replace")))
 
-    @contextmanager
-    def connect(self) -> Iterator[Conn]:
-        with self.backend.connection() as conn:
-            yield conn
+    def connect(self) -> AbstractContextManager[Conn]:
+        """A pooled connection, taken only by a page that reads the database."""
+        return self.backend.connection()
 
 
 Page = Callable[[Call], Response]
