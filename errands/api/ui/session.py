@@ -131,8 +131,13 @@ class Sessions:
         with self._lock:
             if self._signers is None:
                 secret = self._secret or self._kept_secret()
+                # SHA-256 rather than itsdangerous' default, SHA-1.
                 self._signers = (
-                    URLSafeTimedSerializer(secret, salt=self._salt + ":session"),
-                    Signer(secret, salt=self._salt + ":csrf"),
+                    URLSafeTimedSerializer(
+                        secret,
+                        salt=self._salt + ":session",
+                        signer_kwargs={"digest_method": hashlib.sha256},
+                    ),
+                    Signer(secret, salt=self._salt + ":csrf", digest_method=hashlib.sha256),
                 )
             return self._signers
