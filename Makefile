@@ -9,7 +9,7 @@ DEV := $(VENV)/.installed-dev
 PYTHON ?= python3
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: run test lint bench bench-quick chaos compose-test
+.PHONY: run test lint bench bench-quick chaos compose-test embedded-database
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,19 @@ lint: $(DEV)
 test: lint
 	$(BIN)/pytest
 
-bench: $(DEV)
+# errands bench and errands chaos use the embedded database while it runs, and only
+# errands run starts it: these targets start it first when no database URL is set.
+embedded-database: $(INSTALLED)
+	$(if $(ERRANDS_DATABASE_URL)$(DATABASE_URL),,$(BIN)/python -c \
+	    'import os; from errands import embedded; embedded.start(os.environ.get("ERRANDS_DATA_DIR"))')
+
+bench: $(DEV) embedded-database
 	$(BIN)/errands bench --json bench/last-run.json
 
-bench-quick: $(DEV)
+bench-quick: $(DEV) embedded-database
 	$(BIN)/errands bench --quick
 
-chaos: $(DEV)
+chaos: $(DEV) embedded-database
 	$(BIN)/errands chaos --profile chaos/ci.toml
 
 compose-test: $(DEV)

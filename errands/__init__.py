@@ -1,4 +1,9 @@
-"""errands: background jobs for Python services, on PostgreSQL alone."""
+"""errands: background jobs for Python services, on PostgreSQL alone.
+
+The public surface is `__all__` below and the module `errands.testing` (README:
+Layout); every other module is internal. Importing errands configures nothing:
+logging is set up by errands' own commands, never by an import.
+"""
 
 from errands.backoff import Backoff
 from errands.client import Client
@@ -14,12 +19,9 @@ from errands.errors import (
     JobNotFound,
     Retry,
 )
-from errands.log import library_mode
 from errands.periodic import periodic
-from errands.queue import Job, JobState
+from errands.queue.jobs import Job, JobState
 from errands.tasks import CurrentJob, Task, current_job, task
-
-library_mode()  # a library writes through `logging`, never to a terminal (loggers are lazy)
 
 __all__ = [
     "Backoff",

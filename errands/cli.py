@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
-import re
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
-import structlog
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import TypeAdapter, ValidationError
 
 from errands import embedded
 from errands.api.sockets import listen, url_of
@@ -34,54 +32,79 @@ from errands.database import (
     with_dead_peer_detection,
 )
 from errands.errors import ConfigurationError, ErrandsError, scrub
-from errands.log import configure_logging
-from errands.queue import Job, JobState, QueueInfo, ScheduleStatus, list_schedules, parse_request
+from errands.log import configure_logging, get_logger
 from errands.queue import control as queue_control
-from errands.queue import enqueue as submit_job
-from errands.queue import prune as prune_jobs
-from errands.queue.admin import MAX_LIST_LIMIT
-from errands.queue.requests import INT32, MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS
+from errands.queue.admin import prune as prune_jobs
+from errands.queue.control import QueueInfo
+from errands.queue.jobs import Job, JobState
+from errands.queue.requests import (
+    DECIMAL_TEXT,
+    INTEGER_TEXT,
+    TEXT,
+    Delay,
+    JobId,
+    ListLimit,
+    MaxAttempts,
+    Priority,
+    field_errors,
+    parse_request,
+)
+from errands.queue.schedules import ScheduleStatus, list_schedules
+from errands.queue.submit import enqueue as submit_job
 from errands.queue.ticks import rfc3339
+from errands.registry import task_defaults
 from errands.schema import migrate as apply_migrations
-from errands.supervisor import Supervisor, SupervisorOptions
-from errands.workers import DEFAULT_CONCURRENCY, WorkerOptions
+from errands.supervisor.supervisor import Supervisor, SupervisorOptions
 from errands.workers.loading import TaskModuleError, load_task_modules
 from errands.workers.wakeups import listen_works
+from errands.workers.worker import DEFAULT_CONCURRENCY, WorkerOptions
 
 if TYPE_CHECKING:
     from errands.api.app import Readiness
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MAX_JOB_ID = 2**63 - 1
 DAY = 24 * 3600.0
-_ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
-_ASCII_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class Integer(click.IntRange):
-    """An integer in a range, in ASCII digits: int() alone takes "٣" or "1_000"."""
+    """An integer in a range, in ASCII digits (the requests' text grammar): int() alone
+    takes "٣" or "1_000"."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not _ASCII_INTEGER.fullmatch(value):
-            self.fail(f"{value!r} is not an integer", param, ctx)
+        if isinstance(value, str) and not INTEGER_TEXT.fullmatch(value):
+            self.fail(f"{value!r} is not an integer in ASCII digits", param, ctx)
         return super().convert(value, param, ctx)
 
 
 class Seconds(click.FloatRange):
-    """A finite number in a range, in ASCII digits: FloatRange alone lets inf and nan through."""
+    """A number in a range, in ASCII digits (the requests' text grammar): FloatRange alone
+    lets inf and nan through."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not _ASCII_NUMBER.fullmatch(value):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
+        if isinstance(value, str) and not DECIMAL_TEXT.fullmatch(value):
+            self.fail(f"{value!r} is not a number in ASCII digits", param, ctx)
+        return super().convert(value, param, ctx)
 
 
-JOB_ID = Integer(1, MAX_JOB_ID)
-_log = structlog.get_logger("errands.cli")
+class Field(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.3
+    """A value of a job request, validated from its text by the requests' own type."""
+
+    def __init__(self, name: str, kind: Any) -> None:
+        self.name = name
+        self._adapter: TypeAdapter[Any] = TypeAdapter(kind)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self._adapter.validate_python(value, context=TEXT)
+        except ValidationError as exc:
+            self.fail("; ".join(e.message for e in field_errors(exc, self.name)), param, ctx)
+
+
+JOB_ID = Field("job id", JobId)
+_log = get_logger("errands.cli")
 DATABASE_URL = "errands.database_url"  # in click's context meta, shared by the whole command
 
 
@@ -89,9 +112,11 @@ DATABASE_URL = "errands.database_url"  # in click's context meta, shared by the 
 class Context:
     settings: Settings
 
-    def database_url(self, lease_seconds: float | None = None) -> str:
+    def database_url(
+        self, lease_seconds: float | None = None, *, start_embedded: bool = False
+    ) -> str:
         """The database URL, with the dead-peer settings of the lease where it sets none."""
-        url = resolve_url(self.settings)
+        url = resolve_url(self.settings, start_embedded=start_embedded)
         try:
             conninfo_to_dict(url)
         except psycopg.ProgrammingError:
@@ -247,12 +272,10 @@ def run(
     no_ui: bool,
 ) -> None:
     """Run the supervisor: worker processes (and the HTTP API), until SIGTERM/SIGINT."""
-    # Task modules beside the caller import as they do under `python -m`, Celery or uvicorn.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _import_tasks_from_here()
     s = ctx.settings
     lease_seconds = lease or s.lease_seconds
-    url = ctx.database_url(lease_seconds)
+    url = ctx.database_url(lease_seconds, start_embedded=True)  # the one command that may start it
     # Only the embedded development database is migrated here (README: Migrations).
     _ready_schema(url, migrate=s.database_url is None, pgbouncer=s.pgbouncer or poll_only)
     pgbouncer = _behind_transaction_pooler(s, url, poll_only)
@@ -307,8 +330,7 @@ def run(
 @pass_context
 def api(ctx: Context, tasks: str | None, host: str | None, port: int | None, no_ui: bool) -> None:
     """Serve the HTTP API alone (no workers)."""
-    if os.getcwd() not in sys.path:  # task modules beside the caller, as for `errands run`
-        sys.path.insert(0, os.getcwd())
+    _import_tasks_from_here()
     modules = _split(tasks) if tasks is not None else ctx.settings.tasks
     s, url = ctx.settings, ctx.database_url()
     _ready_schema(url, migrate=False, pgbouncer=s.pgbouncer)
@@ -338,6 +360,12 @@ def _ready_schema(url: str, *, migrate: bool, pgbouncer: bool) -> None:
         pass
 
 
+def _import_tasks_from_here() -> None:
+    """Task modules beside the caller import as they do under `python -m`, Celery or uvicorn."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def _behind_transaction_pooler(settings: Settings, url: str, poll_only: bool) -> bool:
     """Told so (ERRANDS_PGBOUNCER, --poll-only), or found so: NOTIFY does not come back."""
     return settings.pgbouncer or poll_only or not listen_works(url)
@@ -345,7 +373,12 @@ def _behind_transaction_pooler(settings: Settings, url: str, poll_only: bool) ->
 
 def _listen(ctx: Context, host: str | None, port: int | None) -> socket.socket:
     default_host, default_port = ctx.settings.http_host_port
-    sock = listen(host or default_host, port or default_port)
+    sock = listen(
+        host or default_host,
+        port or default_port,
+        host_from="--host" if host else "ERRANDS_HTTP_ADDR",
+        port_from="--port" if port else "ERRANDS_HTTP_ADDR",
+    )
     _log.info(f"HTTP API on {url_of(sock)}")
     return sock
 
@@ -362,8 +395,8 @@ def _serve_api(
     pgbouncer: bool = False,
 ) -> int:
     # A job submitted by task name gets the queue and budget its task declares, when known
-    # here. A broken task module must not take the API down with the workers: it only
-    # costs by-name submissions their task's defaults.
+    # here (task_defaults). A broken task module must not take the API down with the
+    # workers: it only costs by-name submissions their task's defaults.
     if task_modules:
         try:
             load_task_modules(task_modules)
@@ -377,15 +410,19 @@ def _serve_api(
     # that skips them starts, and releases a crashed predecessor's jobs, sooner.
     from errands.api.server import serve  # noqa: PLC0415
 
+    s = ctx.settings
     return serve(
-        url,
         sock,
-        tokens=ctx.settings.api_tokens,
-        lease_seconds=ctx.settings.lease_seconds,
-        grace_seconds=grace_seconds,
+        grace_seconds,
+        forwarded_allow_ips=s.forwarded_allow_ips,
+        database_url=url,
+        tokens=s.api_tokens,
+        lease_seconds=s.lease_seconds,
         readiness=readiness,
-        ui=ctx.settings.ui and ui,
+        ui=s.ui and ui,
         pgbouncer=pgbouncer,
+        defaults=task_defaults,
+        secret_key=s.secret_key,
     )
 
 
@@ -399,18 +436,24 @@ def _split(text: str) -> tuple[str, ...]:
 @cli.command()
 @click.argument("task")
 @click.argument("payload", required=False, default="{}")
-@click.option("--queue", help="Queue [default: the task's, else 'default']")
+@click.option("--queue", help="Queue [default: the task's when it is loaded, else 'default']")
 @click.option(
     "--priority",
-    type=Integer(*INT32),
+    type=Field("priority", Priority),
     default=0,
     show_default=True,
     help="Higher runs first.",
 )
-@click.option("--delay", type=Seconds(0, MAX_DELAY_SECONDS), help="Seconds before the job may run.")
+@click.option("--delay", type=Field("delay", Delay), help="Seconds before the job may run.")
 @click.option("--idempotency-key", help="Submissions with the same key create one job.")
 @click.option(
-    "--max-attempts", type=Integer(1, MAX_ATTEMPTS_LIMIT), help="Attempt budget [default: 5]"
+    "--max-attempts",
+    type=Field("max_attempts", MaxAttempts),
+    help="Attempt budget [default: the task's when it is loaded, else 5]",
+)
+@click.option(
+    "--tasks",
+    help="Comma-separated task modules, for their queues and budgets [env: ERRANDS_TASKS]",
 )
 @json_option
 @pass_context
@@ -423,6 +466,7 @@ def enqueue(
     delay: float | None,
     idempotency_key: str | None,
     max_attempts: int | None,
+    tasks: str | None,
     as_json: bool,
 ) -> None:
     """Submit a job: TASK with PAYLOAD, a JSON object of keyword arguments."""
@@ -430,6 +474,10 @@ def enqueue(
         arguments = json.loads(payload)
     except (ValueError, RecursionError) as exc:  # also: too many digits, nested too deeply
         raise click.BadParameter(f"not JSON: {exc}", param_hint="PAYLOAD") from None
+    modules = _split(tasks) if tasks is not None else ctx.settings.tasks
+    if modules:  # for the task's own queue and budget; no demo tasks in their stead
+        _import_tasks_from_here()
+        load_task_modules(modules)
     fields = {
         "task": task,
         "payload": arguments,
@@ -439,7 +487,7 @@ def enqueue(
         "max_attempts": max_attempts,
         "idempotency_key": idempotency_key,
     }
-    request = parse_request({name: value for name, value in fields.items() if value is not None})
+    request = parse_request(fields, defaults=task_defaults)
     with connect(ctx.database_url()) as conn:
         answer = submit_job(conn, request)
     job = answer.job
@@ -461,7 +509,7 @@ def jobs() -> None:
 @click.option("--state", type=click.Choice([s.value for s in JobState]))
 @click.option("--queue")
 @click.option("--task")
-@click.option("--limit", type=Integer(1, MAX_LIST_LIMIT), default=20, show_default=True)
+@click.option("--limit", type=Field("limit", ListLimit), default=20, show_default=True)
 @click.option("--after", type=JOB_ID, help="Show jobs older than this id (the last id of a page).")
 @json_option
 @pass_context

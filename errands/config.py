@@ -40,6 +40,11 @@ class Settings:
     # server-side prepared statements (README "PgBouncer and many hosts").
     pgbouncer: bool = False
     hostname: str = field(default_factory=socket.gethostname)  # in every worker id
+    # Signs dashboard sessions; None: a random key kept in the database (README: Dashboard).
+    secret_key: str | None = field(default=None, repr=False)
+    # Addresses whose X-Forwarded-For and -Proto the API believes; None: nobody's. Named as
+    # uvicorn names it.
+    forwarded_allow_ips: str | None = None
 
     @property
     def backoff(self) -> Backoff:
@@ -90,6 +95,8 @@ class Settings:
             ui=get("ERRANDS_UI", _boolean, default.ui),
             pgbouncer=get("ERRANDS_PGBOUNCER", _boolean, default.pgbouncer),
             hostname=get("ERRANDS_HOSTNAME", _hostname, default.hostname),
+            secret_key=_secret(env.get("ERRANDS_SECRET_KEY", "").strip() or None),
+            forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "").strip() or None,
         )
 
 
@@ -145,6 +152,15 @@ def _hostname(raw: str) -> str:
     # Worker ids are host:pid:token, so a colon would make them ambiguous.
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", raw):
         raise ValueError("must be 1 to 100 letters, digits, '.', '-' or '_'")
+    return raw
+
+
+def _secret(raw: str | None) -> str | None:
+    """Checked apart from the other settings: its value must never appear in a message."""
+    if raw is not None and len(raw) < 32:
+        raise ConfigurationError(
+            "ERRANDS_SECRET_KEY is invalid: give at least 32 characters (openssl rand -hex 32)"
+        )
     return raw
 
 

@@ -12,28 +12,39 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
-import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from errands import embedded
 from errands.config import Settings
+from errands.errors import ConfigurationError
+from errands.log import get_logger
 from errands.schema import check
 
-_log = structlog.get_logger("errands.database")
+_log = get_logger("errands.database")
 _checked: set[str] = set()
 _check_lock = threading.Lock()
 
 
-def resolve_url(settings: Settings) -> str:
-    """The configured database URL, or that of the embedded development database."""
+def resolve_url(settings: Settings, *, start_embedded: bool = False) -> str:
+    """The configured database URL, or that of the embedded development database.
+
+    Only `errands run` starts the embedded database (`start_embedded`); every other
+    command and `Client()` use it while it runs, and otherwise stop with one line
+    naming ERRANDS_DATABASE_URL, rather than start a second server of their own.
+    """
     if settings.database_url:
         return settings.database_url
-    joined = embedded.running(settings.data_dir)
-    url = embedded.start(settings.data_dir)
+    data_dir = settings.data_dir or embedded.default_data_dir()
+    url = embedded.url_if_running(data_dir)
+    started = url is None
+    if url is None:
+        if not start_embedded:
+            raise ConfigurationError(embedded.NOT_RUNNING.format(data_dir=data_dir))
+        url = embedded.start(data_dir)
     # Once per data directory: when errands starts the server, not for every command after.
-    (_log.debug if joined else _log.warning)(
+    (_log.warning if started else _log.debug)(
         "using the embedded development PostgreSQL; set ERRANDS_DATABASE_URL in production",
-        data_dir=str(settings.data_dir or embedded.default_data_dir()),
+        data_dir=str(data_dir),
         url=url,
     )
     return url

@@ -7,23 +7,26 @@ way to burn the workers' memory or to probe the network behind them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import ipaddress
-import math
 import random
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, TypeVar, cast
 from urllib.parse import urljoin, urlsplit
 
-import structlog
+from pydantic import ConfigDict, Field, ValidationError, validate_call
 
+from errands.errors import InvalidArgument
+from errands.log import get_logger
+from errands.queue.requests import field_errors
 from errands.tasks import current_job, task
 
-_log = structlog.get_logger("errands.demo")
+_log = get_logger("errands.demo")
 
 MAX_SLEEP_SECONDS = 300.0
 MAX_REPORT_ROWS = 1_000_000
@@ -41,34 +44,41 @@ _NOT_GLOBAL = tuple(
 )
 
 
-def _number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number between {low:g} and {high:g}, not {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, not {value!r}")
-    return float(value)
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _text(name: str, value: Any, limit: int = MAX_TEXT_CHARS) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        raise ValueError(f"{name} must be a string of at most {limit} characters")
-    return value
+def _checked(func: F) -> F:
+    """`func` with its arguments checked by pydantic, as every request is: strictly (a string
+    is not a number, nor a boolean an integer); a bad one is an InvalidArgument naming it."""
+    validated = validate_call(config=ConfigDict(strict=True))(func)
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return validated(*args, **kwargs)
+        except ValidationError as exc:
+            raise InvalidArgument(field_errors(exc)) from None
+
+    return cast(F, call)
 
 
 @task
-def sleep(seconds: float = 1.0) -> dict[str, float]:
+@_checked
+def sleep(seconds: Annotated[float, Field(ge=0, le=MAX_SLEEP_SECONDS)] = 1.0) -> dict[str, float]:
     """Wait (at most MAX_SLEEP_SECONDS), standing in for slow work."""
-    _number("seconds", seconds, 0, MAX_SLEEP_SECONDS)
     time.sleep(seconds)
     return {"slept": seconds}
 
 
 @task
-def send_email(to: str, subject: str = "", body: str = "") -> dict[str, Any]:
+@_checked
+def send_email(
+    to: Annotated[str, Field(max_length=320)],
+    subject: Annotated[str, Field(max_length=998)] = "",
+    body: Text = "",
+) -> dict[str, Any]:
     """Pretend to deliver an email: a short wait and a log line, no network."""
-    _text("to", to, 320)
-    _text("subject", subject, 998)
-    _text("body", body)
     time.sleep(0.05)
     message_id = hashlib.sha256(f"{current_job().id}:{to}:{subject}".encode()).hexdigest()[:16]
     _log.info("email delivered (simulated)", to=to, subject=subject, chars=len(body))
@@ -76,10 +86,9 @@ def send_email(to: str, subject: str = "", body: str = "") -> dict[str, Any]:
 
 
 @task
-def generate_report(rows: int = 1000) -> dict[str, Any]:
+@_checked
+def generate_report(rows: Annotated[int, Field(ge=0, le=MAX_REPORT_ROWS)] = 1000) -> dict[str, Any]:
     """Real CPU work: aggregate `rows` generated rows, one at a time (memory stays flat)."""
-    if isinstance(rows, bool) or not isinstance(rows, int) or not 0 <= rows <= MAX_REPORT_ROWS:
-        raise ValueError(f"rows must be an integer between 0 and {MAX_REPORT_ROWS}, not {rows!r}")
     total, largest = 0.0, None
     for _ in range(rows):
         value = random.random()
@@ -89,24 +98,28 @@ def generate_report(rows: int = 1000) -> dict[str, Any]:
 
 
 @task
-def flaky(fail_rate: float = 0.5) -> dict[str, Any]:
+@_checked
+def flaky(fail_rate: Annotated[float, Field(ge=0, le=1)] = 0.5) -> dict[str, Any]:
     """Fail at random, to watch retries and backoff at work."""
-    _number("fail_rate", fail_rate, 0, 1)
     if random.random() < fail_rate:
         raise RuntimeError(f"flaky failure (fail_rate={fail_rate})")
     return {"attempt": current_job().attempt}
 
 
 @task
-def fail(message: str = "boom") -> None:
+@_checked
+def fail(message: Text = "boom") -> None:
     """Always raise, to watch a job spend its budget and end dead."""
-    raise RuntimeError(_text("message", message))
+    raise RuntimeError(message)
 
 
 @task
-def http_call(url: str, timeout: float = 5.0) -> dict[str, Any]:
+@_checked
+def http_call(
+    url: str, timeout: Annotated[float, Field(ge=0.001, le=MAX_HTTP_TIMEOUT)] = 5.0
+) -> dict[str, Any]:
     """GET a public http(s) URL; private, loopback and other internal addresses are refused."""
-    return fetch(url, _number("timeout", timeout, 0.001, MAX_HTTP_TIMEOUT), is_public_address)
+    return fetch(url, timeout, is_public_address)
 
 
 # -- http_call's fetching ------------------------------------------------------------------

@@ -20,6 +20,11 @@ from pathlib import Path
 
 from errands.errors import ConfigurationError
 
+NOT_RUNNING = (
+    "No database: set ERRANDS_DATABASE_URL (or DATABASE_URL) to a PostgreSQL URL, or start "
+    "`errands run` (`make run`), which starts the embedded development database in "
+    "{data_dir}; this command uses it while it runs and never starts a server of its own."
+)
 _MISSING = (
     "No database configured: set ERRANDS_DATABASE_URL (or DATABASE_URL) to a PostgreSQL URL, "
     "or install the development extra, pip install 'errands[embedded]', to let errands start "
@@ -41,7 +46,10 @@ def default_data_dir() -> Path:
 
 
 def start(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Start (or join) the embedded PostgreSQL; returns its connection URL."""
+    """Start (or join) the embedded PostgreSQL; returns its connection URL.
+
+    Only `errands run` calls it (README: The embedded development database).
+    """
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
         warnings.simplefilter("ignore")
@@ -55,17 +63,31 @@ def start(data_dir: str | os.PathLike[str] | None = None) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     if os.geteuid() == 0:
         _refuse_private_parents(pgdata)
-    server = postgres_server.get_server(pgdata, cleanup_mode=None)
-    return str(server.get_uri())
+    postgres_server.get_server(pgdata, cleanup_mode=None)
+    url = url_if_running(pgdata)
+    assert url is not None, "pgserver returns once the server is ready"
+    return url
 
 
-def running(data_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Whether the embedded PostgreSQL of `data_dir` is running already (errands joins it)."""
+def url_if_running(data_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """The URL of the embedded PostgreSQL of `data_dir` if it runs and accepts connections.
+
+    Read from its postmaster.pid (PostgreSQL's own format: pid, data directory, start
+    time, port, socket directory, listen address, shared memory, status), so that
+    joining a running server can never start one.
+    """
     pid_file = Path(data_dir or default_data_dir()).expanduser() / "postmaster.pid"
     try:
-        pid = int(pid_file.read_text().split()[0])
+        lines = pid_file.read_text().splitlines()
+        pid, port, socket_dir, status = int(lines[0]), lines[3], lines[4], lines[7]
     except (OSError, ValueError, IndexError):
-        return False
+        return None
+    if status.strip() != "ready" or not _alive(pid):
+        return None
+    return f"postgresql://postgres:@/postgres?host={socket_dir.strip()}&port={port.strip()}"
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

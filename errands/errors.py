@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from errands.limits import MAX_DELAY_SECONDS
+
 
 class ErrandsError(Exception):
     """Base class of the errors errands raises on purpose."""
@@ -91,7 +93,7 @@ def scrub(text: str, exc: BaseException) -> str:
     return text
 
 
-MAX_RETRY_SECONDS = 10 * 365 * 24 * 3600  # as far ahead as a job may be delayed
+MAX_RETRY_SECONDS = MAX_DELAY_SECONDS  # as far ahead as a job may be delayed
 
 
 class Fail(Exception):

@@ -1,11 +1,12 @@
 """Logging: the standard `logging` module in a library; rendered lines in errands' processes.
 
-errands' modules log with `structlog.get_logger("errands.…")`. Imported as a
-library, errands never writes a line itself: unless the application configured
-structlog (then its configuration applies), `library_mode()` sends every event
-to the standard logger of the same name, where the application's logging
-set-up decides; the `errands` logger has a NullHandler, so nothing reaches
-the terminal through logging's last resort.
+errands' modules log through `get_logger("errands.…")`. Imported as a library,
+errands configures nothing: while structlog is not configured (the
+application's choice), each event goes to the standard logger of the same name,
+where the application's logging set-up decides; the `errands` logger has a
+NullHandler (as the logging HOWTO asks of a library), so nothing reaches the
+terminal through logging's last resort. Once structlog is configured, by the
+application or by errands' own processes, events follow that configuration.
 
 The processes errands starts (`errands run`, `api`, every command) call
 `configure_logging`: JSON lines or a coloured console on stderr, each line
@@ -18,9 +19,10 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from typing import Any
 
 import structlog
-from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from errands.errors import scrub
 
@@ -28,36 +30,41 @@ from errands.errors import scrub
 # pgserver's every initdb and pg_ctl command line (errands says which database it uses).
 QUIET_LOGGERS = {"uvicorn": logging.WARNING, "pgserver": logging.WARNING}
 
+logging.getLogger("errands").addHandler(logging.NullHandler())
 
-def library_mode() -> None:
-    """Send errands' events to the standard logging module, unless structlog is configured."""
-    logging.getLogger("errands").addHandler(logging.NullHandler())
-    if structlog.is_configured():
-        return
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.stdlib.filter_by_level,
-            _scrub_exception,
-            structlog.processors.format_exc_info,
-            # One message per event: its text first, then its fields (logfmt).
-            structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True),
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
-    )
+
+def get_logger(name: str) -> Any:
+    """errands' logger `name`: structlog's configuration when there is one, else `logging`."""
+    return _Logger(name)
+
+
+class _Logger:
+    """Decides at each call, so that configuring structlog later (a command's start-up,
+    an application's) takes effect on loggers made at import."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Any:
+        if structlog.is_configured():
+            return getattr(structlog.get_logger(self._name), method)
+        stdlib = structlog.wrap_logger(
+            logging.getLogger(self._name),
+            processors=_TO_LOGGING,
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
+        return getattr(stdlib, method)
 
 
 def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
     """Own the output of this process: errands' events and every standard-library record."""
-    shared: list[structlog.typing.Processor] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _scrub_exception,
     ]
-    renderer: structlog.typing.Processor
+    renderer: Processor
     if log_format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
@@ -98,3 +105,13 @@ def _scrub_exception(logger: WrappedLogger, method: str, event: EventDict) -> Ev
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         event["exception"] = scrub(text, exc)
     return event
+
+
+# An event as one `logging` record: its text first, then its fields (logfmt).
+_TO_LOGGING: list[Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.filter_by_level,
+    _scrub_exception,
+    structlog.processors.format_exc_info,
+    structlog.processors.LogfmtRenderer(key_order=["event"], drop_missing=True),
+]

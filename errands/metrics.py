@@ -29,9 +29,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from errands.queue import Job, JobState, ScheduleStatus
-from errands.queue.requests import DEFAULT_QUEUE
-from errands.tasks import registered, registered_tasks
+from errands.limits import DEFAULT_QUEUE
+from errands.queue.jobs import Job, JobState
+from errands.queue.schedules import ScheduleStatus
+from errands.registry import registered, registered_tasks
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, float("inf"))

@@ -13,10 +13,11 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from errands.errors import ConfigurationError, InvalidJob
-from errands.queue.requests import MAX_DELAY_SECONDS, TASK_NAME, parse_request
+from errands.limits import MAX_DELAY_SECONDS
+from errands.queue.requests import TASK_NAME, parse_request
 from errands.queue.schedules import Schedule
 from errands.queue.ticks import Timing
-from errands.tasks import registered_tasks
+from errands.registry import registered_tasks
 
 T = TypeVar("T")
 

@@ -9,17 +9,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
 
+from errands import registry
 from errands.backoff import Backoff
+from errands.client import Client, default_client
 from errands.errors import ConfigurationError, ErrandsError, FieldError, InvalidJob
-from errands.queue.requests import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, QUEUE_NAME, TASK_NAME
-
-if TYPE_CHECKING:  # the client imports this module to find tasks by name
-    from errands.client import Client
-    from errands.queue import Job
+from errands.limits import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
+from errands.queue.jobs import Job
+from errands.queue.requests import QUEUE_NAME, TASK_NAME
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -60,7 +60,12 @@ class Task(Generic[P, R]):
         return self.func(*args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"<errands.Task {self.name} ({_qualified_name(self.func)}) queue={self.queue}>"
+        return f"<errands.Task {self.name} ({self.qualified_name}) queue={self.queue}>"
+
+    @property
+    def qualified_name(self) -> str:
+        """Where the function is defined: `module.qualname`."""
+        return f"{self.func.__module__}.{self.func.__qualname__}"
 
     @property
     def is_async(self) -> bool:
@@ -143,23 +148,17 @@ class TaskCall:
 
     def enqueue(self, **payload: Any) -> Job:
         self.task.check_payload(payload)
-        # Imported here: the client module imports this one, to find tasks by name.
-        from errands.client import default_client  # noqa: PLC0415
-
         return (self.client or default_client()).enqueue(
             self.task.name,
             payload,
-            queue=self.queue,
+            queue=self.queue or self.task.queue,
             priority=self.priority,
             delay=self.delay,
             run_at=self.run_at,
-            max_attempts=self.max_attempts,
+            max_attempts=self.max_attempts or self.task.max_attempts,
             idempotency_key=self.idempotency_key,
             conn=self.conn,
         )
-
-
-_registry: dict[str, Task[Any, Any]] = {}
 
 
 @overload
@@ -211,7 +210,7 @@ def task(
             no_retry_on=tuple(no_retry_on),
         )
         _check(registered_task)
-        _registry[registered_task.name] = registered_task
+        registry.register(registered_task)
         return registered_task
 
     return register
@@ -236,38 +235,6 @@ def _check(spec: Task[Any, Any]) -> None:
                 f"task {spec.name}: argument {name!r} is positional-only, but a job's "
                 "payload is passed as keyword arguments"
             )
-    known = _registry.get(spec.name)
-    if known and _qualified_name(known.func) != _qualified_name(spec.func):
-        raise ConfigurationError(
-            f"task name {spec.name!r} is registered twice: by {_qualified_name(known.func)} "
-            f"and by {_qualified_name(spec.func)}"
-        )
-
-
-def _qualified_name(func: Callable[..., Any]) -> str:
-    return f"{func.__module__}.{func.__qualname__}"
-
-
-def registered(name: str) -> Task[Any, Any] | None:
-    return _registry.get(name)
-
-
-def registered_tasks() -> dict[str, Task[Any, Any]]:
-    return dict(_registry)
-
-
-def with_task_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """A job request's fields, with the queue and budget of its task where they are not given.
-
-    Only for a task registered in this process: enqueue by name then lands
-    where the task's workers look, with the attempts the task declared.
-    """
-    filled = dict(fields)
-    known = registered(filled["task"]) if isinstance(filled.get("task"), str) else None
-    if known is not None:
-        filled.setdefault("queue", known.queue)
-        filled.setdefault("max_attempts", known.max_attempts)
-    return filled
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,11 @@ from typing import Any
 
 from errands.client import recording
 from errands.errors import ErrandsError
-from errands.queue import Job, JobRequest, JobState, encode_result, parse_request
-from errands.tasks import CurrentJob, Task, registered, running
+from errands.queue.jobs import Job, JobState
+from errands.queue.lease import encode_result
+from errands.queue.requests import JobRequest, parse_request
+from errands.registry import registered
+from errands.tasks import CurrentJob, Task, running
 
 __all__ = ["CapturedJobs", "capture_jobs", "run", "run_async", "run_job"]
 

@@ -28,13 +28,15 @@ from hypothesis import HealthCheck, settings
 from psycopg.conninfo import make_conninfo
 
 from errands import Client, embedded
-from errands.api.app import MAX_IN_FLIGHT, App
+from errands.api.app import create_app
+from errands.api.backend import MAX_IN_FLIGHT
 from errands.api.server import config as server_config
 from errands.api.transport import DEFAULT_LIMITS, Limits
 from errands.errors import ConfigurationError
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, free_port
 from errands.harness.waiting import wait_for
+from errands.registry import task_defaults
 from errands.schema import migrate
 from tests.daemon import Daemon
 
@@ -150,6 +152,13 @@ def db_url(server_url: str, template_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def other_db_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A second fresh, migrated database, for what must differ between two deployments."""
+    with migrated_database(server_url) as url:
+        yield url
+
+
+@pytest.fixture
 def empty_db_url(server_url: str) -> Iterator[str]:
     """A fresh database without the errands schema."""
     name = f"errands_empty_{os.getpid()}_{next(_numbers)}"
@@ -206,18 +215,24 @@ def serve_api(db_url: str) -> Iterator[ServeApi]:
         max_in_flight: int = MAX_IN_FLIGHT,
         ui: bool = True,
         pgbouncer: bool = False,
+        forwarded_allow_ips: str | None = None,
+        secret_key: str | None = None,
     ) -> httpx.Client:
         port = free_port()
-        app = App(
+        app = create_app(
             url,
             tokens,
             lease_seconds=30,
             max_in_flight=max_in_flight,
             ui=ui,
             pgbouncer=pgbouncer,
+            defaults=task_defaults,  # as the command that loaded the task modules passes them
+            secret_key=secret_key,
         )
         # The production server's settings (protocol, limits, loop), on a thread.
-        server = uvicorn.Server(server_config(app, limits, host="127.0.0.1", port=port))
+        server = uvicorn.Server(
+            server_config(app, limits, forwarded_allow_ips, host="127.0.0.1", port=port)
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10

@@ -52,6 +52,17 @@ def parse(raw: bytes) -> Answer:
     return Answer(int(status_line.split()[1]), headers, body)
 
 
+def parse_all(raw: bytes) -> list[Answer]:
+    """Every answer in `raw`, in order: each body as long as its Content-Length says."""
+    answers = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(parse(head + b"\r\n\r\n").headers.get("content-length", "0"))
+        answers.append(parse(head + b"\r\n\r\n" + rest[:length]))
+        raw = rest[length:]
+    return answers
+
+
 def exchange(port: int, request: bytes) -> Answer:
     """Send `request` on a fresh connection; the server closes it after answering.
 
@@ -69,9 +80,12 @@ def request(
     headers: list[tuple[str, str]] | None = None,
     body: bytes = b"",
     host: str = "localhost",
+    close: bool = True,
 ) -> bytes:
-    """A request's bytes, with Host, Connection: close and Content-Length added."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    """A request's bytes, with Host, Connection: close (unless not `close`) and
+    Content-Length added."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += ["Connection: close"] if close else []
     lines += [f"{name}: {value}" for name, value in headers or []]
     if body or method == "POST":
         lines.append(f"Content-Length: {len(body)}")

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from errands import Client, JobState
-from errands.queue import Job, claim, release
+from errands.queue.jobs import Job
+from errands.queue.lease import claim, release
 from errands.workers.acks import ACK_FLUSH_SECONDS, AckMode, Acknowledgements, ClaimRequest
 from errands.workers.execution import Failed, Succeeded
 from errands.workers.running import Entry

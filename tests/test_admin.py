@@ -8,7 +8,9 @@ import psycopg
 import pytest
 
 from errands import Client, InvalidState, JobNotFound, JobState
-from errands.queue import Completion, Held, announce, claim, complete, fail, forget, prune
+from errands.queue.admin import prune
+from errands.queue.lease import Completion, Held, claim, complete, fail
+from errands.queue.presence import announce, forget
 
 Conn = psycopg.Connection[Any]
 

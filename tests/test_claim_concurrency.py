@@ -17,8 +17,9 @@ from typing import Any
 import psycopg
 
 from errands import IdempotencyConflict
-from errands import queue as q
-from errands.queue import Completion, Enqueued
+from errands.queue.lease import Completion, claim, complete, encode_result
+from errands.queue.requests import JobRequest, parse_request
+from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
 JOBS = 3_000
 PROCESSES = 4
@@ -42,10 +43,10 @@ def _claim_until_empty(db_url: str, owner: str, seed: int) -> list[int]:
     claimed: list[int] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
         _START["barrier"].wait(BARRIER_TIMEOUT)
-        while jobs := q.claim(conn, owner, [QUEUE], rng.randint(1, 10), LEASE_SECONDS):
+        while jobs := claim(conn, owner, [QUEUE], rng.randint(1, 10), LEASE_SECONDS):
             claimed += [job.id for job in jobs]
-            done = [Completion(job.id, job.attempts, q.encode_result(owner)) for job in jobs]
-            completed = q.complete(conn, owner, done)
+            done = [Completion(job.id, job.attempts, encode_result(owner)) for job in jobs]
+            completed = complete(conn, owner, done)
             assert completed == {job.id for job in jobs}, "a lease was lost with no one else"
     return claimed
 
@@ -53,10 +54,9 @@ def _claim_until_empty(db_url: str, owner: str, seed: int) -> list[int]:
 def test_processes_claim_every_job_exactly_once(conn: psycopg.Connection[Any], db_url: str) -> None:
     """Workers in separate processes racing on one queue never share a job and miss none."""
     requests = [
-        q.parse_request({"task": "crunch", "queue": QUEUE, "payload": {"n": n}})
-        for n in range(JOBS)
+        parse_request({"task": "crunch", "queue": QUEUE, "payload": {"n": n}}) for n in range(JOBS)
     ]
-    enqueued = {answer.job.id for answer in q.enqueue_many(conn, requests)}
+    enqueued = {answer.job.id for answer in enqueue_many(conn, requests)}
     assert len(enqueued) == JOBS
 
     spawn = multiprocessing.get_context("spawn")
@@ -77,16 +77,16 @@ def test_processes_claim_every_job_exactly_once(conn: psycopg.Connection[Any], d
 
 
 def _submit_together(
-    db_url: str, requests: list[q.JobRequest]
+    db_url: str, requests: list[JobRequest]
 ) -> list[Enqueued | IdempotencyConflict]:
     """Submit each request from its own thread and connection, all released at once."""
     barrier = threading.Barrier(len(requests))
 
-    def submit(request: q.JobRequest) -> Enqueued | IdempotencyConflict:
+    def submit(request: JobRequest) -> Enqueued | IdempotencyConflict:
         with psycopg.connect(db_url, autocommit=True) as own:
             barrier.wait(BARRIER_TIMEOUT)
             try:
-                return q.enqueue(own, request)
+                return enqueue(own, request)
             except IdempotencyConflict as conflict:
                 return conflict
 
@@ -94,8 +94,8 @@ def _submit_together(
         return list(pool.map(submit, requests))
 
 
-def _request(payload: dict[str, Any]) -> q.JobRequest:
-    return q.parse_request({"task": "charge", "payload": payload, "idempotency_key": "order-42"})
+def _request(payload: dict[str, Any]) -> JobRequest:
+    return parse_request({"task": "charge", "payload": payload, "idempotency_key": "order-42"})
 
 
 def _stored(conn: psycopg.Connection[Any]) -> list[tuple[int, dict[str, Any]]]:

@@ -7,25 +7,30 @@ import os
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from errands import Client, JobState
-from errands.queue import Held, announce, claim, fail
+from errands.queue.lease import Held, claim, fail
+from errands.queue.presence import announce
 from errands.schema import available_migrations
 
 Conn = psycopg.Connection[Any]
 
 
-def errands(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ERRANDS_DATABASE_URL": db_url, "ERRANDS_LOG_FORMAT": "json"}
+def errands(
+    db_url: str, *args: str, check: bool = True, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ERRANDS_DATABASE_URL": db_url, "ERRANDS_LOG_FORMAT": "json", **env}
     return subprocess.run(
         [sys.executable, "-m", "errands", *args],
         env=env,
         capture_output=True,
         text=True,
         check=check,
+        cwd=cwd,
     )
 
 
@@ -68,6 +73,39 @@ def test_enqueue_refuses_a_payload_that_is_not_json(db_url: str) -> None:
 def test_enqueue_refuses_an_invalid_task_name_and_says_why(db_url: str) -> None:
     result = errands(db_url, "enqueue", "bad name", check=False)
     assert result.returncode == 1 and "task: must match" in result.stderr
+
+
+MAIL_TASKS = """
+import errands
+
+@errands.task(queue="mail", max_attempts=3)
+def send_welcome(to: str) -> None: ...
+"""
+
+
+def test_enqueue_puts_a_loaded_task_on_its_queue_with_its_budget(
+    db_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_mail_tasks.py").write_text(MAIL_TASKS)
+    args = ("enqueue", "send_welcome", '{"to": "a@example.com"}', "--json")
+    modules = ("--tasks", "cli_mail_tasks")
+    given = errands(db_url, *args, *modules, cwd=tmp_path)
+    from_env = errands(db_url, *args, cwd=tmp_path, ERRANDS_TASKS="cli_mail_tasks")
+    for job in (json.loads(given.stdout), json.loads(from_env.stdout)):
+        assert (job["queue"], job["max_attempts"]) == ("mail", 3)
+    chosen = errands(db_url, *args, *modules, "--queue", "other", cwd=tmp_path)
+    assert json.loads(chosen.stdout)["queue"] == "other"  # what the command names wins
+    unknown = errands(db_url, "enqueue", "other_task", "--json", *modules, cwd=tmp_path)
+    assert json.loads(unknown.stdout)["queue"] == "default"
+
+
+def test_enqueue_with_a_task_module_that_cannot_load_says_so_in_one_line(
+    db_url: str, client: Client
+) -> None:
+    result = errands(db_url, "enqueue", "t", "--tasks", "no_such_tasks_module", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("errands: cannot import task module 'no_such_tasks_module'")
+    assert result.stderr.count("\n") == 1 and client.list() == []
 
 
 def test_jobs_list_and_show(client: Client, db_url: str) -> None:

@@ -322,3 +322,20 @@ def test_every_child_exits_when_the_supervisor_is_killed(start_daemon: StartDaem
     daemon.signal(signal.SIGKILL)
     daemon.wait()
     wait_for(lambda: not any(alive(pid) for pid in children), timeout=5, what="children to exit")
+
+
+def test_a_broken_task_module_prints_its_traceback_once_per_crash_loop(
+    start_daemon: StartDaemon,
+) -> None:
+    # Two workers and the scheduler fail the same way, restart after restart.
+    daemon = start_daemon("--workers", "2", ERRANDS_TASKS="broken_tasks")
+
+    def restarts() -> list[dict[str, Any]] | None:
+        found = [e for e in daemon.log_events() if e.get("event") == "child exited; restarting"]
+        return found if len(found) >= 6 else None
+
+    found = wait_for(restarts, what="six restarts")
+    assert daemon.stop() == 0
+    assert [e["child"] for e in found if "traceback" in e] == [found[0]["child"]]
+    assert "broken on purpose" in found[0]["traceback"]
+    assert all("broken on purpose" in e["reason"] for e in found)  # each says why, in a line

@@ -17,8 +17,8 @@ import structlog
 import errands
 from errands import demo
 from errands.errors import WITHHELD
-from errands.log import configure_logging, library_mode
-from errands.queue import Job, JobState
+from errands.log import configure_logging
+from errands.queue.jobs import Job, JobState
 from errands.tasks import CurrentJob, running
 from errands.workers.execution import Failed, Rescheduled, Succeeded, execute, execute_async
 
@@ -242,8 +242,7 @@ def test_a_logged_database_error_shows_no_row(
             except psycopg.Error:
                 structlog.get_logger("test").exception("could not store")
     finally:
-        structlog.reset_defaults()
-        library_mode()  # as at import: later tests see errands as the library it is here
+        structlog.reset_defaults()  # later tests see errands as the library it is here
         root.handlers[:], root.level = handlers, level  # not left writing to the captured stderr
     logged = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert "CheckViolation" in logged["exception"] and CARD not in logged["exception"]

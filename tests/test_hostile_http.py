@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -19,12 +22,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from errands.queue.requests import JOB_FIELDS, MAX_PAYLOAD_DEPTH
+from errands import Client, InvalidJob
+from errands.api.guesses import LIMIT
+from errands.limits import MAX_PAYLOAD_DEPTH
+from errands.queue.requests import JobRequest
 from tests.conftest import ApiProcess, ServeApi
-from tests.rawhttp import exchange, request
+from tests.rawhttp import connect, exchange, parse_all, read_until_closed, request
 
 TOKEN = "s3cret-token"
 JSON = ("Content-Type", "application/json")
+JOB_FIELDS = JobRequest.model_fields
 
 
 def port_of(http: httpx.Client) -> int:
@@ -243,7 +250,7 @@ def test_run_at_is_rfc3339_exactly(api: httpx.Client, run_at: str, accepted: boo
 
 
 def test_null_means_absent_for_every_optional_field(api: httpx.Client) -> None:
-    optional = {name: None for name, rule in JOB_FIELDS.items() if not rule.required}
+    optional = {name: None for name, rule in JOB_FIELDS.items() if not rule.is_required()}
     job = api.post("/jobs", json={"task": "t", **optional})
     assert job.status_code == 201, job.text
     assert {k: job.json()[k] for k in ("queue", "priority", "max_attempts", "payload")} == {
@@ -323,6 +330,109 @@ def test_a_transfer_coding_other_than_chunked_is_501(
 def test_unparsable_http_gets_the_json_error_shape(api: httpx.Client) -> None:
     answer = exchange(port_of(api), b"GET /health HTTP/1.1\r\nHost x\r\n\r\n")
     assert answer.status == 400 and answer.code == "bad_request"
+
+
+# -- bodies, keys, batches -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-be"])
+def test_a_body_in_another_unicode_encoding_is_400_and_stores_nothing(
+    api: httpx.Client, conn: Any, encoding: str
+) -> None:
+    response = post_raw(api, json.dumps({"task": "t"}).encode(encoding))
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    assert jobs_stored(conn) == 0
+
+
+@pytest.mark.parametrize("key", ["k ", " k", "k\t", "\tk", " "])
+def test_a_key_with_a_space_at_either_end_is_refused_wherever_it_is_given(
+    api: httpx.Client, client: Client, conn: Any, key: str
+) -> None:
+    # HTTP strips spaces and tabs around a header's value: such a key could never be the
+    # same in the Idempotency-Key header and in the body, so it is refused everywhere.
+    response = api.post("/jobs", json={"task": "t", "idempotency_key": key})
+    assert response.status_code == 422 and fields(response) == ["idempotency_key"]
+    with pytest.raises(InvalidJob, match="idempotency_key"):
+        client.enqueue("t", idempotency_key=key)
+    assert jobs_stored(conn) == 0
+
+
+def test_a_header_key_with_a_trailing_space_is_the_key_without_it(api: httpx.Client) -> None:
+    answer = exchange(
+        port_of(api), request("POST", "/jobs", [JSON, ("Idempotency-Key", "k ")], b'{"task":"t"}')
+    )
+    assert answer.status == 201 and answer.json()["idempotency_key"] == "k"
+    same = api.post("/jobs", json={"task": "t", "idempotency_key": "k"})
+    assert same.status_code == 200 and same.json()["id"] == answer.json()["id"]
+
+
+def test_two_batches_naming_the_same_keys_in_opposite_orders_never_deadlock(
+    serve_api: ServeApi, conn: Any
+) -> None:
+    api = serve_api()
+    rounds = 30
+
+    def submit(order: list[str], both: threading.Barrier) -> int:
+        jobs = [{"task": "t", "idempotency_key": key} for key in order]
+        both.wait()  # the two batches leave together, every round
+        return api.post("/jobs/batch", json={"jobs": jobs}).status_code
+
+    statuses: list[int] = []
+    with ThreadPoolExecutor(2) as pool:
+        for n in range(rounds):
+            keys, both = [f"{n}-a", f"{n}-b"], threading.Barrier(2)
+            statuses += pool.map(submit, [keys, keys[::-1]], [both, both])
+    assert statuses == [201] * (2 * rounds)
+    assert jobs_stored(conn) == 2 * rounds
+
+
+json_scalars = st.sampled_from([True, False, 0, 1, 1.0, 0.0, -0.0, 1e23, 10**23, "1", "", None])
+
+
+@given(first=json_scalars, second=json_scalars)
+@settings(max_examples=60)
+def test_a_batch_repeating_a_key_judges_two_payloads_alike_as_post_jobs_does(
+    api: httpx.Client, first: Any, second: Any
+) -> None:
+    single, batch = (f"{uuid.uuid4()}" for _ in range(2))
+    first_job, second_job = ({"task": "t", "payload": {"a": v}} for v in (first, second))
+    api.post("/jobs", json={**first_job, "idempotency_key": single})
+    again = api.post("/jobs", json={**second_job, "idempotency_key": single})
+    copies = [{**job, "idempotency_key": batch} for job in (first_job, second_job)]
+    together = api.post("/jobs/batch", json={"jobs": copies})
+    assert (again.status_code == 409) == (together.status_code == 409), (first, second)
+
+
+@pytest.mark.parametrize("requests_before", [1, 2])
+def test_requests_followed_by_bytes_that_are_not_http_are_answered_then_refused(
+    api: httpx.Client, conn: Any, requests_before: int
+) -> None:
+    one = request("POST", "/jobs", [JSON], b'{"task": "t"}', close=False)
+    with connect(port_of(api)) as sock:
+        sock.sendall(one * requests_before + b"\x16\x03\x01 not HTTP at all\r\n\r\n")
+        answers = parse_all(read_until_closed(sock))
+    assert [a.status for a in answers] == [201] * requests_before + [400]
+    assert answers[-1].code == "bad_request"
+    assert jobs_stored(conn) == requests_before
+
+
+def test_x_forwarded_for_is_believed_only_from_the_configured_proxies(
+    serve_api: ServeApi,
+) -> None:
+    wrong = ("Authorization", "Bearer guess")
+
+    def statuses(port: int, forwarded: list[str]) -> list[int]:
+        return [
+            exchange(port, request("GET", "/stats", [wrong, ("X-Forwarded-For", address)])).status
+            for address in forwarded
+        ]
+
+    rotating = [f"203.0.113.{n}" for n in range(LIMIT + 3)]
+    untrusted = port_of(serve_api(tokens=(TOKEN,)))
+    assert statuses(untrusted, rotating)[-3:] == [429] * 3  # all counted against the peer
+    behind_proxy = port_of(serve_api(tokens=(TOKEN,), forwarded_allow_ips="127.0.0.1"))
+    assert set(statuses(behind_proxy, rotating)) == {401}  # each client counted apart
+    assert statuses(behind_proxy, ["198.51.100.7"] * (LIMIT + 1))[-1] == 429
 
 
 # -- logs ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from errands import Client
-from errands.queue import Completion, claim, complete, reap
+from errands.queue.lease import Completion, claim, complete, reap
 from errands.workers.keeper import LeaseKeeper
 from errands.workers.running import Entry, RunningJobs
 

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from errands import Client, JobState
-from errands.queue import (
+from errands.queue.jobs import Job
+from errands.queue.lease import (
     AsyncSlots,
     Completion,
     Held,
@@ -21,7 +22,6 @@ from errands.queue import (
     release,
     reschedule,
 )
-from errands.queue.jobs import Job
 
 Conn = psycopg.Connection[Any]
 

@@ -18,9 +18,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from errands import Client, embedded
-from errands.harness.process import free_port
+from errands.harness.process import DaemonProcess, free_port
 from errands.harness.waiting import answers, wait_for
-from errands.queue import claim
+from errands.queue.lease import claim
 from errands.workers.acks import Acknowledgements, ClaimRequest
 from errands.workers.execution import Failed
 from errands.workers.running import Entry
@@ -61,19 +61,24 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_imported_as_a_library_errands_logs_through_logging_and_prints_nothing(
+def test_imported_as_a_library_errands_configures_nothing_and_logs_through_logging(
     fresh_data_dir: Path,
 ) -> None:
+    embedded.start(fresh_data_dir)  # as `errands run` does; the Client only joins it
     result = python(
         """
-        import json, logging
+        import json, logging, structlog
         records = []
         class Keep(logging.Handler):
             def emit(self, record):
                 records.append([record.name, record.levelname, record.getMessage()])
-        logging.getLogger().addHandler(Keep())
-        logging.getLogger().setLevel(logging.DEBUG)
+        root = logging.getLogger()
+        root.addHandler(Keep())
+        root.setLevel(logging.DEBUG)
+        before = (list(root.handlers), root.level)
         import errands
+        assert not structlog.is_configured(), "import errands configured structlog"
+        assert (list(root.handlers), root.level) == before, "import errands changed logging"
         with errands.Client() as client:
             try:
                 client.stats()
@@ -86,21 +91,46 @@ def test_imported_as_a_library_errands_logs_through_logging_and_prints_nothing(
     records = json.loads(result.stdout)  # nothing else on stdout
     assert result.stderr == ""
     assert records[-1][:2] == ["refused", ""] and "errands migrate" in records[-1][2]
-    warnings = [r for r in records if r[0] == "errands.database" and r[1] == "WARNING"]
-    assert len(warnings) == 1 and EMBEDDED_WARNING in warnings[0][2]
+    joined = [r for r in records if r[0] == "errands.database" and EMBEDDED_WARNING in r[2]]
+    assert [r[1] for r in joined] == ["DEBUG"]  # it joined a server `errands run` started
 
 
 @pytest.mark.slow
-def test_the_embedded_database_warning_is_given_once_per_data_directory(
-    fresh_data_dir: Path,
+def test_without_a_url_only_errands_run_starts_the_embedded_database(
+    fresh_data_dir: Path, tmp_path: Path
 ) -> None:
-    def migrate() -> str:
-        command = [sys.executable, "-m", "errands", "migrate"]
-        env = embedded_env(fresh_data_dir)
-        return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stderr
+    env = embedded_env(fresh_data_dir)
 
-    assert EMBEDDED_WARNING in migrate()
-    assert EMBEDDED_WARNING not in migrate()
+    def errands(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "errands", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+    refused = errands("stats")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("errands: ") and refused.stderr.count("\n") == 1
+    assert "ERRANDS_DATABASE_URL" in refused.stderr
+    client = python(
+        """
+        import errands
+        try:
+            errands.Client().stats()
+        except errands.ConfigurationError as exc:
+            print(exc)
+        """,
+        env,
+    )
+    assert "ERRANDS_DATABASE_URL" in client.stdout
+    assert not fresh_data_dir.exists()  # no second server, not even its directory
+
+    daemon = DaemonProcess(["run", "--workers", "1", "--no-http"], env, tmp_path / "run.log")
+    daemon.start()
+    try:
+        wait_for(lambda: errands("stats").returncode == 0, what="the embedded database")
+        warned = [e for e in daemon.log_events() if e.get("event", "").startswith(EMBEDDED_WARNING)]
+        assert [e["level"] for e in warned] == ["warning"]  # the one process that started it
+    finally:
+        assert daemon.stop() == 0
+    assert errands("stats").returncode == 0  # it keeps running after errands run exits
 
 
 def test_lines_written_by_several_processes_at_once_never_mix() -> None:

@@ -21,7 +21,8 @@ from errands.metrics import (
     queue_gauges,
 )
 from errands.queue.requests import QUEUE_NAME, TASK_NAME
-from errands.tasks import registered, task
+from errands.registry import registered
+from errands.tasks import task
 from tests.test_daemon import StartDaemon
 
 

@@ -145,6 +145,25 @@ def test_a_port_in_use_stops_start_up_with_one_clear_message(
     assert "child started" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["run", "--workers", "1"], ["api"]])
+def test_a_port_in_use_given_by_port_is_named_so(db_url: str, command: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "errands", *command, "--host", "127.0.0.1", "--port", str(port)],
+            env=daemon_env(db_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.count(f"port {port} is in use (set --port)") == 1
+    assert "ERRANDS_HTTP_ADDR" not in result.stderr
+
+
 def test_a_supervisor_started_right_after_a_killed_one_takes_its_port_over(
     start_daemon: StartDaemon,
 ) -> None:

@@ -21,13 +21,13 @@ import structlog
 import errands
 from errands.errors import ConfigurationError
 from errands.periodic import registered_schedules
-from errands.queue import JobState, claim, fail, get, list_schedules
-from errands.queue.lease import Held
-from errands.queue.schedules import Schedule
+from errands.queue.admin import get
+from errands.queue.jobs import JobState
+from errands.queue.lease import Held, claim, fail
+from errands.queue.schedules import Schedule, list_schedules
 from errands.queue.ticks import Timing
-from errands.workers import TaskModuleError
 from errands.workers.execution import Succeeded, execute
-from errands.workers.loading import load_task_modules
+from errands.workers.loading import TaskModuleError, load_task_modules
 from errands.workers.scheduler import MAX_BEHIND, Scheduler
 from tests.test_cli import errands as errands_cli
 

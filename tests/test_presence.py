@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from errands.queue import ProcessIdentity, announce, gone_workers
+from errands.queue.presence import ProcessIdentity, announce, gone_workers
 
 Conn = psycopg.Connection[Any]
 

@@ -14,9 +14,8 @@ import pytest
 
 from errands import Client, JobState
 from errands.errors import InvalidJob
-from errands.queue import claim, complete, fail, pause, queues, resume
-from errands.queue.control import Filter, bulk, count_matching, throughput
-from errands.queue.lease import Completion, Held
+from errands.queue.control import Filter, bulk, count_matching, pause, queues, resume, throughput
+from errands.queue.lease import Completion, Held, claim, complete, fail
 from errands.queue.queries import query
 from tests.daemon import Daemon, wait_for
 

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from errands import Client, JobState
-from errands.api.app import App
+from errands.api.backend import Backend
 from errands.database import connect, open_connection
 from errands.harness.process import free_port
 from errands.harness.waiting import wait_for
@@ -97,14 +97,13 @@ def test_an_application_name_in_the_url_is_kept(local_db: str) -> None:
 
 
 def test_the_api_pool_fixes_its_session(local_db: str) -> None:
-    app = App(local_db, (), lease_seconds=30)
-    app.open()
+    backend = Backend(local_db)  # the API's request threads and their pool
+    backend.open()
     try:
-        assert app._pool is not None
-        with app._pool.connection() as conn:
+        with backend.connection() as conn:
             assert _settings(conn) == EXPECTED
     finally:
-        app.close()
+        backend.close()
 
 
 def test_the_client_reads_edge_dates_under_any_local_zone(local_db: str) -> None:

@@ -28,8 +28,21 @@ from hypothesis.stateful import (
 )
 
 from errands import IdempotencyConflict, InvalidState, JobNotFound, JobState
-from errands import queue as q
-from errands.queue import Completion, Held, Job, JobRequest
+from errands.queue.admin import cancel, get, retry, stats
+from errands.queue.jobs import Job
+from errands.queue.lease import (
+    Completion,
+    Held,
+    claim,
+    complete,
+    encode_result,
+    fail,
+    heartbeat,
+    reap,
+    release,
+)
+from errands.queue.requests import JobRequest, parse_request
+from errands.queue.submit import enqueue
 
 OWNERS = ("w1", "w2", "w3")
 QUEUE_CHOICES = (("q1",), ("q2",), ("q1", "q2"))
@@ -51,7 +64,7 @@ REQUESTS = st.fixed_dictionaries(
         "max_attempts": st.integers(1, 3),
         "idempotency_key": st.none() | st.sampled_from(KEYS),
     }
-).map(q.parse_request)
+).map(parse_request)
 
 # One row per job, in the shape `ModelJob.row` gives; `expired` is null unless in progress.
 ROWS = """
@@ -171,11 +184,11 @@ class QueueMachine(RuleBasedStateMachine):
         return live
 
     def _snapshot(self, ids: set[int]) -> dict[int, Job | None]:
-        return {job_id: q.get(self.conn, job_id) for job_id in ids}
+        return {job_id: get(self.conn, job_id) for job_id in ids}
 
     def _assert_untouched(self, before: dict[int, Job | None]) -> None:
         for job_id, job in before.items():
-            assert q.get(self.conn, job_id) == job, f"a stale lease changed job {job_id}"
+            assert get(self.conn, job_id) == job, f"a stale lease changed job {job_id}"
 
     def _pick_job(self, data: st.DataObject, states: frozenset[JobState]) -> ModelJob:
         ids = sorted(i for i, j in self.jobs.items() if j.state in states)
@@ -202,13 +215,13 @@ class QueueMachine(RuleBasedStateMachine):
             request.payload,
         ):
             with pytest.raises(IdempotencyConflict) as conflict:
-                q.enqueue(self.conn, request)
+                enqueue(self.conn, request)
             assert conflict.value.job_id == stored.id
             return
-        answer = q.enqueue(self.conn, request)
+        answer = enqueue(self.conn, request)
         if stored is not None:
             assert not answer.created
-            assert answer.job == q.get(self.conn, stored.id)
+            assert answer.job == get(self.conn, stored.id)
             return
         assert answer.created
         job = answer.job
@@ -236,7 +249,7 @@ class QueueMachine(RuleBasedStateMachine):
         claimable = {
             i: job for i, job in self.jobs.items() if job.state in CLAIMABLE and job.queue in queues
         }
-        claimed = q.claim(self.conn, owner, queues, limit, LEASE_SECONDS)
+        claimed = claim(self.conn, owner, queues, limit, LEASE_SECONDS)
         assert len(claimed) == min(limit, len(claimable))
         assert {job.id for job in claimed} <= set(claimable)
         assert claimed == sorted(claimed, key=lambda job: (-job.priority, job.run_at, job.id))
@@ -259,7 +272,7 @@ class QueueMachine(RuleBasedStateMachine):
         owner, leases = self._draw_leases(data, max_size=3)
         live = self._live(owner, leases, "heartbeat")
         before = self._snapshot({lease.id for lease in leases} - live)
-        assert q.heartbeat(self.conn, owner, leases, LEASE_SECONDS) == live
+        assert heartbeat(self.conn, owner, leases, LEASE_SECONDS) == live
         self._assert_untouched(before)
         for job_id in live:
             self.jobs[job_id].expired = False
@@ -271,14 +284,14 @@ class QueueMachine(RuleBasedStateMachine):
         live = self._live(owner, leases, "complete")
         before = self._snapshot({lease.id for lease in leases} - live)
         done = [
-            Completion(lease.id, lease.attempts, q.encode_result({"attempt": lease.attempts}))
+            Completion(lease.id, lease.attempts, encode_result({"attempt": lease.attempts}))
             for lease in leases
         ]
-        assert q.complete(self.conn, owner, done) == live
+        assert complete(self.conn, owner, done) == live
         self._assert_untouched(before)
         for job_id in live:
             model = self.jobs[job_id]
-            stored = q.get(self.conn, job_id)
+            stored = get(self.conn, job_id)
             assert stored is not None
             assert stored.result == {"attempt": model.attempts}
             model.state = JobState.COMPLETED
@@ -292,7 +305,7 @@ class QueueMachine(RuleBasedStateMachine):
         model = self.jobs[lease.id]
         live = self._live(owner, [lease], "fail")
         before = self._snapshot({lease.id} - live)
-        state = q.fail(self.conn, owner, lease, "boom", "Traceback: boom", retry_in=0)
+        state = fail(self.conn, owner, lease, "boom", "Traceback: boom", retry_in=0)
         self._assert_untouched(before)
         if not live:
             assert state is None
@@ -320,7 +333,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule()
     def reap(self) -> None:
         lost = [j for j in self.jobs.values() if j.state is JobState.IN_PROGRESS and j.expired]
-        recovered = q.reap(self.conn)
+        recovered = reap(self.conn)
         assert recovered is not None, "no other reaper runs, so this one must get the lock"
         assert {(r.id, r.state, r.attempts) for r in recovered} == {
             (j.id, j.recovered_state(), j.attempts) for j in lost
@@ -334,7 +347,7 @@ class QueueMachine(RuleBasedStateMachine):
         lost = [
             j for j in self.jobs.values() if j.state is JobState.IN_PROGRESS and j.owner == owner
         ]
-        recovered = q.release(self.conn, owner)
+        recovered = release(self.conn, owner)
         assert {(r.id, r.state, r.attempts) for r in recovered} == {
             (j.id, j.recovered_state(), j.attempts) for j in lost
         }
@@ -345,7 +358,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(action=st.sampled_from(("retry", "cancel")), data=st.data())
     def retry_or_cancel(self, action: str, data: st.DataObject) -> None:
         """Manual retry (of dead or cancelled jobs only) or cancel (of pending or failed only)."""
-        manage, allowed = (q.retry, RETRYABLE) if action == "retry" else (q.cancel, CLAIMABLE)
+        manage, allowed = (retry, RETRYABLE) if action == "retry" else (cancel, CLAIMABLE)
         ids = sorted(self.jobs)
         job_id = data.draw(
             _favour([i for i in ids if self.jobs[i].state in allowed], [*ids, MISSING_ID]),
@@ -361,7 +374,7 @@ class QueueMachine(RuleBasedStateMachine):
                 manage(self.conn, job_id)
             assert refused.value.state == model.state.value
             return
-        before = q.get(self.conn, job_id)
+        before = get(self.conn, job_id)
         assert before is not None
         after = manage(self.conn, job_id)
         assert after.errors == before.errors, "the error history stays"
@@ -400,10 +413,10 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def stats_match_model(self) -> None:
-        stats = q.stats(self.conn, worker_silence_seconds=LEASE_SECONDS)
+        found = stats(self.conn, worker_silence_seconds=LEASE_SECONDS)
         counted = {
             (queue.queue, state): jobs
-            for queue in stats.queues
+            for queue in found.queues
             for state, jobs in queue.counts.items()
             if jobs
         }

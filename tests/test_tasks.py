@@ -8,7 +8,8 @@ import pytest
 
 import errands
 from errands.errors import ConfigurationError
-from errands.tasks import CurrentJob, registered, running
+from errands.registry import registered
+from errands.tasks import CurrentJob, running
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

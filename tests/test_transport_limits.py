@@ -11,13 +11,18 @@ import contextlib
 import socket
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+import uvicorn
+from structlog.testing import capture_logs
 
-from errands.api.transport import Limits
+from errands import Client
+from errands.api.transport import PROVEN_UVICORN, Limits
 from errands.harness.process import rss_megabytes
 from errands.harness.waiting import wait_for
 from tests.conftest import ApiProcess, ServeApi
@@ -155,19 +160,46 @@ def test_health_and_ready_answer_while_45_slow_sockets_are_open(serve_api: Serve
         assert api.post("/jobs", json={"task": "t"}).status_code == 201
 
 
-def test_connections_beyond_the_limit_get_a_json_503(serve_api: ServeApi) -> None:
+def test_a_connection_beyond_the_limit_takes_the_place_of_the_one_idle_longest(
+    serve_api: ServeApi,
+) -> None:
     port = port_of(serve_api(limits=Limits(max_connections=5, head_timeout=60)))
-    with contextlib.ExitStack() as stack:
-        for _ in range(5):
-            stack.enter_context(connect(port)).sendall(b"GET /health HTTP/1.1\r\n")
+    with contextlib.ExitStack() as stack, capture_logs() as logs:
+        silent = [stack.enter_context(connect(port)) for _ in range(5)]
+        silent[0].sendall(b"GET /health HTTP/1.1\r\n")  # the oldest, mid-head
         time.sleep(0.3)  # let the server accept them
+        assert exchange(port, request("GET", "/health")).status == 200
+        assert_error_shape(parse(read_until_closed(silent[0])), 503, "too_many_connections")
+    (refusal,) = [e for e in logs if e["event"] == "connection refused"]  # logged, not silent
+    assert (refusal["status"], refusal["code"]) == (503, "too_many_connections")
+
+
+def test_kept_alive_connections_that_call_now_and_then_give_way_to_new_ones(
+    serve_api: ServeApi,
+) -> None:
+    port = port_of(serve_api(limits=Limits(max_connections=5)))
+    with contextlib.ExitStack() as stack:
+        kept = [stack.enter_context(connect(port)) for _ in range(5)]
+        for sock in kept:  # each has asked once and keeps its connection for the next call
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b'{"status":"ok"}' in sock.recv(65536)
+        for _ in range(3):
+            assert exchange(port, request("GET", "/health")).status == 200
+
+
+def test_connections_beyond_the_limit_get_a_json_503_while_each_has_a_request_in_hand(
+    serve_api: ServeApi, client: Client
+) -> None:
+    port = port_of(serve_api(limits=Limits(max_connections=3)))
+    job = client.enqueue("t")
+    poll = request("GET", f"/jobs/{job.id}?wait=30")
+    with contextlib.ExitStack() as stack:
+        for _ in range(3):  # long polls: each holds its connection inside the application
+            stack.enter_context(connect(port)).sendall(poll)
+        time.sleep(0.5)  # let them reach the application
         assert_error_shape(exchange(port, request("GET", "/health")), 503, "too_many_connections")
     # Once they are gone, there is room again.
-    deadline = time.monotonic() + 30
-    while (answer := exchange(port, request("GET", "/health"))).status == 503:
-        assert time.monotonic() < deadline, "the closed connections were never released"
-        time.sleep(0.05)
-    assert answer.status == 200
+    wait_for(lambda: exchange(port, request("GET", "/health")).status == 200, what="room")
 
 
 def test_requests_beyond_the_limit_get_a_json_503_but_health_answers(
@@ -193,3 +225,16 @@ def test_requests_beyond_the_limit_get_a_json_503_but_health_answers(
         locker.rollback()
     held.join(30)
     assert api.get("/stats").status_code == 200
+
+
+def test_uvicorn_is_the_release_the_limits_were_proven_on() -> None:
+    # transport.py subclasses an internal of uvicorn: any other release must be proven by
+    # this module's tests first, then added to PROVEN_UVICORN and to pyproject.toml's pin.
+    assert uvicorn.__version__ in PROVEN_UVICORN, (
+        f"uvicorn {uvicorn.__version__} is installed; the HTTP limits are proven on "
+        f"{', '.join(PROVEN_UVICORN)} only"
+    )
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pins = [d for d in pyproject["project"]["dependencies"] if d.startswith("uvicorn")]
+    assert len(pins) == 1 and pins[0].startswith("uvicorn==")  # exactly, no range
+    assert pins[0].removeprefix("uvicorn==") in PROVEN_UVICORN

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import psycopg
@@ -18,7 +19,7 @@ from errands import Client, JobState
 from errands.api.guesses import LIMIT
 from errands.config import Settings
 from errands.errors import ConfigurationError
-from errands.queue import Held, claim, fail
+from errands.queue.lease import Held, claim, fail
 from tests.conftest import ServeApi
 from tests.rawhttp import exchange, request
 
@@ -199,10 +200,10 @@ def test_bulk_retry_shows_the_count_and_acts_only_once_confirmed(
 def test_a_queue_is_paused_and_resumed_from_the_overview(api: httpx.Client, client: Client) -> None:
     client.enqueue("t", queue="mail")
     token = csrf_of(api.get("/ui"))
-    assert api.post("/ui/queues/mail/pause", data={"csrf": token}).status_code == 303
+    assert api.post("/ui/queues/pause", data={"csrf": token, "queue": "mail"}).status_code == 303
     assert client.stats().paused == ["mail"]
     assert "paused" in api.get("/ui").text
-    api.post("/ui/queues/mail/resume", data={"csrf": token})
+    api.post("/ui/queues/resume", data={"csrf": token, "queue": "mail"})
     assert client.stats().paused == []
 
 
@@ -241,8 +242,9 @@ def test_the_session_cookie_is_httponly_strict_and_scoped_to_the_dashboard(
 ) -> None:
     cookie = api.get("/ui").headers["set-cookie"]
     assert cookie.startswith("errands_session=")
-    for flag in ("HttpOnly", "SameSite=Strict", "Path=/ui"):
-        assert flag in cookie
+    # Attribute names and SameSite's value are case-insensitive (RFC 6265bis).
+    for flag in ("httponly", "samesite=strict", "path=/ui"):
+        assert flag in cookie.lower()
 
 
 def test_with_tokens_the_dashboard_asks_for_a_login(serve_api: ServeApi) -> None:
@@ -268,21 +270,51 @@ def test_a_right_token_opens_a_session(serve_api: ServeApi) -> None:
     assert ui.get("/ui/jobs").status_code == 200
 
 
-def test_login_is_held_after_too_many_refused_tokens_from_an_address(serve_api: ServeApi) -> None:
+def test_login_refuses_wrong_tokens_with_429_after_too_many_from_an_address(
+    serve_api: ServeApi,
+) -> None:
     ui = serve_api(tokens=(TOKEN,))
     for _ in range(LIMIT - 1):
         assert ui.post("/ui/login", data={"token": "guess"}).status_code == 401
     # Guesses through the API's bearer header count too.
     assert ui.get("/stats", headers={"Authorization": "Bearer guess"}).status_code == 401
-    held = ui.post("/ui/login", data={"token": TOKEN})
+    held = ui.post("/ui/login", data={"token": "guess"})
     assert held.status_code == 429
     assert "Try again in" in held.text and "set-cookie" not in held.headers
+    # The right token still logs in: a shared address must not lock everyone out.
+    answer = ui.post("/ui/login", data={"token": TOKEN})
+    assert answer.status_code == 303 and "errands_session=" in answer.headers["set-cookie"]
 
 
 def test_login_never_redirects_to_another_site(serve_api: ServeApi) -> None:
     ui = serve_api(tokens=(TOKEN,))
     answer = ui.post("/ui/login", data={"token": TOKEN, "next": "//evil.example/ui"})
     assert answer.headers["location"] == "/ui"
+
+
+def test_a_session_is_signed_by_a_secret_of_the_database_not_by_the_token(
+    serve_api: ServeApi, other_db_url: str, conn: Conn
+) -> None:
+    first, elsewhere = serve_api(tokens=(TOKEN,)), serve_api(tokens=(TOKEN,), url=other_db_url)
+    first.post("/ui/login", data={"token": TOKEN})
+    cookie = first.cookies["errands_session"]
+    assert TOKEN not in cookie
+    (secret,) = conn.execute("select secret from errands_dashboard_secret").fetchone()
+    assert len(secret) >= 32  # made at random by the first API process that needed it
+    # Another database, the same token: another secret, so the cookie opens nothing there.
+    elsewhere.cookies.set("errands_session", cookie)
+    assert elsewhere.get("/ui").status_code == 303
+
+
+def test_with_errands_secret_key_every_process_given_it_accepts_the_session(
+    serve_api: ServeApi, other_db_url: str
+) -> None:
+    key = "k" * 40
+    first = serve_api(tokens=(TOKEN,), secret_key=key)
+    second = serve_api(tokens=(TOKEN,), url=other_db_url, secret_key=key)
+    first.post("/ui/login", data={"token": TOKEN})
+    second.cookies.set("errands_session", first.cookies["errands_session"])
+    assert second.get("/ui").status_code == 200
 
 
 def test_a_session_of_other_tokens_is_refused(serve_api: ServeApi) -> None:
@@ -327,6 +359,35 @@ def test_a_logout_is_forgotten_once_its_cookie_has_expired(serve_api: ServeApi, 
     ui.post("/ui/logout", data={"csrf": csrf_of(ui.get("/ui"))})
     nonces = conn.execute("select nonce from errands_dashboard_logouts").fetchall()
     assert len(nonces) == 1 and nonces[0][0] != "gone"
+
+
+def test_a_queue_named_dots_is_paused_and_resumed_from_the_overview(
+    api: httpx.Client, client: Client
+) -> None:
+    # A browser resolves /ui/queues/../pause (and /ui/queues/%2E%2E/pause) to /ui/pause:
+    # the form carries the queue's name in its body instead.
+    for name in ("..", "."):
+        client.enqueue("t", queue=name)
+    page = api.get("/ui")
+    token = csrf_of(page)
+    assert 'name="queue" value=".."' in page.text
+    for name in ("..", "."):
+        answer = api.post("/ui/queues/pause", data={"csrf": token, "queue": name})
+        assert answer.status_code == 303
+    assert client.stats().paused == [".", ".."]
+    api.post("/ui/queues/resume", data={"csrf": token, "queue": ".."})
+    assert client.stats().paused == ["."]
+
+
+def test_the_api_reaches_a_queue_named_dots_percent_encoded(api: httpx.Client) -> None:
+    port = api.base_url.port
+    assert port is not None
+    answer = exchange(port, request("POST", "/queues/%2E%2E/pause"))
+    assert answer.status == 200 and answer.json() == {
+        "name": "..",
+        "paused": True,
+        "counts": {state.value: 0 for state in JobState},
+    }
 
 
 def test_the_api_still_wants_its_bearer_token(serve_api: ServeApi) -> None:
@@ -377,7 +438,7 @@ def test_no_query_makes_a_page_fail_with_a_server_error(
         st.sampled_from(["action", "state", "queue", "task", "confirm", "token", "next"]), any_text
     ),
     path=st.sampled_from(
-        ["/ui/bulk", "/ui/login", "/ui/jobs/1/retry", "/ui/queues/a%00b/pause", "/ui/logout"]
+        ["/ui/bulk", "/ui/login", "/ui/jobs/1/retry", "/ui/queues/pause", "/ui/logout"]
     ),
     raw=st.binary(max_size=200),
 )
@@ -387,6 +448,38 @@ def test_no_form_body_makes_an_action_fail_with_a_server_error(
     token = csrf_of(api.get("/ui/jobs"))
     assert api.post(path, data={**form, "csrf": token}).status_code < 500
     assert api.post(path, content=raw).status_code < 500
+
+
+@pytest.fixture
+def ui_with_tokens(serve_api: ServeApi) -> httpx.Client:
+    return serve_api(tokens=(TOKEN,))
+
+
+@given(target=st.text(max_size=40).map(lambda text: "/ui" + text) | any_text)
+def test_no_next_makes_a_login_answer_empty_or_send_the_browser_elsewhere(
+    ui_with_tokens: httpx.Client, target: str
+) -> None:
+    # On a raw socket: an empty reply (a Location uvicorn refused to send) shows there only.
+    port = ui_with_tokens.base_url.port
+    assert port is not None
+    query = urlencode({"next": target})
+    asked = exchange(port, request("GET", f"/ui/login?{query}"))
+    assert asked.status == 200 and 'name="next" value="/ui' in asked.body.decode()
+    form = urlencode({"token": TOKEN, "next": target}).encode()
+    headers = [("Content-Type", "application/x-www-form-urlencoded")]
+    logged_in = exchange(port, request("POST", "/ui/login", headers, form))
+    assert logged_in.status == 303
+    assert re.fullmatch(r"/ui(?:[/?][\x21-\x7e]*)?", logged_in.headers["location"])
+
+
+def test_a_next_with_a_line_break_logs_in_to_the_dashboard(ui_with_tokens: httpx.Client) -> None:
+    port = ui_with_tokens.base_url.port
+    assert port is not None
+    assert exchange(port, request("GET", "/ui/login?next=/ui%0d%0aX:1")).status == 200
+    form = b"token=" + TOKEN.encode() + b"&next=%2Fui%0D%0AX%3A1"
+    headers = [("Content-Type", "application/x-www-form-urlencoded")]
+    answer = exchange(port, request("POST", "/ui/login", headers, form))
+    assert (answer.status, answer.headers["location"]) == (303, "/ui")
 
 
 # What a header line can carry as UTF-8: no line breaks, no NUL, no lone surrogates.
@@ -404,11 +497,6 @@ cookie_values = st.one_of(
         ),
     ),
 )
-
-
-@pytest.fixture
-def ui_with_tokens(serve_api: ServeApi) -> httpx.Client:
-    return serve_api(tokens=(TOKEN,))
 
 
 @given(cookie=cookie_values)

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import Select
 from errands import Client, JobState
 from errands.harness.process import free_port
 from errands.harness.waiting import answers
-from errands.queue import Held, claim, fail
+from errands.queue.lease import Held, claim, fail
 from tests.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from tests.conftest import ServeApi
 from tests.daemon import Daemon, wait_for
@@ -188,6 +188,16 @@ def test_a_paused_queue_is_left_alone_by_a_real_worker_until_resumed_by_clicking
     click(browser, 'tr[data-queue="mail"] button.queue-action')
     shown(browser, 'tr[data-queue="mail"] .status', "running")
     wait_for(lambda: state_of(client, held.id) is JobState.COMPLETED, 20, "the resumed job")
+
+
+def test_a_queue_named_dots_is_paused_by_clicking_though_a_browser_resolves_dot_segments(
+    browser: WebDriver, api: httpx.Client, client: Client
+) -> None:
+    client.enqueue("t", queue="..")
+    browser.get(base_of(api) + "/ui")
+    click(browser, 'tr[data-queue=".."] button.queue-action')
+    shown(browser, 'tr[data-queue=".."] .status', "paused")
+    assert client.stats().paused == [".."]
 
 
 # -- security --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from errands import Client, InvalidJob
-from errands.queue import parse_request
+from errands.queue.requests import parse_request
 
 DEEP: list[Any] = []
 for _ in range(5_000):

@@ -12,8 +12,8 @@ import pytest
 import errands.client
 from errands import Client, JobNotFound, JobState
 from errands.harness.waiting import wait_for
-from errands.queue import Completion, FinishWatcher, claim, complete, fail
-from errands.queue.lease import Held
+from errands.queue.finished import FinishWatcher
+from errands.queue.lease import Completion, Held, claim, complete, fail
 from errands.queue.queries import query
 
 Conn = psycopg.Connection[Any]

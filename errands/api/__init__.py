@@ -1,5 +1,5 @@
-"""The thin HTTP shim: submission, inspection, health and metrics over the queue functions.
+"""The HTTP API and the dashboard, on Starlette under uvicorn.
 
-app.py is the application, server.py serves it with uvicorn, sockets.py binds its
-socket; nothing is imported here, so that binding the socket loads no server.
+app.py builds the application, server.py serves it with uvicorn, sockets.py binds
+its socket; nothing is imported here, so that binding the socket loads no server.
 """

@@ -1,198 +1,276 @@
 """What each endpoint does: validate, call the queue functions, shape the answer.
 
-Handlers are plain functions run on worker threads with a pooled connection;
-they raise HTTPError for every answer that is not a success.
+OPERATIONS is the API: app.py routes it and openapi.py documents it. Handlers
+are plain functions run on a request thread with a pooled connection (see
+backend.py); they raise HTTPError for every answer that is not a success.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
-import structlog
+from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from it before 3.12
 
-from errands import queue
-from errands.api.http import HTTPError, Request, Response, invalid, json_body
+from errands.api.errors import HTTPError, invalid
+from errands.api.inputs import header, json_body
 from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
+from errands.limits import MAX_JOB_ID
+from errands.log import get_logger
 from errands.metrics import exposition, metrics, queue_gauges, schedule_gauge
-from errands.queue import Enqueued, Job, JobRequest, JobState, QueueInfo
-from errands.queue.admin import MAX_LIST_LIMIT
+from errands.queue import admin, control
+from errands.queue.control import QueueInfo
+from errands.queue.jobs import Job, JobState
 from errands.queue.requests import (
-    INT64_MAX,
-    QUEUE_NAME,
-    TASK_NAME,
-    Choice,
-    Field,
-    Integer,
-    Seconds,
-    Text,
+    Defaults,
+    JobBatch,
+    JobFilter,
+    JobRequest,
+    JobWait,
+    NoQuery,
+    QueueName,
+    parse_batch,
+    parse_request,
 )
-from errands.tasks import with_task_defaults
-
-MAX_BATCH = 1000
-
-# The query parameters of GET /jobs: one table for the check and the OpenAPI document.
-LIST_FILTERS: dict[str, Field] = {
-    "state": Field(Choice(tuple(s.value for s in JobState))),
-    "queue": Field(Text(QUEUE_NAME, "a queue name")),
-    "task": Field(Text(TASK_NAME, "a task name")),
-    "limit": Field(Integer(1, MAX_LIST_LIMIT), default=100),
-    "after": Field(Integer(1, INT64_MAX), description="next_after of the previous page"),
-}
-
-MAX_WAIT_SECONDS = 60.0
-
-# The query parameter of GET /jobs/{id}: a long poll.
-JOB_QUERY: dict[str, Field] = {
-    "wait": Field(
-        Seconds(0, MAX_WAIT_SECONDS),
-        description="seconds to wait for the job to be completed, dead or cancelled before "
-        "answering; the answer is the job as it is then, finished or not",
-    ),
-}
+from errands.queue.schedules import ScheduleStatus, list_schedules
+from errands.queue.submit import Enqueued, enqueue, enqueue_many
 
 Conn = psycopg.Connection[Any]
-_log = structlog.get_logger("errands.api")
+T = TypeVar("T")
+_log = get_logger("errands.api")
 
 
-def submit(conn: Conn, request: Request) -> Response:
-    body = json_body(request)
+class JobIdDigits(Convertor[int]):
+    """A job id in a path: 1 to 20 ASCII digits, else the path names no endpoint (`int`
+    alone would take "٣", and more digits than 4,300 would crash it)."""
+
+    regex = "[0-9]{1,20}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("job_id", JobIdDigits())
+
+
+@dataclass
+class Call:
+    """What a handler reads of its request, gathered on the event loop."""
+
+    params: Mapping[str, Any]  # from the path
+    query: Any  # the operation's query model, validated
+    body: bytes
+    headers: Headers
+    job_id: int | None = None  # set by the handler, for the request log
+
+
+Handler = Callable[[Conn, Call], Response]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A documented success: its status, the shape of its body, its headers."""
+
+    status: int
+    shape: Any  # a type the body conforms to
+    description: str
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: Literal["GET", "POST"]
+    path: str
+    summary: str
+    handler: Handler | None  # None: answered on the event loop (app.py)
+    answers: tuple[Answer, ...]
+    errors: frozenset[int] = frozenset()  # beyond those every operation may meet
+    query: type[BaseModel] = NoQuery
+    body: type[BaseModel] | None = None
+    token: bool = True  # asks for a bearer token when tokens are configured
+
+    @property
+    def route(self) -> str:
+        """The path as Starlette routes it: a job id is digits."""
+        return self.path.replace("{id}", "{id:job_id}")
+
+
+# -- the shapes of the answers, for the document ---------------------------------------------
+
+
+class JobPage(TypedDict):
+    jobs: list[Job]
+    next_after: int | None  # null on the last page
+
+
+class JobList(TypedDict):
+    jobs: list[Job]
+
+
+class QueueList(TypedDict):
+    queues: list[QueueInfo]
+
+
+class ScheduleList(TypedDict):
+    schedules: list[ScheduleStatus]
+
+
+class WorkerShown(TypedDict):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: str
+    heartbeat_at: str
+
+
+class StatsShown(TypedDict):
+    queues: dict[str, dict[JobState, int]]
+    paused_queues: list[str]
+    workers: list[WorkerShown]
+
+
+class Status(TypedDict):
+    status: str
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+
+def submit(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
+    body = json_body(call.headers, call.body)
     if not isinstance(body, dict):
         raise invalid([FieldError("body", "must be a JSON object with the job's fields")])
-    job_request = _parse(with_task_defaults(_with_header_key(body, request)), prefix="")
-    answer = _enqueue(lambda: [queue.enqueue(conn, job_request)])[0]
-    status, headers = (201, []) if answer.created else (200, [("Idempotent-Replayed", "true")])
-    headers.append(("Location", f"/jobs/{answer.job.id}"))
-    return Response.json(status, answer.job.to_dict(), headers=headers, job_id=answer.job.id)
+    request = _parsed(parse_request, _with_header_key(body, call.headers), defaults)
+    (answer,) = _stored(lambda: [enqueue(conn, request)])
+    call.job_id = answer.job.id
+    status, headers = (201, {}) if answer.created else (200, {"Idempotent-Replayed": "true"})
+    headers["Location"] = f"/jobs/{answer.job.id}"
+    return JSONResponse(answer.job.to_dict(), status, headers)
 
 
-def submit_batch(conn: Conn, request: Request) -> Response:
-    if "idempotency-key" in request.headers:
+def submit_batch(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
+    if "idempotency-key" in call.headers:
         # One key for many jobs would say nothing about which job it names.
         raise invalid(
             [FieldError("Idempotency-Key", "not taken by a batch: give each job idempotency_key")]
         )
-    body = json_body(request)
-    if not isinstance(body, dict) or set(body) != {"jobs"}:
-        raise invalid([FieldError("body", 'must be an object with one field, "jobs"')])
-    items = body["jobs"]
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
-        raise invalid([FieldError("jobs", f"must be a list of 1 to {MAX_BATCH} jobs")])
-    requests, errors = [], []
-    for n, item in enumerate(items):
-        if not isinstance(item, dict):
-            errors.append(FieldError(f"jobs[{n}]", "must be a JSON object"))
-            continue
-        try:
-            requests.append(queue.parse_request(with_task_defaults(item), prefix=f"jobs[{n}]."))
-        except InvalidJob as exc:
-            errors += exc.errors
-    if errors:
-        raise invalid(errors)
-    answers = _enqueue(lambda: queue.enqueue_many(conn, requests, field_prefix="jobs[{}]."))
-    return Response.json(201, {"jobs": [a.job.to_dict() for a in answers]})
+    requests = _parsed(parse_batch, json_body(call.headers, call.body), defaults)
+    answers = _stored(lambda: enqueue_many(conn, requests, field_prefix="jobs[{}]."))
+    return JSONResponse({"jobs": [a.job.to_dict() for a in answers]}, 201)
 
 
-def get_job(conn: Conn, request: Request) -> Response:
-    return job_response(read_job(conn, request))
+def get_job(conn: Conn, call: Call) -> Response:
+    return job_response(call, read_job(conn, call))
 
 
-def read_job(conn: Conn, request: Request) -> Job:
-    job = queue.get(conn, job_id(request))
+def read_job(conn: Conn, call: Call) -> Job:
+    job = admin.get(conn, job_id(call))
     if job is None:
-        raise _not_found(request)
+        raise _not_found(call)
     return job
 
 
-def job_response(job: Job) -> Response:
-    return Response.json(200, job.to_dict(), job_id=job.id)
+def job_response(call: Call, job: Job) -> Response:
+    call.job_id = job.id
+    return JSONResponse(job.to_dict())
 
 
-def list_jobs(conn: Conn, request: Request) -> Response:
-    filters = request.values
-    jobs = queue.list_jobs(conn, **filters)
-    next_after = jobs[-1].id if len(jobs) == filters["limit"] else None
-    return Response.json(200, {"jobs": [j.to_dict() for j in jobs], "next_after": next_after})
+def list_jobs(conn: Conn, call: Call) -> Response:
+    where: JobFilter = call.query
+    jobs = admin.list_jobs(conn, **where.model_dump())
+    next_after = jobs[-1].id if len(jobs) == where.limit else None
+    return JSONResponse({"jobs": [j.to_dict() for j in jobs], "next_after": next_after})
 
 
-def retry_job(conn: Conn, request: Request) -> Response:
-    return _manage(conn, request, queue.retry)
+def retry_job(conn: Conn, call: Call) -> Response:
+    return _manage(conn, call, admin.retry)
 
 
-def cancel_job(conn: Conn, request: Request) -> Response:
-    return _manage(conn, request, queue.cancel)
+def cancel_job(conn: Conn, call: Call) -> Response:
+    return _manage(conn, call, admin.cancel)
 
 
-def stats(conn: Conn, request: Request, lease_seconds: float) -> Response:
-    return Response.json(200, queue.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
+def stats(conn: Conn, call: Call, lease_seconds: float) -> Response:
+    return JSONResponse(admin.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
 
 
-def schedules(conn: Conn, request: Request) -> Response:
-    return Response.json(200, {"schedules": [s.to_dict() for s in queue.list_schedules(conn)]})
+def schedules(conn: Conn, call: Call) -> Response:
+    return JSONResponse({"schedules": [s.to_dict() for s in list_schedules(conn)]})
 
 
-def list_queues(conn: Conn, request: Request) -> Response:
-    return Response.json(200, {"queues": [q.to_dict() for q in queue.queues(conn)]})
+def list_queues(conn: Conn, call: Call) -> Response:
+    return JSONResponse({"queues": [q.to_dict() for q in control.queues(conn)]})
 
 
-def pause_queue(conn: Conn, request: Request) -> Response:
-    return _control(conn, request, queue.pause)
+def pause_queue(conn: Conn, call: Call) -> Response:
+    return _control(conn, call, control.pause)
 
 
-def resume_queue(conn: Conn, request: Request) -> Response:
-    return _control(conn, request, queue.resume)
+def resume_queue(conn: Conn, call: Call) -> Response:
+    return _control(conn, call, control.resume)
 
 
-def ready(conn: Conn, request: Request, readiness: Callable[[], str | None] | None) -> Response:
+def ready(conn: Conn, call: Call, readiness: Callable[[], str | None] | None) -> Response:
     conn.execute("select 1")
     if readiness is not None and (reason := readiness()):
         raise HTTPError(503, "not_ready", reason)
-    return Response.json(200, {"status": "ready"})
+    return JSONResponse({"status": "ready"})
 
 
-def prometheus(conn: Conn, request: Request) -> Response:
+def prometheus(conn: Conn, call: Call) -> Response:
     def database_gauges() -> list[Any]:
         counts = [
             (q.queue, state.value, n)
-            for q in queue.job_counts(conn)
+            for q in admin.job_counts(conn)
             for state, n in q.counts.items()
         ]
         return [
-            *queue_gauges(counts, queue.oldest_pending_seconds(conn)),
-            schedule_gauge(queue.list_schedules(conn)),
+            *queue_gauges(counts, admin.oldest_pending_seconds(conn)),
+            schedule_gauge(list_schedules(conn)),
         ]
 
-    return Response(200, exposition(database_gauges), "text/plain; version=0.0.4; charset=utf-8")
+    return Response(exposition(database_gauges), media_type="text/plain; version=0.0.4")
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _with_header_key(body: dict[str, Any], request: Request) -> dict[str, Any]:
-    header = request.header("idempotency-key")
-    if header is None:
+def _with_header_key(body: dict[str, Any], headers: Headers) -> dict[str, Any]:
+    key = header(headers, "idempotency-key")
+    if key is None:
         return body
-    if body.get("idempotency_key") not in (None, header):
+    if body.get("idempotency_key") not in (None, key):
         raise HTTPError(
             409,
             "idempotency_conflict",
             "the Idempotency-Key header and the idempotency_key field give different keys",
             [FieldError("idempotency_key", "differs from the Idempotency-Key header")],
         )
-    return {**body, "idempotency_key": header}
+    return {**body, "idempotency_key": key}
 
 
-def _parse(fields: dict[str, Any], prefix: str) -> JobRequest:
+def _parsed(parse: Callable[..., T], fields: Any, defaults: Defaults | None) -> T:
     try:
-        return queue.parse_request(fields, prefix=prefix)
+        return parse(fields, defaults=defaults)
     except InvalidJob as exc:
         raise invalid(exc.errors) from None
 
 
-def _enqueue(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
+def _stored(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
     try:
-        answers: list[Enqueued] = store()
+        answers = store()
     except IdempotencyConflict as exc:
         raise HTTPError(409, "idempotency_conflict", str(exc)) from None
     try:
@@ -205,29 +283,183 @@ def _enqueue(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
     return answers
 
 
-def _manage(conn: Conn, request: Request, action: Callable[[Conn, int], Job]) -> Response:
+def _manage(conn: Conn, call: Call, action: Callable[[Conn, int], Job]) -> Response:
     try:
-        job = action(conn, job_id(request))
+        job = action(conn, job_id(call))
     except JobNotFound:
-        raise _not_found(request) from None
+        raise _not_found(call) from None
     except InvalidState as exc:
         raise HTTPError(409, "invalid_state", str(exc)) from None
-    return Response.json(200, job.to_dict(), job_id=job.id)
+    return job_response(call, job)
 
 
-def _control(conn: Conn, request: Request, action: Callable[[Conn, str], QueueInfo]) -> Response:
+def _control(conn: Conn, call: Call, action: Callable[[Conn, str], QueueInfo]) -> Response:
     try:
-        return Response.json(200, action(conn, request.params["name"]).to_dict())
+        return JSONResponse(action(conn, call.params["name"]).to_dict())
     except InvalidJob as exc:
         raise invalid(exc.errors) from None
 
 
-def job_id(request: Request) -> int:
-    number = int(request.params["id"])  # the route matched ASCII digits only
-    if number > INT64_MAX:
-        raise _not_found(request)
+def job_id(call: Call) -> int:
+    """The job id of the path; one beyond a bigint names no job (404)."""
+    number: int = call.params["id"]
+    if not 1 <= number <= MAX_JOB_ID:
+        raise _not_found(call)
     return number
 
 
-def _not_found(request: Request) -> HTTPError:
-    return HTTPError(404, "not_found", f"job {request.params.get('id')} does not exist")
+def _not_found(call: Call) -> HTTPError:
+    return HTTPError(404, "not_found", f"job {call.params.get('id')} does not exist")
+
+
+# -- the API -----------------------------------------------------------------------------------
+
+_JOB = Answer(200, Job, "The job")
+_JOB_ID = "/jobs/{id}"
+
+
+def operations(
+    lease_seconds: float = 30.0,
+    readiness: Callable[[], str | None] | None = None,
+    defaults: Defaults | None = None,
+) -> tuple[Operation, ...]:
+    """Every operation of the API, in the order the document lists them."""
+    return (
+        Operation(
+            "POST",
+            "/jobs",
+            "Submit one job",
+            partial(submit, defaults=defaults),
+            (
+                Answer(201, Job, "Created", {"Location": {"schema": {"type": "string"}}}),
+                Answer(
+                    200,
+                    Job,
+                    "An idempotent replay: the job stored under this key",
+                    {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}},
+                ),
+            ),
+            frozenset({401, 409, 413, 415}),
+            body=JobRequest,
+        ),
+        Operation(
+            "GET",
+            "/jobs",
+            "List jobs, newest first",
+            list_jobs,
+            (Answer(200, JobPage, "A page of jobs; next_after is null on the last page"),),
+            frozenset({401}),
+            query=JobFilter,
+        ),
+        Operation(
+            "POST",
+            "/jobs/batch",
+            "Submit up to 1000 jobs in one transaction: all or none",
+            partial(submit_batch, defaults=defaults),
+            (Answer(201, JobList, "The jobs, in the order submitted (replays included)"),),
+            frozenset({401, 409, 413, 415}),
+            body=JobBatch,
+        ),
+        Operation(
+            "GET",
+            _JOB_ID,
+            "One job; with `wait`, once it has finished (a long poll)",
+            get_job,
+            (_JOB,),
+            frozenset({401, 404}),
+            query=JobWait,
+        ),
+        Operation(
+            "POST",
+            _JOB_ID + "/retry",
+            "Run a dead or cancelled job again, with a fresh attempt budget",
+            retry_job,
+            (_JOB,),
+            frozenset({401, 404, 409, 413}),
+        ),
+        Operation(
+            "POST",
+            _JOB_ID + "/cancel",
+            "Cancel a pending or failed job",
+            cancel_job,
+            (_JOB,),
+            frozenset({401, 404, 409, 413}),
+        ),
+        Operation(
+            "GET",
+            "/queues",
+            "Every queue that holds jobs or was ever paused",
+            list_queues,
+            (Answer(200, QueueList, "Queues by name"),),
+            frozenset({401}),
+        ),
+        Operation(
+            "POST",
+            "/queues/{name}/pause",
+            "Pause a queue: its jobs stay pending, unclaimed, until it is resumed",
+            pause_queue,
+            (Answer(200, QueueInfo, "The queue, as it is now"),),
+            frozenset({401, 413}),
+        ),
+        Operation(
+            "POST",
+            "/queues/{name}/resume",
+            "Resume a paused queue",
+            resume_queue,
+            (Answer(200, QueueInfo, "The queue, as it is now"),),
+            frozenset({401, 413}),
+        ),
+        Operation(
+            "GET",
+            "/stats",
+            "Jobs per queue and state, and live workers",
+            partial(stats, lease_seconds=lease_seconds),
+            (Answer(200, StatsShown, "Counts and workers"),),
+            frozenset({401}),
+        ),
+        Operation(
+            "GET",
+            "/schedules",
+            "Periodic schedules: definition, next tick, last enqueued job",
+            schedules,
+            (Answer(200, ScheduleList, "Every schedule a scheduler declared, by name"),),
+            frozenset({401}),
+        ),
+        Operation(
+            "GET",
+            "/health",
+            "Liveness; no database call",
+            None,
+            (Answer(200, Status, "Alive"),),
+            token=False,
+        ),
+        Operation(
+            "GET",
+            "/ready",
+            "Readiness: the database answers; under errands run, a worker runs",
+            partial(ready, readiness=readiness),
+            (Answer(200, Status, "Ready"),),
+            token=False,
+        ),
+        Operation(
+            "GET",
+            "/metrics",
+            "Prometheus metrics",
+            prometheus,
+            (Answer(200, str, "Text exposition format"),),
+            token=False,
+        ),
+        Operation(
+            "GET",
+            "/openapi.json",
+            "This document",
+            None,
+            (Answer(200, dict[str, Any], "The OpenAPI document"),),
+            frozenset({401}),
+        ),
+    )
+
+
+# The types of the path parameters, which routing takes as text (a job id that is not one is a
+# job that does not exist: 404; a queue name is validated by the queue functions: 422).
+PATH_PARAMETERS: dict[str, Any] = {"id": Annotated[int, Field(ge=0)], "name": QueueName}

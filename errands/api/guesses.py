@@ -1,11 +1,14 @@
-"""Throttling guesses at the API tokens, per client address, in each API process.
+"""Throttling wrong guesses at the API tokens, per client address, in each API process.
 
-A token is checked in constant time, but nothing else slowed a client that
-tried one token after another, through the API's bearer header or the
-dashboard's login form. After `LIMIT` refused tokens within `WINDOW_SECONDS`,
-an address is answered 429 until its oldest refusal leaves the window, even
-with a right token: otherwise the answer would still tell a right guess from a
-wrong one, at full speed. Requests with a right token are never counted.
+After `LIMIT` refused tokens within `WINDOW_SECONDS`, a further wrong token from
+that address is answered 429 (with Retry-After) until its oldest refusal leaves
+the window, whether it came through the API's bearer header or the dashboard's
+login form. A right token is always accepted: many clients may share one
+address (a NAT, a reverse proxy whose X-Forwarded-For is not trusted), and one
+of them guessing must not lock the others out. What keeps guessing hopeless is
+therefore the token's length (errands warns at start-up about a short one);
+the throttle keeps refusals cheap and visible. Requests without a token are
+never counted.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class Guesses:
         self._lock = threading.Lock()
 
     def wait_seconds(self, address: str) -> int:
-        """Whole seconds until `address` may present a token again; 0 if it may now."""
+        """Whole seconds until a wrong token from `address` is answered 401 again rather
+        than 429; 0 if it is now."""
         with self._lock:
             times = self._refused.get(address)
             if times is None:
@@ -56,6 +60,13 @@ class Guesses:
             if len(times) < self._limit:
                 return 0
             return max(1, math.ceil(times[0] + self._window - now))
+
+    def refuse(self, address: str) -> int:
+        """Count a wrong token from `address`; the seconds it is held, 0 if it is not (then
+        the answer is 401; else 429)."""
+        wait = self.wait_seconds(address)
+        self.refused(address)
+        return wait
 
     def refused(self, address: str) -> None:
         """Count one refused token from `address`."""

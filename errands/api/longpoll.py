@@ -2,19 +2,25 @@
 
 One FinishWatcher per API process (a thread with one listening connection)
 hears every finish; a waiting request is a future it resolves. The request
-threads and their pooled connections only read the job, before and after.
+threads and their pooled connections only read the job, before and after. A
+poll is admitted once, for its first read: refused at once when the API is
+overloaded, and answered after its wait however many polls wake together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
-from errands.queue import FinishWatcher
+from starlette.responses import Response
+from starlette.types import Receive
 
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+from errands.api.backend import Backend
+from errands.api.endpoints import Call, job_id, job_response, read_job
+from errands.queue.finished import FinishWatcher, is_finished
 
 
 class FinishWaits:
@@ -41,7 +47,19 @@ class FinishWaits:
             unwatch()
 
 
-async def until_heard(heard: asyncio.Future[None], seconds: float, receive: Receive) -> None:
+async def long_poll(
+    backend: Backend, waits: FinishWaits, call: Call, seconds: float, receive: Receive
+) -> Response:
+    """The job once it has finished, or when the time is up, as it is then."""
+    async with waits.watching(job_id(call)) as heard:
+        job = await backend.with_connection(partial(read_job, call=call))
+        if not is_finished(job):
+            await _until_heard(heard, seconds, receive)
+            job = await backend.with_connection(partial(read_job, call=call), admitted=True)
+    return job_response(call, job)
+
+
+async def _until_heard(heard: asyncio.Future[None], seconds: float, receive: Receive) -> None:
     """Return when `heard` resolves, after `seconds`, or when the client goes away."""
     gone = asyncio.ensure_future(_disconnect(receive))
     try:

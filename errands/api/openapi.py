@@ -1,43 +1,35 @@
 """The OpenAPI 3.1 document of the HTTP API, served at /openapi.json.
 
-Fields and query parameters are generated from the tables of rules that the
-validation runs (JOB_FIELDS, LIST_FILTERS, JOB_QUERY), so the document and the behaviour
-cannot drift apart; the schemathesis test checks the rest.
+Generated from the operations (endpoints.py) and the models that validate them
+(errands/queue/requests.py): request bodies, query parameters and answers are
+the JSON Schemas pydantic writes for those types, so the document cannot drift
+from the checks. What the models cannot say is written here, once: the errors
+every operation may meet (the transport's limits, framing, throttling) and why,
+the Idempotency-Key header, and the security scheme. The schemathesis test
+(tests/test_api_contract.py) checks the rest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from errands.api.endpoints import JOB_QUERY, LIST_FILTERS, MAX_BATCH
-from errands.api.http import MAX_BODY_BYTES
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
+
+from errands.api.endpoints import PATH_PARAMETERS, Answer, Operation
+from errands.api.errors import Error
+from errands.api.inputs import MAX_BODY_BYTES
 from errands.api.transport import DEFAULT_LIMITS as _LIMITS
-from errands.queue import JobState
-from errands.queue.requests import JOB_FIELDS, JSON_VALUE_SCHEMA, QUEUE_NAME, Field
+from errands.queue.requests import IdempotencyKey
 
+REF = "#/components/schemas/{model}"
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _json(
-    schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    answer: dict[str, Any] = {
-        "description": description,
-        "content": {"application/json": {"schema": schema}},
-    }
-    if headers:
-        answer["headers"] = headers
-    return answer
-
-
+# Why each error status may be answered.
 _REASONS = {
-    400: "Unparsable JSON, a repeated header, or a header or query string that is not UTF-8",
+    400: "Unparsable JSON or a body that is not UTF-8, a repeated header, or a header or "
+    "query string that is not UTF-8",
     401: "Missing or unknown bearer token (when ERRANDS_API_TOKENS is set)",
     404: "No such job",
     408: f"The request line and headers took over {_LIMITS.head_timeout:g} s, "
@@ -47,104 +39,42 @@ _REASONS = {
     413: f"The body exceeds {MAX_BODY_BYTES} bytes",
     415: "The body is not application/json in UTF-8, or has a Content-Encoding",
     422: "Invalid fields or query parameters, each named in details",
-    429: "Too many refused tokens from this address within a minute; "
+    429: "A wrong token after too many refused tokens from this address within a minute; "
     "try again after Retry-After seconds",
     431: f"The request line and headers exceed {_LIMITS.max_head_bytes} bytes "
     f"or {_LIMITS.max_headers} lines",
     501: "A transfer coding other than chunked",
     503: "The database is unavailable, or the server has too many connections or requests",
 }
+# Every operation may meet the transport's limits (408, 431, 503 beyond the connections),
+# framing errors (400, 501) and unknown query parameters (422); one that wants a token, the
+# throttling of wrong guesses (429).
+_EVERY = frozenset({400, 408, 422, 431, 501, 503})
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    # Every operation may meet the transport's limits (408, 431, 503 beyond the connections),
-    # framing errors (400, 501) and unknown query parameters (422); one that wants a token,
-    # the throttling of guesses (429).
-    every = {400, 408, 422, 431, 501, 503, *statuses, *({429} if 401 in statuses else set())}
-    return {str(status): _json(_ref("Error"), _REASONS[status]) for status in sorted(every)}
+class _Schema(GenerateJsonSchema):
+    """pydantic's JSON Schema, without a title per field, and with a dict's key pattern as
+    `propertyNames` (pydantic writes `patternProperties`, which lets other keys through)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        generated = super().dict_schema(schema)
+        patterns = generated.pop("patternProperties", None)
+        if patterns:
+            ((pattern, values),) = patterns.items()
+            generated["propertyNames"] = {"pattern": pattern}
+            generated["additionalProperties"] = values
+        return generated
 
 
-def _properties(fields: dict[str, Field]) -> dict[str, Any]:
-    return {name: rule.schema() for name, rule in fields.items()}
-
-
-def _query(fields: dict[str, Field]) -> list[dict[str, Any]]:
-    """Query parameters: never null, and never blank unless the rule allows it."""
-    return [
-        {
-            "name": name,
-            "in": "query",
-            "required": rule.required,
-            "schema": {
-                key: value
-                for key, value in {**rule.rule.schema(), "default": rule.default}.items()
-                if value is not None
-            },
-            **({"description": rule.description} if rule.description else {}),
-        }
-        for name, rule in fields.items()
-    ]
-
-
-_TIMESTAMP = {"type": "string", "format": "date-time"}
-_JOB_ID = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 0},
-}
-
-
-def document() -> dict[str, Any]:
-    job_request = {
-        "type": "object",
-        "required": ["task"],
-        "additionalProperties": False,
-        "properties": _properties(JOB_FIELDS),
-        # Both given (null is absent): refused.
-        "not": {
-            "required": ["run_at", "delay"],
-            "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}},
-        },
-    }
-    job = {
-        "type": "object",
-        "required": list(_JOB_PROPERTIES),
-        "properties": _JOB_PROPERTIES,
-    }
-    error = {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message", "details"],
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "details": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["field", "message"],
-                            "properties": {
-                                "field": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        },
-                    },
-                },
-            }
-        },
-    }
-    job_answer = _json(_ref("Job"), "The job")
-    idempotency_header = {
-        "name": "Idempotency-Key",
-        "in": "header",
-        "required": False,
-        "schema": JOB_FIELDS["idempotency_key"].rule.schema(),
-        "description": "Same as the idempotency_key field, in UTF-8 (not taken by /jobs/batch)",
-    }
+def document(operations: Iterable[Operation]) -> dict[str, Any]:
+    operations = list(operations)
+    schemas = _Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -154,312 +84,114 @@ def document() -> dict[str, Any]:
             '{"error": {"code", "message", "details"}}.',
         },
         "components": {
-            "schemas": {
-                "JobRequest": job_request,
-                "Job": job,
-                "Error": error,
-                "JsonValue": JSON_VALUE_SCHEMA,
-                "Schedule": {
-                    "type": "object",
-                    "required": list(_SCHEDULE_PROPERTIES),
-                    "properties": _SCHEDULE_PROPERTIES,
-                },
-                "Queue": _QUEUE,
-            },
+            "schemas": schemas.components(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],
-        "paths": {
-            "/jobs": {
-                "post": {
-                    "summary": "Submit one job",
-                    "parameters": [idempotency_header],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("JobRequest")}},
-                    },
-                    "responses": {
-                        "201": _json(
-                            _ref("Job"), "Created", {"Location": {"schema": {"type": "string"}}}
-                        ),
-                        "200": _json(
-                            _ref("Job"),
-                            "An idempotent replay: the job stored under this key",
-                            {
-                                "Idempotent-Replayed": {
-                                    "schema": {"type": "string", "enum": ["true"]}
-                                }
-                            },
-                        ),
-                        **_errors(400, 401, 409, 413, 415, 422, 503),
-                    },
-                },
-                "get": {
-                    "summary": "List jobs, newest first",
-                    "parameters": _query(LIST_FILTERS),
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["jobs", "next_after"],
-                                "properties": {
-                                    "jobs": {"type": "array", "items": _ref("Job")},
-                                    "next_after": _nullable({"type": "integer"}),
-                                },
-                            },
-                            "A page of jobs; next_after is null on the last page",
-                        ),
-                        **_errors(401, 422, 503),
-                    },
-                },
-            },
-            "/jobs/batch": {
-                "post": {
-                    "summary": f"Submit up to {MAX_BATCH} jobs in one transaction: all or none",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["jobs"],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "jobs": {
-                                            "type": "array",
-                                            "minItems": 1,
-                                            "maxItems": MAX_BATCH,
-                                            "items": _ref("JobRequest"),
-                                        }
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "201": _json(
-                            {
-                                "type": "object",
-                                "required": ["jobs"],
-                                "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
-                            },
-                            "The jobs, in the order submitted (replays included)",
-                        ),
-                        **_errors(400, 401, 409, 413, 415, 422, 503),
-                    },
-                }
-            },
-            "/jobs/{id}": {
-                "get": {
-                    "summary": "One job; with `wait`, once it has finished (a long poll)",
-                    "parameters": [_JOB_ID, *_query(JOB_QUERY)],
-                    "responses": {"200": job_answer, **_errors(401, 404, 422, 503)},
-                }
-            },
-            "/jobs/{id}/retry": {
-                "post": {
-                    "summary": "Run a dead or cancelled job again, with a fresh attempt budget",
-                    "parameters": [_JOB_ID],
-                    "responses": {"200": job_answer, **_errors(401, 404, 409, 413, 503)},
-                }
-            },
-            "/jobs/{id}/cancel": {
-                "post": {
-                    "summary": "Cancel a pending or failed job",
-                    "parameters": [_JOB_ID],
-                    "responses": {"200": job_answer, **_errors(401, 404, 409, 413, 503)},
-                }
-            },
-            "/queues": {
-                "get": {
-                    "summary": "Every queue that holds jobs or was ever paused",
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["queues"],
-                                "properties": {"queues": {"type": "array", "items": _ref("Queue")}},
-                            },
-                            "Queues by name",
-                        ),
-                        **_errors(401, 503),
-                    },
-                }
-            },
-            "/queues/{name}/pause": _queue_action(
-                "Pause a queue: its jobs stay pending, unclaimed, until it is resumed"
-            ),
-            "/queues/{name}/resume": _queue_action("Resume a paused queue"),
-            "/stats": {
-                "get": {
-                    "summary": "Jobs per queue and state, and live workers",
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["queues", "workers", "paused_queues"],
-                                "properties": {
-                                    "paused_queues": {"type": "array", "items": {"type": "string"}},
-                                    "queues": {
-                                        "type": "object",
-                                        "additionalProperties": {
-                                            "type": "object",
-                                            "properties": {
-                                                s.value: {"type": "integer"} for s in JobState
-                                            },
-                                        },
-                                    },
-                                    "workers": {"type": "array", "items": {"type": "object"}},
-                                },
-                            },
-                            "Counts and workers",
-                        ),
-                        **_errors(401, 503),
-                    },
-                }
-            },
-            "/schedules": {
-                "get": {
-                    "summary": "Periodic schedules: definition, next tick, last enqueued job",
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["schedules"],
-                                "properties": {
-                                    "schedules": {"type": "array", "items": _ref("Schedule")}
-                                },
-                            },
-                            "Every schedule a scheduler declared, by name",
-                        ),
-                        **_errors(401, 422, 503),
-                    },
-                }
-            },
-            "/health": {
-                "get": {
-                    "summary": "Liveness; no database call",
-                    "security": [],
-                    "responses": {
-                        "200": _json(
-                            {"type": "object", "properties": {"status": {"const": "ok"}}}, "Alive"
-                        ),
-                        **_errors(),
-                    },
-                }
-            },
-            "/ready": {
-                "get": {
-                    "summary": "Readiness: the database answers; under errands run, a worker runs",
-                    "security": [],
-                    "responses": {
-                        "200": _json(
-                            {"type": "object", "properties": {"status": {"const": "ready"}}},
-                            "Ready",
-                        ),
-                        **_errors(503),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "Text exposition format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                        **_errors(503),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "responses": {
-                        "200": _json({"type": "object"}, "The OpenAPI document"),
-                        **_errors(401),
-                    },
-                }
-            },
-        },
+        "paths": paths,
     }
 
 
-_SCHEDULE_PROPERTIES: dict[str, Any] = {
-    "name": {"type": "string"},
-    "task": {"type": "string"},
-    "cron": _nullable({"type": "string", "description": "five fields or a nickname (@daily)"}),
-    "every": _nullable({"type": "integer", "minimum": 1, "description": "seconds"}),
-    "tz": {"type": "string", "description": "the time zone cron is evaluated in"},
-    "payload": {"type": "object"},
-    "catch_up": {"type": "boolean"},
-    "next_tick": _nullable(_TIMESTAMP),
-    "last_tick": _nullable(_TIMESTAMP),
-    "last_job_id": _nullable({"type": "integer"}),
-    "last_job_state": _nullable({"type": "string", "enum": [s.value for s in JobState]}),
-    "last_enqueued_at": _nullable(_TIMESTAMP),
-    "declared_at": _TIMESTAMP,
-    "seen_at": _TIMESTAMP,
-    "active": {
-        "type": "boolean",
-        "description": "a running scheduler declared it within the last three minutes",
-    },
-}
-
-
-def _queue_action(summary: str) -> dict[str, Any]:
-    name = {
-        "name": "name",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": QUEUE_NAME.pattern},
-    }
-    return {
-        "post": {
-            "summary": summary,
-            "parameters": [name],
-            "responses": {
-                "200": _json(_ref("Queue"), "The queue, as it is now"),
-                **_errors(401, 413, 422, 503),
-            },
+def _operation(op: Operation, schemas: _Schemas) -> dict[str, Any]:
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": schemas.of(kind)}
+        for name, kind in PATH_PARAMETERS.items()
+        if f"{{{name}}}" in op.path
+    ]
+    parameters += _query(op.query, schemas)
+    described: dict[str, Any] = {"summary": op.summary}
+    if op.body is not None:
+        described["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schemas.of(op.body)}},
         }
-    }
-
-
-_QUEUE: dict[str, Any] = {
-    "type": "object",
-    "required": ["name", "paused", "counts"],
-    "properties": {
-        "name": {"type": "string"},
-        "paused": {"type": "boolean"},
-        "counts": {
-            "type": "object",
-            "required": [s.value for s in JobState],
-            "properties": {s.value: {"type": "integer"} for s in JobState},
+        if "idempotency_key" in op.body.model_fields:
+            parameters.append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": schemas.of(IdempotencyKey),
+                    "description": "Same as the idempotency_key field, in UTF-8",
+                }
+            )
+    if parameters:
+        described["parameters"] = parameters
+    if not op.token:
+        described["security"] = []
+    errors = _EVERY | op.errors | ({429} if 401 in op.errors else set())
+    error = schemas.of(Error, "serialization")
+    described["responses"] = {
+        **{str(answer.status): _answer(answer, schemas) for answer in op.answers},
+        **{
+            str(status): {
+                "description": _REASONS[status],
+                "content": {"application/json": {"schema": error}},
+            }
+            for status in sorted(errors)
         },
-    },
-}
+    }
+    return described
 
-_JOB_PROPERTIES: dict[str, Any] = {
-    "id": {"type": "integer"},
-    "queue": {"type": "string"},
-    "task": {"type": "string"},
-    "payload": {"type": "object"},
-    "state": {"type": "string", "enum": [s.value for s in JobState]},
-    "priority": {"type": "integer"},
-    "run_at": _TIMESTAMP,
-    "attempts": {"type": "integer", "minimum": 0},
-    "max_attempts": {"type": "integer", "minimum": 1},
-    "idempotency_key": _nullable({"type": "string"}),
-    "lease_owner": _nullable({"type": "string"}),
-    "lease_expires_at": _nullable(_TIMESTAMP),
-    "last_error": _nullable({"type": "string"}),
-    "errors": {"type": "array", "items": {"type": "object"}},
-    "result": {"description": "the task's return value (any JSON)"},
-    "created_at": _TIMESTAMP,
-    "started_at": _nullable(_TIMESTAMP),
-    "finished_at": _nullable(_TIMESTAMP),
-    "updated_at": _TIMESTAMP,
-}
+
+def _answer(answer: Answer, schemas: _Schemas) -> dict[str, Any]:
+    media = "text/plain" if answer.shape is str else "application/json"
+    described: dict[str, Any] = {
+        "description": answer.description,
+        "content": {media: {"schema": schemas.of(answer.shape, "serialization")}},
+    }
+    if answer.headers:
+        described["headers"] = dict(answer.headers)
+    return described
+
+
+def _query(model: type[BaseModel], schemas: _Schemas) -> list[dict[str, Any]]:
+    """A query model's fields as parameters: a query string cannot say null, so an optional
+    parameter is documented as its value's schema alone."""
+    generated = schemas.of(model, inline=True)
+    required = set(generated.get("required", []))
+    parameters = []
+    for name, schema in generated.get("properties", {}).items():
+        description = schema.pop("description", None)
+        parameter = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": _not_null(schema),
+        }
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    choices = schema.pop("anyOf", None)
+    if choices is not None:
+        (value,) = [choice for choice in choices if choice != {"type": "null"}]
+        schema = {**value, **schema}
+    if schema.get("default", ...) is None:
+        del schema["default"]
+    return schema
+
+
+class _Schemas:
+    """The schemas of the document's types; named ones (models, enums, recursive aliases)
+    become components, referred to by $ref."""
+
+    def __init__(self) -> None:
+        self._definitions: dict[str, Any] = {}
+
+    def of(self, kind: Any, mode: JsonSchemaMode = "validation", inline: bool = False) -> Any:
+        core: CoreSchema = TypeAdapter(kind).core_schema
+        generator = _Schema(ref_template=REF)
+        generated = generator.generate(core, mode)
+        self._definitions.update(generated.pop("$defs", {}))
+        if not inline and "title" in generated and "properties" in generated:
+            name = generated["title"]
+            self._definitions[name] = generated
+            return {"$ref": REF.format(model=name)}
+        return generated
+
+    def components(self) -> dict[str, Any]:
+        return dict(sorted(self._definitions.items()))

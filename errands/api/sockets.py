@@ -19,25 +19,34 @@ BACKLOG = 2048
 BIND_PATIENCE_SECONDS = 2.0
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(
+    host: str,
+    port: int,
+    *,
+    host_from: str = "ERRANDS_HTTP_ADDR",
+    port_from: str = "ERRANDS_HTTP_ADDR",
+) -> socket.socket:
     """The API's listening socket, bound now so that a taken port is one clear start-up error.
 
     `errands run` binds it before forking anything: the HTTP child inherits it (and a
     restarted child takes it over without a gap), so a port in use can never make the
-    child crash-loop.
+    child crash-loop. `host_from` and `port_from` name the settings that gave the host
+    and the port (ERRANDS_HTTP_ADDR, --host, --port): the message says which to change.
     """
     deadline = time.monotonic() + BIND_PATIENCE_SECONDS
     while True:
         try:
             return _bound(host, port)
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise ConfigurationError(
-                    f"cannot listen on {host}:{port}: {exc.strerror or exc} (set ERRANDS_HTTP_ADDR)"
-                ) from None
-            if time.monotonic() > deadline:
-                raise ConfigurationError(f"port {port} is in use (set ERRANDS_HTTP_ADDR)") from None
-        time.sleep(0.05)
+            if exc.errno == errno.EADDRINUSE and time.monotonic() <= deadline:
+                time.sleep(0.05)
+                continue
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigurationError(f"port {port} is in use (set {port_from})") from None
+            setting = port_from if exc.errno == errno.EACCES else host_from
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (set {setting})"
+            ) from None
 
 
 def _bound(host: str, port: int) -> socket.socket:

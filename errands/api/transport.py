@@ -5,29 +5,45 @@ a connection that sends its headers or body slowly (slowloris) is kept for ever,
 and its `limit_concurrency` counts such connections as requests, so a few dozen
 of them make every request, /health included, answer 503. h11, uvicorn's other
 protocol, bounds the header size but has no time limit either, and parses in
-pure Python. So the server keeps httptools and adds the limits in a small
-subclass of its protocol:
+pure Python. No public setting of uvicorn offers the rest, so the server keeps
+httptools and adds the limits in a small subclass of its protocol, an internal
+of uvicorn: pyproject.toml pins uvicorn to the versions in PROVEN_UVICORN, and
+tests/test_transport_limits.py fails on any other (README: The server).
 
 * the request line and headers: at most `max_head_bytes` bytes and
   `max_headers` lines (431), received within `head_timeout` seconds of the
   connection or of the request's first byte (408);
 * the body: received within `body_timeout` seconds of the headers (408);
-* connections: at most `max_connections` at once; the next is answered 503.
+* connections: at most `max_connections` at once. Beyond, the connection that
+  has waited longest without a request in the application (one kept alive
+  between requests, or still sending its head) is closed to make room; only
+  when every connection has a request in hand is the new one answered 503.
+  Silent or slow sockets therefore cannot keep /health out.
 
-The concurrency limit on requests (the application's) is separate: it counts
-only requests whose body has arrived, so slow clients cost a socket, never a
-slot. Every refusal uses the API's JSON error shape and closes the connection.
+A connection that sends a complete request and then bytes that are not HTTP
+gets the answer to its request, then a 400, then is closed. The concurrency
+limit on requests (the application's) is separate: it counts only requests
+whose body has arrived, so slow clients cost a socket, never a slot. Every
+refusal uses the API's JSON error shape, is logged, and closes the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from errands.api.http import HTTPError
+from errands.log import get_logger
+
+# The uvicorn releases whose httptools protocol this subclass was tested against.
+PROVEN_UVICORN = ("0.55.0",)
+
+_log = get_logger("errands.api")
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,12 @@ DEFAULT_LIMITS = Limits()
 
 def protocol(limits: Limits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with `limits` (for uvicorn.Config's `http`)."""
+    if uvicorn.__version__ not in PROVEN_UVICORN:
+        _log.warning(
+            "the HTTP limits were tested with other uvicorn versions; they may not hold",
+            uvicorn=uvicorn.__version__,
+            proven=", ".join(PROVEN_UVICORN),
+        )
     return type("LimitedHttpToolsProtocol", (LimitedProtocol,), {"limits": limits})
 
 
@@ -58,16 +80,42 @@ class LimitedProtocol(HttpToolsProtocol):
         self._head_size = 0  # of the request line and headers parsed: bounds one that ends
         self._header_count = 0
         self._refused = False
+        self._deferred: tuple[int, str, str] | None = None  # a refusal awaiting an answer
         self._deadline: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0  # since when no request of it has been in the application
 
     # -- connection --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
+        self._idle_since = time.monotonic()
+        if len(self.connections) > self.limits.max_connections and not self._make_room():
             self._refuse(503, "too_many_connections", "the server has too many connections")
             return
         self._arm(self.limits.head_timeout)
+
+    def _make_room(self) -> bool:
+        """Close the connection idle the longest, if the open ones are too many; False if
+        every one has a request in the application."""
+        open_ = [c for c in self.connections if not c.transport.is_closing()]
+        if len(open_) <= self.limits.max_connections:
+            return True
+        idle = [c for c in open_ if isinstance(c, LimitedProtocol) and c is not self and c.idle]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c._idle_since)
+        oldest._refuse(503, "too_many_connections", "closed to make room for a new connection")
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """No request of this connection is in the application: it may make room for another."""
+        return self._in_head and not self._refused and self._all_answered
+
+    @property
+    def _all_answered(self) -> bool:
+        cycle = self.cycle
+        return not self.pipeline and (cycle is None or cycle.response_complete)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -87,6 +135,12 @@ class LimitedProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to unparsable HTTP, in the API's error shape.
         self._refuse(400, "bad_request", f"the request is not valid HTTP/1.1: {msg}")
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._idle_since = time.monotonic()
+        if self._deferred is not None and self._all_answered:
+            self._answer(*self._deferred)
 
     # -- parser callbacks --------------------------------------------------------------------
 
@@ -155,29 +209,42 @@ class LimitedProtocol(HttpToolsProtocol):
         self._refuse(408, "request_timeout", f"the request's {part} took over {seconds:g} s")
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer `status` unless a response is under way, and close the connection."""
+        """Answer `status` and close the connection; after the answer to a request still in
+        the application, if there is one; without an answer if its own has begun."""
+        if self._refused:
+            return
         self._refused = True
         self._disarm()
+        client = self.client[0] if self.client else None
+        (_log.warning if status == 503 else _log.info)(
+            "connection refused", status=status, code=code, reason=message, client=client
+        )
         if self.transport.is_closing():
             return
-        # While a head is read, self.cycle is the previous request's (if any), whose answer
-        # must not be cut into; once the headers are in, it is this request's own.
         cycle = self.cycle
-        if (
-            cycle is None
-            or cycle.response_complete
-            or (not self._in_head and not cycle.response_started)
-        ):
-            response = HTTPError(status, code, message).response()
-            self.transport.write(
-                b"".join(
-                    [
-                        STATUS_LINE[status],
-                        b"content-type: application/json\r\n",
-                        b"content-length: %d\r\n" % len(response.body),
-                        b"connection: close\r\n\r\n",
-                        response.body,
-                    ]
-                )
+        if self._in_head and not self._all_answered:
+            # The head of a request that follows one still being answered: answer that
+            # one first.
+            self._deferred = (status, code, message)
+            self.transport.pause_reading()
+        elif cycle is None or cycle.response_complete or not cycle.response_started:
+            self._answer(status, code, message)
+        else:
+            self.transport.close()
+
+    def _answer(self, status: int, code: str, message: str) -> None:
+        body = json.dumps(
+            {"error": {"code": code, "message": message, "details": []}}, separators=(",", ":")
+        ).encode()
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
             )
+        )
         self.transport.close()

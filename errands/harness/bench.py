@@ -44,7 +44,7 @@ from errands.harness.process import (
     tree_cpu_seconds,
 )
 from errands.harness.waiting import answers, drained, wait_for
-from errands.queue import live_workers
+from errands.queue.presence import live_workers
 from errands.queue.queries import query
 from errands.schema import migrate
 

@@ -396,7 +396,7 @@ class Chaos:
         return submission
 
     def _submit_python(self, end: float) -> None:
-        with Client(self.client_url, pgbouncer=self.bouncer is not None) as client:
+        with Client(self.client_url) as client:
             n = 0
             while time.monotonic() < end:
                 n += 1

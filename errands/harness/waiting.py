@@ -10,7 +10,8 @@ import httpx
 import psycopg
 
 from errands.database import open_connection
-from errands.queue import JobState, job_counts
+from errands.queue.admin import job_counts
+from errands.queue.jobs import JobState
 
 T = TypeVar("T")
 UNFINISHED = (JobState.PENDING, JobState.FAILED, JobState.IN_PROGRESS)

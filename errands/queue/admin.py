@@ -9,11 +9,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from errands.errors import InvalidState, JobNotFound
+from errands.limits import MAX_LIST_LIMIT
 from errands.queue.jobs import Job, JobState
 from errands.queue.presence import WorkerInfo, live_workers
 from errands.queue.queries import query
 
-MAX_LIST_LIMIT = 1000
 PRUNE_BATCH = 5000
 
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
-import structlog
 
 from errands.database import open_connection
+from errands.log import get_logger
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
 
@@ -28,7 +28,7 @@ RECONNECT_MAX_SECONDS = 5.0
 # The longest the thread blocks before it looks whether it was closed.
 WAKE_SECONDS = 0.5
 
-_log = structlog.get_logger("errands.queue")
+_log = get_logger("errands.queue")
 
 Callback = Callable[[], None]
 

@@ -1,345 +1,480 @@
-"""Validation of job requests, shared by the Python client and the HTTP API.
+"""What a request to the queue may say: one pydantic model per request, for every entry point.
 
-Everything is checked here, before the database sees it, and every problem is
-reported at once with the field it concerns. Each field's rule gives both the
-check and its JSON Schema, so the OpenAPI document (errands/api/openapi.py) is
-generated from the very rules that run and cannot drift from them.
+The HTTP API, `errands.Client`, the CLI and the dashboard validate with these
+models, before the database sees anything, and every problem is reported at
+once with the field it concerns (`jobs[3].priority`). `/openapi.json` is
+generated from them, so the document cannot drift from the checks.
 
-`null` means "absent" for every optional field; a required field given as
-`null` is missing.
+Values arrive in two forms. JSON and Python values (a body, keyword
+arguments): a number must be a number. Text (a query string, a path, a
+command-line option), validated with `context=TEXT`: integers and decimals in
+ASCII digits only, since int() and float() also take "٣", "²", "1_000" and
+"nan". `null` (None) means absent for every optional field.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from decimal import Decimal
+from functools import cached_property
+from typing import Annotated, Any, Final, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from errands.errors import FieldError, InvalidJob
+from errands.limits import (
+    DEFAULT_LIST_LIMIT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_BATCH,
+    MAX_DELAY_SECONDS,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_JOB_ID,
+    MAX_LIST_LIMIT,
+    MAX_PAYLOAD_DEPTH,
+    MAX_WAIT_SECONDS,
+    PRIORITY_RANGE,
+    RUN_AT_YEARS,
+)
+from errands.queue.jobs import JobState
 
-# Patterns are written once, for Python (always used with fullmatch) and for JSON Schema
-# (ECMA-262, where `$` is the end of input): both then mean what PostgreSQL's checks mean,
+# Validation context for values given as text.
+TEXT: Final = {"text": True}
+
+# Patterns are written once, for Python (fullmatch), pydantic (Rust's regex engine) and JSON
+# Schema (ECMA-262, where `$` is the end of input): all mean what PostgreSQL's checks mean,
 # so "name\n" is refused here, never by a CheckViolation.
 TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-NO_NUL = re.compile(r"^[^\u0000]*$")
-# RFC 3339 (upper- or lower-case T and Z, the extended format only), years 0002 to 9998:
-# whatever its offset, and whatever a session's time zone, such a time stays inside what
-# Python's datetime and psycopg can hold (years 1 to 9999).
+# No NUL (PostgreSQL cannot store it), and no space or tab at either end: HTTP strips them
+# from a header, so an Idempotency-Key header could never carry the same key as the body.
+IDEMPOTENCY_KEY = re.compile(r"^[^\x00 \t](?:[^\x00]*[^\x00 \t])?$")
+NO_NUL = re.compile(r"^[^\x00]*$")
+# RFC 3339 (upper- or lower-case T and Z, the extended format only), years 0002 to 9998.
 RFC3339 = re.compile(
     r"^(?!000[01]|9999)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
     r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
     r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-MAX_IDEMPOTENCY_KEY = 255
-MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
-INT32 = (-(2**31), 2**31 - 1)
-INT64_MAX = 2**63 - 1
-MAX_ATTEMPTS_LIMIT = 1000
-MAX_PAYLOAD_DEPTH = 64
-RUN_AT_YEARS = (2, 9998)
+# Numbers given as text: ASCII only, and few enough digits that int() never meets Python's
+# 4,300-digit limit.
+INTEGER_TEXT = re.compile(r"-?[0-9]{1,30}")
+DECIMAL_TEXT = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?")
 # \u0000 preceded by an even number of backslashes: an escaped NUL, not the text "\u0000".
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-# Digits of an integer given as text (a query string): ASCII only, and few enough that
-# int() never meets Python's 4,300-digit limit.
-_INTEGER_TEXT = re.compile(r"-?[0-9]{1,30}")
-_DECIMAL_TEXT = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?")
-
-DEFAULT_QUEUE = "default"
-DEFAULT_MAX_ATTEMPTS = 5
-
 # One encoder for every payload: json.dumps given options builds a new one per call.
 _PAYLOAD_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
-class Invalid(Exception):
-    """Raised by a rule: the value's problem, in words that follow the field's name."""
+def _is_text(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("text"))
 
 
-# -- rules: a check and the JSON Schema it enforces ---------------------------------------
+def _refuse(message: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid", message)
 
 
-class Rule:
-    def schema(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def parse(self, value: Any) -> Any:
-        """The value to use, or Invalid."""
-        raise NotImplementedError
-
-    def parse_text(self, text: str) -> Any:
-        """The same from a query string or a path, where every value is text."""
-        return self.parse(text)
+# -- integers ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Text(Rule):
-    pattern: re.Pattern[str]
-    what: str
-    min_length: int | None = None
-    max_length: int | None = None
-
-    def schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "string", "pattern": self.pattern.pattern}
-        if self.min_length is not None:
-            schema["minLength"] = self.min_length
-        if self.max_length is not None:
-            schema["maxLength"] = self.max_length
-        return schema
-
-    def parse(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise Invalid(f"must be a string, {self.what}")
-        if not (self.min_length or 0) <= len(value) <= (self.max_length or len(value)):
-            raise Invalid(f"must be {self.min_length} to {self.max_length} characters long")
-        if not self.pattern.fullmatch(value):
-            raise Invalid(f"must match {self.pattern.pattern}")
-        if not _is_unicode(value):
-            raise Invalid("must be valid Unicode (a lone surrogate is not)")
-        return value
+def _integer_from_text(value: Any, info: ValidationInfo) -> Any:
+    if _is_text(info) and isinstance(value, str):
+        if not INTEGER_TEXT.fullmatch(value):
+            raise _refuse("must be an integer in ASCII digits")
+        return int(value)
+    return value
 
 
-@dataclass(frozen=True)
-class Choice(Rule):
-    values: tuple[str, ...]
-
-    def schema(self) -> dict[str, Any]:
-        return {"type": "string", "enum": list(self.values)}
-
-    def parse(self, value: Any) -> str:
-        if value not in self.values:
-            raise Invalid(f"must be one of {', '.join(self.values)}")
-        return str(value)
+def _integer_from_number(value: Any, info: ValidationInfo) -> Any:
+    """JSON has one number type: 3.0 is the integer 3, as JSON Schema also says."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return _integer_from_text(value, info)
 
 
-@dataclass(frozen=True)
-class Integer(Rule):
-    low: int
-    high: int
-
-    def schema(self) -> dict[str, Any]:
-        return {"type": "integer", "minimum": self.low, "maximum": self.high}
-
-    def parse(self, value: Any) -> int:
-        # JSON has one number type: 3.0 is the integer 3, as JSON Schema also says.
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Invalid("must be an integer")
-        if not self.low <= value <= self.high:
-            raise Invalid(f"must be an integer between {self.low} and {self.high}")
-        return value
-
-    def parse_text(self, text: str) -> int:
-        """From a query string or a path: ASCII digits only (int() would take "٣" and "²")."""
-        if not _INTEGER_TEXT.fullmatch(text):
-            raise Invalid(f"must be an integer between {self.low} and {self.high}")
-        return self.parse(int(text))
+# The validator comes last: it runs first, and the constraints keep their JSON Schema names.
+JobId = Annotated[StrictInt, Field(ge=1, le=MAX_JOB_ID), BeforeValidator(_integer_from_text)]
+Priority = Annotated[
+    StrictInt,
+    Field(ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1], description="higher runs first"),
+    BeforeValidator(_integer_from_number),
+]
+MaxAttempts = Annotated[
+    StrictInt, Field(ge=1, le=MAX_ATTEMPTS_LIMIT), BeforeValidator(_integer_from_number)
+]
+ListLimit = Annotated[
+    StrictInt, Field(ge=1, le=MAX_LIST_LIMIT), BeforeValidator(_integer_from_text)
+]
 
 
-@dataclass(frozen=True)
-class Seconds(Rule):
-    low: float
-    high: float
+# -- seconds ----------------------------------------------------------------------------------
 
-    def schema(self) -> dict[str, Any]:
-        return {"type": "number", "minimum": self.low, "maximum": self.high}
 
-    def parse(self, value: Any) -> float:
+def _seconds(low: float, high: float) -> PlainValidator:
+    """A number of seconds between `low` and `high` (a timedelta from Python too)."""
+
+    def parse(value: Any, info: ValidationInfo) -> float:
+        if isinstance(value, str) and _is_text(info) and DECIMAL_TEXT.fullmatch(value):
+            value = float(value)
         if isinstance(value, timedelta):
             value = value.total_seconds()
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise Invalid("must be a number of seconds")
+            raise _refuse("must be a number of seconds")
         # Compared before any conversion (float(10**400) would overflow); NaN compares false.
-        if not self.low <= value <= self.high:
-            raise Invalid(f"must be between {self.low:g} and {self.high:g} seconds")
+        if not low <= value <= high:
+            raise _refuse(f"must be between {low:g} and {high:g} seconds")
         return float(value)
 
-    def parse_text(self, text: str) -> float:
-        """From a query string: ASCII decimals only (float() takes other digits, and "nan")."""
-        if not _DECIMAL_TEXT.fullmatch(text):
-            raise Invalid(f"must be between {self.low:g} and {self.high:g} seconds")
-        return self.parse(float(text))
+    return PlainValidator(parse)
 
 
-@dataclass(frozen=True)
-class Timestamp(Rule):
-    def schema(self) -> dict[str, Any]:
-        return {"type": "string", "format": "date-time", "pattern": RFC3339.pattern}
-
-    def parse(self, value: Any) -> datetime:
-        if isinstance(value, str):
-            if not RFC3339.fullmatch(value):
-                raise Invalid(
-                    "must be an RFC 3339 timestamp with an offset, "
-                    f"years {RUN_AT_YEARS[0]:04} to {RUN_AT_YEARS[1]}"
-                )
-            try:
-                value = datetime.fromisoformat(value.upper())
-            except ValueError:  # a day the month lacks
-                raise Invalid("is not a date of the calendar") from None
-        if not isinstance(value, datetime):
-            raise Invalid("must be a timestamp")
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise Invalid("must carry a time zone offset (a naive time is ambiguous)")
-        if not RUN_AT_YEARS[0] <= value.year <= RUN_AT_YEARS[1]:
-            raise Invalid(f"must be in the years {RUN_AT_YEARS[0]:04} to {RUN_AT_YEARS[1]}")
-        # In UTC: PostgreSQL refuses offsets beyond ±15:59 that RFC 3339 allows.
-        return value.astimezone(UTC)
+def _seconds_schema(low: float, high: float) -> WithJsonSchema:
+    return WithJsonSchema({"type": "number", "minimum": low, "maximum": high})
 
 
-# Any JSON value PostgreSQL's jsonb can store: no NUL character in a string or a name.
-JSON_VALUE_REF = "#/components/schemas/JsonValue"
-JSON_VALUE_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {"type": ["null", "boolean", "number"]},
-        {"type": "string", "pattern": NO_NUL.pattern},
-        {"type": "array", "items": {"$ref": JSON_VALUE_REF}},
-        {
-            "type": "object",
-            "propertyNames": {"pattern": NO_NUL.pattern},
-            "additionalProperties": {"$ref": JSON_VALUE_REF},
-        },
-    ]
-}
+Delay = Annotated[float, _seconds(0, MAX_DELAY_SECONDS), _seconds_schema(0, MAX_DELAY_SECONDS)]
+Wait = Annotated[float, _seconds(0, MAX_WAIT_SECONDS), _seconds_schema(0, MAX_WAIT_SECONDS)]
 
 
-@dataclass(frozen=True)
-class Payload(Rule):
-    def schema(self) -> dict[str, Any]:
-        return {
-            "type": "object",
-            "propertyNames": {"pattern": NO_NUL.pattern},
-            "additionalProperties": {"$ref": JSON_VALUE_REF},
-            "description": "the task's keyword arguments: JSON without NUL characters, "
-            f"nested at most {MAX_PAYLOAD_DEPTH} levels",
-        }
+# -- text -------------------------------------------------------------------------------------
 
-    def parse(self, value: Any) -> dict[str, Any]:
-        """The payload as it will read back from the database."""
-        if not isinstance(value, Mapping):
-            raise Invalid("must be a JSON object (the task's keyword arguments)")
-        if _depth_exceeds(value, MAX_PAYLOAD_DEPTH):
-            raise Invalid(f"must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep")
-        try:
-            # The round trip normalises tuples and rejects NaN, infinities and non-JSON values,
-            # so that a replayed request compares equal to what the database holds. Unescaped
-            # text keeps a lone surrogate visible; NUL is escaped (\u0000) either way.
-            text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise Invalid(f"must be JSON-serialisable without NaN or infinity ({exc})") from None
-        if _ESCAPED_NUL.search(text):
-            raise Invalid("must not contain NUL characters (PostgreSQL cannot store them)")
-        if not _is_unicode(text):
-            raise Invalid("must be valid Unicode (a lone surrogate is not)")
-        parsed: dict[str, Any] = json.loads(text)
-        return parsed
-
-
-@dataclass(frozen=True)
-class Field:
-    rule: Rule
-    required: bool = False
-    default: Any = None
-    description: str | None = None
-
-    def schema(self) -> dict[str, Any]:
-        schema = self.rule.schema()
-        if self.description:
-            schema["description"] = self.description
-        if self.required:
-            return schema
-        if self.default is not None:
-            schema["default"] = self.default
-        return {"anyOf": [schema, {"type": "null"}]}
-
-
-# The fields of a job request: the HTTP body's, and enqueue()'s keyword arguments.
-JOB_FIELDS: dict[str, Field] = {
-    "task": Field(Text(TASK_NAME, "a task name"), required=True),
-    "payload": Field(Payload()),
-    "queue": Field(Text(QUEUE_NAME, "a queue name"), default=DEFAULT_QUEUE),
-    "priority": Field(Integer(*INT32), default=0, description="higher runs first"),
-    "run_at": Field(Timestamp(), description="not before this time; not with delay"),
-    "delay": Field(Seconds(0, MAX_DELAY_SECONDS), description="seconds; not with run_at"),
-    "max_attempts": Field(Integer(1, MAX_ATTEMPTS_LIMIT), default=DEFAULT_MAX_ATTEMPTS),
-    "idempotency_key": Field(
-        Text(NO_NUL, "a key without NUL characters", 1, MAX_IDEMPOTENCY_KEY),
+TaskName = Annotated[StrictStr, Field(pattern=TASK_NAME.pattern)]
+QueueName = Annotated[StrictStr, Field(pattern=QUEUE_NAME.pattern)]
+IdempotencyKey = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        pattern=IDEMPOTENCY_KEY.pattern,
         description="one job per key, for as long as the job is stored",
     ),
-}
-REQUEST_FIELDS = frozenset(JOB_FIELDS)
+]
 
 
-def parse_fields(
-    rules: Mapping[str, Field],
-    given: Mapping[str, Any],
-    prefix: str = "",
-    text: bool = False,
-    unknown: str = "unknown field",
-) -> tuple[dict[str, Any], list[FieldError]]:
-    """Each field of `rules` parsed from `given` (defaults filled in), and every problem.
-
-    `text`: the values are strings from a query string (integers as ASCII digits).
-    """
-    values: dict[str, Any] = {}
-    errors = [FieldError(prefix + name, unknown) for name in sorted(set(given) - set(rules))]
-    for name, rule in rules.items():
-        value = given.get(name)
-        if value is None:
-            if rule.required:
-                errors.append(FieldError(prefix + name, "is required"))
-            values[name] = rule.default
-            continue
+def _timestamp(value: Any) -> datetime:
+    if isinstance(value, str):
+        if not RFC3339.fullmatch(value):
+            raise _refuse(
+                "must be an RFC 3339 timestamp with an offset, "
+                f"years {RUN_AT_YEARS[0]:04} to {RUN_AT_YEARS[1]}"
+            )
         try:
-            values[name] = rule.rule.parse_text(value) if text else rule.rule.parse(value)
-        except Invalid as problem:
-            errors.append(FieldError(prefix + name, str(problem)))
-    return values, errors
+            value = datetime.fromisoformat(value.upper())
+        except ValueError:  # a day the month lacks
+            raise _refuse("is not a date of the calendar") from None
+    if not isinstance(value, datetime):
+        raise _refuse("must be a timestamp")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise _refuse("must carry a time zone offset (a naive time is ambiguous)")
+    if not RUN_AT_YEARS[0] <= value.year <= RUN_AT_YEARS[1]:
+        raise _refuse(f"must be in the years {RUN_AT_YEARS[0]:04} to {RUN_AT_YEARS[1]}")
+    # In UTC: PostgreSQL refuses offsets beyond ±15:59 that RFC 3339 allows.
+    return value.astimezone(UTC)
+
+
+RunAt = Annotated[
+    datetime,
+    PlainValidator(_timestamp),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": RFC3339.pattern,
+            "description": "not before this time; not with delay",
+        }
+    ),
+]
+
+
+# -- payloads ---------------------------------------------------------------------------------
+
+NoNulText = Annotated[str, Field(pattern=NO_NUL.pattern)]
+# Any JSON value PostgreSQL's jsonb can store: no NUL character in a string or a name.
+JsonValue = TypeAliasType(
+    "JsonValue",
+    "bool | int | float | NoNulText | list[JsonValue] | dict[NoNulText, JsonValue] | None",
+)
+
+
+def _payload(value: Any) -> dict[str, Any]:
+    """The payload as it will read back from the database."""
+    if not isinstance(value, Mapping):
+        raise _refuse("must be a JSON object (the task's keyword arguments)")
+    if _depth_exceeds(value, MAX_PAYLOAD_DEPTH):
+        raise _refuse(f"must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep")
+    try:
+        # The round trip normalises tuples and rejects NaN, infinities and non-JSON values,
+        # so that a replayed request compares equal to what the database holds. Unescaped
+        # text keeps a lone surrogate visible; NUL is escaped (\u0000) either way.
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise _refuse(f"must be JSON-serialisable without NaN or infinity ({exc})") from None
+    if _ESCAPED_NUL.search(text):
+        raise _refuse("must not contain NUL characters (PostgreSQL cannot store them)")
+    if not _is_unicode(text):
+        raise _refuse("must be valid Unicode (a lone surrogate is not)")
+    parsed: dict[str, Any] = json.loads(text)
+    return parsed
+
+
+Payload = Annotated[
+    dict[str, Any],
+    PlainValidator(_payload, json_schema_input_type=dict[NoNulText, JsonValue]),
+    Field(
+        description="the task's keyword arguments: JSON without NUL characters, "
+        f"nested at most {MAX_PAYLOAD_DEPTH} levels"
+    ),
+]
+
+
+class _NullMeansDefault:
+    """In the JSON Schema, a field with a default also takes null: null means absent."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"anyOf": [handler(core_schema), {"type": "null"}]}
+
+
+# -- job requests ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class JobRequest:
-    """A validated request to enqueue one job: due at `run_at`, or `delay` seconds after the
-    database's now (never a host's clock, which may be off), or at once."""
+class TaskDefaults:
+    """What a registered task declares for its jobs, when a request names no other."""
 
-    task: str
-    payload: dict[str, Any] = field(default_factory=dict)
-    queue: str = DEFAULT_QUEUE
-    priority: int = 0
-    run_at: datetime | None = None
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    idempotency_key: str | None = None
-    delay: float | None = None
+    queue: str
+    max_attempts: int
+
+
+# Finds the defaults of a task by name; None for a task this process does not know.
+Defaults = Callable[[str], TaskDefaults | None]
+
+
+class JobRequest(BaseModel):
+    """A request to enqueue one job: the HTTP body's fields, and enqueue()'s arguments."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        defer_build=True,
+        # Both given (null is absent): refused.
+        json_schema_extra={
+            "not": {
+                "required": ["run_at", "delay"],
+                "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}},
+            }
+        },
+    )
+
+    task: TaskName
+    payload: Annotated[Payload, _NullMeansDefault] = Field(default_factory=dict)
+    queue: Annotated[QueueName, _NullMeansDefault] = DEFAULT_QUEUE
+    priority: Annotated[Priority, _NullMeansDefault] = 0
+    run_at: RunAt | None = None
+    delay: Annotated[Delay | None, Field(description="seconds; not with run_at")] = None
+    max_attempts: Annotated[MaxAttempts, _NullMeansDefault] = DEFAULT_MAX_ATTEMPTS
+    idempotency_key: IdempotencyKey | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_and_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """Null is absent; an absent queue or budget is the registered task's (see parse)."""
+        if not isinstance(data, Mapping):
+            return data
+        given = {name: value for name, value in data.items() if value is not None}
+        defaults: Defaults | None = (info.context or {}).get("defaults")
+        task = given.get("task")
+        if defaults is not None and isinstance(task, str) and (known := defaults(task)):
+            given.setdefault("queue", known.queue)
+            given.setdefault("max_attempts", known.max_attempts)
+        return given
+
+    @field_validator("delay")
+    @classmethod
+    def _not_with_run_at(cls, delay: float, info: ValidationInfo) -> float:
+        if info.data.get("run_at") is not None:
+            raise _refuse("give run_at or delay, not both")
+        return delay
 
     def due(self, now: datetime) -> datetime:
-        """When the job may run, given the database's `now`."""
+        """When the job may first run, given the database's `now`: run_at, or `delay`
+        seconds after it (never a host's clock, which may be off), or at once."""
         if self.run_at is not None:
             return self.run_at.astimezone(now.tzinfo)
         return now + timedelta(seconds=self.delay or 0)
 
-    @property
+    @cached_property
     def payload_json(self) -> str:
         return _PAYLOAD_ENCODER.encode(self.payload)
 
     def same_request_as(self, other: JobRequest) -> bool:
-        """Whether `other` replays this request: the same task, queue and payload."""
-        return (self.task, self.queue, self.payload) == (other.task, other.queue, other.payload)
+        """Whether `other` replays this request: the same task, queue and payload, the
+        payloads compared as PostgreSQL compares jsonb (so `true` is not `1`, though
+        Python says it is, and `1` is `1.0`)."""
+        return (self.task, self.queue) == (other.task, other.queue) and _as_jsonb(
+            self.payload
+        ) == _as_jsonb(other.payload)
 
 
-def parse_request(fields: Mapping[str, Any], *, prefix: str = "") -> JobRequest:
-    """Validate the fields of one job request (the HTTP body's names) or raise InvalidJob."""
-    values, errors = parse_fields(JOB_FIELDS, fields, prefix)
-    run_at, delay = values.pop("run_at", None), values.pop("delay", None)
-    if run_at is not None and delay is not None:
-        errors.append(FieldError(prefix + "delay", "give run_at or delay, not both"))
-    if errors:
-        raise InvalidJob(errors)
-    payload = values.pop("payload") or {}
-    return JobRequest(**values, payload=payload, run_at=run_at, delay=delay)
+class JobBatch(BaseModel):
+    """A request to enqueue many jobs in one transaction: all of them, or none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    jobs: Annotated[list[JobRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+_JOB_LIST = TypeAdapter(list[JobRequest], config=ConfigDict(defer_build=True))
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_request(fields: Any, *, prefix: str = "", defaults: Defaults | None = None) -> JobRequest:
+    """Validate one job request, or raise InvalidJob naming every bad field.
+
+    `defaults` comes from the layer that knows the tasks: a job submitted by name
+    then lands on its task's queue, with its task's budget, unless it names others.
+    """
+    return _validated(JobRequest, fields, prefix, defaults)
+
+
+def parse_batch(body: Any, *, defaults: Defaults | None = None) -> list[JobRequest]:
+    """The jobs of a batch body `{"jobs": [...]}`; InvalidJob names `jobs[3].priority`."""
+    batch: JobBatch = _validated(JobBatch, body, "", defaults)
+    return batch.jobs
+
+
+def parse_requests(specs: Sequence[Any], *, defaults: Defaults | None = None) -> list[JobRequest]:
+    """Many job requests (Client.enqueue_many's specs); InvalidJob names `[3].priority`."""
+    try:
+        return _JOB_LIST.validate_python(specs, context={"defaults": defaults})
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc)) from None
+
+
+def _validated(model: type[M], data: Any, prefix: str, defaults: Defaults | None) -> M:
+    try:
+        return model.model_validate(data, context={"defaults": defaults})
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc, prefix)) from None
+
+
+# -- queries ----------------------------------------------------------------------------------
+
+
+class JobFilter(BaseModel):
+    """Which jobs to list: GET /jobs, Client.list, `errands jobs list`, the dashboard."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    state: JobState | None = None
+    queue: QueueName | None = None
+    task: TaskName | None = None
+    limit: ListLimit = DEFAULT_LIST_LIMIT
+    after: Annotated[JobId | None, Field(description="next_after of the previous page")] = None
+
+
+class JobWait(BaseModel):
+    """GET /jobs/{id}?wait=SECONDS: a long poll."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    wait: Annotated[
+        Wait | None,
+        Field(
+            description="seconds to wait for the job to be completed, dead or cancelled before "
+            "answering; the answer is the job as it is then, finished or not"
+        ),
+    ] = None
+
+
+class NoQuery(BaseModel):
+    """The query of an endpoint that takes no parameter: any is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+def job_id_of_text(text: str) -> int | None:
+    """A job id in a path or a search box: ASCII digits within a bigint, else None."""
+    if not INTEGER_TEXT.fullmatch(text) or text.startswith("-"):
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_JOB_ID else None
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+# pydantic's words for the problems every form shares, in the words errands has always used.
+_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "missing": "is required",
+    "model_type": "must be a dict (a JSON object) with the fields of a job",
+    "model_attributes_type": "must be a dict (a JSON object) with the fields of a job",
+    "dict_type": "must be a dict (a JSON object)",
+    "list_type": "must be a list",
+    "int_type": "must be an integer",
+    "string_type": "must be a string",
+    "string_unicode": "must be valid Unicode (a lone surrogate is not)",
+    "string_pattern_mismatch": "must match {pattern}",
+    "string_too_short": "must be at least {min_length} characters long",
+    "string_too_long": "must be at most {max_length} characters long",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "too_short": "must hold at least {min_length} item(s)",
+    "too_long": "must hold at most {max_length} item(s)",
+    "enum": "must be one of {expected}",
+}
+
+
+def field_errors(
+    exc: ValidationError, prefix: str = "", unknown: str = "unknown field"
+) -> list[FieldError]:
+    """Each problem of `exc`, named as the HTTP body names the field: `jobs[3].priority`."""
+    messages = {**_MESSAGES, "extra_forbidden": unknown}
+    return [
+        FieldError(
+            _name(prefix, error["loc"]),
+            messages[error["type"]].format(**error.get("ctx", {}))
+            if error["type"] in messages
+            else error["msg"],
+        )
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _name(prefix: str, loc: tuple[int | str, ...]) -> str:
+    """`prefix` and `loc` as one field name: ("jobs", 3, "priority") is jobs[3].priority."""
+    name = prefix.removesuffix(".")
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else part
+    return name or "body"
+
+
+# -- helpers ----------------------------------------------------------------------------------
 
 
 def _is_unicode(text: str) -> bool:
@@ -364,3 +499,14 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in item)
     return False
+
+
+def _as_jsonb(value: Any) -> Any:
+    """`value` as jsonb compares it: numbers by value, never equal to a boolean."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value), value)
+    if isinstance(value, int | float):
+        return (Decimal, Decimal(repr(value)))  # repr: the digits json.dumps writes
+    if isinstance(value, Mapping):
+        return {key: _as_jsonb(item) for key, item in value.items()}
+    return tuple(_as_jsonb(item) for item in value)

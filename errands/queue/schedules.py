@@ -17,9 +17,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from errands.limits import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
 from errands.queue.jobs import JobState
 from errands.queue.queries import query
-from errands.queue.requests import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobRequest
+from errands.queue.requests import JobRequest
 from errands.queue.submit import Enqueued, enqueue
 from errands.queue.ticks import InvalidTiming, Timing, tick_key
 

@@ -81,7 +81,10 @@ def enqueue_many(
             # a race undoes this batch only.
             with conn.transaction(), conn.cursor() as cur:
                 now = _stage(cur, requests)
-                rows = cur.execute(query("enqueue_staged"), prepare=False).fetchall()
+                cur.execute(query("enqueue_staged"), prepare=False)
+                while cur.nextset():  # past the key locks, to the rows
+                    pass
+                rows = cur.fetchall()
                 return _match(conn, requests, [_Stored._make(row) for row in rows], now)
         except _KeyRace:
             continue
@@ -89,7 +92,8 @@ def enqueue_many(
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
-    """A key repeated in the batch with another request; its first copy was never stored."""
+    """A key repeated in the batch with another request (compared as the database compares
+    a replay, `same_request_as`); its first copy was never stored."""
     first: dict[str, int] = {}
     for n, request in enumerate(requests):
         key = request.idempotency_key

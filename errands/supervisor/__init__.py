@@ -1,5 +1,4 @@
-"""The parent process: forks, watches and restarts children; releases, reaps; signals."""
+"""The parent process: forks, watches and restarts children; releases, reaps; signals.
 
-from errands.supervisor.supervisor import Supervisor, SupervisorOptions
-
-__all__ = ["Supervisor", "SupervisorOptions"]
+Internal to errands: import from the module that defines a name.
+"""

@@ -12,16 +12,15 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import structlog
-
 from errands.errors import ConfigurationError, scrub
+from errands.log import get_logger
 
 EXIT_STARTUP = 3  # the child could not start (e.g. a task module failed to import)
 EXIT_ORPHANED = 5  # the supervisor died
 ORPHAN_CHECK_SECONDS = 0.25
 ORPHAN_LOG_SECONDS = 0.5  # the longest an orphan waits for its last log line to be written
 
-_log = structlog.get_logger("errands.supervisor")
+_log = get_logger("errands.supervisor")
 
 
 @dataclass
@@ -43,16 +42,24 @@ class Child:
     slot: Slot
     pid: int
     worker_id: str | None  # the lease owner, for a worker child
-    status_fd: int  # the child writes why it could not start here
+    status_fd: int  # the child writes why it failed here: one line, then its traceback
     started: float = field(default_factory=time.monotonic)
-    reason: str = ""
+    report: str = ""
+
+    @property
+    def reason(self) -> str:
+        return self.report.partition("\n")[0].strip()
+
+    @property
+    def traceback(self) -> str:
+        return self.report.partition("\n")[2].strip()
 
     def read_status(self) -> None:
         try:
             data = os.read(self.status_fd, 65536)
         except OSError:
             return
-        self.reason += data.decode("utf-8", "replace")
+        self.report += data.decode("utf-8", "replace")
 
     def close(self) -> None:
         self.read_status()
@@ -76,15 +83,12 @@ def fork_child(slot: Slot, main: Callable[[], int], inherited_fds: Iterable[int]
         code = main()
     except BaseException as exc:
         code = EXIT_STARTUP if isinstance(exc, ConfigurationError) else 1
-        with contextlib.suppress(BaseException):  # a closed log pipe must not keep us alive
-            error = scrub(f"{type(exc).__name__}: {exc}", exc)  # a database error's row: never
-            os.write(status_w, error.encode()[:65536])
-            _log.error(
-                "child failed",
-                child=slot.name,
-                error=scrub(str(exc), exc),
-                traceback=scrub(traceback.format_exc(), exc),
-            )
+        # Told to the supervisor, which logs it: one child failing as its siblings do (a
+        # broken task module fails every worker) does not repeat the traceback.
+        with contextlib.suppress(BaseException):  # a closed pipe must not keep us alive
+            first_line = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            report = scrub(f"{first_line}\n{traceback.format_exc()}", exc)  # never a row
+            os.write(status_w, report.encode()[:65536])
     finally:
         with contextlib.suppress(BaseException):
             sys.stdout.flush()

@@ -29,15 +29,16 @@ from types import FrameType
 from typing import Any
 
 import psycopg
-import structlog
 
 from errands.database import LazyConnection, statement_deadline
+from errands.log import get_logger
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
-from errands.queue import Recovered, forget, gone_workers, reap, release, worker_id
+from errands.queue.lease import Recovered, reap, release
+from errands.queue.presence import forget, gone_workers, worker_id
 from errands.supervisor.board import WorkerBoard
 from errands.supervisor.children import EXIT_STARTUP, Child, Slot, describe_exit, fork_child
-from errands.workers import EXIT_REPLACE, WorkerOptions, run_worker
 from errands.workers.scheduler import EXIT_NOTHING_TO_SCHEDULE, SchedulerOptions, run_scheduler
+from errands.workers.worker import EXIT_REPLACE, WorkerOptions, run_worker
 
 QUICK_DEATH_SECONDS = 10.0  # a child dying sooner than this counts towards a crash loop
 MAX_RESTART_DELAY = 30.0
@@ -46,7 +47,7 @@ MAX_RESTART_DELAY = 30.0
 LOCAL_WATCH_SECONDS = 3.0
 LOCAL_WATCH_INTERVAL = 0.05
 
-_log = structlog.get_logger("errands.supervisor")
+_log = get_logger("errands.supervisor")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Supervisor:
         self._children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._unreleased: list[str] = []  # worker ids whose jobs still wait to be released
+        self._told: set[str] = set()  # why children failed, told with a traceback already
         # A statement on a peer that stopped answering must not stall restarts and signals:
         # cut past the deadline, and no new connection tried for as long.
         self._deadline = statement_deadline(options.worker.lease_seconds)
@@ -253,7 +255,11 @@ class Supervisor:
             "lived_seconds": round(lived, 2),
         }
         if child.reason:
-            fields["reason"] = child.reason.strip()
+            fields["reason"] = child.reason
+        if child.traceback and child.reason not in self._told:
+            # Once per crash loop: every worker fails the same way when a task module is broken.
+            fields["traceback"] = child.traceback
+            self._told.add(child.reason)
         if self._stop_deadline is not None:
             _log.info("child exited", **fields)
             return
@@ -269,6 +275,7 @@ class Supervisor:
             delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (slot.crashes - 1))
         else:
             slot.crashes, delay = 0, 0.0
+            self._told.clear()  # the loop, if there was one, is over
         slot.start_after = time.monotonic() + delay
         metrics().worker_restarts.inc()
         log = _log.info if code == EXIT_REPLACE else _log.error

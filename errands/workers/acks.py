@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
-import structlog
 
+from errands.log import get_logger
 from errands.metrics import metrics, record_failure
-from errands.queue import (
+from errands.queue.jobs import Job, JobState
+from errands.queue.lease import (
     AsyncSlots,
     Completion,
-    Job,
-    JobState,
     claim,
     complete,
     complete_and_claim,
@@ -42,7 +41,7 @@ ACK_FLUSH_SECONDS = 0.01
 
 AckMode = Literal["batched", "immediate"]
 
-_log = structlog.get_logger("errands.worker")
+_log = get_logger("errands.worker")
 
 
 @dataclass(frozen=True)

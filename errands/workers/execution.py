@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from errands.errors import Fail, Retry, scrub
-from errands.queue import Job, encode_result
+from errands.queue.jobs import Job
+from errands.queue.lease import encode_result
 from errands.queue.ticks import tick_of
-from errands.tasks import CurrentJob, Task, registered, registered_tasks, running
+from errands.registry import registered, registered_tasks
+from errands.tasks import CurrentJob, Task, running
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,17 @@ import time
 from collections.abc import Callable, Sequence
 
 import psycopg
-import structlog
 
 from errands.database import LazyConnection, statement_deadline
-from errands.queue import Job, announce, heartbeat
+from errands.log import get_logger
+from errands.queue.jobs import Job
+from errands.queue.lease import heartbeat
+from errands.queue.presence import announce
 from errands.workers.acks import record_failed_attempt
 from errands.workers.execution import Failed
 from errands.workers.running import Entry, RunningJobs, log_fields
 
-_log = structlog.get_logger("errands.worker")
+_log = get_logger("errands.worker")
 
 
 class LeaseKeeper(threading.Thread):

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import importlib
-import traceback
 from collections.abc import Sequence
 
-import structlog
-
 from errands.errors import ConfigurationError
+from errands.log import get_logger
 
 DEMO_MODULE = "errands.demo"
 
-_log = structlog.get_logger("errands.worker")
+_log = get_logger("errands.worker")
 
 
 class TaskModuleError(ConfigurationError):
-    """A task module that cannot be imported; the worker cannot start."""
+    """A task module that cannot be imported; the worker cannot start.
+
+    Its message is one line; the import's own error is its cause, with the traceback.
+    """
 
 
 def load_task_modules(modules: Sequence[str]) -> list[str]:
@@ -32,8 +33,8 @@ def load_task_modules(modules: Sequence[str]) -> list[str]:
         try:
             importlib.import_module(name)
         except BaseException as exc:  # a module calling sys.exit() is broken too
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
             raise TaskModuleError(
-                f"cannot import task module {name!r}: {type(exc).__name__}: {exc}\n"
-                + traceback.format_exc()
+                f"cannot import task module {name!r}: {type(exc).__name__}: {first_line}"
             ) from exc
     return list(modules)

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from errands.queue import Held, Job
+from errands.queue.jobs import Job
+from errands.queue.lease import Held
 
 
 @dataclass(eq=False)

@@ -22,14 +22,14 @@ from types import FrameType
 from typing import Any
 
 import psycopg
-import structlog
 
 from errands.database import connect_retrying, pooling_options
 from errands.errors import IdempotencyConflict
+from errands.log import get_logger
 from errands.periodic import registered_schedules
 from errands.queue.schedules import SEEN_EVERY_SECONDS, Schedule, declare, enqueue_tick, mark_seen
 from errands.queue.ticks import rfc3339
-from errands.tasks import registered
+from errands.registry import registered
 from errands.workers.loading import load_task_modules
 
 Clock = Callable[[], datetime]
@@ -37,7 +37,7 @@ MAX_RETRY_SECONDS = 5.0
 EXIT_NOTHING_TO_SCHEDULE = 6  # the task modules declare no schedule: not restarted
 MAX_BEHIND = 10  # ticks a running scheduler enqueues one by one after falling behind
 
-_log = structlog.get_logger("errands.scheduler")
+_log = get_logger("errands.scheduler")
 
 
 class DatabaseClock:

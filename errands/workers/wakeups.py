@@ -13,13 +13,13 @@ import secrets
 from typing import Any
 
 import psycopg
-import structlog
 
 from errands.database import connect_retrying
+from errands.log import get_logger
 
 PROBE_SECONDS = 2.0
 
-_log = structlog.get_logger("errands.wakeups")
+_log = get_logger("errands.wakeups")
 
 MISCONFIGURED = (
     "LISTEN/NOTIFY does not reach this worker: the database URL goes through a transaction "

@@ -31,9 +31,12 @@ import structlog
 from errands.backoff import Backoff
 from errands.client import Client, set_default_client
 from errands.database import LazyConnection
+from errands.log import get_logger
 from errands.metrics import metrics
-from errands.queue import AsyncSlots, Job, announce
-from errands.tasks import registered, registered_tasks
+from errands.queue.jobs import Job
+from errands.queue.lease import AsyncSlots
+from errands.queue.presence import announce
+from errands.registry import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
 from errands.workers.coroutines import EventLoopThread
 from errands.workers.execution import Failed, Outcome, execute, execute_async, is_async
@@ -57,7 +60,7 @@ CHANNEL = "errands_jobs"
 # The longest a freed thread slot waits for others to free before a claim fills it alone.
 CLAIM_GATHER_SECONDS = 0.002
 
-_log = structlog.get_logger("errands.worker")
+_log = get_logger("errands.worker")
 
 
 @dataclass(frozen=True)

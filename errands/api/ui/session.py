@@ -1,11 +1,14 @@
-"""Dashboard sessions and CSRF tokens: signed cookies, and the list of those logged out.
+"""Dashboard sessions and CSRF tokens: cookies signed by itsdangerous, and the list of those
+logged out.
 
-A session cookie is `<nonce>.<expiry>.<signature>`, signed with HMAC-SHA256.
-With API tokens configured, the key is derived from them, so a session works on
-every API process and host that shares the tokens, and removing a token ends
-every session; without tokens the key is random per process (a restart only
-costs a reload). The CSRF token of a form is the HMAC of the session's nonce:
-a page from another site can neither read it nor guess it.
+A session cookie carries a random nonce, signed with its time by itsdangerous
+under the dashboard's secret: ERRANDS_SECRET_KEY when set, else a random key
+generated once and kept in the database (errands_dashboard_secret), so that a
+cookie works on every API process and host of one database. The secret is never
+derived from an API token: a cookie must not let anyone test guesses at a token
+offline. The tokens do enter the salt, so removing or changing one ends every
+session. The CSRF token of a form is the nonce's signature under a salt of its
+own: a page from another site can neither read it nor guess it.
 
 Logging out clears the cookie in the browser, but a copy of it (taken from a
 shared machine, a proxy's log) would stay valid until its expiry: the session's
@@ -17,16 +20,37 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
-import time
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from itsdangerous import BadData, Signer, URLSafeTimedSerializer
 
 COOKIE = "errands_session"
 LIFETIME_SECONDS = 12 * 3600
+
+# A logout is kept until its cookie expires; each logout prunes those that have.
+_LOG_OUT = """
+with expired as (delete from errands_dashboard_logouts where expires_at < now())
+insert into errands_dashboard_logouts (nonce, expires_at) values (%s, to_timestamp(%s))
+on conflict (nonce) do nothing
+"""
+_LOGGED_OUT = "select exists (select from errands_dashboard_logouts where nonce = %s)"
+# The first API process to need the secret makes it; every other one reads that one. A
+# process racing the first one's insert sees no row (its snapshot predates that commit):
+# it asks again.
+_KEEP_SECRET = """
+with made as (
+    insert into errands_dashboard_secret (secret) values (%s)
+    on conflict do nothing returning secret
+)
+select secret from made union all select secret from errands_dashboard_secret limit 1
+"""
+
+Conn = psycopg.Connection[Any]
 
 
 @dataclass(frozen=True)
@@ -36,81 +60,84 @@ class Session:
     expires: int  # Unix time from which its cookie is refused anyway
 
 
-# A logout is kept until its cookie expires; each logout prunes those that have.
-_LOG_OUT = """
-with expired as (delete from errands_dashboard_logouts where expires_at < now())
-insert into errands_dashboard_logouts (nonce, expires_at) values (%s, to_timestamp(%s))
-on conflict (nonce) do nothing
-"""
-_LOGGED_OUT = "select exists (select from errands_dashboard_logouts where nonce = %s)"
-
-
 def same_text(presented: str, expected: str) -> bool:
     """Equality in constant time of any two texts: `hmac.compare_digest` refuses a str
     with a non-ASCII character, and what a client presents may hold one."""
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def log_out(conn: psycopg.Connection[Any], session: Session) -> None:
+def log_out(conn: Conn, session: Session) -> None:
     """End the session on every API process: its cookie is refused from now on."""
     conn.execute(_LOG_OUT, (session.nonce, session.expires))
 
 
-def logged_out(conn: psycopg.Connection[Any], session: Session) -> bool:
+def logged_out(conn: Conn, session: Session) -> bool:
     row = conn.execute(_LOGGED_OUT, (session.nonce,)).fetchone()
     return bool(row and row[0])
 
 
-class Sessions:
-    def __init__(self, tokens: tuple[str, ...]) -> None:
-        self.login_required = bool(tokens)
-        self._tokens = [token.encode() for token in tokens]
-        self._key = (
-            hashlib.sha256(b"errands-ui-session\0" + b"\0".join(sorted(self._tokens))).digest()
-            if tokens
-            else secrets.token_bytes(32)
-        )
+def kept_secret(conn: Conn) -> str:
+    """The database's dashboard secret, made now if no API process has made it yet."""
+    while True:
+        row = conn.execute(_KEEP_SECRET, (secrets.token_urlsafe(32),)).fetchone()
+        if row is not None:
+            return str(row[0])
 
-    def token_matches(self, presented: str) -> bool:
-        """Whether `presented` is one of the API tokens; constant time, as the API checks."""
-        matches = [hmac.compare_digest(presented.encode(), known) for known in self._tokens]
-        return any(matches)
+
+class Sessions:
+    """Signs and reads session cookies. Without a secret key, `kept_secret` gives it, on
+    first use: the API starts even while the database is down."""
+
+    def __init__(
+        self, tokens: tuple[str, ...], secret_key: str | None, kept_secret: Callable[[], str]
+    ) -> None:
+        self._salt = (
+            "errands.dashboard:"
+            + hashlib.sha256(b"\0".join(sorted(token.encode() for token in tokens))).hexdigest()
+        )
+        self._secret = secret_key
+        self._kept_secret = kept_secret
+        self._signers: tuple[URLSafeTimedSerializer, Signer] | None = None
+        self._lock = threading.Lock()
 
     def new(self) -> tuple[Session, str]:
         """A fresh session and the cookie value that carries it."""
+        serializer, signer = self._signing()
         nonce = secrets.token_urlsafe(18)
-        expires = int(time.time()) + LIFETIME_SECONDS
-        signed = f"{nonce}.{expires}"
-        return self._session(nonce, expires), f"{signed}.{self._sign(signed)}"
+        cookie = serializer.dumps(nonce)
+        _, signed_at = serializer.loads(cookie, return_timestamp=True)
+        return self._session(signer, nonce, int(signed_at.timestamp())), cookie
 
     def read(self, cookie: str | None) -> Session | None:
         """The session a cookie value carries, if its signature holds and it has not expired."""
-        if not cookie or cookie.count(".") != 2:
+        if not cookie:
             return None
-        signed, _, signature = cookie.rpartition(".")
-        nonce, _, expiry = signed.partition(".")
-        if not same_text(signature, self._sign(signed)):
+        serializer, signer = self._signing()
+        try:
+            nonce, signed_at = serializer.loads(
+                cookie, max_age=LIFETIME_SECONDS, return_timestamp=True
+            )
+        except (BadData, UnicodeError):
             return None
-        if not re.fullmatch(r"[0-9]{1,12}", expiry) or int(expiry) < time.time():
+        if not isinstance(nonce, str):
             return None
-        return self._session(nonce, int(expiry))
+        return self._session(signer, nonce, int(signed_at.timestamp()))
 
-    def _session(self, nonce: str, expires: int) -> Session:
-        return Session(nonce, self._sign("csrf:" + nonce), expires)
+    def _session(self, signer: Signer, nonce: str, signed_at: int) -> Session:
+        csrf = signer.get_signature(nonce).decode()
+        return Session(nonce, csrf, signed_at + LIFETIME_SECONDS)
 
-    def _sign(self, text: str) -> str:
-        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
-
-
-def cookie_header(value: str, secure: bool, max_age: int = LIFETIME_SECONDS) -> str:
-    """Set-Cookie for the session: never readable by scripts, never sent from other sites."""
-    flags = f"Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}"
-    return f"{COOKIE}={value}; {flags}" + ("; Secure" if secure else "")
-
-
-def read_cookie(header: str, name: str = COOKIE) -> str | None:
-    for part in header.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return None
+    def _signing(self) -> tuple[URLSafeTimedSerializer, Signer]:
+        with self._lock:
+            if self._signers is None:
+                secret = self._secret or self._kept_secret()
+                # SHA-256 rather than itsdangerous' default, SHA-1.
+                self._signers = (
+                    URLSafeTimedSerializer(
+                        secret,
+                        salt=self._salt + ":session",
+                        signer_kwargs={"digest_method": hashlib.sha256},
+                    ),
+                    Signer(secret, salt=self._salt + ":csrf", digest_method=hashlib.sha256),
+                )
+            return self._signers

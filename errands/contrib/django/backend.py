@@ -35,7 +35,8 @@ from errands.contrib.django.compat import (
 )
 from errands.contrib.django.results import new_result, result_of
 from errands.errors import SchemaMismatch
-from errands.queue.requests import MAX_ATTEMPTS_LIMIT, QUEUE_NAME
+from errands.limits import MAX_ATTEMPTS_LIMIT
+from errands.queue.requests import QUEUE_NAME
 
 APP = "errands.contrib.django"
 RUN = "django.tasks.run"  # the errands task of every Django task's job (see `runner`)

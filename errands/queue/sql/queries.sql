@@ -62,6 +62,17 @@ from stdin;
 -- the time stage_jobs returned. A key already stored comes back as that job's id
 -- (created = false), with whether the first request naming it asked for the
 -- same job.
+-- The batch's keys are locked first, in one order for every batch: two batches
+-- naming the same keys in different orders would otherwise each take one key's
+-- lock by inserting it and wait for the other's, a deadlock. Advisory locks of
+-- the two-integer kind (a key space apart from the single-bigint locks of the
+-- reaper and the migrator), per hash of a key, until the transaction ends; the
+-- locks are taken after the sort, since PostgreSQL evaluates a volatile target
+-- list after ORDER BY.
+select pg_advisory_xact_lock(1701209, key_hash)
+from (select distinct hashtext(idempotency_key) as key_hash
+      from errands_enqueue_staging where idempotency_key is not null) as keys
+order by key_hash;
 with inserted as (
     insert into errands_jobs
         (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
