@@ -53,7 +53,7 @@ from errands.queue.schedules import ScheduleStatus, list_schedules
 from errands.queue.submit import enqueue as submit_job
 from errands.queue.ticks import rfc3339
 from errands.registry import task_defaults
-from errands.schema import migrate as apply_migrations
+from errands.schema.migrator import migrate as apply_migrations
 from errands.supervisor.supervisor import Supervisor, SupervisorOptions
 from errands.workers.loading import TaskModuleError, load_task_modules
 from errands.workers.wakeups import listen_works

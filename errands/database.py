@@ -18,7 +18,7 @@ from errands import embedded
 from errands.config import Settings
 from errands.errors import ConfigurationError
 from errands.log import get_logger
-from errands.schema import check
+from errands.schema.migrator import check
 
 _log = get_logger("errands.database")
 _checked: set[str] = set()

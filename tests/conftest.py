@@ -37,7 +37,7 @@ from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, free_port
 from errands.harness.waiting import wait_for
 from errands.registry import task_defaults
-from errands.schema import migrate
+from errands.schema.migrator import migrate
 from tests.daemon import Daemon
 
 settings.register_profile(

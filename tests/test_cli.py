@@ -15,7 +15,7 @@ import psycopg
 from errands import Client, JobState
 from errands.queue.lease import Held, claim, fail
 from errands.queue.presence import announce
-from errands.schema import available_migrations
+from errands.schema.migrator import available_migrations
 
 Conn = psycopg.Connection[Any]
 

@@ -12,7 +12,7 @@ import psycopg
 
 from errands import Client
 from errands.harness.partition import PartitionProxy
-from errands.queue import claim
+from errands.queue.lease import claim
 from errands.workers.fence import LeaseFence
 from errands.workers.keeper import LeaseKeeper
 from errands.workers.running import Entry, RunningJobs

@@ -18,8 +18,8 @@ import pytest
 
 from errands import Client, JobState
 from errands.errors import SchemaMismatch
-from errands.queue import Completion, claim, complete
-from errands.schema import applied_versions, available_migrations, check, migrate
+from errands.queue.lease import Completion, claim, complete
+from errands.schema.migrator import applied_versions, available_migrations, check, migrate
 
 Conn = psycopg.Connection[Any]
 LEGACY = Path(__file__).parent / "legacy_schema"

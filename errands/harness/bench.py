@@ -46,7 +46,7 @@ from errands.harness.process import (
 from errands.harness.waiting import answers, drained, wait_for
 from errands.queue.presence import live_workers
 from errands.queue.queries import query
-from errands.schema import migrate
+from errands.schema.migrator import migrate
 
 NOOP = "bench.noop"
 JSON = {"Content-Type": "application/json"}

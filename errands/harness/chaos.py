@@ -42,7 +42,7 @@ from errands.harness.partition import PartitionProxy
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, alive, free_port
 from errands.harness.waiting import answers, drained, wait_for
-from errands.schema import migrate
+from errands.schema.migrator import migrate
 
 DOOMED_BUDGET = 3
 DELAY_SECONDS = 1.0  # of the workload's delayed jobs

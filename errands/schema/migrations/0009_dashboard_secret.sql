@@ -1,3 +1,4 @@
+-- older code: runs (a new table)
 -- The key that signs dashboard sessions when ERRANDS_SECRET_KEY is not set: made
 -- at random by the first API process that needs it and read by every other, so
 -- that a session works on every process and host of this database. One row.

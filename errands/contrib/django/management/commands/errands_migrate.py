@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from errands.contrib.django.management import backend_argument, errands_backend
 from errands.database import open_connection
-from errands.schema import migrate
+from errands.schema.migrator import migrate
 
 
 class Command(BaseCommand):
