@@ -8,12 +8,12 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.rows import dict_row
 
 from errands.errors import ErrandsError, IdempotencyConflict
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
+from errands.queue.steps import Atomic, Copy, Execute, Operation, run
 
 # A key committed by a concurrent transaction while our statement ran is seen by
 # the next statement; one more try settles it, a few more cover bad luck.
@@ -38,6 +38,11 @@ class _KeyRace(Exception):
 
 def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
     """Store one job, or return the stored job that holds the same idempotency key."""
+    return run(conn, enqueue_steps(request))
+
+
+def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
+    """`enqueue`, as steps (errands/queue/steps.py)."""
     params = {
         "task": request.task,
         "queue": request.queue,
@@ -48,14 +53,13 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
         "max_attempts": request.max_attempts,
         "idempotency_key": request.idempotency_key,
     }
-    with conn.cursor(row_factory=dict_row) as cur:
-        for _ in range(_KEY_RACE_TRIES):
-            row = cur.execute(query("enqueue"), params).fetchone()
-            if row is None:
-                # Planned afresh, as every lookup of keys is (see above).
-                row = cur.execute(query("enqueue_replay"), params, prepare=False).fetchone()
-            if row is not None:
-                return _answer(request, row)
+    for _ in range(_KEY_RACE_TRIES):
+        rows = yield Execute(query("enqueue"), params, dicts=True)
+        if not rows:
+            # Planned afresh, as every lookup of keys is (see above).
+            rows = yield Execute(query("enqueue_replay"), params, dicts=True, prepare=False)
+        if rows:
+            return _answer(request, rows[0])
     raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
 
 
@@ -72,6 +76,13 @@ def enqueue_many(
     Only its id and stored payload come back for a new job: the rest is the request
     and the transaction's time, which every new job of the batch is stamped with.
     """
+    return run(conn, enqueue_many_steps(requests, field_prefix))
+
+
+def enqueue_many_steps(
+    requests: Sequence[JobRequest], field_prefix: str = "[{}]."
+) -> Operation[list[Enqueued]]:
+    """`enqueue_many`, as steps (errands/queue/steps.py)."""
     if not requests:
         return []
     _refuse_conflicting_copies(requests, field_prefix)
@@ -79,16 +90,19 @@ def enqueue_many(
         try:
             # A savepoint when the caller has a transaction open: a conflict or
             # a race undoes this batch only.
-            with conn.transaction(), conn.cursor() as cur:
-                now = _stage(cur, requests)
-                cur.execute(query("enqueue_staged"), prepare=False)
-                while cur.nextset():  # past the key locks, to the rows
-                    pass
-                rows = cur.fetchall()
-                return _match(conn, requests, [_Stored._make(row) for row in rows], now)
+            answers: list[Enqueued] = yield Atomic(_store_batch(requests))
+            return answers
         except _KeyRace:
             continue
     raise ErrandsError("could not settle the idempotency keys of a batch")
+
+
+def _store_batch(requests: Sequence[JobRequest]) -> Operation[list[Enqueued]]:
+    now = yield from _stage(requests)
+    rows = yield Execute(query("enqueue_staged"), prepare=False)  # past the key locks, to the rows
+    stored = [_Stored._make(row) for row in rows]
+    jobs = yield from _stored_jobs([row.id for row in stored if not row.created])
+    return _match(requests, stored, jobs, now)
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
@@ -110,29 +124,25 @@ def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str
             )
 
 
-def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> datetime:
+def _stage(requests: Sequence[JobRequest]) -> Operation[datetime]:
     """Copy the requests into the staging table; the transaction's time, which new jobs get."""
-    cur.execute(query("stage_jobs"))
-    while cur.nextset():  # to the script's last statement
-        pass
-    row = cur.fetchone()
-    assert row is not None, "stage_jobs ends with select now()"
-    now: datetime = row[0]
-    with cur.copy(query("copy_staged")) as copy:
-        copy.set_types(_STAGED_TYPES)
-        for n, r in enumerate(requests):
-            copy.write_row(
-                (
-                    n,
-                    r.task,
-                    r.queue,
-                    r.payload_json,
-                    r.priority,
-                    r.due(now),
-                    r.max_attempts,
-                    r.idempotency_key,
-                )
-            )
+    rows = yield Execute(query("stage_jobs"))
+    assert rows, "stage_jobs ends with select now()"
+    now: datetime = rows[0][0]
+    staged = [
+        (
+            n,
+            r.task,
+            r.queue,
+            r.payload_json,
+            r.priority,
+            r.due(now),
+            r.max_attempts,
+            r.idempotency_key,
+        )
+        for n, r in enumerate(requests)
+    ]
+    yield Copy(query("copy_staged"), _STAGED_TYPES, staged)
     return now
 
 
@@ -152,10 +162,7 @@ class _Stored(NamedTuple):
 
 
 def _match(
-    conn: psycopg.Connection[Any],
-    requests: Sequence[JobRequest],
-    rows: list[_Stored],
-    now: datetime,
+    requests: Sequence[JobRequest], rows: list[_Stored], jobs: dict[int, Job], now: datetime
 ) -> list[Enqueued]:
     """Pair each request with its row: by key when it has one, else in insertion order."""
     by_key: dict[str, _Stored] = {}
@@ -167,7 +174,6 @@ def _match(
             by_key[row.idempotency_key] = row
     unkeyed.sort(key=lambda row: row.id)
     fresh = iter(unkeyed)
-    jobs = _stored_jobs(conn, [row.id for row in rows if not row.created])
 
     answers = []
     first_with_key: dict[str, Job] = {}
@@ -190,12 +196,11 @@ def _match(
     return answers
 
 
-def _stored_jobs(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Job]:
+def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
     """The stored jobs that keys of the batch replay (read in the batch's transaction)."""
     if not ids:
         return {}
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("jobs_by_id"), {"ids": ids}).fetchall()
+    rows = yield Execute(query("jobs_by_id"), {"ids": ids}, dicts=True)
     jobs = {row["id"]: Job.from_row(row) for row in rows}
     if len(jobs) < len(ids):
         raise _KeyRace  # pruned since the statement saw it: its key is free again
