@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,6 +10,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
+from errands import hooks, tracing
 from errands.errors import ErrandsError, IdempotencyConflict
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
@@ -43,23 +45,30 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
 
 def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
     """`enqueue`, as steps (errands/queue/steps.py)."""
-    params = {
-        "task": request.task,
-        "queue": request.queue,
-        "payload": request.payload_json,
-        "priority": request.priority,
-        "run_at": request.run_at,
-        "delay": request.delay,
-        "max_attempts": request.max_attempts,
-        "idempotency_key": request.idempotency_key,
-    }
-    for _ in range(_KEY_RACE_TRIES):
-        rows = yield Execute(query("enqueue"), params, dicts=True)
-        if not rows:
-            # Planned afresh, as every lookup of keys is (see above).
-            rows = yield Execute(query("enqueue_replay"), params, dicts=True, prepare=False)
-        if rows:
-            return _answer(request, rows[0])
+    with tracing.sending([request.queue]) as sending:
+        params = {
+            "task": request.task,
+            "queue": request.queue,
+            "payload": request.payload_json,
+            "priority": request.priority,
+            "run_at": request.run_at,
+            "delay": request.delay,
+            "max_attempts": request.max_attempts,
+            "idempotency_key": request.idempotency_key,
+            "trace_context": sending.trace_context if sending else None,
+        }
+        for _ in range(_KEY_RACE_TRIES):
+            rows = yield Execute(query("enqueue"), params, dicts=True)
+            if not rows:
+                # Planned afresh, as every lookup of keys is (see above).
+                rows = yield Execute(query("enqueue_replay"), params, dicts=True, prepare=False)
+            if rows:
+                answer = _answer(request, rows[0])
+                if sending:
+                    sending.sent([answer.job], created=answer.created)
+                if answer.created:
+                    hooks.enqueued([answer.job])
+                return answer
     raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
 
 
@@ -86,23 +95,31 @@ def enqueue_many_steps(
     if not requests:
         return []
     _refuse_conflicting_copies(requests, field_prefix)
-    for _ in range(_KEY_RACE_TRIES):
-        try:
-            # A savepoint when the caller has a transaction open: a conflict or
-            # a race undoes this batch only.
-            answers: list[Enqueued] = yield Atomic(_store_batch(requests))
+    with tracing.sending([r.queue for r in requests]) as sending:
+        trace_context = sending.trace_context if sending else None
+        for _ in range(_KEY_RACE_TRIES):
+            try:
+                # A savepoint when the caller has a transaction open: a conflict or
+                # a race undoes this batch only.
+                answers: list[Enqueued] = yield Atomic(_store_batch(requests, trace_context))
+            except _KeyRace:
+                continue
+            created = [answer.job for answer in answers if answer.created]
+            if sending:
+                sending.sent([answer.job for answer in answers], created=len(created))
+            hooks.enqueued(created)
             return answers
-        except _KeyRace:
-            continue
     raise ErrandsError("could not settle the idempotency keys of a batch")
 
 
-def _store_batch(requests: Sequence[JobRequest]) -> Operation[list[Enqueued]]:
-    now = yield from _stage(requests)
+def _store_batch(
+    requests: Sequence[JobRequest], trace_context: str | None
+) -> Operation[list[Enqueued]]:
+    now = yield from _stage(requests, trace_context)
     rows = yield Execute(query("enqueue_staged"), prepare=False)  # past the key locks, to the rows
     stored = [_Stored._make(row) for row in rows]
     jobs = yield from _stored_jobs([row.id for row in stored if not row.created])
-    return _match(requests, stored, jobs, now)
+    return _match(requests, stored, jobs, now, trace_context)
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
@@ -124,7 +141,7 @@ def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str
             )
 
 
-def _stage(requests: Sequence[JobRequest]) -> Operation[datetime]:
+def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operation[datetime]:
     """Copy the requests into the staging table; the transaction's time, which new jobs get."""
     rows = yield Execute(query("stage_jobs"))
     assert rows, "stage_jobs ends with select now()"
@@ -139,6 +156,7 @@ def _stage(requests: Sequence[JobRequest]) -> Operation[datetime]:
             r.due(now),
             r.max_attempts,
             r.idempotency_key,
+            trace_context,
         )
         for n, r in enumerate(requests)
     ]
@@ -147,7 +165,7 @@ def _stage(requests: Sequence[JobRequest]) -> Operation[datetime]:
 
 
 # The types COPY sends the staged columns as (the payload as JSON text).
-_STAGED_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "int4", "text"]
+_STAGED_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "int4", "text", "text"]
 
 
 class _Stored(NamedTuple):
@@ -162,7 +180,11 @@ class _Stored(NamedTuple):
 
 
 def _match(
-    requests: Sequence[JobRequest], rows: list[_Stored], jobs: dict[int, Job], now: datetime
+    requests: Sequence[JobRequest],
+    rows: list[_Stored],
+    jobs: dict[int, Job],
+    now: datetime,
+    trace_context: str | None,
 ) -> list[Enqueued]:
     """Pair each request with its row: by key when it has one, else in insertion order."""
     by_key: dict[str, _Stored] = {}
@@ -180,12 +202,14 @@ def _match(
     for request in requests:
         key = request.idempotency_key
         if key is None:
-            answers.append(Enqueued(_new_job(request, next(fresh), now), created=True))
+            answers.append(
+                Enqueued(_new_job(request, next(fresh), now, trace_context), created=True)
+            )
         elif key not in by_key:
             raise _KeyRace
         elif key not in first_with_key:
             row = by_key[key]
-            job = _new_job(request, row, now) if row.created else jobs[row.id]
+            job = _new_job(request, row, now, trace_context) if row.created else jobs[row.id]
             if not row.same_request:
                 raise IdempotencyConflict(key, job.id)
             first_with_key[key] = job
@@ -207,7 +231,7 @@ def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
     return jobs
 
 
-def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
+def _new_job(request: JobRequest, row: _Stored, now: datetime, trace_context: str | None) -> Job:
     """A job just inserted, as the database stores it: the request, its row, and the time."""
     return Job.from_fields(
         {
@@ -231,6 +255,7 @@ def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
             "started_at": None,
             "finished_at": None,
             "updated_at": now,
+            "trace_context": None if trace_context is None else json.loads(trace_context),
         }
     )
 
