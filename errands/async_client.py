@@ -79,6 +79,10 @@ class AsyncClient(ClientCore):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def open(self) -> None:
+        """Connect now rather than on first use: a database errands may not use fails here."""
+        await self._open_pool()
+
     async def close(self) -> None:
         self._close_watcher()
         if self._pool is not None:

@@ -167,6 +167,10 @@ class Client(ClientCore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def open(self) -> None:
+        """Connect now rather than on first use: a database errands may not use fails here."""
+        self._open_pool()
+
     def close(self) -> None:
         self._close_watcher()
         if self._pool is not None:
