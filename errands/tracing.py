@@ -63,6 +63,14 @@ def _tracer() -> Tracer:
     return tracer
 
 
+def flush(timeout_seconds: float = 2.0) -> None:
+    """Export the spans a batching processor still holds (a child, before `os._exit`)."""
+    if enabled():
+        force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+        if force_flush is not None:
+            force_flush(int(timeout_seconds * 1000))
+
+
 # -- enqueueing ---------------------------------------------------------------------------------
 
 
