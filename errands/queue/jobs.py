@@ -40,6 +40,8 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    # The W3C trace context of the span that enqueued it (errands/tracing.py), or None.
+    trace_context: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: states as strings, timestamps in RFC 3339 with their offset."""
