@@ -81,7 +81,7 @@ def recording(recorder: Recorder) -> Iterator[None]:
 class Client:
     """A handle on the queue, safe to share between threads.
 
-    `dsn` None reads the database from the environment (README: Configuration): the
+    `dsn` None reads the database from the environment (docs: Configuration): the
     embedded development database when none is configured and `errands run`
     started it. Connections come from a small pool opened on first use.
 
@@ -89,7 +89,7 @@ class Client:
     same directly and through a transaction pooler, without a setting: through
     PgBouncer before 1.21, a name psycopg prepared on one server connection may
     exist on another as another client's statement, which would run instead
-    (README: PgBouncer). Directly, preparing would save about 80 µs a statement
+    (docs: Run behind PgBouncer). Directly, preparing would save about 80 µs a statement
     (bench/RESULTS.md).
     """
 
@@ -169,7 +169,21 @@ class Client:
         with self._connection(conn) as db:
             return [answer.job for answer in enqueue_many(db, requests)]
 
+    @property
+    def database_url(self) -> str:
+        """The URL this client connects to, for a psycopg connection of your own.
+
+        `dsn` when given; else `ERRANDS_DATABASE_URL` (or `DATABASE_URL`); else the
+        embedded development database while `errands run` runs it. Without any,
+        `ConfigurationError` naming `ERRANDS_DATABASE_URL`. Connect to it to enqueue
+        inside your own transaction (`enqueue(..., conn=conn)`).
+        """
+        if self._dsn is None:
+            self._dsn = resolve_url(self._settings)
+        return self._dsn
+
     def get(self, job_id: int) -> Job | None:
+        """The job as it is now, or None when no job has that id (`wait` raises instead)."""
         _check_id(job_id)
         with self._connection() as db:
             return admin.get(db, job_id)
@@ -263,9 +277,7 @@ class Client:
             raise _refused(exc) from None
 
     def _url(self) -> str:
-        if self._dsn is None:
-            self._dsn = resolve_url(self._settings)
-        return with_dead_peer_detection(self._dsn, self._settings.lease_seconds)
+        return with_dead_peer_detection(self.database_url, self._settings.lease_seconds)
 
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if self._pool is None:
