@@ -207,7 +207,9 @@ class Page:
 
         def ready() -> bool:
             if process.poll() is not None:
-                raise AssertionError(f"{block.where}: exited {process.returncode}\n{log.read_text()}")
+                raise AssertionError(
+                    f"{block.where}: exited {process.returncode}\n{log.read_text()}"
+                )
             return _answers(f"http://127.0.0.1:{self.port}/ready") or _worker_runs(
                 self.database_url, process.pid
             )

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from errands import client as client_module
 from errands import Client, registry
+from errands import client as client_module
 from errands.harness.process import free_port
 from tests.examples import ROOT, Block, Page, blocks, console_commands, documents, environment
 
