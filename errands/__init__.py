@@ -1,7 +1,7 @@
 """errands: background jobs for Python services, on PostgreSQL alone.
 
-The public surface is `__all__` below and the module `errands.testing` (docs: Python
-API); every other module is internal. Importing errands configures nothing:
+The public surface is `__all__` below and the module `errands.testing` (docs/reference/
+python.md); every other module is internal. Importing errands configures nothing:
 logging is set up by errands' own commands, never by an import.
 """
 
