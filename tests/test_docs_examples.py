@@ -58,9 +58,10 @@ def _become(env: dict[str, str], workdir: Path, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(workdir)
     monkeypatch.syspath_prepend(str(workdir))
-    # What a page registers or opens stays with it: tasks, schedules, the default client.
-    monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
-    monkeypatch.setattr(PERIODIC, "_schedules", dict(PERIODIC._schedules))
+    # A reader's process has registered nothing yet (whatever other tests imported), and what
+    # a page registers or opens stays with it: tasks, schedules, the default client.
+    monkeypatch.setattr(registry, "_tasks", {})
+    monkeypatch.setattr(PERIODIC, "_schedules", {})
     monkeypatch.setattr(client_module._Process, "default", None)
 
 
