@@ -1,9 +1,11 @@
 """errands: background jobs for Python services, on PostgreSQL alone.
 
-The public surface is `__all__` below and the module `errands.testing` (README:
-Layout); every other module is internal. Importing errands configures nothing:
+The public surface is `__all__` below and the module `errands.testing` (docs/reference/
+python.md); every other module is internal. Importing errands configures nothing:
 logging is set up by errands' own commands, never by an import.
 """
+
+from importlib import metadata
 
 from errands.async_client import AsyncClient
 from errands.backoff import Backoff
@@ -23,6 +25,9 @@ from errands.errors import (
 from errands.periodic import periodic
 from errands.queue.jobs import Job, JobState
 from errands.tasks import CurrentJob, Task, current_job, task
+
+# Read from the installed package's metadata: pyproject.toml is its one source.
+__version__ = metadata.version("errands")
 
 __all__ = [
     "AsyncClient",

@@ -276,7 +276,7 @@ def run(
     s = ctx.settings
     lease_seconds = lease or s.lease_seconds
     url = ctx.database_url(lease_seconds, start_embedded=True)  # the one command that may start it
-    # Only the embedded development database is migrated here (README: Migrations).
+    # Only the embedded development database is migrated here (docs/guides/deploys.md).
     _ready_schema(url, migrate=s.database_url is None, pgbouncer=s.pgbouncer or poll_only)
     pgbouncer = _behind_transaction_pooler(s, url, poll_only)
     worker = WorkerOptions(

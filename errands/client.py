@@ -115,10 +115,21 @@ class ClientCore:
         """The database URL given, or the environment's once resolved (None until then)."""
         return self._dsn
 
-    def _url(self) -> str:
+    @property
+    def database_url(self) -> str:
+        """The URL this client connects to, for a psycopg connection of your own.
+
+        `dsn` when given; else `ERRANDS_DATABASE_URL` (or `DATABASE_URL`); else the
+        embedded development database while `errands run` runs it. Without any,
+        `ConfigurationError` naming `ERRANDS_DATABASE_URL`. Connect to it to enqueue
+        inside your own transaction (`enqueue(..., conn=conn)`).
+        """
         if self._dsn is None:
             self._dsn = resolve_url(self._settings)
-        return with_dead_peer_detection(self._dsn, self._settings.lease_seconds)
+        return self._dsn
+
+    def _url(self) -> str:
+        return with_dead_peer_detection(self.database_url, self._settings.lease_seconds)
 
     def _checked_url(self) -> str:
         """The URL, once its database's schema is one this code may use; it never migrates."""
@@ -144,7 +155,7 @@ class ClientCore:
 class Client(ClientCore):
     """A handle on the queue, safe to share between threads.
 
-    `dsn` None reads the database from the environment (README: Configuration): the
+    `dsn` None reads the database from the environment (docs: Configuration): the
     embedded development database when none is configured and `errands run`
     started it. Connections come from a small pool opened on first use.
 
@@ -152,7 +163,7 @@ class Client(ClientCore):
     same directly and through a transaction pooler, without a setting: through
     PgBouncer before 1.21, a name psycopg prepared on one server connection may
     exist on another as another client's statement, which would run instead
-    (README: PgBouncer). Directly, preparing would save about 80 µs a statement
+    (docs: Run behind PgBouncer). Directly, preparing would save about 80 µs a statement
     (bench/RESULTS.md).
     """
 
@@ -220,6 +231,7 @@ class Client(ClientCore):
             return [answer.job for answer in run(db, enqueue_many_steps(requests))]
 
     def get(self, job_id: int) -> Job | None:
+        """The job as it is now, or None when no job has that id (`wait` raises instead)."""
         check_id(job_id)
         with self._connection() as db:
             return run(db, admin.get_steps(job_id))

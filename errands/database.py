@@ -68,7 +68,7 @@ def dead_peer_settings(lease_seconds: float) -> dict[str, int]:
     dropped some seconds after its probes go unanswered (keepalives), and a
     connection attempt gives up after L/3 (connect_timeout; libpq's floor is 2 s).
     Whole seconds where libpq wants them. A Unix-socket connection ignores all but
-    connect_timeout. README: Dead peers and partitions.
+    connect_timeout. docs/explanation/dead-peers.md.
     """
     third = lease_seconds / 3
     return {

@@ -69,7 +69,7 @@ class ConfigurationError(ErrandsError):
 
 
 class SchemaMismatch(ConfigurationError):
-    """The database's schema is not one this code may run against (README: Migrations)."""
+    """The database's schema is not one this code may run against (docs/guides/deploys.md)."""
 
 
 WITHHELD = "(withheld: it may hold row contents)"

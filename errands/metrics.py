@@ -1,4 +1,4 @@
-"""Prometheus metrics (README: Metrics), aggregated across the daemon's processes.
+"""Prometheus metrics (docs/reference/metrics.md), aggregated across the daemon's processes.
 
 Under `errands run` the supervisor owns a multiprocess directory: it wipes it
 at start, every child writes its counters there, the supervisor marks exited

@@ -1,4 +1,4 @@
-"""The job state machine (README: The job model; Guarantees), driven through the real statements.
+"""The job state machine (docs: the job model; guarantees), driven through the real statements.
 
 Hypothesis runs random sequences of enqueues, claims by several workers,
 heartbeats, completions, failures, lease expiries, reaps, releases, manual

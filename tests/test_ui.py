@@ -6,6 +6,7 @@ What a browser does with them (clicks, scripts, cookies) is in test_ui_browser.p
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,6 +21,8 @@ from errands.api.guesses import LIMIT
 from errands.config import Settings
 from errands.errors import ConfigurationError
 from errands.queue.lease import Held, claim, fail
+from errands.queue.schedules import Schedule, declare, enqueue_tick, list_schedules
+from errands.queue.ticks import Timing
 from tests.conftest import ServeApi
 from tests.rawhttp import exchange, request
 
@@ -213,25 +216,43 @@ def test_the_schedules_page_says_when_there_is_no_schedule(api: httpx.Client) ->
     assert 'id="no-schedules"' in page.text
 
 
-def test_the_schedules_page_shows_each_schedule_with_its_last_job(
-    api: httpx.Client, client: Client, conn: Conn
+def declare_schedules(conn: Conn) -> None:
+    """A cron schedule in a time zone with a tick enqueued, and an interval never ticked."""
+    daily = Schedule("morning_digest", "digest", Timing("0 7 * * 1-5", None, "Europe/Berlin"))
+    declare(conn, daily)
+    enqueue_tick(conn, daily, datetime(2026, 11, 30, 6, 0, tzinfo=UTC))
+    payload = {"table": SCRIPT}
+    declare(conn, Schedule("purge", "purge_expired", Timing(None, 90), payload, catch_up=False))
+
+
+def test_the_schedules_page_shows_each_schedule_as_errands_schedules_does(
+    api: httpx.Client, conn: Conn
 ) -> None:
-    # The columns periodic jobs' table has, at least: the page reads whatever it holds.
-    conn.execute(
-        "create table if not exists errands_schedules"
-        " (name text primary key, task text not null, every_seconds bigint, last_job_id bigint)"
-    )
-    job = client.enqueue("t")
-    conn.execute(
-        "insert into errands_schedules (name, task, every_seconds, last_job_id)"
-        " values ('nightly', %s, 60, %s)",
-        (SCRIPT, job.id),
-    )
-    page = api.get("/ui/schedules")
-    assert "nightly" in page.text
-    assert f'<a href="/ui/jobs/{job.id}">' in page.text
-    assert '<span class="badge pending">pending</span>' in page.text
-    assert SCRIPT not in page.text
+    declare_schedules(conn)
+    page = api.get("/ui/schedules").text
+    digest, purge = list_schedules(conn)
+    for heading in ("Schedule", "Task", "Runs", "Next tick", "Last tick", "Last job", "Payload"):
+        assert f"<th>{heading}</th>" in page
+    assert "<code>0 7 * * 1-5</code> in Europe/Berlin" in page
+    assert "every 90 s" in page
+    assert digest.next_tick is not None and purge.next_tick is not None
+    for moment in (digest.next_tick, purge.next_tick, digest.last_tick):
+        assert moment is not None
+        assert moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") in page
+    assert f'<a href="/ui/jobs/{digest.last_job_id}">' in page
+    assert '<span class="badge pending">pending</span>' in page
+    assert "no catch-up" in page and "the latest missed tick" in page
+
+
+def test_the_schedules_page_shows_no_column_name_python_value_or_microsecond(
+    api: httpx.Client, conn: Conn
+) -> None:
+    declare_schedules(conn)
+    page = api.get("/ui/schedules").text
+    for raw in ("every_seconds", "declared_at", "seen_at", "last_job_id", "True", "None"):
+        assert raw not in page
+    assert not re.search(r"\d\d:\d\d:\d\d\.\d", page)  # seconds, never their fractions
+    assert SCRIPT not in page  # the payload, escaped
 
 
 # -- sessions --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ schedules are declared, are user code and are imported here, never in the
 supervisor, so a broken module costs a child restart, not the daemon. Any number
 of schedulers may run against one database: a tick's job carries the idempotency
 key `periodic:<name>:<tick>`, so the first enqueue creates it and the others find
-it (README: Periodic jobs).
+it (docs/explanation/periodic.md).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _log = get_logger("errands.scheduler")
 
 class DatabaseClock:
     """PostgreSQL's time, the clock every host shares: ticks fall due by it, never by the
-    host's own clock, which may be off by minutes (README: Dead peers, partitions and
+    host's own clock, which may be off by minutes (docs: Dead peers, partitions and
     clocks). Read on the scheduler's connection, one round trip per wake-up."""
 
     def __init__(self) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
-from psycopg.rows import dict_row
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -33,6 +32,7 @@ from errands.queue.requests import (
     field_errors,
     job_id_of_text,
 )
+from errands.queue.schedules import list_schedules
 
 Conn = psycopg.Connection[Any]
 
@@ -55,6 +55,7 @@ class Pages:
         self.lease_seconds = lease_seconds
         dashboard.templates.filters["age"] = _age
         dashboard.templates.filters["when"] = _when
+        dashboard.templates.filters["every"] = _every
 
     def table(self) -> list[tuple[str, str, Page]]:
         """Each page's method, path and function."""
@@ -213,29 +214,11 @@ class Pages:
         return redirect("/ui?" + urlencode({"done": action}))
 
     def schedules(self, call: Call) -> Response:
-        # The table arrives with periodic jobs; read it whole (one row per schedule)
-        # and without naming columns, so this page works with any version of it.
+        # The same listing as `errands schedules` and GET /schedules: the next tick from
+        # the database's clock, the last job's state read with it.
         with call.connect() as conn:
-            present = conn.execute("select to_regclass('errands_schedules') is not null").fetchone()
-            rows: list[dict[str, Any]] = []
-            last_states: dict[int, str] = {}
-            if present and present[0]:
-                with conn.cursor(row_factory=dict_row) as cur:
-                    rows = cur.execute("select * from errands_schedules order by 1").fetchall()
-                last_ids = [row["last_job_id"] for row in rows if row.get("last_job_id")]
-                last_states = dict(
-                    conn.execute(
-                        "select id, state::text from errands_jobs where id = any(%s)", (last_ids,)
-                    ).fetchall()
-                )
-        return self.render(
-            call,
-            "schedules.html",
-            present=bool(present and present[0]),
-            columns=list(rows[0]) if rows else [],
-            rows=rows,
-            last_states=last_states,
-        )
+            found = list_schedules(conn)
+        return self.render(call, "schedules.html", schedules=found)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -293,6 +276,14 @@ def _age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def _every(seconds: int) -> str:
+    """An interval in the largest unit that divides it: every 90 s, every 5 min, every 2 h."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"every {seconds // size:,} {unit}"
+    return f"every {seconds:,} s"
 
 
 def _when(moment: datetime | None) -> str:
