@@ -890,7 +890,8 @@ def test_every_errands_command_in_the_readme_and_the_docs_is_valid() -> None:
     text = "".join(page.read_text() for page in pages)
     blocks = re.findall(r"```(?:sh|console|bash)\n(.*?)```", text, re.DOTALL)
     commands = [
-        shlex.split(line.removeprefix("$ ").split(" #")[0])
+        # A command sent to the background (`errands run ... &`) is the command before `&`.
+        shlex.split(line.removeprefix("$ ").split(" #")[0].strip().removesuffix("&"))
         for block in blocks
         for line in block.replace("\\\n", " ").splitlines()
         # `errands ... || echo "exit code $?"` shows a refusal on purpose (reference/exit-codes)
