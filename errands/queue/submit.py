@@ -226,6 +226,8 @@ def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
             "started_at": None,
             "finished_at": None,
             "updated_at": now,
+            "cancel_requested_at": None,  # running jobs (issue 24)
+            "progress": None,
         }
     )
 
