@@ -8,6 +8,7 @@ logging is set up by errands' own commands, never by an import.
 from errands.backoff import Backoff
 from errands.client import Client
 from errands.errors import (
+    Cancelled,
     ConfigurationError,
     ErrandsError,
     Fail,
@@ -17,14 +18,16 @@ from errands.errors import (
     InvalidJob,
     InvalidState,
     JobNotFound,
+    LeaseLost,
     Retry,
 )
 from errands.periodic import periodic
 from errands.queue.jobs import Job, JobState
-from errands.tasks import CurrentJob, Task, current_job, task
+from errands.tasks import CurrentJob, Task, check_cancelled, current_job, task
 
 __all__ = [
     "Backoff",
+    "Cancelled",
     "Client",
     "ConfigurationError",
     "CurrentJob",
@@ -38,8 +41,10 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobState",
+    "LeaseLost",
     "Retry",
     "Task",
+    "check_cancelled",
     "current_job",
     "periodic",
     "task",

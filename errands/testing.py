@@ -188,4 +188,6 @@ def _pending_job(job_id: int, request: JobRequest, now: datetime) -> Job:
         started_at=None,
         finished_at=None,
         updated_at=now,
+        cancel_requested_at=None,
+        progress=None,
     )

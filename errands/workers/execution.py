@@ -16,12 +16,12 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from errands.errors import Fail, Retry, scrub
+from errands.errors import Cancelled, Fail, Retry, scrub
 from errands.queue.jobs import Job
 from errands.queue.lease import encode_result
 from errands.queue.ticks import tick_of
 from errands.registry import registered, registered_tasks
-from errands.tasks import CurrentJob, Task, running
+from errands.tasks import AttemptLink, CurrentJob, Task, running
 
 
 @dataclass(frozen=True)
@@ -51,29 +51,33 @@ class Rescheduled:
 Outcome = Succeeded | Failed | Rescheduled
 
 
-def execute(job: Job) -> Outcome:
-    """Call the job's task with its payload as keyword arguments; never raises."""
+def execute(job: Job, link: AttemptLink | None = None) -> Outcome:
+    """Call the job's task with its payload as keyword arguments; never raises.
+
+    `link`: how the task reaches its worker through current_job() (none: no worker).
+    """
     started = time.monotonic()
     spec = registered(job.task)
     if spec is None:
         return _unregistered(job, started)
     try:
-        with running(_current(job)):
+        with running(_current(job, link)):
             result = spec.func(**job.payload)
         return Succeeded(encode_result(result), time.monotonic() - started)
     except (Exception, SystemExit) as exc:  # a task's sys.exit() is its failure, not ours
         return _raised(spec, exc, started)
 
 
-async def execute_async(job: Job) -> Outcome:
-    """Await the job's coroutine task, cancelled past its timeout; never raises."""
+async def execute_async(job: Job, link: AttemptLink | None = None) -> Outcome:
+    """Await the job's coroutine task, cancelled past its timeout; never raises, but for the
+    CancelledError of a cancellation from outside (a cancel request, the fence)."""
     started = time.monotonic()
     spec = registered(job.task)
     if spec is None:
         return _unregistered(job, started)
     deadline = asyncio.timeout(spec.timeout)
     try:
-        with running(_current(job)):
+        with running(_current(job, link)):
             async with deadline:
                 result = await spec.func(**job.payload)
         return Succeeded(encode_result(result), time.monotonic() - started)
@@ -94,10 +98,25 @@ def is_async(job: Job) -> bool:
     return spec is not None and spec.is_async
 
 
-def _current(job: Job) -> CurrentJob:
+def _current(job: Job, link: AttemptLink | None) -> CurrentJob:
     # A periodic job's tick stays its run_at even after a failed attempt moved run_at.
     due = tick_of(job.idempotency_key) or job.run_at
-    return CurrentJob(job.id, job.task, job.queue, job.attempts, job.max_attempts, job.payload, due)
+    return CurrentJob(
+        job.id,
+        job.task,
+        job.queue,
+        job.attempts,
+        job.max_attempts,
+        job.payload,
+        due,
+        link or AttemptLink(),
+    )
+
+
+def cancelled(seconds: float, before_start: bool = False) -> Failed:
+    """The outcome of an attempt stopped by a cancel request (the job ends cancelled)."""
+    when = "before it started" if before_start else "while it ran"
+    return Failed(f"Cancelled: a cancel was requested {when}", None, seconds, permanent=True)
 
 
 def _unregistered(job: Job, started: float) -> Failed:
@@ -114,7 +133,8 @@ def _raised(spec: Task[Any, Any], exc: BaseException, started: float) -> Outcome
     seconds = time.monotonic() - started
     if isinstance(exc, Retry):
         return Rescheduled(_describe(exc), exc.in_seconds, seconds)
-    permanent = isinstance(exc, Fail) or not spec.retries(exc)
+    # Cancelled: the task heard a cancel request; the job ends cancelled, never retried.
+    permanent = isinstance(exc, Fail | Cancelled) or not spec.retries(exc)
     # Stored with the job and logged: never the row a database error quotes.
     return Failed(
         scrub(_describe(exc), exc),
