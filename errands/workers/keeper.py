@@ -11,13 +11,16 @@ connection; whether a lease has passed meanwhile is the fence's business
 It also carries what running tasks and the queue say to each other: the
 progress tasks report, stored at most once a second per job with a renewal
 (of those jobs alone when no renewal is due); and cancel requests, heard by
-LISTEN on errands_cancel (a notification names the worker), else asked for
-every poll interval (behind a transaction pooler), and learnt from every
-renewal besides, in case a notification was missed.
+LISTEN on errands_cancel (a notification names the worker, and wakes the
+keeper between ticks), else asked for every poll interval (behind a
+transaction pooler), and learnt from every renewal besides, in case a
+notification was missed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -84,7 +87,7 @@ class LeaseKeeper(threading.Thread):
     def run(self) -> None:
         tick = min(0.25, self._lease / 6)
         next_renewal = next_poll = 0.0
-        while not self._stopped.wait(tick):
+        while not self._sleep(tick):
             now = time.monotonic()
             if overdue := self._running.take_overdue(now):
                 self._fail_timed_out(overdue)
@@ -141,6 +144,15 @@ class LeaseKeeper(threading.Thread):
                 **log_fields(entry, self._worker_id),
             )
         return True
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait a tick, or less when a notification arrives; whether to stop."""
+        conn = self._db.current if self._listen else None
+        if conn is None:
+            return self._stopped.wait(seconds)
+        with contextlib.suppress(OSError, ValueError):  # closed under us: the tick tells
+            select.select([conn.fileno()], [], [], seconds)
+        return self._stopped.is_set()
 
     # -- cancel requests ---------------------------------------------------------------------
 
