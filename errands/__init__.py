@@ -5,6 +5,7 @@ Layout); every other module is internal. Importing errands configures nothing:
 logging is set up by errands' own commands, never by an import.
 """
 
+from errands.async_client import AsyncClient
 from errands.backoff import Backoff
 from errands.client import Client
 from errands.errors import (
@@ -26,6 +27,7 @@ from errands.queue.jobs import Job, JobState
 from errands.tasks import CurrentJob, Task, check_cancelled, current_job, task
 
 __all__ = [
+    "AsyncClient",
     "Backoff",
     "Cancelled",
     "Client",

@@ -119,6 +119,13 @@ def configure(conn: psycopg.Connection[Any]) -> None:
         conn.commit()  # a rollback would undo the settings
 
 
+async def configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """`configure`, for the AsyncClient's pool."""
+    await conn.execute(_CONFIGURE_SESSION)
+    if not conn.autocommit:
+        await conn.commit()
+
+
 def open_connection(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """A connection with errands' session settings (no schema check: for tools and the harness)."""
     conn = psycopg.connect(url, **kwargs)

@@ -14,6 +14,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 import psycopg
 
 from errands import registry
+from errands.async_client import AsyncClient, default_async_client
 from errands.backoff import Backoff
 from errands.client import Client, default_client
 from errands.errors import (
@@ -89,6 +90,10 @@ class Task(Generic[P, R]):
         """
         return self.options().enqueue(**payload)
 
+    async def aenqueue(self, **payload: Any) -> Job:
+        """`enqueue` for coroutines, on an AsyncClient: `await task.aenqueue(**payload)`."""
+        return await self.options().aenqueue(**payload)
+
     def options(
         self,
         *,
@@ -98,14 +103,15 @@ class Task(Generic[P, R]):
         run_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
-        client: Client | None = None,
-        conn: psycopg.Connection[Any] | None = None,
+        client: Client | AsyncClient | None = None,
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
     ) -> TaskCall:
         """This task with options for the next enqueue: `task.options(delay=60).enqueue(...)`.
 
         `client` None uses the default client (the database of the environment,
         or of the worker running the calling task); `conn` enqueues inside the
-        caller's transaction, as `Client.enqueue` does.
+        caller's transaction, as `Client.enqueue` does. For `aenqueue`, `client`
+        is an AsyncClient and `conn` an AsyncConnection.
         """
         return TaskCall(
             self, queue, priority, delay, run_at, max_attempts, idempotency_key, client, conn
@@ -151,22 +157,35 @@ class TaskCall:
     run_at: datetime | None
     max_attempts: int | None
     idempotency_key: str | None
-    client: Client | None
-    conn: psycopg.Connection[Any] | None
+    client: Client | AsyncClient | None
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None
 
     def enqueue(self, **payload: Any) -> Job:
         self.task.check_payload(payload)
-        return (self.client or default_client()).enqueue(
-            self.task.name,
-            payload,
-            queue=self.queue or self.task.queue,
-            priority=self.priority,
-            delay=self.delay,
-            run_at=self.run_at,
-            max_attempts=self.max_attempts or self.task.max_attempts,
-            idempotency_key=self.idempotency_key,
-            conn=self.conn,
-        )
+        client = self.client or default_client()
+        if not isinstance(client, Client):
+            raise InvalidArgument([FieldError("client", "an AsyncClient enqueues by aenqueue()")])
+        return client.enqueue(self.task.name, payload, **self._options())
+
+    async def aenqueue(self, **payload: Any) -> Job:
+        """`enqueue` on an AsyncClient (the running loop's default when none was given)."""
+        self.task.check_payload(payload)
+        client = self.client or default_async_client()
+        if not isinstance(client, AsyncClient):
+            raise InvalidArgument([FieldError("client", "a Client enqueues by enqueue()")])
+        return await client.enqueue(self.task.name, payload, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        """The enqueue arguments besides the payload; the client checks `conn`'s kind."""
+        return {
+            "queue": self.queue or self.task.queue,
+            "priority": self.priority,
+            "delay": self.delay,
+            "run_at": self.run_at,
+            "max_attempts": self.max_attempts or self.task.max_attempts,
+            "idempotency_key": self.idempotency_key,
+            "conn": self.conn,
+        }
 
 
 @overload

@@ -38,7 +38,14 @@ from errands.harness.process import DaemonProcess, free_port
 from errands.harness.waiting import wait_for
 from errands.registry import task_defaults
 from errands.schema.migrator import migrate
+from tests.clients import client_kind, enqueue_task, portal
 from tests.daemon import Daemon
+
+__all__ = [
+    "client_kind",
+    "enqueue_task",
+    "portal",
+]  # fixtures of tests/clients.py, for every module
 
 settings.register_profile(
     "errands", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -11,6 +11,9 @@ from errands import Client, InvalidState, JobNotFound, JobState
 from errands.queue.admin import prune
 from errands.queue.lease import Completion, Held, claim, complete, fail
 from errands.queue.presence import announce, forget
+from tests.clients import either_client as client
+
+__all__ = ["client"]  # each test runs with both clients: tests/clients.py
 
 Conn = psycopg.Connection[Any]
 

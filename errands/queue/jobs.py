@@ -40,6 +40,8 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    # The W3C trace context of the span that enqueued it (errands/tracing.py), or None.
+    trace_context: dict[str, str] | None = None
     # Running jobs (issue 24): a cancel asked for while it ran (the attempt then ends
     # `cancelled`), and the progress its task last reported: a number from 0 to 1 or a
     # small JSON object.

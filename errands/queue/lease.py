@@ -5,7 +5,7 @@ failure are fenced: they match the job's id, its attempt number, the lease
 owner and `in_progress`, so a worker whose lease was taken away (a zombie after
 a long pause, a partition) changes nothing, and learns it from the answer.
 A job asked to cancel while it ran ends `cancelled` whichever of them ends its
-attempt (a trigger decides: migration 0010), and their answers say so.
+attempt (a trigger decides: migration 0011), and their answers say so.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
+from errands.queue.steps import Execute, Operation
 
 # Any constant unique to errands: one reaper at a time across every host.
 _REAPER_LOCK = 0x6572_7261_6E64_0002
@@ -217,40 +218,23 @@ def cancel_requests(conn: psycopg.Connection[Any], owner: str, held: Iterable[He
     return {row[0] for row in conn.execute(query("cancel_requests"), params)}
 
 
-def complete_in(
-    conn: psycopg.Connection[Any], owner: str, held: Held, result_json: str, progress: str | None
-) -> HandOver:
-    """Complete the job inside the transaction under way on `conn`, fenced (complete_in)."""
-    row = conn.execute(query("complete_in"), _hand_over(owner, held, result_json, progress))
-    return _handed_over(row.fetchone())
-
-
-async def complete_in_async(
-    conn: psycopg.AsyncConnection[Any],
-    owner: str,
-    held: Held,
-    result_json: str,
-    progress: str | None,
-) -> HandOver:
-    """`complete_in` on an asyncio connection."""
-    params = _hand_over(owner, held, result_json, progress)
-    cursor = await conn.execute(query("complete_in"), params)
-    return _handed_over(await cursor.fetchone())
-
-
-def _hand_over(owner: str, held: Held, result_json: str, progress: str | None) -> dict[str, Any]:
-    return {
+def complete_in_steps(
+    owner: str, held: Held, result_json: str, progress: str | None
+) -> Operation[HandOver]:
+    """Complete the job inside the transaction under way on the connection that runs these
+    steps (current_job().complete_in), fenced: a sync or an async one alike."""
+    params = {
         "owner": owner,
         "id": held.id,
         "attempts": held.attempts,
         "result": result_json,
         "progress": progress,
     }
-
-
-def _handed_over(row: tuple[Any, ...] | None) -> HandOver:
-    assert row is not None, "complete_in answers one row"
-    cancel_requested, completed, xact = row
+    # Never prepared: the connection is the application's, perhaps through a pooler that
+    # does not keep prepared statements apart (README: PgBouncer).
+    ((cancel_requested, completed, xact),) = yield Execute(
+        query("complete_in"), params, prepare=False
+    )
     return HandOver(bool(completed), bool(cancel_requested), xact)
 
 

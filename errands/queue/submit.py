@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.rows import dict_row
 
+from errands import hooks, tracing
 from errands.errors import ErrandsError, IdempotencyConflict
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
+from errands.queue.steps import Atomic, Copy, Execute, Operation, run
 
 # A key committed by a concurrent transaction while our statement ran is seen by
 # the next statement; one more try settles it, a few more cover bad luck.
@@ -38,24 +40,35 @@ class _KeyRace(Exception):
 
 def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
     """Store one job, or return the stored job that holds the same idempotency key."""
-    params = {
-        "task": request.task,
-        "queue": request.queue,
-        "payload": request.payload_json,
-        "priority": request.priority,
-        "run_at": request.run_at,
-        "delay": request.delay,
-        "max_attempts": request.max_attempts,
-        "idempotency_key": request.idempotency_key,
-    }
-    with conn.cursor(row_factory=dict_row) as cur:
+    return run(conn, enqueue_steps(request))
+
+
+def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
+    """`enqueue`, as steps (errands/queue/steps.py)."""
+    with tracing.sending([request.queue]) as sending:
+        params = {
+            "task": request.task,
+            "queue": request.queue,
+            "payload": request.payload_json,
+            "priority": request.priority,
+            "run_at": request.run_at,
+            "delay": request.delay,
+            "max_attempts": request.max_attempts,
+            "idempotency_key": request.idempotency_key,
+            "trace_context": sending.trace_context if sending else None,
+        }
         for _ in range(_KEY_RACE_TRIES):
-            row = cur.execute(query("enqueue"), params).fetchone()
-            if row is None:
+            rows = yield Execute(query("enqueue"), params, dicts=True)
+            if not rows:
                 # Planned afresh, as every lookup of keys is (see above).
-                row = cur.execute(query("enqueue_replay"), params, prepare=False).fetchone()
-            if row is not None:
-                return _answer(request, row)
+                rows = yield Execute(query("enqueue_replay"), params, dicts=True, prepare=False)
+            if rows:
+                answer = _answer(request, rows[0])
+                if sending:
+                    sending.sent([answer.job], created=answer.created)
+                if answer.created:
+                    hooks.enqueued([answer.job])
+                return answer
     raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
 
 
@@ -72,23 +85,41 @@ def enqueue_many(
     Only its id and stored payload come back for a new job: the rest is the request
     and the transaction's time, which every new job of the batch is stamped with.
     """
+    return run(conn, enqueue_many_steps(requests, field_prefix))
+
+
+def enqueue_many_steps(
+    requests: Sequence[JobRequest], field_prefix: str = "[{}]."
+) -> Operation[list[Enqueued]]:
+    """`enqueue_many`, as steps (errands/queue/steps.py)."""
     if not requests:
         return []
     _refuse_conflicting_copies(requests, field_prefix)
-    for _ in range(_KEY_RACE_TRIES):
-        try:
-            # A savepoint when the caller has a transaction open: a conflict or
-            # a race undoes this batch only.
-            with conn.transaction(), conn.cursor() as cur:
-                now = _stage(cur, requests)
-                cur.execute(query("enqueue_staged"), prepare=False)
-                while cur.nextset():  # past the key locks, to the rows
-                    pass
-                rows = cur.fetchall()
-                return _match(conn, requests, [_Stored._make(row) for row in rows], now)
-        except _KeyRace:
-            continue
+    with tracing.sending([r.queue for r in requests]) as sending:
+        trace_context = sending.trace_context if sending else None
+        for _ in range(_KEY_RACE_TRIES):
+            try:
+                # A savepoint when the caller has a transaction open: a conflict or
+                # a race undoes this batch only.
+                answers: list[Enqueued] = yield Atomic(_store_batch(requests, trace_context))
+            except _KeyRace:
+                continue
+            created = [answer.job for answer in answers if answer.created]
+            if sending:
+                sending.sent([answer.job for answer in answers], created=len(created))
+            hooks.enqueued(created)
+            return answers
     raise ErrandsError("could not settle the idempotency keys of a batch")
+
+
+def _store_batch(
+    requests: Sequence[JobRequest], trace_context: str | None
+) -> Operation[list[Enqueued]]:
+    now = yield from _stage(requests, trace_context)
+    rows = yield Execute(query("enqueue_staged"), prepare=False)  # past the key locks, to the rows
+    stored = [_Stored._make(row) for row in rows]
+    jobs = yield from _stored_jobs([row.id for row in stored if not row.created])
+    return _match(requests, stored, jobs, now, trace_context)
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
@@ -110,34 +141,31 @@ def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str
             )
 
 
-def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> datetime:
+def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operation[datetime]:
     """Copy the requests into the staging table; the transaction's time, which new jobs get."""
-    cur.execute(query("stage_jobs"))
-    while cur.nextset():  # to the script's last statement
-        pass
-    row = cur.fetchone()
-    assert row is not None, "stage_jobs ends with select now()"
-    now: datetime = row[0]
-    with cur.copy(query("copy_staged")) as copy:
-        copy.set_types(_STAGED_TYPES)
-        for n, r in enumerate(requests):
-            copy.write_row(
-                (
-                    n,
-                    r.task,
-                    r.queue,
-                    r.payload_json,
-                    r.priority,
-                    r.due(now),
-                    r.max_attempts,
-                    r.idempotency_key,
-                )
-            )
+    rows = yield Execute(query("stage_jobs"))
+    assert rows, "stage_jobs ends with select now()"
+    now: datetime = rows[0][0]
+    staged = [
+        (
+            n,
+            r.task,
+            r.queue,
+            r.payload_json,
+            r.priority,
+            r.due(now),
+            r.max_attempts,
+            r.idempotency_key,
+            trace_context,
+        )
+        for n, r in enumerate(requests)
+    ]
+    yield Copy(query("copy_staged"), _STAGED_TYPES, staged)
     return now
 
 
 # The types COPY sends the staged columns as (the payload as JSON text).
-_STAGED_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "int4", "text"]
+_STAGED_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "int4", "text", "text"]
 
 
 class _Stored(NamedTuple):
@@ -152,10 +180,11 @@ class _Stored(NamedTuple):
 
 
 def _match(
-    conn: psycopg.Connection[Any],
     requests: Sequence[JobRequest],
     rows: list[_Stored],
+    jobs: dict[int, Job],
     now: datetime,
+    trace_context: str | None,
 ) -> list[Enqueued]:
     """Pair each request with its row: by key when it has one, else in insertion order."""
     by_key: dict[str, _Stored] = {}
@@ -167,19 +196,20 @@ def _match(
             by_key[row.idempotency_key] = row
     unkeyed.sort(key=lambda row: row.id)
     fresh = iter(unkeyed)
-    jobs = _stored_jobs(conn, [row.id for row in rows if not row.created])
 
     answers = []
     first_with_key: dict[str, Job] = {}
     for request in requests:
         key = request.idempotency_key
         if key is None:
-            answers.append(Enqueued(_new_job(request, next(fresh), now), created=True))
+            answers.append(
+                Enqueued(_new_job(request, next(fresh), now, trace_context), created=True)
+            )
         elif key not in by_key:
             raise _KeyRace
         elif key not in first_with_key:
             row = by_key[key]
-            job = _new_job(request, row, now) if row.created else jobs[row.id]
+            job = _new_job(request, row, now, trace_context) if row.created else jobs[row.id]
             if not row.same_request:
                 raise IdempotencyConflict(key, job.id)
             first_with_key[key] = job
@@ -190,19 +220,18 @@ def _match(
     return answers
 
 
-def _stored_jobs(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Job]:
+def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
     """The stored jobs that keys of the batch replay (read in the batch's transaction)."""
     if not ids:
         return {}
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("jobs_by_id"), {"ids": ids}).fetchall()
+    rows = yield Execute(query("jobs_by_id"), {"ids": ids}, dicts=True)
     jobs = {row["id"]: Job.from_row(row) for row in rows}
     if len(jobs) < len(ids):
         raise _KeyRace  # pruned since the statement saw it: its key is free again
     return jobs
 
 
-def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
+def _new_job(request: JobRequest, row: _Stored, now: datetime, trace_context: str | None) -> Job:
     """A job just inserted, as the database stores it: the request, its row, and the time."""
     return Job.from_fields(
         {
@@ -226,6 +255,7 @@ def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
             "started_at": None,
             "finished_at": None,
             "updated_at": now,
+            "trace_context": None if trace_context is None else json.loads(trace_context),
             "cancel_requested_at": None,  # running jobs (issue 24)
             "progress": None,
         }

@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 
 from errands.errors import Cancelled, LeaseLost
-from errands.queue.lease import HandOver, complete_in, complete_in_async
+from errands.queue.lease import HandOver, complete_in_steps
+from errands.queue.steps import Operation, run, run_async
 from errands.tasks import AttemptLink
 from errands.workers.running import Entry
 
@@ -34,28 +35,28 @@ class WorkerAttempt(AttemptLink):
         self._entry.report_progress(progress_json)
 
     def complete_in(self, conn: psycopg.Connection[Any], result_json: str) -> None:
-        entry = self._entry
         self._begin()
         try:
-            answer = complete_in(
-                conn, self._worker_id, entry.held, result_json, entry.unstored_progress()
-            )
+            answer = run(conn, self._steps(result_json))
         except BaseException:
             self._end(None)
             raise
         self._end(answer)
 
     async def complete_in_async(self, conn: psycopg.AsyncConnection[Any], result_json: str) -> None:
-        entry = self._entry
         self._begin()
         try:
-            answer = await complete_in_async(
-                conn, self._worker_id, entry.held, result_json, entry.unstored_progress()
-            )
+            answer = await run_async(conn, self._steps(result_json))
         except BaseException:
             self._end(None)
             raise
         self._end(answer)
+
+    def _steps(self, result_json: str) -> Operation[HandOver]:
+        entry = self._entry
+        return complete_in_steps(
+            self._worker_id, entry.held, result_json, entry.unstored_progress()
+        )
 
     def _begin(self) -> None:
         # Before the statement: a renewal sent from now on leaves the row alone rather

@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from errands import tracing
 from errands.database import connect_retrying, pooling_options
 from errands.errors import IdempotencyConflict
 from errands.log import get_logger
@@ -132,9 +133,10 @@ class Scheduler:
         task = registered(schedule.task)
         assert task is not None  # @periodic refuses unregistered tasks
         try:
-            enqueued = enqueue_tick(
-                conn, schedule, tick, queue=task.queue, max_attempts=task.max_attempts
-            )
+            with tracing.tick(schedule.name, rfc3339(tick)):  # the job's trace: a new one
+                enqueued = enqueue_tick(
+                    conn, schedule, tick, queue=task.queue, max_attempts=task.max_attempts
+                )
         except IdempotencyConflict as exc:
             _log.warning(
                 "the tick's job was enqueued by a different definition of the schedule "

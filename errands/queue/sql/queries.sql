@@ -12,10 +12,11 @@
 -- enqueue_many's COPY could serve one job too, but costs four round trips
 -- where this statement needs one.
 insert into errands_jobs
-    (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
+    (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
+     trace_context)
 values (%(task)s, %(queue)s, %(payload)s, %(priority)s,
         coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
-        %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s)
+        %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s, %(trace_context)s::jsonb)
 on conflict (idempotency_key) do nothing
 returning true as created, true as same_request, *;
 
@@ -33,8 +34,9 @@ where idempotency_key = %(idempotency_key)s;
 -- enqueue_many's staging table: private to the session, emptied at every commit,
 -- and emptied here too for a batch that follows another in the caller's
 -- transaction. Created in the transaction that uses it, so it works on any
--- server connection a pooler hands out.
-create temp table if not exists errands_enqueue_staging (
+-- server connection a pooler hands out. A new shape takes a new name: through a
+-- pooler, a server connection may keep the table an older errands created.
+create temp table if not exists errands_staged_jobs (
     n               integer not null,  -- the request's place in its batch
     task            text not null,
     queue           text not null,
@@ -42,16 +44,17 @@ create temp table if not exists errands_enqueue_staging (
     priority        integer not null,
     run_at          timestamptz,
     max_attempts    integer not null,
-    idempotency_key text
+    idempotency_key text,
+    trace_context   jsonb
 ) on commit delete rows;
-delete from errands_enqueue_staging;
+delete from errands_staged_jobs;
 -- The time every new job of the batch gets as created_at and updated_at (and
 -- as run_at when it names none): now() is the transaction's start.
 select now();
 
 -- name: copy_staged
-copy errands_enqueue_staging
-    (n, task, queue, payload, priority, run_at, max_attempts, idempotency_key)
+copy errands_staged_jobs
+    (n, task, queue, payload, priority, run_at, max_attempts, idempotency_key, trace_context)
 from stdin;
 
 -- name: enqueue_staged
@@ -71,14 +74,15 @@ from stdin;
 -- list after ORDER BY.
 select pg_advisory_xact_lock(1701209, key_hash)
 from (select distinct hashtext(idempotency_key) as key_hash
-      from errands_enqueue_staging where idempotency_key is not null) as keys
+      from errands_staged_jobs where idempotency_key is not null) as keys
 order by key_hash;
 with inserted as (
     insert into errands_jobs
-        (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key)
+        (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
+         trace_context)
     select task, queue, payload, priority, coalesce(run_at, now()), max_attempts, max_attempts,
-           idempotency_key
-    from errands_enqueue_staging order by n
+           idempotency_key, trace_context
+    from errands_staged_jobs order by n
     on conflict (idempotency_key) do nothing
     returning id, idempotency_key, payload
 )
@@ -88,12 +92,12 @@ select false, (job.task, job.queue, job.payload) = (first.task, first.queue, fir
        job.id, job.idempotency_key, null
 from errands_jobs as job
 cross join lateral (
-    select task, queue, payload from errands_enqueue_staging as staged
+    select task, queue, payload from errands_staged_jobs as staged
     where staged.idempotency_key = job.idempotency_key
     order by n limit 1
 ) as first
 where job.idempotency_key in (
-    select idempotency_key from errands_enqueue_staging where idempotency_key is not null
+    select idempotency_key from errands_staged_jobs where idempotency_key is not null
 );
 
 -- name: jobs_by_id
