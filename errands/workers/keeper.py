@@ -19,7 +19,6 @@ notification was missed.
 
 from __future__ import annotations
 
-import contextlib
 import select
 import threading
 import time
@@ -80,6 +79,7 @@ class LeaseKeeper(threading.Thread):
             on_connect=self._listen_for_cancels if self._listen else None,
         )
         self._failing_since: float | None = None  # renewals fail since then (monotonic)
+        self._listener_lost = False  # renew at once: reconnect, listen, and catch up
 
     def stop(self) -> None:
         self._stopped.set()
@@ -92,6 +92,8 @@ class LeaseKeeper(threading.Thread):
             if overdue := self._running.take_overdue(now):
                 self._fail_timed_out(overdue)
                 self._on_timeout()
+            if self._listener_lost:
+                self._listener_lost, next_renewal = False, now
             if now >= next_renewal:
                 renewed = self._renew(self._running.held(), now)
                 next_renewal = now + (self._lease / 3 if renewed else min(1.0, tick * 4))
@@ -150,8 +152,11 @@ class LeaseKeeper(threading.Thread):
         conn = self._db.current if self._listen else None
         if conn is None:
             return self._stopped.wait(seconds)
-        with contextlib.suppress(OSError, ValueError):  # closed under us: the tick tells
+        try:
             select.select([conn.fileno()], [], [], seconds)
+        except (OSError, ValueError, psycopg.OperationalError):
+            # Lost under us: reading its notifications drops it, the next renewal reconnects.
+            return self._stopped.wait(seconds)
         return self._stopped.is_set()
 
     # -- cancel requests ---------------------------------------------------------------------
@@ -167,7 +172,10 @@ class LeaseKeeper(threading.Thread):
         try:
             return any(n.payload == self._worker_id for n in conn.notifies(timeout=0))
         except psycopg.OperationalError:
-            self._db.drop()  # the next renewal reconnects, and reports what it finds
+            # Requests may have been missed meanwhile: the renewal this calls for at once
+            # reconnects, listens again, and brings them.
+            self._db.drop()
+            self._listener_lost = True
             return False
 
     def _ask_for_cancels(self, heard: str) -> None:
