@@ -11,6 +11,7 @@ from errands.async_client import AsyncClient
 from errands.backoff import Backoff
 from errands.client import Client
 from errands.errors import (
+    Cancelled,
     ConfigurationError,
     ErrandsError,
     Fail,
@@ -20,11 +21,12 @@ from errands.errors import (
     InvalidJob,
     InvalidState,
     JobNotFound,
+    LeaseLost,
     Retry,
 )
 from errands.periodic import periodic
 from errands.queue.jobs import Job, JobState
-from errands.tasks import CurrentJob, Task, current_job, task
+from errands.tasks import CurrentJob, Task, check_cancelled, current_job, task
 
 # Read from the installed package's metadata: pyproject.toml is its one source.
 __version__ = metadata.version("errands")
@@ -32,6 +34,7 @@ __version__ = metadata.version("errands")
 __all__ = [
     "AsyncClient",
     "Backoff",
+    "Cancelled",
     "Client",
     "ConfigurationError",
     "CurrentJob",
@@ -45,8 +48,10 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobState",
+    "LeaseLost",
     "Retry",
     "Task",
+    "check_cancelled",
     "current_job",
     "periodic",
     "task",

@@ -149,7 +149,8 @@ class AsyncClient(ClientCore):
             return await run_async(db, admin.manage_steps("retry", job_id))
 
     async def cancel(self, job_id: int) -> Job:
-        """Cancel a pending or failed job; `InvalidState` once it runs or has finished."""
+        """Cancel a pending or failed job, or ask a running one to stop (`Client.cancel`);
+        `InvalidState` once finished."""
         check_id(job_id)
         async with self._connection() as db:
             return await run_async(db, admin.manage_steps("cancel", job_id))

@@ -256,7 +256,9 @@ class Client(ClientCore):
             return run(db, admin.manage_steps("retry", job_id))
 
     def cancel(self, job_id: int) -> Job:
-        """Cancel a pending or failed job; `InvalidState` once it runs or has finished."""
+        """Cancel a pending or failed job, or ask a running one to stop: it stays
+        `in_progress`, `cancel_requested_at` set, until its attempt ends, and is then
+        recorded `cancelled` however the attempt ends. `InvalidState` once finished."""
         check_id(job_id)
         with self._connection() as db:
             return run(db, admin.manage_steps("cancel", job_id))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -17,10 +17,18 @@ from errands import registry
 from errands.async_client import AsyncClient, default_async_client
 from errands.backoff import Backoff
 from errands.client import Client, default_client
-from errands.errors import ConfigurationError, ErrandsError, FieldError, InvalidArgument, InvalidJob
+from errands.errors import (
+    Cancelled,
+    ConfigurationError,
+    ErrandsError,
+    FieldError,
+    InvalidArgument,
+    InvalidJob,
+)
 from errands.limits import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
 from errands.queue.jobs import Job
-from errands.queue.requests import QUEUE_NAME, TASK_NAME
+from errands.queue.lease import encode_result
+from errands.queue.requests import QUEUE_NAME, TASK_NAME, progress_json
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -256,9 +264,30 @@ def _check(spec: Task[Any, Any]) -> None:
             )
 
 
+class AttemptLink:
+    """How a running task reaches the worker that runs it (errands/workers/attempt.py).
+
+    This base stands for no worker at all: a task called directly or through
+    errands.testing, where no cancel is ever requested and nothing is stored.
+    """
+
+    @property
+    def cancel_requested(self) -> bool:
+        return False
+
+    def report_progress(self, progress_json: str) -> None:
+        """Keep the progress for the worker to store (at most once a second)."""
+
+    def complete_in(self, conn: psycopg.Connection[Any], result_json: str) -> None:
+        """Complete the job in the transaction under way on `conn`."""
+
+    async def complete_in_async(self, conn: psycopg.AsyncConnection[Any], result_json: str) -> None:
+        """`complete_in` on an asyncio connection."""
+
+
 @dataclass(frozen=True)
 class CurrentJob:
-    """What a task can learn about the job it is running."""
+    """What a task can learn about the job it is running, and how it talks to the queue."""
 
     id: int
     task: str
@@ -267,6 +296,50 @@ class CurrentJob:
     max_attempts: int
     payload: dict[str, Any]
     run_at: datetime  # when the job was due: a periodic job's tick
+    link: AttemptLink = field(default_factory=AttemptLink, repr=False, compare=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether a cancel of the job was requested while it runs: stop soon (the job is
+        recorded cancelled however the attempt ends). `check_cancelled()` raises instead."""
+        return self.link.cancel_requested
+
+    def set_progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report how far the task is: a number from 0 to 1, or a small JSON object (at most
+        2 KiB). Call it as often as you like: the worker stores the latest value at most
+        once a second, and with the job's completion. InvalidArgument for anything else."""
+        self.link.report_progress(progress_json(value))
+
+    @overload
+    def complete_in(
+        self, conn: psycopg.AsyncConnection[Any], result: Any = None
+    ) -> Awaitable[None]: ...
+    @overload
+    def complete_in(self, conn: psycopg.Connection[Any], result: Any = None) -> None: ...
+    def complete_in(self, conn: Any, result: Any = None) -> Awaitable[None] | None:
+        """Complete the job inside the transaction under way on `conn`, so that it commits
+        or rolls back with the application's own writes (README: Running jobs).
+
+        Fenced like every write of the attempt: `LeaseLost` when the attempt no longer
+        holds the job, `Cancelled` when a cancel was requested; either must roll the
+        transaction back (let it propagate). Once it returns, the worker writes nothing
+        more for this attempt if that transaction commits. On an AsyncConnection it
+        returns an awaitable.
+        """
+        try:
+            result_json = encode_result(result)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(
+                [FieldError("result", f"must be JSON-serialisable without NaN ({exc})")]
+            ) from None
+        if isinstance(conn, psycopg.AsyncConnection):
+            return self.link.complete_in_async(conn, result_json)
+        if isinstance(conn, psycopg.Connection):
+            self.link.complete_in(conn, result_json)
+            return None
+        raise InvalidArgument(
+            [FieldError("conn", "must be a psycopg Connection or AsyncConnection")]
+        )
 
 
 _current: contextvars.ContextVar[CurrentJob] = contextvars.ContextVar("errands_current_job")
@@ -278,6 +351,15 @@ def current_job() -> CurrentJob:
         return _current.get()
     except LookupError:
         raise ErrandsError("current_job() is only available inside a running task") from None
+
+
+def check_cancelled() -> None:
+    """Raise `errands.Cancelled` when a cancel of the running job was requested: call it
+    between the steps of a long task that runs on a thread (a coroutine is cancelled
+    for you). ErrandsError outside a task."""
+    job = current_job()
+    if job.cancel_requested:
+        raise Cancelled(job.id)
 
 
 @contextmanager

@@ -57,6 +57,7 @@ settings.load_profile("errands")
 
 TEMPLATE = "errands_test_template"
 
+
 @pytest.fixture(autouse=True)
 def _logging_left_as_found() -> Iterator[None]:
     """Whatever a test configures of logging (an in-process command configures structlog
@@ -73,6 +74,7 @@ def _logging_left_as_found() -> Iterator[None]:
     root.setLevel(level)
     for name, was in quiet.items():
         logging.getLogger(name).setLevel(was)
+
 
 ServeApi = Callable[..., httpx.Client]
 _numbers = itertools.count()

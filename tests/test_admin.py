@@ -71,13 +71,6 @@ def test_cancel_of_a_failed_job_waiting_for_its_retry(client: Client, conn: Conn
     assert client.cancel(claimed.id).state is JobState.CANCELLED
 
 
-def test_cancel_of_a_running_job_is_refused(client: Client, conn: Conn) -> None:
-    job = client.enqueue("t")
-    claim(conn, "w1", ["default"], 1, 30)
-    with pytest.raises(InvalidState):
-        client.cancel(job.id)
-
-
 def test_retry_or_cancel_of_an_unknown_job_is_not_found(client: Client) -> None:
     with pytest.raises(JobNotFound):
         client.retry(999)

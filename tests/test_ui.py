@@ -5,6 +5,7 @@ What a browser does with them (clicks, scripts, cookies) is in test_ui_browser.p
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from errands import Client, JobState
 from errands.api.guesses import LIMIT
 from errands.config import Settings
 from errands.errors import ConfigurationError
-from errands.queue.lease import Held, claim, fail
+from errands.queue.lease import Held, claim, fail, heartbeat
 from errands.queue.schedules import Schedule, declare, enqueue_tick, list_schedules
 from errands.queue.ticks import Timing
 from tests.conftest import ServeApi
@@ -198,6 +199,57 @@ def test_bulk_retry_shows_the_count_and_acts_only_once_confirmed(
     assert done.status_code == 303
     assert {client.get(i).state for i in dead} == {JobState.PENDING}  # type: ignore[union-attr]
     assert [q.counts[JobState.DEAD] for q in client.stats().queues if q.queue == "other"] == [1]
+
+
+def test_a_running_job_shows_its_progress_and_is_asked_to_stop_from_its_page(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job = client.enqueue("t")
+    (claimed,) = claim(conn, "w1", ["default"], 1, 30)
+    heartbeat(conn, "w1", [Held(claimed.id, claimed.attempts)], 30, {job.id: "0.4"})
+    page = api.get(f"/ui/jobs/{job.id}")
+    assert '<progress value="0.4" max="1">40%</progress>' in page.text
+    assert 'id="cancel">Cancel (stop it running)<' in page.text
+    listed = api.get("/ui/jobs").text
+    assert '<progress value="0.4" max="1" title="40%">' in listed
+    answer = api.post(f"/ui/jobs/{job.id}/cancel", data={"csrf": csrf_of(page)})
+    assert answer.status_code == 303 and "done=cancel-requested" in answer.headers["location"]
+    asked = api.get(answer.headers["location"]).text
+    assert 'id="stopping"' in asked and 'id="cancel"' not in asked
+    assert "asked to stop" in asked
+    assert client.get(job.id).state is JobState.IN_PROGRESS  # type: ignore[union-attr]
+
+
+def test_a_progress_object_is_shown_escaped_with_a_bar_for_done_of_total(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job = client.enqueue("t")
+    (claimed,) = claim(conn, "w1", ["default"], 1, 30)
+    progress = json.dumps({"done": 1, "total": 4, "stage": SCRIPT})
+    heartbeat(conn, "w1", [Held(claimed.id, claimed.attempts)], 30, {job.id: progress})
+    for text in (api.get(f"/ui/jobs/{job.id}").text, api.get("/ui/jobs").text):
+        assert SCRIPT not in text and "&lt;script&gt;" in text
+        assert '<progress value="0.25" max="1"' in text
+
+
+def test_bulk_cancel_asks_running_jobs_to_stop_only_when_ticked(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    running = client.enqueue("t")
+    claim(conn, "w1", ["default"], 1, 30)
+    pending = client.enqueue("t")
+    page = api.get("/ui/jobs")
+    assert 'id="bulk-cancel-running"' in page.text
+    form = {"csrf": csrf_of(page), "action": "cancel", "confirm": "yes"}
+    assert api.post("/ui/bulk", data=form).status_code == 303
+    assert client.get(running.id).cancel_requested_at is None  # type: ignore[union-attr]
+    assert client.get(pending.id).state is JobState.CANCELLED  # type: ignore[union-attr]
+    asked = api.post("/ui/bulk", data={**form, "confirm": "", "running": "yes"})
+    assert re.search(r'id="bulk-count">1<', asked.text) and "asked to stop" in asked.text
+    assert api.post("/ui/bulk", data={**form, "running": "yes"}).status_code == 303
+    stopping = client.get(running.id)
+    assert stopping is not None and stopping.state is JobState.IN_PROGRESS
+    assert stopping.cancel_requested_at is not None
 
 
 def test_a_queue_is_paused_and_resumed_from_the_overview(api: httpx.Client, client: Client) -> None:

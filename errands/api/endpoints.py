@@ -383,7 +383,8 @@ def operations(
         Operation(
             "POST",
             _JOB_ID + "/cancel",
-            "Cancel a pending or failed job",
+            "Cancel a pending or failed job, or ask a running one to stop: it stays "
+            "in_progress, cancel_requested_at set, until its attempt ends, then cancelled",
             cancel_job,
             (_JOB,),
             frozenset({401, 404, 409, 413}),

@@ -74,19 +74,35 @@ def retry(conn: psycopg.Connection[Any], job_id: int) -> Job:
 
 
 def cancel(conn: psycopg.Connection[Any], job_id: int) -> Job:
-    """Cancel a job that has not started (pending, or failed and waiting to retry)."""
+    """Cancel a job that has not started (pending, or failed and waiting to retry), or ask
+    a running one to stop: it stays in_progress, `cancel_requested_at` set, until its
+    attempt ends, and is then recorded cancelled whatever the attempt's outcome."""
     return run(conn, manage_steps("cancel", job_id))
+
+
+# The states each action applies to, as its statement allows them.
+ACTION_STATES = {
+    "retry": frozenset({JobState.DEAD, JobState.CANCELLED}),
+    "cancel": frozenset({JobState.PENDING, JobState.FAILED, JobState.IN_PROGRESS}),
+}
+# A job that changed state under the statement (claimed as it was being cancelled) is
+# read and tried again, this many times at most.
+_TRIES = 3
 
 
 def manage_steps(action: str, job_id: int) -> Operation[Job]:
     """`retry` or `cancel`, as steps: the job changed, else JobNotFound or InvalidState."""
-    rows = yield Execute(query(action), {"id": job_id}, dicts=True)
-    if rows:
-        return Job.from_row(rows[0])
-    current = yield from get_steps(job_id)
-    if current is None:
-        raise JobNotFound(job_id)
-    raise InvalidState(job_id, action, current.state.value)
+    tries = 0
+    while True:
+        rows = yield Execute(query(action), {"id": job_id}, dicts=True)
+        if rows:
+            return Job.from_row(rows[0])
+        current = yield from get_steps(job_id)
+        if current is None:
+            raise JobNotFound(job_id)
+        tries += 1
+        if current.state not in ACTION_STATES[action] or tries == _TRIES:
+            raise InvalidState(job_id, action, current.state.value)
 
 
 @dataclass(frozen=True)

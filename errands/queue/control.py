@@ -19,7 +19,8 @@ from errands.queue.requests import QUEUE_NAME
 BULK_BATCH = 1000
 BulkAction = Literal["retry", "cancel"]
 
-# The states each action applies to, as the single-job statements allow them.
+# The states each action applies to, as the single-job statements allow them. A bulk
+# cancel asks running jobs to stop only when told to (Filter.running).
 BULK_STATES: dict[BulkAction, tuple[JobState, ...]] = {
     "retry": (JobState.DEAD, JobState.CANCELLED),
     "cancel": (JobState.PENDING, JobState.FAILED),
@@ -42,14 +43,18 @@ class QueueInfo:
 
 @dataclass(frozen=True)
 class Filter:
-    """The jobs a bulk action applies to: every field None means any."""
+    """The jobs a bulk action applies to: every field None means any. `running`: a
+    cancel also asks the running jobs that match to stop."""
 
     state: JobState | None = None
     queue: str | None = None
     task: str | None = None
+    running: bool = False
 
     def states(self, action: BulkAction) -> list[JobState]:
         allowed = BULK_STATES[action]
+        if action == "cancel" and self.running:
+            allowed = (*allowed, JobState.IN_PROGRESS)
         return [s for s in allowed if self.state in (None, s)]
 
 
@@ -113,7 +118,8 @@ def count_matching(
     total = 0
     for state in where.states(action):
         row = conn.execute(
-            query("count_matching"), {**_params(where, state), "cap": cap}
+            query(_statement("count_matching", "count_running_to_cancel", state)),
+            {**_params(where, state), "cap": cap},
         ).fetchone()
         total += int(row[0]) if row else 0
     return min(total, cap)
@@ -125,13 +131,19 @@ def bulk(conn: psycopg.Connection[Any], action: BulkAction, where: Filter) -> in
     for state in where.states(action):
         while True:
             row = conn.execute(
-                query(f"bulk_{action}"), {**_params(where, state), "batch": BULK_BATCH}
+                query(_statement(f"bulk_{action}", "bulk_cancel_running", state)),
+                {**_params(where, state), "batch": BULK_BATCH},
             ).fetchone()
             changed = int(row[0]) if row else 0
             done += changed
             if changed == 0:
                 break
     return done
+
+
+def _statement(name: str, for_running: str, state: JobState) -> str:
+    """Running jobs are asked to stop (a statement of their own), not cancelled at once."""
+    return for_running if state is JobState.IN_PROGRESS else name
 
 
 def _params(where: Filter, state: JobState) -> dict[str, Any]:

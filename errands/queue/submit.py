@@ -256,6 +256,8 @@ def _new_job(request: JobRequest, row: _Stored, now: datetime, trace_context: st
             "finished_at": None,
             "updated_at": now,
             "trace_context": None if trace_context is None else json.loads(trace_context),
+            "cancel_requested_at": None,  # running jobs (issue 24)
+            "progress": None,
         }
     )
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from errands import hooks, tracing
-from errands.errors import ErrandsError, Fail, Retry, scrub
+from errands.errors import Cancelled, ErrandsError, Fail, Retry, scrub
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import encode_result
 from errands.queue.ticks import tick_of
 from errands.registry import registered, registered_tasks
-from errands.tasks import CurrentJob, Task, running
+from errands.tasks import AttemptLink, CurrentJob, Task, current_job, running
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,16 @@ class Rescheduled:
 Outcome = Succeeded | Failed | Rescheduled
 
 
-def execute(job: Job) -> Outcome:
+def execute(job: Job, link: AttemptLink | None = None) -> Outcome:
     """Call the job's task with its payload as keyword arguments; never raises.
 
     Around the call: the attempt's span (errands/tracing.py) and the hooks
-    (errands/hooks.py), with `errands.current_job()` set for both.
+    (errands/hooks.py), with `errands.current_job()` set for both; `link` is how
+    the task reaches its worker through it (none: no worker).
     """
     started = time.monotonic()
     spec = registered(job.task)
-    with running(_current(job)), tracing.processing(job) as span:
+    with running(_current(job, link)), tracing.processing(job) as span:
         hooks.starting(job)
         if spec is None:
             return _ended(job, span, _unregistered(job, started), error=_not_registered(job))
@@ -72,14 +73,14 @@ def execute(job: Job) -> Outcome:
         return _ended(job, span, outcome, result=result)
 
 
-async def execute_async(job: Job) -> Outcome:
+async def execute_async(job: Job, link: AttemptLink | None = None) -> Outcome:
     """Await the job's coroutine task, cancelled past its timeout; never raises.
 
-    A cancellation from outside (the attempt's lease ran out) goes through.
+    A cancellation from outside (a cancel request, the attempt's lease ran out) goes through.
     """
     started = time.monotonic()
     spec = registered(job.task)
-    with running(_current(job)), tracing.processing(job) as span:
+    with running(_current(job, link)), tracing.processing(job) as span:
         hooks.starting(job)
         if spec is None:
             return _ended(job, span, _unregistered(job, started), error=_not_registered(job))
@@ -124,7 +125,10 @@ def _ended(
 
 
 def _state_after(job: Job, outcome: Outcome) -> JobState:
-    """The state the worker writes for this outcome (as the `fail` statement decides it)."""
+    """The state the worker writes for this outcome (as the ending statements decide it: a
+    cancel requested while the attempt ran makes it cancelled, whatever the outcome)."""
+    if current_job().cancel_requested:
+        return JobState.CANCELLED
     if isinstance(outcome, Succeeded):
         return JobState.COMPLETED
     if isinstance(outcome, Rescheduled):
@@ -139,10 +143,25 @@ def is_async(job: Job) -> bool:
     return spec is not None and spec.is_async
 
 
-def _current(job: Job) -> CurrentJob:
+def _current(job: Job, link: AttemptLink | None) -> CurrentJob:
     # A periodic job's tick stays its run_at even after a failed attempt moved run_at.
     due = tick_of(job.idempotency_key) or job.run_at
-    return CurrentJob(job.id, job.task, job.queue, job.attempts, job.max_attempts, job.payload, due)
+    return CurrentJob(
+        job.id,
+        job.task,
+        job.queue,
+        job.attempts,
+        job.max_attempts,
+        job.payload,
+        due,
+        link or AttemptLink(),
+    )
+
+
+def cancelled(seconds: float, before_start: bool = False) -> Failed:
+    """The outcome of an attempt stopped by a cancel request (the job ends cancelled)."""
+    when = "before it started" if before_start else "while it ran"
+    return Failed(f"Cancelled: a cancel was requested {when}", None, seconds, permanent=True)
 
 
 def _unregistered(job: Job, started: float) -> Failed:
@@ -161,7 +180,8 @@ def _raised(spec: Task[Any, Any], exc: BaseException, started: float) -> Outcome
     seconds = time.monotonic() - started
     if isinstance(exc, Retry):
         return Rescheduled(_describe(exc), exc.in_seconds, seconds)
-    permanent = isinstance(exc, Fail) or not spec.retries(exc)
+    # Cancelled: the task heard a cancel request; the job ends cancelled, never retried.
+    permanent = isinstance(exc, Fail | Cancelled) or not spec.retries(exc)
     # Stored with the job and logged: never the row a database error quotes.
     return Failed(
         scrub(_describe(exc), exc),

@@ -22,7 +22,8 @@ from errands.api.ui.chart import throughput_chart
 from errands.api.ui.dashboard import Call, Dashboard, Page, redirect
 from errands.errors import InvalidJob, InvalidState, JobNotFound
 from errands.queue import admin, control
-from errands.queue.control import BULK_STATES, BulkAction, Filter
+from errands.queue.admin import ACTION_STATES
+from errands.queue.control import BulkAction, Filter
 from errands.queue.jobs import Job, JobState
 from errands.queue.presence import live_workers
 from errands.queue.requests import (
@@ -42,8 +43,9 @@ ACTIONS: tuple[BulkAction, ...] = ("retry", "cancel")
 DONE_MESSAGES = {
     "retry": "Job {n} is pending again.",
     "cancel": "Job {n} is cancelled.",
+    "cancel-requested": "Job {n} is asked to stop: it is recorded cancelled when its attempt ends.",
     "bulk-retry": "{n} job(s) retried.",
-    "bulk-cancel": "{n} job(s) cancelled.",
+    "bulk-cancel": "{n} job(s) cancelled, or asked to stop if running.",
     "pause": "Queue paused: its jobs stay pending until it is resumed.",
     "resume": "Queue resumed.",
 }
@@ -56,6 +58,8 @@ class Pages:
         dashboard.templates.filters["age"] = _age
         dashboard.templates.filters["when"] = _when
         dashboard.templates.filters["every"] = _every
+        dashboard.templates.filters["fraction"] = progress_fraction
+        dashboard.templates.filters["progress"] = _progress_text
 
     def table(self) -> list[tuple[str, str, Page]]:
         """Each page's method, path and function."""
@@ -122,6 +126,7 @@ class Pages:
             shown = {k: v for k, v in filters.items() if v}
             next_page = urlencode({**shown, "after": found[-1].id})
         chosen = Filter(where.state, where.queue, where.task)
+        running = Filter(where.state, where.queue, where.task, running=True)
         return self.render(
             call,
             "jobs.html",
@@ -132,6 +137,7 @@ class Pages:
             states=list(JobState),
             next_page=next_page,
             actions={action: chosen.states(action) for action in ACTIONS},
+            cancels_running=JobState.IN_PROGRESS in running.states("cancel"),
         )
 
     def find(self, call: Call) -> Response:
@@ -159,8 +165,9 @@ class Pages:
             payload=json.dumps(job.payload, indent=2, ensure_ascii=False),
             result=json.dumps(job.result, indent=2, ensure_ascii=False),
             timeline=_timeline(job),
-            can_retry=job.state in BULK_STATES["retry"],
-            can_cancel=job.state in BULK_STATES["cancel"],
+            can_retry=job.state in ACTION_STATES["retry"],
+            # A running job once, until a cancel is requested.
+            can_cancel=job.state in ACTION_STATES["cancel"] and job.cancel_requested_at is None,
         )
 
     def act_on_job(self, call: Call, action: BulkAction) -> Response:
@@ -169,10 +176,11 @@ class Pages:
             return self.not_found(call, f"Job {call.params['id']} does not exist.")
         try:
             with call.connect() as conn:
-                (admin.retry if action == "retry" else admin.cancel)(conn, job_id)
+                job = (admin.retry if action == "retry" else admin.cancel)(conn, job_id)
         except (InvalidState, JobNotFound) as exc:
             return self.job(call, error=str(exc), status=409)
-        return redirect(f"/ui/jobs/{job_id}?" + urlencode({"done": action, "n": job_id}))
+        done = "cancel-requested" if job.state is JobState.IN_PROGRESS else action
+        return redirect(f"/ui/jobs/{job_id}?" + urlencode({"done": done, "n": job_id}))
 
     def bulk(self, call: Call) -> Response:
         form = call.form
@@ -182,7 +190,7 @@ class Pages:
             text = "; ".join(errors) or "Unknown bulk action."
             return self.render(call, "message.html", 422, title="Invalid request", text=text)
         chosen: BulkAction = "retry" if action == "retry" else "cancel"
-        matching = Filter(where.state, where.queue, where.task)
+        matching = Filter(where.state, where.queue, where.task, form.get("running") == "yes")
         with call.connect() as conn:
             if form.get("confirm") != "yes":
                 count = control.count_matching(conn, chosen, matching, BULK_COUNT_CAP)
@@ -198,6 +206,7 @@ class Pages:
             done = control.bulk(conn, chosen, matching)
         filters = {"state": form.get("state", ""), "queue": where.queue, "task": where.task}
         shown = {k: v for k, v in filters.items() if v}
+        # Running jobs asked to stop count among those done (README: Dashboard).
         return redirect("/ui/jobs?" + urlencode({**shown, "done": f"bulk-{chosen}", "n": done}))
 
     def queue_action(self, call: Call, action: str) -> Response:
@@ -256,6 +265,8 @@ def _timeline(job: Job) -> list[tuple[datetime, str]]:
     if job.started_at is not None:
         starts.setdefault(job.attempts, job.started_at)
     events += [(at, f"attempt {attempt} started") for attempt, at in starts.items()]
+    if job.cancel_requested_at is not None:
+        events.append((job.cancel_requested_at, "cancel requested while it ran"))
     if job.finished_at is not None:
         events.append((job.finished_at, job.state.value))
     return sorted(events, key=lambda event: event[0])
@@ -267,6 +278,32 @@ def _moment(value: Any) -> datetime | None:
         return datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         return None
+
+
+def progress_fraction(progress: float | dict[str, Any] | None) -> float | None:
+    """How full a progress bar is: a number as it is, an object by its numeric `done` and
+    `total` (the convention the README gives), else no bar."""
+    if isinstance(progress, dict):
+        done, total = _number(progress.get("done")), _number(progress.get("total"))
+        if done is None or total is None or total <= 0:
+            return None
+        return min(1.0, max(0.0, done / total))
+    return progress
+
+
+def _number(value: Any) -> float | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: no bar
+        return None
+
+
+def _progress_text(progress: float | dict[str, Any] | None) -> str:
+    if isinstance(progress, dict):
+        return json.dumps(progress, ensure_ascii=False)
+    return "—" if progress is None else f"{progress:.0%}"
 
 
 def _age(seconds: float | None) -> str:

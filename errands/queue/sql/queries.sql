@@ -119,20 +119,25 @@ select * from errands_jobs where id = any(%(ids)s);
 --
 -- The answer is one row per claimed job (at least one row: a claim of nothing
 -- comes back as nulls), each carrying the ids actually completed (the others'
--- leases were lost).
+-- leases were lost) and, among them, those a cancel request turned cancelled.
 with completed as (
     update errands_jobs as job
     set state = 'completed',
         result = done.result,
+        -- Running jobs (issue 24): the last progress reported, when not stored yet.
+        progress = coalesce(done.progress, job.progress),
         finished_at = now(),
         updated_at = now(),
         lease_owner = null,
         lease_expires_at = null
-    from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[])
-        as done(id, attempts, result)
+    from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[],
+                %(progress)s::jsonb[])
+        as done(id, attempts, result, progress)
     where job.id = done.id and job.attempts = done.attempts
       and job.lease_owner = %(owner)s and job.state = 'in_progress'
-    returning job.id
+    -- Running jobs (issue 24): state is `cancelled` when a cancel was requested while the
+    -- attempt ran (the trigger errands_jobs_cancel_ended_attempt decides).
+    returning job.id, job.state
 ),
 candidate as (
     select candidate.id, candidate.priority, candidate.run_at,
@@ -165,29 +170,60 @@ claimed as (
         lease_owner = %(owner)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         started_at = now(),
-        updated_at = now()
+        updated_at = now(),
+        progress = null  -- running jobs (issue 24): each attempt reports its own
     from claimable
     where job.id = claimable.id
     returning job.*
 )
-select (select coalesce(array_agg(id), '{}') from completed) as completed_ids, claimed.*
+select (select coalesce(array_agg(id), '{}') from completed) as completed_ids,
+       (select coalesce(array_agg(id), '{}') from completed where state = 'cancelled')
+           as cancelled_ids,
+       claimed.*
 from (values (1)) as answer (one)
 left join claimed on true;
 
 -- name: heartbeat
--- Renew every lease the owner believes it holds; the ids that come back are the
--- ones it still holds.
-update errands_jobs as job
-set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-from unnest(%(ids)s::bigint[], %(attempts)s::int[]) as held(id, attempts)
-where job.id = held.id and job.attempts = held.attempts
-  and job.lease_owner = %(owner)s and job.state = 'in_progress'
-returning job.id;
+-- Renew every lease the owner believes it holds, storing the progress its tasks
+-- reported since (null: nothing new). One row per attempt still held: whether its lease
+-- was renewed, and whether a cancel of it was requested; attempts in no row were lost.
+-- A row another transaction has locked is skipped, never waited for: it comes back held
+-- but not renewed. An application's transaction holding the completion complete_in
+-- wrote locks the row until it ends, and the renewal of every other job must not wait
+-- for it.
+with held as materialized (
+    select job.id, held.attempts, held.progress,
+           job.cancel_requested_at is not null as cancel_requested
+    from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(progress)s::jsonb[])
+        as held(id, attempts, progress)
+    join errands_jobs as job on job.id = held.id and job.attempts = held.attempts
+    where job.lease_owner = %(owner)s and job.state = 'in_progress'
+),
+unlocked as (
+    -- Fenced again on the row as it is now: a lock re-reads a row changed meanwhile.
+    select job.id from errands_jobs as job
+    join held on held.id = job.id
+    where job.attempts = held.attempts and job.lease_owner = %(owner)s
+      and job.state = 'in_progress'
+    for no key update of job skip locked
+),
+renewed as (
+    update errands_jobs as job
+    set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        progress = coalesce(held.progress, job.progress)
+    from unlocked join held on held.id = unlocked.id
+    where job.id = unlocked.id
+    returning job.id
+)
+select held.id, held.cancel_requested, renewed.id is not null as renewed
+from held left join renewed on renewed.id = held.id;
 
 -- name: fail
 -- Record a failed attempt: retried after `retry_in` seconds while budget is
 -- left, dead once it is spent, or at once when the failure is `permanent`
--- (errands.Fail, or an exception the task does not retry).
+-- (errands.Fail, or an exception the task does not retry). Running jobs (issue 24):
+-- cancelled instead when a cancel was requested while it ran (the trigger
+-- errands_jobs_cancel_ended_attempt), which the returned state says.
 update errands_jobs as job
 set state = (case when %(permanent)s or job.attempts >= job.max_attempts then 'dead'
                   else 'failed' end)::errands_job_state,
@@ -222,7 +258,8 @@ set state = 'pending',
     lease_expires_at = null
 where job.id = %(id)s and job.attempts = %(attempts)s
   and job.lease_owner = %(owner)s and job.state = 'in_progress'
-returning job.id;
+-- Running jobs (issue 24): `cancelled` when a cancel was requested while it ran.
+returning job.state::text;
 
 -- name: recover
 -- Return lost jobs to pending (dead when their budget is spent): those of one
@@ -233,8 +270,28 @@ returning job.id;
 -- lock ends with the statement, so a reaper whose network dies mid-way cannot
 -- hold it, idle in a transaction, while every other host waits. One row per
 -- recovered job, or one row of nulls but `alone`.
+-- Running jobs (issue 24): a job a cancel was requested for ends cancelled instead (the
+-- trigger errands_jobs_cancel_ended_attempt). The reaper skips rows locked elsewhere: an
+-- application's transaction holding the completion complete_in wrote keeps its row
+-- locked until it ends, and must not stall every host's reaping meanwhile (the next run
+-- looks again). A release waits for such a lock instead: the exited worker's connections
+-- closed with it, so its transactions are ending, and the job is released at once.
 with reaper as materialized (
     select %(lock)s::bigint is null or pg_try_advisory_xact_lock(%(lock)s) as alone
+), lost as (
+    select id from (
+        select job.id from errands_jobs as job
+        where %(owner)s::text is not null
+          and job.state = 'in_progress' and job.lease_owner = %(owner)s
+        for no key update
+    ) as released
+    union all
+    select id from (
+        select job.id from errands_jobs as job
+        where %(owner)s::text is null and (select alone from reaper)
+          and job.state = 'in_progress' and job.lease_expires_at < now()
+        for no key update skip locked
+    ) as reaped
 ), recovered as (
     update errands_jobs as job
     set state = (case when job.attempts >= job.max_attempts then 'dead' else 'pending' end)::errands_job_state,
@@ -246,10 +303,10 @@ with reaper as materialized (
         updated_at = now(),
         lease_owner = null,
         lease_expires_at = null
-    where job.state = 'in_progress'
-      and case when %(owner)s::text is null then job.lease_expires_at < now()
-               else job.lease_owner = %(owner)s end
-      and (select alone from reaper)
+    from lost
+    -- Locked above, each row re-read as it is now (a renewal that committed meanwhile
+    -- took it out of reach): nothing changes it between that check and this write.
+    where job.id = lost.id
     returning job.id, job.queue, job.task, job.state::text, job.attempts
 )
 select reaper.alone, recovered.*,
@@ -263,7 +320,8 @@ from reaper left join recovered on true;
 with retried as (
     update errands_jobs
     set state = 'pending', max_attempts = attempts + attempt_budget, run_at = now(),
-        finished_at = null, updated_at = now()
+        finished_at = null, updated_at = now(),
+        cancel_requested_at = null  -- running jobs (issue 24): a fresh start
     where id = %(id)s and state in ('dead', 'cancelled')
     returning *
 )
@@ -271,10 +329,27 @@ select retried.*, pg_notify('errands_jobs', retried.queue)::text as notified
 from retried;
 
 -- name: cancel
-update errands_jobs
-set state = 'cancelled', finished_at = now(), updated_at = now()
-where id = %(id)s and state in ('pending', 'failed')
-returning *;
+-- A job that has not started is cancelled at once. A running one is asked to stop:
+-- the request is recorded (the first one's time is kept) and its worker told on the
+-- channel errands_cancel (payload: the lease owner), or by its next heartbeat when it
+-- cannot listen; the job stays in_progress until the statement that ends its attempt
+-- records it cancelled (the trigger errands_jobs_cancel_ended_attempt). A completion
+-- committed first wins: the job is completed, and this statement matches nothing.
+with stopped as (
+    update errands_jobs
+    set state = 'cancelled', finished_at = now(), updated_at = now()
+    where id = %(id)s and state in ('pending', 'failed')
+    returning *
+),
+requested as (
+    update errands_jobs
+    set cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
+    where id = %(id)s and state = 'in_progress'
+    returning *
+)
+select stopped.*, null as notified from stopped
+union all
+select requested.*, pg_notify('errands_cancel', requested.lease_owner)::text from requested;
 
 -- name: get
 select * from errands_jobs where id = %(id)s;
@@ -445,7 +520,8 @@ with chosen as (
 retried as (
     update errands_jobs as job
     set state = 'pending', max_attempts = job.attempts + job.attempt_budget, run_at = now(),
-        finished_at = null, updated_at = now()
+        finished_at = null, updated_at = now(),
+        cancel_requested_at = null  -- running jobs (issue 24): a fresh start
     from chosen
     where job.id = chosen.id
     returning job.queue
@@ -474,6 +550,95 @@ cancelled as (
     returning job.id
 )
 select count(*) as jobs from cancelled;
+
+-- name: bulk_cancel_running
+-- One batch of a bulk cancel's running jobs, as `cancel` asks one to stop: the request
+-- recorded on up to `batch` of them (those asked already are left as they are), each
+-- worker holding some told once.
+with chosen as (
+    select id from errands_jobs
+    where state = 'in_progress' and cancel_requested_at is null
+      and (%(queue)s::text is null or queue = %(queue)s)
+      and (%(task)s::text is null or task = %(task)s)
+    order by id
+    limit %(batch)s
+    for update skip locked
+),
+requested as (
+    update errands_jobs as job
+    set cancel_requested_at = now(), updated_at = now()
+    from chosen
+    where job.id = chosen.id
+    returning job.lease_owner
+),
+notified as (
+    select pg_notify('errands_cancel', owner)
+    from (select distinct lease_owner as owner from requested) as owners
+)
+select (select count(*) from requested) as jobs, (select count(*) from notified) as workers;
+
+-- name: count_running_to_cancel
+-- Running jobs a bulk cancel would ask to stop, counted up to `cap`.
+select count(*) from (
+    select 1 from errands_jobs
+    where state = 'in_progress' and cancel_requested_at is null
+      and (%(queue)s::text is null or queue = %(queue)s)
+      and (%(task)s::text is null or task = %(task)s)
+    limit %(cap)s
+) as matching;
+
+-- name: complete_in
+-- Complete a running job inside the application's own transaction
+-- (current_job().complete_in): fenced like every write of an attempt, and refused once
+-- a cancel was requested (errands.Cancelled is raised, so that the application's writes
+-- roll back with it). The completion holds the job's row lock until that transaction
+-- ends. One row: whether the attempt still held the job and had a cancel requested
+-- (null: it holds it no more), whether it was completed, and the transaction's id,
+-- whose fate (pg_xact_status) the worker reads once the task has ended.
+with attempt as (
+    select id, cancel_requested_at is not null as cancel_requested
+    from errands_jobs
+    where id = %(id)s and attempts = %(attempts)s
+      and lease_owner = %(owner)s and state = 'in_progress'
+    for no key update
+),
+completed as (
+    update errands_jobs as job
+    set state = 'completed',
+        result = %(result)s::jsonb,
+        progress = coalesce(%(progress)s::jsonb, job.progress),
+        finished_at = now(),
+        updated_at = now(),
+        lease_owner = null,
+        lease_expires_at = null
+    from attempt
+    where job.id = attempt.id and not attempt.cancel_requested
+    returning job.id
+)
+select (select cancel_requested from attempt) as cancel_requested,
+       exists (select from completed) as completed,
+       pg_current_xact_id()::text as xact;
+
+-- name: completion_fates
+-- What became of the completions written in applications' transactions (complete_in)
+-- by attempts whose tasks have ended: each transaction's fate (committed, aborted,
+-- `in progress`; null when too old to tell), and whether the job is still in progress
+-- under that attempt, as this statement sees it (a completion rolled back to a
+-- savepoint leaves it running in a committed transaction).
+select held.id, pg_xact_status(held.xact::xid8)::text as fate, job.id is not null as running
+from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(xacts)s::text[]) as held(id, attempts, xact)
+left join errands_jobs as job
+    on job.id = held.id and job.attempts = held.attempts
+   and job.lease_owner = %(owner)s and job.state = 'in_progress';
+
+-- name: cancel_requests
+-- Which of the attempts a worker holds have been asked to cancel: on a notification on
+-- errands_cancel naming it, and every poll interval when it cannot listen.
+select job.id
+from unnest(%(ids)s::bigint[], %(attempts)s::int[]) as held(id, attempts)
+join errands_jobs as job on job.id = held.id and job.attempts = held.attempts
+where job.lease_owner = %(owner)s and job.state = 'in_progress'
+  and job.cancel_requested_at is not null;
 
 -- name: find_by_key
 select * from errands_jobs where idempotency_key = %(key)s;
