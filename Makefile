@@ -33,8 +33,11 @@ lint: $(DEV)
 # The tests include the documentation: its strict build (tests/test_docs_site.py), every
 # example of the README and docs/ (tests/test_docs_examples.py), and the wheel installed into
 # a fresh virtual environment (tests/test_wheel.py).
+# Three test processes on two cores: most tests wait on daemons, PostgreSQL and the
+# network rather than compute. A file's tests stay together (--dist loadfile), so a
+# module's daemon or browser is started once. Each process starts its own PostgreSQL.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile
 
 # The documentation site on http://127.0.0.1:8000, rebuilt as its pages change.
 docs: $(DEV)
