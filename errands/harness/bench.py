@@ -47,6 +47,8 @@ from errands.harness.process import (
 from errands.harness.waiting import answers, drained, wait_for
 from errands.queue.presence import live_workers
 from errands.queue.queries import query
+from errands.queue.requests import JobRequest
+from errands.queue.submit import enqueue_params
 from errands.schema.migrator import migrate
 
 NOOP = "bench.noop"
@@ -274,15 +276,7 @@ class Bench:
         the one-job statement alone on one connection (no validation, no `Job`), and
         COPY straight into the jobs table (no staging, no ids back)."""
         single, batch = self.sizes.enqueue_single, 1000
-        params = {
-            "task": NOOP,
-            "queue": "default",
-            "payload": "{}",
-            "priority": 0,
-            "run_at": None,
-            "max_attempts": 5,
-            "idempotency_key": None,
-        }
+        params = enqueue_params(JobRequest(task=NOOP, max_attempts=5))
         copy_jobs = (
             "copy errands_jobs (task, queue, payload, max_attempts, attempt_budget) from stdin"
         )

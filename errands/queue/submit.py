@@ -46,17 +46,7 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
 def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
     """`enqueue`, as steps (errands/queue/steps.py)."""
     with tracing.sending([request.queue]) as sending:
-        params = {
-            "task": request.task,
-            "queue": request.queue,
-            "payload": request.payload_json,
-            "priority": request.priority,
-            "run_at": request.run_at,
-            "delay": request.delay,
-            "max_attempts": request.max_attempts,
-            "idempotency_key": request.idempotency_key,
-            "trace_context": sending.trace_context if sending else None,
-        }
+        params = enqueue_params(request, sending.trace_context if sending else None)
         for _ in range(_KEY_RACE_TRIES):
             rows = yield Execute(query("enqueue"), params, dicts=True)
             if not rows:
@@ -70,6 +60,21 @@ def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
                     hooks.enqueued([answer.job])
                 return answer
     raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
+
+
+def enqueue_params(request: JobRequest, trace_context: str | None = None) -> dict[str, Any]:
+    """The enqueue statement's parameters for one request (the bench's floor sends them too)."""
+    return {
+        "task": request.task,
+        "queue": request.queue,
+        "payload": request.payload_json,
+        "priority": request.priority,
+        "run_at": request.run_at,
+        "delay": request.delay,
+        "max_attempts": request.max_attempts,
+        "idempotency_key": request.idempotency_key,
+        "trace_context": trace_context,
+    }
 
 
 def enqueue_many(
