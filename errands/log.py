@@ -27,8 +27,9 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from errands.errors import scrub
 
 # Chatter of libraries at info: uvicorn's start and stop (errands says where it listens),
-# pgserver's every initdb and pg_ctl command line (errands says which database it uses).
-QUIET_LOGGERS = {"uvicorn": logging.WARNING, "pgserver": logging.WARNING}
+# pgserver's every initdb and pg_ctl command line (errands says which database it uses),
+# httpx's every request (the bench's and chaos harness's health checks).
+QUIET_LOGGERS = {"uvicorn": logging.WARNING, "pgserver": logging.WARNING, "httpx": logging.WARNING}
 
 logging.getLogger("errands").addHandler(logging.NullHandler())
 
