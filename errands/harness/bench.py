@@ -35,7 +35,7 @@ from psycopg.conninfo import make_conninfo
 from errands.client import Client
 from errands.database import open_connection
 from errands.errors import ConfigurationError
-from errands.harness import bench_ui, pgbench
+from errands.harness import bench_ui, pgbench, server
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import (
     DaemonProcess,
@@ -147,6 +147,7 @@ class Bench:
         self.report = report
         self.figures: list[Figure] = []
         self.pgbench_tps: dict[str, float] = {}
+        self.server: dict[str, Any] = {}
         self.logs = Path(tempfile.mkdtemp(prefix="errands-bench-"))
 
     # -- running ---------------------------------------------------------------------------
@@ -154,6 +155,9 @@ class Bench:
     def run(self, only: set[str] | None = None) -> list[Figure]:
         with self._fresh_database() as url:
             self.url = url
+            self.server = server.describe(url)
+            for line in server.summary(self.server):
+                self.report(line)
             chosen = [
                 w
                 for w in WORKLOADS
@@ -986,8 +990,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def as_json(figures: list[Figure], postgres_version: str) -> dict[str, Any]:
-    return {**environment(), "postgres": postgres_version, "figures": [asdict(f) for f in figures]}
+def as_json(figures: list[Figure], postgres: dict[str, Any]) -> dict[str, Any]:
+    """The run for the record: the machine, the server as `server.describe` saw it, the figures."""
+    return {**environment(), "postgres": postgres, "figures": [asdict(f) for f in figures]}
 
 
 def table(figures: list[Figure]) -> str:
