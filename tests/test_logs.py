@@ -177,6 +177,25 @@ def test_a_commands_output_leaves_out_the_request_lines_of_its_http_client() -> 
     assert events == ["kept: a warning", "kept: errands' own line"]
 
 
+def test_a_json_line_writes_what_json_lacks_as_its_repr_and_the_rest_as_json_dumps_does() -> None:
+    result = python(
+        """
+        import datetime
+        from errands.log import configure_logging, get_logger
+        configure_logging("json", "INFO")
+        for _ in range(2):  # the second line reuses the first one's encoder
+            get_logger("errands.test").info("job completed", job_id=7, on=datetime.date(2026, 1, 2),
+                                            tags={"a"}, text="é\u2028")
+        """,
+        dict(os.environ),
+    )
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith('{"job_id": 7, "on": "datetime.date(2026, 1, 2)", ')
+        assert '"tags": "{\'a\'}", "text": "\\u00e9\\u2028", "event": "job completed"' in line
+
+
 def test_the_json_log_of_the_api_carries_uvicorns_own_lines_as_json(db_url: str) -> None:
     port = free_port()
     env = {
