@@ -809,9 +809,7 @@ def bench(
     figures = runner.run(set(_split(only)) if only else None)
     click.echo(table(figures))
     if json_path:
-        with psycopg.connect(url) as conn:
-            version = str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
-        Path(json_path).write_text(json.dumps(as_json(figures, version), indent=2) + "\n")
+        Path(json_path).write_text(json.dumps(as_json(figures, runner.server), indent=2) + "\n")
 
 
 @cli.command()
