@@ -40,6 +40,18 @@ def test_enqueue_keeps_every_field_given(client: Client) -> None:
     assert (job.queue, job.priority, job.run_at, job.max_attempts) == ("reports", 7, run_at, 2)
 
 
+def test_enqueue_returns_the_job_as_stored(client: Client) -> None:
+    # The statement sends back only what the request cannot say (errands_enqueue).
+    jobs = [
+        client.enqueue("t", {"b": 2, "a": [1.5, None], "n": 1e23}, priority=3, delay=2.5),
+        client.enqueue("t", run_at=datetime(2030, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))),
+        client.enqueue("t", queue="q", max_attempts=2, idempotency_key="k"),
+    ]
+    # As the database gives them back, down to each timestamp's offset and the payload's order.
+    assert [job.to_dict() for job in jobs] == [client.get(job.id).to_dict() for job in jobs]
+    assert list(jobs[0].payload) == list(client.get(jobs[0].id).payload) == ["a", "b", "n"]
+
+
 def test_delay_schedules_the_job_in_the_future(client: Client) -> None:
     job = client.enqueue("report", delay=timedelta(minutes=5))
     assert job.run_at - job.created_at >= timedelta(minutes=4)

@@ -46,14 +46,20 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
 def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
     """`enqueue`, as steps (errands/queue/steps.py)."""
     with tracing.sending([request.queue]) as sending:
-        params = enqueue_params(request, sending.trace_context if sending else None)
+        trace_context = sending.trace_context if sending else None
+        params = enqueue_params(request, trace_context)
         for _ in range(_KEY_RACE_TRIES):
-            rows = yield Execute(query("enqueue"), params, dicts=True)
-            if not rows:
+            rows = yield Execute(query("enqueue"), params)
+            answer: Enqueued | None
+            if rows:
+                job_id, run_at, now, payload = rows[0]
+                job = _new_job(request, job_id, payload, run_at, now, trace_context)
+                answer = Enqueued(job, created=True)
+            else:
                 # Planned afresh, as every lookup of keys is (see above).
                 rows = yield Execute(query("enqueue_replay"), params, dicts=True, prepare=False)
-            if rows:
-                answer = _answer(request, rows[0])
+                answer = _answer(request, rows[0]) if rows else None
+            if answer is not None:
                 if sending:
                     sending.sent([answer.job], created=answer.created)
                 if answer.created:
@@ -208,13 +214,13 @@ def _match(
         key = request.idempotency_key
         if key is None:
             answers.append(
-                Enqueued(_new_job(request, next(fresh), now, trace_context), created=True)
+                Enqueued(_new_row_job(request, next(fresh), now, trace_context), created=True)
             )
         elif key not in by_key:
             raise _KeyRace
         elif key not in first_with_key:
             row = by_key[key]
-            job = _new_job(request, row, now, trace_context) if row.created else jobs[row.id]
+            job = _new_row_job(request, row, now, trace_context) if row.created else jobs[row.id]
             if not row.same_request:
                 raise IdempotencyConflict(key, job.id)
             first_with_key[key] = job
@@ -236,35 +242,56 @@ def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
     return jobs
 
 
-def _new_job(request: JobRequest, row: _Stored, now: datetime, trace_context: str | None) -> Job:
-    """A job just inserted, as the database stores it: the request, its row, and the time."""
+def _new_row_job(
+    request: JobRequest, row: _Stored, now: datetime, trace_context: str | None
+) -> Job:
+    """A job of a batch just inserted: its row, and when the batch was stored."""
+    return _new_job(request, row.id, row.payload, request.due(now), now, trace_context)
+
+
+def _new_job(
+    request: JobRequest,
+    job_id: int,
+    payload: dict[str, Any] | None,
+    run_at: datetime,
+    now: datetime,
+    trace_context: str | None,
+) -> Job:
+    """A job just inserted, as the database stores it: the request, and what the database
+    said of it (its id, its payload as stored, when it is due, when it was stored)."""
     return Job.from_fields(
         {
-            "id": row.id,
+            **_NEW_JOB,
+            "id": job_id,
             "queue": request.queue,
             "task": request.task,
-            "payload": row.payload,
-            "state": JobState.PENDING,
+            "payload": payload,
             "priority": request.priority,
             # In the session's time zone, as every timestamp read from the database.
-            "run_at": request.due(now),
-            "attempts": 0,
+            "run_at": run_at,
             "max_attempts": request.max_attempts,
             "idempotency_key": request.idempotency_key,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error": None,
             "errors": [],
-            "result": None,
             "created_at": now,
-            "started_at": None,
-            "finished_at": None,
             "updated_at": now,
             "trace_context": None if trace_context is None else json.loads(trace_context),
-            "cancel_requested_at": None,  # running jobs (issue 24)
-            "progress": None,
         }
     )
+
+
+# What every new job holds, whatever its request.
+_NEW_JOB: dict[str, Any] = {
+    "state": JobState.PENDING,
+    "attempts": 0,
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "last_error": None,
+    "result": None,
+    "started_at": None,
+    "finished_at": None,
+    "cancel_requested_at": None,  # running jobs (issue 24)
+    "progress": None,
+}
 
 
 def _answer(request: JobRequest, row: dict[str, Any]) -> Enqueued:
