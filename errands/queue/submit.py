@@ -91,10 +91,12 @@ def enqueue_many(
     A key repeated inside the batch must come with the same request (later copies
     replay the first); otherwise IdempotencyConflict names both copies (`field_prefix`
     formatted with their index) before the database sees anything. The batch
-    travels by COPY into a staging table and moves into the jobs table in one
-    statement: COPY sends rows without parsing or planning a parameter per value.
-    Only its id and stored payload come back for a new job: the rest is the request
-    and the transaction's time, which every new job of the batch is stamped with.
+    travels by COPY, which sends rows without parsing or planning a parameter per
+    value: without idempotency keys straight into the jobs table, with ids drawn
+    beforehand; with keys into a staging table, and into the jobs table in one
+    statement, which returns each new job's id and stored payload. The rest of a
+    new job is the request and the transaction's time, which every new job of the
+    batch is stamped with.
     """
     return run(conn, enqueue_many_steps(requests, field_prefix))
 
@@ -126,11 +128,45 @@ def enqueue_many_steps(
 def _store_batch(
     requests: Sequence[JobRequest], trace_context: str | None
 ) -> Operation[list[Enqueued]]:
+    if all(request.idempotency_key is None for request in requests):
+        return (yield from _copy_batch(requests, trace_context))
     now = yield from _stage(requests, trace_context)
     rows = yield Execute(query("enqueue_staged"), prepare=False)  # past the key locks, to the rows
     stored = [_Stored._make(row) for row in rows]
     jobs = yield from _stored_jobs([row.id for row in stored if not row.created])
     return _match(requests, stored, jobs, now, trace_context)
+
+
+def _copy_batch(
+    requests: Sequence[JobRequest], trace_context: str | None
+) -> Operation[list[Enqueued]]:
+    """A batch with no key to look up: COPY into the jobs table, with ids drawn first."""
+    rows = yield Execute(query("draw_job_ids"), {"count": len(requests)})
+    now, ids = rows[0]
+    due = [request.due(now) for request in requests]
+    copied = [
+        (
+            job_id,
+            r.task,
+            r.queue,
+            r.payload_json,
+            r.priority,
+            run_at,
+            r.max_attempts,
+            r.max_attempts,
+            trace_context,
+        )
+        for job_id, r, run_at in zip(ids, requests, due, strict=True)
+    ]
+    yield Copy(query("copy_jobs"), _JOB_TYPES, copied)
+    return [
+        Enqueued(_new_job(r, job_id, r.stored_payload, run_at, now, trace_context), created=True)
+        for job_id, r, run_at in zip(ids, requests, due, strict=True)
+    ]
+
+
+# The types COPY sends copy_jobs's columns as (the payload as JSON text).
+_JOB_TYPES = ["int8", "text", "text", "text", "int4", "timestamptz", "int4", "int4", "text"]
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:

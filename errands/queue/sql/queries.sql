@@ -96,6 +96,17 @@ where job.idempotency_key in (
 -- name: jobs_by_id
 select * from errands_jobs where id = any(%(ids)s);
 
+-- name: draw_job_ids
+-- The ids of a batch COPYied straight into the jobs table (copy_jobs), in
+-- ascending order, and the transaction's time, which its jobs get as created_at
+-- and updated_at (and as run_at when they name none).
+select now(), array(select nextval('errands_jobs_id_seq') from generate_series(1, %(count)s));
+
+-- name: copy_jobs
+copy errands_jobs
+    (id, task, queue, payload, priority, run_at, max_attempts, attempt_budget, trace_context)
+from stdin;
+
 -- name: complete_and_claim
 -- Store the results of finished jobs, then take claimable jobs of the given
 -- queues, best first: one statement, so one round trip and one commit for both
