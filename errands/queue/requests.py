@@ -363,11 +363,11 @@ class JobRequest(BaseModel):
         seconds after it (never a host's clock, which may be off), or at once."""
         if self.run_at is not None:
             return self.run_at.astimezone(now.tzinfo)
-        return now + timedelta(seconds=self.delay or 0)
+        return now + timedelta(seconds=self.delay) if self.delay else now
 
     @cached_property
     def payload_json(self) -> str:
-        return _PAYLOAD_ENCODER.encode(self.payload)
+        return _PAYLOAD_ENCODER.encode(self.payload) if self.payload else "{}"
 
     @property
     def stored_payload(self) -> dict[str, Any]:
