@@ -118,9 +118,9 @@ def test_the_client_works_through_pgbouncer_whatever_server_connection_it_gets(
 def test_jobs_enqueued_one_by_one_on_changing_server_connections_come_back_as_stored(
     either_pooled_client: Client, bouncer_url: str
 ) -> None:
-    # errands_enqueue keeps its INSERT's plan per server connection: each one plans it
-    # on first use and replans after five calls (PL/pgSQL's generic plan), whichever
-    # client the pooler lends it to.
+    # errands_enqueue's INSERT is planned by PL/pgSQL and cached per server connection
+    # (custom plans for the first five calls, then a generic one), whichever client the
+    # pooler lends that connection to: more than five calls on each of two of them.
     client = either_pooled_client
     jobs = [client.enqueue("record", {"n": n}) for n in range(7)]
     with take_the_last_server_connection(bouncer_url):
