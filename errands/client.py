@@ -128,6 +128,8 @@ class Client:
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        on_conflict: str = "keep",
         conn: psycopg.Connection[Any] | None = None,
     ) -> Job:
         """Submit one job. With `conn`, inside the caller's transaction: a rollback leaves no job.
@@ -135,7 +137,10 @@ class Client:
         `queue` and `max_attempts` default to those of the task when it is
         registered in this process, else to `default` and 5. With an
         idempotency key already stored, the stored job is returned (or
-        `IdempotencyConflict` raised if it was submitted differently).
+        `IdempotencyConflict` raised if it was submitted differently). With a
+        unique key that a pending, failed or running job holds, that job is
+        returned; with `on_conflict="replace"`, a still pending one of the same
+        task takes this payload and run_at first (a debounce).
         """
         spec = {
             "task": task,
@@ -146,6 +151,8 @@ class Client:
             "delay": delay,
             "max_attempts": max_attempts,
             "idempotency_key": idempotency_key,
+            "unique_key": unique_key,
+            "on_conflict": on_conflict,
         }
         request = parse_request(spec, defaults=task_defaults)
         if _Process.recorder is not None:
@@ -159,7 +166,8 @@ class Client:
         """Submit many jobs in one transaction (sent by COPY): all or none.
 
         Each spec is a dict with the fields of the HTTP body (`task`, `payload`,
-        `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`).
+        `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`,
+        `unique_key`, `on_conflict`).
         """
         if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Iterable):
             raise InvalidJob([FieldError("specs", "must be a list of job specs (dicts)")])

@@ -383,11 +383,9 @@ def test_the_api_reaches_a_queue_named_dots_percent_encoded(api: httpx.Client) -
     port = api.base_url.port
     assert port is not None
     answer = exchange(port, request("POST", "/queues/%2E%2E/pause"))
-    assert answer.status == 200 and answer.json() == {
-        "name": "..",
-        "paused": True,
-        "counts": {state.value: 0 for state in JobState},
-    }
+    assert answer.status == 200 and answer.json()["name"] == ".."
+    assert answer.json()["paused"] is True
+    assert answer.json()["counts"] == {state.value: 0 for state in JobState}
 
 
 def test_the_api_still_wants_its_bearer_token(serve_api: ServeApi) -> None:

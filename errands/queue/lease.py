@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import dict_row
@@ -68,6 +68,16 @@ class Recovered:
     attempts: int
 
 
+class Claimed(NamedTuple):
+    """What one complete_and_claim statement did."""
+
+    completed: set[int]  # the ids actually completed (the others' leases were lost)
+    jobs: list[Job]  # claimed, best first
+    # When a claim may find jobs a limit holds back now: 0 at once (e.g. a key met for the
+    # first time got its counter), else a rate's next free start; None: when one frees a slot.
+    recheck_seconds: float | None
+
+
 def claim(
     conn: psycopg.Connection[Any],
     owner: str,
@@ -78,14 +88,14 @@ def claim(
 ) -> list[Job]:
     """Take due jobs from `queues` for `owner`, best first: up to `limit` for threads and
     up to `async_slots.free` of the `async def` tasks, so none is held without a slot."""
-    return complete_and_claim(conn, owner, (), queues, limit, lease_seconds, async_slots)[1]
+    return complete_and_claim(conn, owner, (), queues, limit, lease_seconds, async_slots).jobs
 
 
 def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completion]) -> set[int]:
     """Store the results of finished jobs; returns the ids actually completed."""
     if not done:
         return set()
-    return complete_and_claim(conn, owner, done, (), 0, 0)[0]
+    return complete_and_claim(conn, owner, done, (), 0, 0).completed
 
 
 def complete_and_claim(
@@ -96,12 +106,12 @@ def complete_and_claim(
     limit: int,
     lease_seconds: float,
     async_slots: AsyncSlots = NO_ASYNC_SLOTS,
-) -> tuple[set[int], list[Job]]:
+) -> Claimed:
     """Acknowledge finished jobs and claim the next ones in one statement.
 
     One statement is one round trip and one commit for both; each part is
-    fenced on its own. Returns the ids actually completed (the others' leases
-    were lost) and the jobs claimed, best first.
+    fenced on its own. Limits (README: Limits and unique jobs) hold jobs back
+    in the statement itself.
     """
     params = {
         "owner": owner,
@@ -118,7 +128,10 @@ def complete_and_claim(
         rows = cur.execute(query("complete_and_claim"), params).fetchall()
     claimed = [Job.from_row(row) for row in rows if row["id"] is not None]
     claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
-    return set(rows[0]["completed_ids"]), claimed
+    recheck = rows[0]["recheck_seconds"]
+    return Claimed(
+        set(rows[0]["completed_ids"]), claimed, None if recheck is None else float(recheck)
+    )
 
 
 def heartbeat(

@@ -1,4 +1,5 @@
-"""Putting jobs on the queue: one in one statement, or many by COPY, idempotently."""
+"""Putting jobs on the queue: one in one statement, or many by COPY, idempotently, and at most one
+live job per unique key."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ _KEY_RACE_TRIES = 5
 @dataclass(frozen=True)
 class Enqueued:
     job: Job
-    created: bool  # False: an idempotent replay of a stored job
+    created: bool  # False: an idempotent replay of a stored job, or the live job of a unique key
+    unique: bool = False  # the live job holding the request's unique key, returned instead
+    replaced: bool = False  # ... whose payload and run_at the request replaced (on_conflict)
 
 
 class _KeyRace(Exception):
@@ -37,7 +40,8 @@ class _KeyRace(Exception):
 
 
 def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
-    """Store one job, or return the stored job that holds the same idempotency key."""
+    """Store one job; or return the stored job holding the same idempotency key, or the live job
+    holding the same unique key (its payload and run_at replaced with on_conflict=replace)."""
     params = {
         "task": request.task,
         "queue": request.queue,
@@ -47,16 +51,34 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
         "delay": request.delay,
         "max_attempts": request.max_attempts,
         "idempotency_key": request.idempotency_key,
+        "unique_key": request.unique_key,
     }
     with conn.cursor(row_factory=dict_row) as cur:
         for _ in range(_KEY_RACE_TRIES):
             row = cur.execute(query("enqueue"), params).fetchone()
-            if row is None:
+            if row is not None:
+                return Enqueued(Job.from_row(row), created=True)
+            if request.idempotency_key is not None:
                 # Planned afresh, as every lookup of keys is (see above).
                 row = cur.execute(query("enqueue_replay"), params, prepare=False).fetchone()
-            if row is not None:
-                return _answer(request, row)
-    raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
+                if row is not None:
+                    return _answer(request, row)
+            if request.unique_key is not None and (answer := _live(cur, request, params)):
+                return answer
+    raise ErrandsError(
+        f"could not settle idempotency key {request.idempotency_key!r} "
+        f"or unique key {request.unique_key!r}"
+    )
+
+
+def _live(cur: psycopg.Cursor[Any], request: JobRequest, params: dict[str, Any]) -> Enqueued | None:
+    """The live job holding the request's unique key, replaced when asked; None: none holds it."""
+    if request.on_conflict == "replace":
+        row = cur.execute(query("enqueue_replace"), params, prepare=False).fetchone()
+        if row is not None:
+            return Enqueued(Job.from_row(row), created=False, unique=True, replaced=True)
+    row = cur.execute(query("enqueue_unique"), params, prepare=False).fetchone()
+    return None if row is None else Enqueued(Job.from_row(row), created=False, unique=True)
 
 
 def enqueue_many(
@@ -85,10 +107,11 @@ def enqueue_many(
                 while cur.nextset():  # past the key locks, to the rows
                     pass
                 rows = cur.fetchall()
-                return _match(conn, requests, [_Stored._make(row) for row in rows], now)
+                stored = [_Stored._make(row) for row in rows]
+                return _match(conn, requests, stored, _live_jobs(conn, requests), now)
         except _KeyRace:
             continue
-    raise ErrandsError("could not settle the idempotency keys of a batch")
+    raise ErrandsError("could not settle the idempotency or unique keys of a batch")
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
@@ -131,63 +154,126 @@ def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> datetime
                     r.due(now),
                     r.max_attempts,
                     r.idempotency_key,
+                    r.unique_key,
+                    r.on_conflict,
                 )
             )
     return now
 
 
 # The types COPY sends the staged columns as (the payload as JSON text).
-_STAGED_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "int4", "text"]
+_STAGED_TYPES = [
+    *("int4", "text", "text", "text", "int4", "timestamptz", "int4"),
+    *("text", "text", "text"),
+]
 
 
 class _Stored(NamedTuple):
-    """A row of `enqueue_staged`: a new job's id and payload, or the id of the stored job
-    a key names."""
+    """A row of `enqueue_staged`: a new job's id, keys and payload, or the id of the stored job
+    an idempotency key names."""
 
     created: bool
     same_request: bool
     id: int
     idempotency_key: str | None
+    unique_key: str | None
     payload: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Live:
+    """The live job holding a unique key once the batch is stored, and whether the batch
+    replaced its payload and run_at."""
+
+    job: Job
+    replaced: bool
+
+
+def _live_jobs(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) -> dict[str, _Live]:
+    """The live jobs holding the batch's unique keys, after its replace requests (read in the
+    batch's transaction)."""
+    keys = sorted({r.unique_key for r in requests if r.unique_key is not None})
+    if not keys:
+        return {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("staged_unique"), {"keys": keys}, prepare=False).fetchall()
+    return {row["unique_key"]: _Live(Job.from_row(row), row["replaced"]) for row in rows}
 
 
 def _match(
     conn: psycopg.Connection[Any],
     requests: Sequence[JobRequest],
     rows: list[_Stored],
+    live: dict[str, _Live],
     now: datetime,
 ) -> list[Enqueued]:
-    """Pair each request with its row: by key when it has one, else in insertion order."""
-    by_key: dict[str, _Stored] = {}
-    unkeyed: list[_Stored] = []
-    for row in rows:
-        if row.idempotency_key is None:
-            unkeyed.append(row)
-        else:
-            by_key[row.idempotency_key] = row
-    unkeyed.sort(key=lambda row: row.id)
-    fresh = iter(unkeyed)
-    jobs = _stored_jobs(conn, [row.id for row in rows if not row.created])
+    """Pair each request with its row: by idempotency key when it has one, else by unique key
+    (the first request naming a key created its job; the others get the live job), else in
+    insertion order."""
+    pairing = _Pairing(rows, live, _stored_jobs(conn, [r.id for r in rows if not r.created]), now)
+    return [pairing.answer(request) for request in requests]
 
-    answers = []
-    first_with_key: dict[str, Job] = {}
-    for request in requests:
-        key = request.idempotency_key
-        if key is None:
-            answers.append(Enqueued(_new_job(request, next(fresh), now), created=True))
-        elif key not in by_key:
-            raise _KeyRace
-        elif key not in first_with_key:
-            row = by_key[key]
-            job = _new_job(request, row, now) if row.created else jobs[row.id]
-            if not row.same_request:
-                raise IdempotencyConflict(key, job.id)
-            first_with_key[key] = job
-            answers.append(Enqueued(job, created=row.created))
-        else:
+
+class _Pairing:
+    """The rows of one stored batch, handed to its requests in submission order."""
+
+    def __init__(
+        self, rows: list[_Stored], live: dict[str, _Live], jobs: dict[int, Job], now: datetime
+    ) -> None:
+        self.by_key: dict[str, _Stored] = {}
+        self.by_unique: dict[str, _Stored] = {}
+        unkeyed: list[_Stored] = []
+        for row in rows:
+            if row.idempotency_key is not None:
+                self.by_key[row.idempotency_key] = row
+            elif row.unique_key is not None:
+                self.by_unique[row.unique_key] = row
+            else:
+                unkeyed.append(row)
+        self.fresh = iter(sorted(unkeyed, key=lambda row: row.id))
+        self.live = live
+        self.jobs = jobs  # stored before the batch, named by its idempotency keys
+        self.now = now
+        self.first_with_key: dict[str, Job] = {}
+
+    def answer(self, request: JobRequest) -> Enqueued:
+        if request.idempotency_key is not None:
+            return self._by_idempotency_key(request, request.idempotency_key)
+        if request.unique_key is not None:
+            row = self.by_unique.pop(request.unique_key, None)  # the first request naming it
+            if row is None:
+                return self._live(request)
+            return Enqueued(self._created(request, row), created=True)
+        return Enqueued(_new_job(request, next(self.fresh), self.now), created=True)
+
+    def _by_idempotency_key(self, request: JobRequest, key: str) -> Enqueued:
+        if key in self.first_with_key:
             # A key repeated inside one batch (the same request, checked before): a replay.
-            answers.append(Enqueued(first_with_key[key], created=False))
-    return answers
+            return Enqueued(self.first_with_key[key], created=False)
+        row = self.by_key.get(key)
+        if row is None:
+            if request.unique_key is None:
+                raise _KeyRace
+            return self._live(request)  # not stored: a live job holds its unique key
+        job = self._created(request, row) if row.created else self.jobs[row.id]
+        if not row.same_request:
+            raise IdempotencyConflict(key, job.id)
+        self.first_with_key[key] = job
+        return Enqueued(job, created=row.created)
+
+    def _created(self, request: JobRequest, row: _Stored) -> Job:
+        # Read again when the batch holds its unique key: a later request may have replaced it.
+        found = self.live.get(request.unique_key or "")
+        if found is not None and found.job.id == row.id:
+            return found.job
+        return _new_job(request, row, self.now)
+
+    def _live(self, request: JobRequest) -> Enqueued:
+        found = self.live.get(request.unique_key or "")
+        if found is None:
+            raise _KeyRace  # finished since the insert found it live: the key is free again
+        replaced = found.replaced and request.on_conflict == "replace"
+        return Enqueued(found.job, created=False, unique=True, replaced=replaced)
 
 
 def _stored_jobs(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Job]:
@@ -217,6 +303,7 @@ def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
             "attempts": 0,
             "max_attempts": request.max_attempts,
             "idempotency_key": request.idempotency_key,
+            "unique_key": request.unique_key,
             "lease_owner": None,
             "lease_expires_at": None,
             "last_error": None,

@@ -27,7 +27,6 @@ from errands.queue.jobs import Job, JobState
 from errands.queue.lease import (
     AsyncSlots,
     Completion,
-    claim,
     complete,
     complete_and_claim,
     fail,
@@ -83,6 +82,8 @@ class Acknowledgements:
         self._window = window
         self._clock = clock
         self._successes: list[tuple[Entry, Succeeded]] = []
+        # From the last claim: when a claim may find jobs a limit holds back now (lease.Claimed).
+        self.recheck_seconds: float | None = None
         self._failures: list[tuple[Entry, Failed | Rescheduled]] = []
         self._oldest = 0.0  # when the oldest unsent success finished
 
@@ -148,16 +149,17 @@ class Acknowledgements:
         done = [Completion(e.job.id, e.job.attempts, o.result_json) for e, o in sent]
         try:
             if self._mode == "immediate" and done:
-                completed = complete(conn, owner, done)
-                self._report(sent, completed)
-                sent = []
-                return claim(conn, owner, queues, limit, lease, slots) if claiming.wanted else []
-            completed, claimed = complete_and_claim(conn, owner, done, queues, limit, lease, slots)
+                self._report(sent, complete(conn, owner, done))
+                sent, done = [], []
+                if not claiming.wanted:
+                    return []
+            answer = complete_and_claim(conn, owner, done, queues, limit, lease, slots)
         except psycopg.OperationalError:
             self._successes = sent + self._successes  # fenced: safe to send again
             raise
-        self._report(sent, completed)
-        return claimed
+        self._report(sent, answer.completed)
+        self.recheck_seconds = answer.recheck_seconds
+        return answer.jobs
 
     def _report(self, sent: list[tuple[Entry, Succeeded]], completed: set[int]) -> None:
         """A log line per completed job, the counter moved once per queue and task."""

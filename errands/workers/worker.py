@@ -36,6 +36,7 @@ from errands.metrics import metrics
 from errands.queue.jobs import Job
 from errands.queue.lease import AsyncSlots
 from errands.queue.presence import announce
+from errands.queue.throttles import declare_task_limits
 from errands.registry import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
 from errands.workers.coroutines import EventLoopThread
@@ -59,6 +60,8 @@ ABANDON_SECONDS = 0.5
 CHANNEL = "errands_jobs"
 # The longest a freed thread slot waits for others to free before a claim fills it alone.
 CLAIM_GATHER_SECONDS = 0.002
+# The shortest sleep before a claim a limit sent back to recheck (see lease.Claimed).
+RECHECK_FLOOR_SECONDS = 0.001
 
 _log = get_logger("errands.worker")
 
@@ -282,6 +285,9 @@ class Worker:
                 if claimed:
                     continue  # there may be more work now: sleep only when a claim finds none
             ceiling = gathering or self.options.poll_seconds
+            recheck = self._acks.recheck_seconds
+            if refill and recheck is not None:  # a limit holds jobs back until then
+                ceiling = min(ceiling, max(recheck, RECHECK_FLOOR_SECONDS))
             self._wait(listen_too=refill, timeout=self._acks.seconds_until_due(ceiling))
 
     def _gathering_seconds(self, request: ClaimRequest) -> float:
@@ -420,8 +426,14 @@ class Worker:
         # Recorded before the first claim, so that a supervisor starting on this machine
         # can tell that this process is gone should it die holding jobs.
         announce(conn, self.options.worker_id, self._queues, self.options.concurrency)
-        if self.options.listen:
+        # Before the first claim, and again after a reconnection: what the code declares.
+        declare_task_limits(conn, {name: t.limits for name, t in registered_tasks().items()})
+        if self.options.listen:  # connected directly: statements are prepared
             conn.execute(f"listen {CHANNEL}")
+            # The claim is planned once, for good: its plan does not depend on the values
+            # given to it, and planning it anew each time (PostgreSQL's default for its
+            # prepared statements) would cost about 0.5 ms a claim (bench/RESULTS.md).
+            conn.execute("set plan_cache_mode = force_generic_plan")
 
     def _must_give_up(self) -> bool:
         # Stopping with nothing left to report: no reason to wait for the database.
