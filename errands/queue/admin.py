@@ -65,13 +65,23 @@ def cancel(conn: psycopg.Connection[Any], job_id: int) -> Job:
 
 
 def _manage(conn: psycopg.Connection[Any], action: str, job_id: int) -> Job:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(query(action), {"id": job_id}).fetchone()
+    try:
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(query(action), {"id": job_id}).fetchone()
+    except psycopg.errors.UniqueViolation:  # its unique key came live since the check
+        row = None
     if row:
         return Job.from_row(row)
     current = get(conn, job_id)
     if current is None:
         raise JobNotFound(job_id)
+    holder = (
+        current.unique_key
+        and conn.execute(query("live_holder"), {"key": current.unique_key, "id": job_id}).fetchone()
+    )
+    if holder:
+        reason = f"job {holder[0]}, {holder[1]}, holds its unique key {current.unique_key!r}"
+        raise InvalidState(job_id, action, current.state.value, reason)
     raise InvalidState(job_id, action, current.state.value)
 
 

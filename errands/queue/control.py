@@ -157,9 +157,13 @@ def bulk(conn: psycopg.Connection[Any], action: BulkAction, where: Filter) -> in
     done = 0
     for state in where.states(action):
         while True:
-            row = conn.execute(
-                query(f"bulk_{action}"), {**_params(where, state), "batch": BULK_BATCH}
-            ).fetchone()
+            try:
+                with conn.transaction():
+                    row = conn.execute(
+                        query(f"bulk_{action}"), {**_params(where, state), "batch": BULK_BATCH}
+                    ).fetchone()
+            except psycopg.errors.UniqueViolation:
+                continue  # a unique key came live since the batch looked: it looks again
             changed = int(row[0]) if row else 0
             done += changed
             if changed == 0:

@@ -384,11 +384,17 @@ from reaper left join recovered on true;
 -- name: retry
 -- A manual retry: a dead or cancelled job runs again with a fresh attempt
 -- budget; attempts keep counting (they fence writes) and its error history stays.
+-- Not while another job holding its unique key is live (the unique index would
+-- refuse it too, should one come live meanwhile).
 with retried as (
-    update errands_jobs
+    update errands_jobs as job
     set state = 'pending', max_attempts = attempts + attempt_budget, run_at = now(),
         finished_at = null, updated_at = now()
     where id = %(id)s and state in ('dead', 'cancelled')
+      and not exists (
+          select from errands_jobs as live
+          where live.unique_key = job.unique_key
+            and live.state in ('pending', 'failed', 'in_progress'))
     returning *
 )
 select retried.*, pg_notify('errands_jobs', retried.queue)::text as notified
@@ -556,12 +562,17 @@ select count(*) from (
 -- name: bulk_retry
 -- One batch of a bulk retry: the same change as `retry`, for up to `batch`
 -- jobs in one state (dead or cancelled) matching the filter; rows locked elsewhere are left
--- for a later batch. Returns how many were retried.
+-- for a later batch. Of jobs sharing a unique key, the newest, and none while another
+-- job holding it is live. Returns how many were retried.
 with chosen as (
-    select id from errands_jobs
+    select id, unique_key from errands_jobs as job
     where state = %(state)s::errands_job_state
       and (%(queue)s::text is null or queue = %(queue)s)
       and (%(task)s::text is null or task = %(task)s)
+      and not exists (
+          select from errands_jobs as live
+          where live.unique_key = job.unique_key
+            and live.state in ('pending', 'failed', 'in_progress'))
     order by id
     limit %(batch)s
     for update skip locked
@@ -570,8 +581,9 @@ retried as (
     update errands_jobs as job
     set state = 'pending', max_attempts = job.attempts + job.attempt_budget, run_at = now(),
         finished_at = null, updated_at = now()
-    from chosen
-    where job.id = chosen.id
+    from (select distinct on (coalesce(unique_key, id::text)) id from chosen
+          order by coalesce(unique_key, id::text), id desc) as single
+    where job.id = single.id
     returning job.queue
 ),
 notified as (
@@ -734,3 +746,8 @@ left join errands_limit_counters as c
     on (c.scope, c.name, c.kind, c.value) = (limits.scope, limits.name, limits.kind, limits.value)
 where job.id = %(id)s
 order by limits.scope desc, limits.kind;
+
+-- name: live_holder
+-- The live job holding a unique key, other than `id`.
+select id, state::text from errands_jobs
+where unique_key = %(key)s and id <> %(id)s and state in ('pending', 'failed', 'in_progress');

@@ -198,11 +198,14 @@ begin
         where grouped.limit_group is not null
     ),
     -- Each group's room by its counters as last committed (a guess: they are not locked
-    -- yet), when it was last served, and how long until a full rate frees a start.
+    -- yet) and the slots `freed`, when it was last served, and how long until a full rate
+    -- frees a start.
     unit as (
         select head.queue, head.limit_group, head.id, head.priority, head.run_at,
                min(case when counter.id is null then limits.amount
-                        when limits.kind = 'concurrency' then limits.amount - counter.running
+                        when limits.kind = 'concurrency'
+                        then limits.amount - counter.running
+                             + (select count(*) from unnest(freed) as slot where slot = counter.id)
                         else limits.amount - errands_starts_since(counter.started_at,
                             counter.started, now() - make_interval(secs => limits.per_seconds))
                    end) as room,
