@@ -235,7 +235,8 @@ class LimitedQueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def held_back_jobs_spent_no_attempt_for_it(self) -> None:
-        # A pending job's attempts are those its claims started: never one per claim that passed it by.
+        # A waiting job spent an attempt per claim that started it, none per claim that passed
+        # it by: each started attempt that ended without completing left an error entry.
         rows = self.conn.execute(
             "select count(*) from errands_jobs where state = 'pending'"
             " and attempts > jsonb_array_length(errors)"

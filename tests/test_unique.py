@@ -15,7 +15,7 @@ import pytest
 from errands import Client, InvalidState, JobState
 from errands.queue import control
 from errands.queue.control import Filter
-from errands.queue.lease import Held, claim, complete, Completion, fail
+from errands.queue.lease import Completion, Held, claim, complete, fail
 from errands.queue.requests import parse_request
 from errands.queue.submit import enqueue
 
