@@ -388,3 +388,47 @@ def test_the_first_claim_of_a_key_makes_its_counter_and_asks_for_another(
     first = claim(conn, "w1", ("default",), 5, LEASE)
     assert first == [] and ("sync", "concurrency", "new") in counters(conn)
     assert len(claim(conn, "w1", ("default",), 5, LEASE)) == 1
+
+
+def test_a_group_filed_under_limits_no_longer_in_force_is_filed_anew_by_a_claim(
+    conn: Conn, client: Client
+) -> None:
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1, concurrency_key="account")})
+    for region in ("eu", "eu", "us"):
+        client.enqueue("sync", {"account": "a", "region": region})
+    # The key argument changes without the jobs being filed anew (as if stored meanwhile).
+    conn.execute("update errands_limits set key = 'region' where name = 'sync'")
+    answer = complete_and_claim(conn, "w1", (), ("default",), 10, LEASE)
+    assert answer.jobs == [] and answer.recheck_seconds == 0.0
+    assert sorted(j.payload["region"] for j in claim_all(conn)) == ["eu", "us"]
+
+
+def test_a_freed_slot_that_jobs_wait_for_wakes_idle_workers_once(
+    db_url: str, conn: Conn, client: Client
+) -> None:
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
+    client.enqueue("sync")
+    client.enqueue("sync")
+    (job,) = claim_all(conn, "w1")
+    assert claim_all(conn, "w2") == []  # w2 found the limit full: it marks it waited for
+    with psycopg.connect(db_url, autocommit=True) as idle:
+        idle.execute("listen errands_jobs")
+        fail(conn, "w1", Held(job.id, job.attempts), "boom", None, retry_in=3600)
+        assert [n.channel for n in idle.notifies(timeout=2, stop_after=1)] == ["errands_jobs"]
+    waiting = conn.execute("select waiting from errands_limit_counters").fetchone()
+    assert waiting == (False,)  # woken once; the next claim that finds it full marks it again
+
+
+def test_a_worker_that_refills_the_slots_it_frees_wakes_nobody(
+    db_url: str, conn: Conn, client: Client
+) -> None:
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
+    for _ in range(3):
+        client.enqueue("sync")
+    (job,) = claim_all(conn, "w1")
+    claim_all(conn, "w2")
+    with psycopg.connect(db_url, autocommit=True) as idle:
+        idle.execute("listen errands_jobs")
+        answer = complete_and_claim(conn, "w1", done([job]), ("default",), 1, LEASE)
+        assert len(answer.jobs) == 1
+        assert list(idle.notifies(timeout=0.5, stop_after=1)) == []

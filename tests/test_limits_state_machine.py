@@ -7,6 +7,10 @@ operator setting and removing a queue limit. After every step: each counter hold
 the slots of the attempts in progress under it; no claim took a job past a limit that was
 full; the rate's starts stay within it; and a claim that found nothing left no job behind
 that a limit would have let start (nothing is stranded).
+
+The task limits never change here, so every job of those tasks in progress started under
+them and counts. The queue limit comes and goes: jobs started while it was off hold no
+slot of it, and it counts only the jobs started under it (README: Limits and unique jobs).
 """
 
 from __future__ import annotations
@@ -66,10 +70,22 @@ group by job.id
 """
 
 
+# The queue limit's slots held, by the jobs' own record of the slots they hold.
+Q1_HELD = """
+select count(*) from errands_jobs as job
+join errands_limit_counters as c on c.id = any(job.slots)
+where job.state = 'in_progress' and (c.scope, c.name) = ('queue', 'q1')
+"""
+
+
 def _in_progress_by_limit(conn: psycopg.Connection[Any]) -> Counter[str]:
+    """Jobs in progress per concurrency limit and key: by the task limits they come under,
+    and, for q1's limit, by the slots they hold."""
     counted: Counter[str] = Counter()
     for _, limits in conn.execute(LIMITS_OF, (["in_progress"],)).fetchall():
-        counted.update(limit for limit in limits if ":concurrency:" in limit)
+        counted.update(limit for limit in limits if ":concurrency:" in limit and "q1:" not in limit)
+    row = conn.execute(Q1_HELD).fetchone()
+    counted["q1:concurrency:"] = row[0] if row else 0
     return counted
 
 

@@ -34,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 from errands.client import Client
 from errands.database import open_connection
 from errands.errors import ConfigurationError
-from errands.harness import bench_ui, pgbench
+from errands.harness import bench_tasks, bench_ui, pgbench
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import (
     DaemonProcess,
@@ -46,6 +46,7 @@ from errands.harness.process import (
 from errands.harness.waiting import answers, drained, wait_for
 from errands.queue.presence import live_workers
 from errands.queue.queries import query
+from errands.queue.throttles import declare_task_limits
 from errands.schema.migrator import migrate
 
 NOOP = "bench.noop"
@@ -57,6 +58,9 @@ SLOW_JOBS, SLOW_SECONDS = 20, 2.0
 BULK_QUEUE = "bulk"  # the backlog another worker drains while latency is measured
 SLEEP = "bench.sleep"
 NAP = "bench.nap"
+LIMITED = "bench.limited"  # at most 50 in progress at once
+PER_KEY = "bench.per_key"  # at most one in progress per key
+PER_KEY_KEYS = 100
 
 
 @dataclass
@@ -101,6 +105,8 @@ WORKLOADS = (
     "drain",
     "drain-immediate",
     "drain-prefetch",
+    "drain-limited",
+    "drain-per-key",
     "fairness",
     "fairness-prefetch",
     "latency",
@@ -135,6 +141,7 @@ class Bench:
         self.report = report
         self.figures: list[Figure] = []
         self.pgbench_tps: dict[str, float] = {}
+        self.drains: dict[str, float] = {}  # jobs/s of each drain, the limited ones' reference
         self.logs = Path(tempfile.mkdtemp(prefix="errands-bench-"))
 
     # -- running ---------------------------------------------------------------------------
@@ -171,13 +178,15 @@ class Bench:
         with open_connection(self.url, autocommit=True) as conn:
             conn.execute(
                 "truncate errands_jobs, errands_finished_counts, errands_workers,"
-                " errands_throughput, errands_queues"
+                " errands_throughput, errands_queues, errands_limits, errands_limit_counters"
             )
             conn.execute("vacuum analyze errands_jobs")
 
     def _add(self, figure: Figure) -> None:
         if figure.ratio_to:
-            figure.ratio = figure.value / self.pgbench_tps[figure.ratio_to]
+            # To a pgbench figure; or, for the limited drains, to the unlimited drain.
+            reference = self.pgbench_tps.get(figure.ratio_to) or self.drains.get(figure.ratio_to)
+            figure.ratio = figure.value / reference if reference else None
         self.figures.append(figure)
         ratio = f"  ({figure.ratio:.2f} x {figure.ratio_to})" if figure.ratio is not None else ""
         self.report(f"  {figure.id:<30} {figure.value:>12,.3f} {figure.unit}{ratio}")
@@ -343,12 +352,19 @@ class Bench:
         finally:
             api.stop()
 
-    def drain(self, figure_id: str = "drain", *options: str) -> None:
-        """Drain pre-enqueued no-op jobs with `errands run --workers 2 [options]`."""
+    def drain(
+        self,
+        figure_id: str = "drain",
+        *options: str,
+        spec: Callable[[int], dict[str, Any]] = lambda n: {"task": NOOP},
+        setting: str = "",
+    ) -> None:
+        """Drain pre-enqueued no-op jobs (job n: `spec(n)`) with `errands run --workers 2
+        [options]`."""
         jobs = self.sizes.drain
         with Client(self.url) as client:
             for first in range(0, jobs, 1000):
-                client.enqueue_many([{"task": NOOP}] * min(1000, jobs - first))
+                client.enqueue_many([spec(n) for n in range(first, min(jobs, first + 1000))])
         postgres_cpu = self._postgres_cpu()
         daemon = self._daemon(*options)
         try:
@@ -360,13 +376,14 @@ class Bench:
             daemon.stop()
         seconds = self._busy_seconds()
         rate = jobs / seconds
+        self.drains[figure_id] = rate
         self._add(
             Figure(
                 figure_id,
-                f"{jobs:,} no-op jobs, 2 workers {' '.join(options) or '(defaults)'}",
+                f"{jobs:,} no-op jobs{setting}, 2 workers {' '.join(options) or '(defaults)'}",
                 rate,
                 "jobs/s",
-                ratio_to="pgbench -N 4 clients",
+                ratio_to="drain" if setting else "pgbench -N 4 clients",
             )
         )
         self._add_cpu(
@@ -389,6 +406,32 @@ class Bench:
 
     def drain_prefetch(self) -> None:
         self.drain("drain-prefetch", "--prefetch", "32")
+
+    def drain_limited(self) -> None:
+        """The drain's jobs under a concurrency limit of 50 across the daemon (2 workers of 32
+        threads: 64 slots), as a ratio to the unlimited drain."""
+        self._declare_limits()
+        self.drain(
+            "drain-limited", spec=lambda n: {"task": LIMITED}, setting=" limited to 50 at once"
+        )
+
+    def drain_per_key(self) -> None:
+        """The drain's jobs spread over 100 keys, at most one in progress per key: every claim
+        serves many keys in turn. A ratio to the unlimited drain."""
+        self._declare_limits()
+        self.drain(
+            "drain-per-key",
+            spec=lambda n: {"task": PER_KEY, "payload": {"key": n % PER_KEY_KEYS}},
+            setting=f" over {PER_KEY_KEYS} keys, one at once per key",
+        )
+
+    def _declare_limits(self) -> None:
+        """Write the bench tasks' limits before their jobs are stored, as a running worker
+        would have: each job is filed under its limit group as it is stored."""
+        with open_connection(self.url, autocommit=True) as conn:
+            declare_task_limits(
+                conn, {t.name: t.limits for t in (bench_tasks.limited, bench_tasks.per_key)}
+            )
 
     def fairness(self, figure_id: str = "fairness", *options: str) -> None:
         """20 jobs of 2 s among no-op jobs: how long a no-op job, once a worker has claimed

@@ -13,6 +13,7 @@ from errands.limits import MAX_LIST_LIMIT
 from errands.queue.jobs import Job, JobState
 from errands.queue.presence import WorkerInfo, live_workers
 from errands.queue.queries import query
+from errands.queue.throttles import forget_idle_counters
 
 PRUNE_BATCH = 5000
 
@@ -133,8 +134,10 @@ def oldest_pending_seconds(conn: psycopg.Connection[Any]) -> dict[str, float]:
 
 def prune(conn: psycopg.Connection[Any], retention_seconds: float, batch: int = PRUNE_BATCH) -> int:
     """Delete jobs finished longer ago than the retention, in bounded batches; returns how many."""
-    # The dashboard's per-minute counts go with the jobs they counted.
+    # The dashboard's per-minute counts go with the jobs they counted, and the counters of
+    # limit keys unused as long with them (a claim makes one again when it needs it).
     conn.execute(query("prune_throughput"), {"retention_seconds": retention_seconds})
+    forget_idle_counters(conn, retention_seconds)
     deleted = 0
     while True:
         with conn.transaction():

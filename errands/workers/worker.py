@@ -102,6 +102,8 @@ class Worker:
         self._async_slots = 0  # async_concurrency once an async task is registered
         self._async_tasks: list[str] = []  # the registered `async def` tasks' names
         self._slot_freed_at: float | None = None  # since when a claim has been gathering slots
+        # The last claim took fewer jobs than it asked for: every due job it may take is taken.
+        self._found_all = False
         self._events = EventLoopThread()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -263,12 +265,18 @@ class Worker:
                 return
             request = self._claim_request(draining)
             gathering = self._gathering_seconds(request)
-            # Refill when the prefetch buffer runs low; without one, once slots are free.
-            refill = (
-                request.wanted and len(self._ready) <= self.options.prefetch // 2 and not gathering
-            )
             idle = not self._executing and not self._executing_async and not self._ready
-            if refill or self._acks.due(flush=draining or idle):
+            acks_due = self._acks.due(flush=draining or idle)
+            # Refill when the prefetch buffer runs low; without one, once slots are free. After
+            # a claim that found fewer jobs than it asked for, only with acknowledgements to
+            # send or once woken: another claim at once would find none either.
+            refill = (
+                request.wanted
+                and len(self._ready) <= self.options.prefetch // 2
+                and not gathering
+                and (not self._found_all or acks_due)
+            )
+            if refill or acks_due:
                 try:
                     conn = self._db.get_retrying(give_up=self._must_give_up)
                     if conn is None:
@@ -279,6 +287,10 @@ class Worker:
                     self._db.drop(exc)
                     continue
                 self._slot_freed_at = None
+                if refill:
+                    self._found_all = len(claimed) < request.size and (
+                        self._acks.recheck_seconds != 0.0  # a limit asks for another claim now
+                    )
                 lease = self.options.lease_seconds
                 self._ready.extend(self.running.hold(job, leased_at, lease) for job in claimed)
                 self._dispatch(pool)
@@ -286,9 +298,11 @@ class Worker:
                     continue  # there may be more work now: sleep only when a claim finds none
             ceiling = gathering or self.options.poll_seconds
             recheck = self._acks.recheck_seconds
-            if refill and recheck is not None:  # a limit holds jobs back until then
+            if request.wanted and recheck is not None:  # a limit holds jobs back until then
                 ceiling = min(ceiling, max(recheck, RECHECK_FLOOR_SECONDS))
-            self._wait(listen_too=refill, timeout=self._acks.seconds_until_due(ceiling))
+            listen = refill or (self._found_all and request.wanted)
+            self._wait(listen_too=listen, timeout=self._acks.seconds_until_due(ceiling))
+            self._found_all = False  # woken: a job finished, a notification came, or time passed
 
     def _gathering_seconds(self, request: ClaimRequest) -> float:
         """How much longer to let freed thread slots gather before claiming for them; 0: now.

@@ -236,8 +236,9 @@ candidate as (
         for update skip locked
     ) as candidate
 ),
--- The limited jobs that fit (and the jobs read above that a limit applies to after
--- all, `refiled`, which this claim leaves).
+-- The limited jobs that fit (errands_admit_limited), and the jobs read above as no
+-- limit's that a limit applies to after all (stored while it was being declared), which
+-- it filed under their groups (`refile`): this claim leaves them to later ones.
 limited as (
     select limited.* from errands_admit_limited(
         (select array_agg(queue) from running),
@@ -252,10 +253,10 @@ pool as (
     select id, on_loop, priority, 1::bigint as turn, null::timestamptz as served_at, run_at,
            null::timestamptz as at, null::bigint[] as slots, null::bigint[] as rates
     from candidate
-    where id not in (select id from limited where refiled)
+    where id not in (select id from limited where refile)
     union all
     select id, on_loop, priority, turn, served_at, run_at, at, slots, rates from limited
-    where id is not null and not refiled
+    where id is not null and not refile
 ),
 claimable as (
     select id, at, slots, rates from (
@@ -275,25 +276,18 @@ claimed as (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         started_at = coalesce(claimable.at, now()),
         updated_at = now(),
-        slots = claimable.slots
+        -- The counters the attempt comes under: the statement's trigger counts it in them.
+        slots = claimable.slots,
+        rates = claimable.rates
     -- Driven by unnest(array(...)), which the planner sizes at ten rows whatever it knows
     -- (a plan made for an empty table, or a generic one, would otherwise scan the table).
     from unnest(array(select id from claimable)) as picked(id)
     join claimable on claimable.id = picked.id
     where job.id = picked.id
-    returning job.*, claimable.rates
-),
--- The counters the claimed limited jobs come under take them.
-taken as (
-    select errands_take_limited(
-        array(select unnest(slots) from claimed),
-        array(select unnest(rates) from claimed),
-        (select min(started_at) from claimed where slots is not null or rates is not null))
-    where exists (select from claimed where slots is not null or rates is not null)
+    returning job.*
 )
 select (select coalesce(array_agg(id), '{}') from completed) as completed_ids,
        (select min(recheck) from limited) as recheck_seconds,
-       (select count(*) from taken) as counted,
        claimed.*
 from (values (1)) as answer (one)
 left join claimed on true;
