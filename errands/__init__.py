@@ -1,13 +1,17 @@
 """errands: background jobs for Python services, on PostgreSQL alone.
 
-The public surface is `__all__` below and the module `errands.testing` (README:
-Layout); every other module is internal. Importing errands configures nothing:
+The public surface is `__all__` below and the module `errands.testing` (docs/reference/
+python.md); every other module is internal. Importing errands configures nothing:
 logging is set up by errands' own commands, never by an import.
 """
 
+from importlib import metadata
+
+from errands.async_client import AsyncClient
 from errands.backoff import Backoff
 from errands.client import Client
 from errands.errors import (
+    Cancelled,
     ConfigurationError,
     ErrandsError,
     Fail,
@@ -17,14 +21,20 @@ from errands.errors import (
     InvalidJob,
     InvalidState,
     JobNotFound,
+    LeaseLost,
     Retry,
 )
 from errands.periodic import periodic
 from errands.queue.jobs import Job, JobState
-from errands.tasks import CurrentJob, Task, current_job, task
+from errands.tasks import CurrentJob, Task, check_cancelled, current_job, task
+
+# Read from the installed package's metadata: pyproject.toml is its one source.
+__version__ = metadata.version("errands")
 
 __all__ = [
+    "AsyncClient",
     "Backoff",
+    "Cancelled",
     "Client",
     "ConfigurationError",
     "CurrentJob",
@@ -38,8 +48,10 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobState",
+    "LeaseLost",
     "Retry",
     "Task",
+    "check_cancelled",
     "current_job",
     "periodic",
     "task",

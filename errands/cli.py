@@ -277,7 +277,7 @@ def run(
     s = ctx.settings
     lease_seconds = lease or s.lease_seconds
     url = ctx.database_url(lease_seconds, start_embedded=True)  # the one command that may start it
-    # Only the embedded development database is migrated here (README: Migrations).
+    # Only the embedded development database is migrated here (docs/guides/deploys.md).
     _ready_schema(url, migrate=s.database_url is None, pgbouncer=s.pgbouncer or poll_only)
     pgbouncer = _behind_transaction_pooler(s, url, poll_only)
     worker = WorkerOptions(
@@ -586,15 +586,19 @@ def retry_job(ctx: Context, job_id: int, as_json: bool) -> None:
 @json_option
 @pass_context
 def cancel_job(ctx: Context, job_id: int, as_json: bool) -> None:
-    """Cancel a job that has not started."""
+    """Cancel a job that has not started, or ask a running one to stop."""
     with ctx.client() as client:
         job = client.cancel(job_id)
-    emit(as_json, job.to_dict(), f"job {job.id} {job.state.value}")
+    text = f"job {job.id} {job.state.value}"
+    if job.state is JobState.IN_PROGRESS:
+        text += ": asked to stop; it is recorded cancelled when its attempt ends"
+    emit(as_json, job.to_dict(), text)
 
 
 def _describe(job: Job) -> str:
     fields = job.to_dict()
     errors = fields.pop("errors")
+    fields["progress"] = _progress_text(job.progress)
     lines = [f"{name:>17}: {value}" for name, value in fields.items() if name != "payload"]
     lines.insert(3, f"{'payload':>17}: {json.dumps(job.payload)}")
     for error in errors:
@@ -603,6 +607,13 @@ def _describe(job: Job) -> str:
     if errors and (traceback := errors[-1].get("traceback")):
         lines.append(f"\ntraceback of attempt {errors[-1].get('attempt')}:\n{traceback.rstrip()}")
     return "\n".join(lines)
+
+
+def _progress_text(progress: float | dict[str, Any] | None) -> str | None:
+    """A fraction as a percentage; an object as its JSON."""
+    if isinstance(progress, dict):
+        return json.dumps(progress, ensure_ascii=False)
+    return None if progress is None else f"{progress:.0%}"
 
 
 @cli.command()

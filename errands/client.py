@@ -1,4 +1,11 @@
-"""`errands.Client`: submit and manage jobs from Python."""
+"""`errands.Client`: submit and manage jobs from Python.
+
+What it shares with `errands.AsyncClient` (errands/async_client.py) lives here
+too, in `ClientCore` and the functions below it: the settings, the database's
+URL, every argument checked and every request built before any I/O. The queue
+operations themselves are steps (errands/queue/steps.py) that each client runs
+on its own kind of connection.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +44,8 @@ from errands.queue.requests import (
     parse_request,
     parse_requests,
 )
-from errands.queue.submit import enqueue, enqueue_many
+from errands.queue.steps import run
+from errands.queue.submit import enqueue_many_steps, enqueue_steps
 from errands.registry import task_defaults
 
 # A connection idle for longer than this is checked (one empty round trip) before use,
@@ -48,11 +56,23 @@ IDLE_CHECK_SECONDS = 0.2
 _UNPREPARED = pooling_options(pgbouncer=True)
 # How often `wait` reads the jobs it waits for, in case a finish notification was missed.
 WAIT_POLL_SECONDS = 1.0
-_last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
+_last_used: weakref.WeakKeyDictionary[
+    psycopg.Connection[Any] | psycopg.AsyncConnection[Any], float
+] = weakref.WeakKeyDictionary()
+
+
+def is_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a pooled connection has been idle long enough to be checked before use."""
+    return time.monotonic() - _last_used.get(conn, 0.0) > IDLE_CHECK_SECONDS
+
+
+def used(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """A pooled connection goes back to its pool now."""
+    _last_used[conn] = time.monotonic()
 
 
 def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
-    if time.monotonic() - _last_used.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+    if is_idle(conn):
         ConnectionPool.check_connection(conn)
 
 
@@ -65,6 +85,7 @@ class _Process:
 
     lock = threading.Lock()
     default: Client | None = None
+    dsn: str | None = None  # the default client's: default AsyncClients use it too
     recorder: Recorder | None = None  # errands.testing.capture_jobs(): record, do not store
 
 
@@ -78,10 +99,63 @@ def recording(recorder: Recorder) -> Iterator[None]:
         _Process.recorder = previous
 
 
-class Client:
+class ClientCore:
+    """What Client and AsyncClient share: the settings, the database's URL, the finish watcher."""
+
+    def __init__(self, dsn: str | None, max_connections: int) -> None:
+        _refuse([_dsn_problem(dsn), _connections_problem(max_connections)])
+        self._settings = Settings.from_env()
+        self._dsn = dsn
+        self._max_connections = max_connections
+        self._watcher: FinishWatcher | None = None
+        self._watcher_lock = threading.Lock()
+
+    @property
+    def dsn(self) -> str | None:
+        """The database URL given, or the environment's once resolved (None until then)."""
+        return self._dsn
+
+    @property
+    def database_url(self) -> str:
+        """The URL this client connects to, for a psycopg connection of your own.
+
+        `dsn` when given; else `ERRANDS_DATABASE_URL` (or `DATABASE_URL`); else the
+        embedded development database while `errands run` runs it. Without any,
+        `ConfigurationError` naming `ERRANDS_DATABASE_URL`. Connect to it to enqueue
+        inside your own transaction (`enqueue(..., conn=conn)`).
+        """
+        if self._dsn is None:
+            self._dsn = resolve_url(self._settings)
+        return self._dsn
+
+    def _url(self) -> str:
+        return with_dead_peer_detection(self.database_url, self._settings.lease_seconds)
+
+    def _checked_url(self) -> str:
+        """The URL, once its database's schema is one this code may use; it never migrates."""
+        url = self._url()
+        with connect(url, **_UNPREPARED):
+            pass
+        return url
+
+    def _finish_watcher(self) -> FinishWatcher:
+        """The client's one listening connection (its schema checked already)."""
+        with self._watcher_lock:
+            if self._watcher is None:
+                self._watcher = FinishWatcher(self._url(), WAIT_POLL_SECONDS, _UNPREPARED)
+            return self._watcher
+
+    def _close_watcher(self) -> None:
+        with self._watcher_lock:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
+
+
+class Client(ClientCore):
     """A handle on the queue, safe to share between threads.
 
-    `dsn` None reads the database from the environment (README: Configuration): the
+    `dsn` None reads the database from the environment (docs: Configuration): the
     embedded development database when none is configured and `errands run`
     started it. Connections come from a small pool opened on first use.
 
@@ -89,19 +163,14 @@ class Client:
     same directly and through a transaction pooler, without a setting: through
     PgBouncer before 1.21, a name psycopg prepared on one server connection may
     exist on another as another client's statement, which would run instead
-    (README: PgBouncer). Directly, preparing would save about 80 µs a statement
+    (docs: Run behind PgBouncer). Directly, preparing would save about 80 µs a statement
     (bench/RESULTS.md).
     """
 
     def __init__(self, dsn: str | None = None, *, max_connections: int = 4) -> None:
-        problems = [_dsn_problem(dsn), _connections_problem(max_connections)]
-        _refuse(problems)
-        self._settings = Settings.from_env()
-        self._dsn = dsn
-        self._max_connections = max_connections
+        super().__init__(dsn, max_connections)
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._watcher: FinishWatcher | None = None
-        self._watcher_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self
@@ -109,10 +178,12 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def open(self) -> None:
+        """Connect now rather than on first use: a database errands may not use fails here."""
+        self._open_pool()
+
     def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
+        self._close_watcher()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -142,23 +213,22 @@ class Client:
         returned; with `on_conflict="replace"`, a still pending one of the same
         task takes this payload and run_at first (a debounce).
         """
-        spec = {
-            "task": task,
-            "payload": payload,
-            "queue": queue,
-            "priority": priority,
-            "run_at": run_at,
-            "delay": delay,
-            "max_attempts": max_attempts,
-            "idempotency_key": idempotency_key,
-            "unique_key": unique_key,
-            "on_conflict": on_conflict,
-        }
-        request = parse_request(spec, defaults=task_defaults)
-        if _Process.recorder is not None:
-            return _Process.recorder([request])[0]
+        request = job_request(
+            task,
+            payload,
+            queue,
+            priority,
+            run_at,
+            delay,
+            max_attempts,
+            idempotency_key,
+            unique_key,
+            on_conflict,
+        )
+        if (captured := capture([request])) is not None:
+            return captured[0]
         with self._connection(conn) as db:
-            return enqueue(db, request).job
+            return run(db, enqueue_steps(request)).job
 
     def enqueue_many(
         self, specs: Iterable[Mapping[str, Any]], *, conn: psycopg.Connection[Any] | None = None
@@ -169,18 +239,17 @@ class Client:
         `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`,
         `unique_key`, `on_conflict`).
         """
-        if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Iterable):
-            raise InvalidJob([FieldError("specs", "must be a list of job specs (dicts)")])
-        requests = parse_requests(list(specs), defaults=task_defaults)
-        if _Process.recorder is not None:
-            return _Process.recorder(requests)
+        requests = batch_requests(specs)
+        if (captured := capture(requests)) is not None:
+            return captured
         with self._connection(conn) as db:
-            return [answer.job for answer in enqueue_many(db, requests)]
+            return [answer.job for answer in run(db, enqueue_many_steps(requests))]
 
     def get(self, job_id: int) -> Job | None:
-        _check_id(job_id)
+        """The job as it is now, or None when no job has that id (`wait` raises instead)."""
+        check_id(job_id)
         with self._connection() as db:
-            return admin.get(db, job_id)
+            return run(db, admin.get_steps(job_id))
 
     def list(
         self,
@@ -191,25 +260,23 @@ class Client:
         after: int | None = None,
     ) -> builtins.list[Job]:
         """Jobs newest first; pass the last id of a page as `after` for the next page."""
-        fields = {"state": state, "queue": queue, "task": task, "limit": limit, "after": after}
-        try:
-            where = JobFilter.model_validate(fields)
-        except ValidationError as exc:
-            raise InvalidArgument(field_errors(exc)) from None
+        where = job_filter(state, queue, task, limit, after)
         with self._connection() as db:
-            return admin.list_jobs(db, **where.model_dump())
+            return run(db, admin.list_steps(**where.model_dump()))
 
     def retry(self, job_id: int) -> Job:
         """Run a dead or cancelled job again; `InvalidState` for any other state."""
-        _check_id(job_id)
+        check_id(job_id)
         with self._connection() as db:
-            return admin.retry(db, job_id)
+            return run(db, admin.manage_steps("retry", job_id))
 
     def cancel(self, job_id: int) -> Job:
-        """Cancel a pending or failed job; `InvalidState` once it runs or has finished."""
-        _check_id(job_id)
+        """Cancel a pending or failed job, or ask a running one to stop: it stays
+        `in_progress`, `cancel_requested_at` set, until its attempt ends, and is then
+        recorded `cancelled` however the attempt ends. `InvalidState` once finished."""
+        check_id(job_id)
         with self._connection() as db:
-            return admin.cancel(db, job_id)
+            return run(db, admin.manage_steps("cancel", job_id))
 
     def wait(self, job_id: int, timeout: float | None = None) -> Job:
         """The job once it is completed, dead or cancelled; TimeoutError after `timeout` seconds.
@@ -220,42 +287,33 @@ class Client:
         second, in case a notification was missed. `JobNotFound` for an
         unknown id.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        check_id(job_id)
+        deadline = deadline_of(timeout)
+        self._open_pool()  # the schema, with its finish notifications, is up to date
+        watcher = self._finish_watcher()
         while True:
             finished = threading.Event()
-            unwatch = self._finish_watcher().watch(job_id, finished.set)
+            unwatch = watcher.watch(job_id, finished.set)
             try:
-                job = self.get(job_id)
-                if job is None:
-                    raise JobNotFound(job_id)
+                job = found(job_id, self.get(job_id))
                 if is_finished(job):
                     return job
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not finished.wait(remaining):
-                    raise TimeoutError(
-                        f"job {job_id} is still {job.state.value} after {timeout:g}s"
-                    )
+                if not finished.wait(remaining(deadline)):
+                    raise still_running(job, timeout)
             finally:
                 unwatch()
             # Heard finished: read it (a manual retry in between makes it wait again).
 
     def stats(self) -> Stats:
         with self._connection() as db:
-            return admin.stats(db, worker_silence_seconds=self._settings.lease_seconds)
-
-    def _finish_watcher(self) -> FinishWatcher:
-        with self._watcher_lock:
-            if self._watcher is None:
-                self._open_pool()  # the schema, with its finish notifications, is up to date
-                self._watcher = FinishWatcher(self._url(), WAIT_POLL_SECONDS, _UNPREPARED)
-            return self._watcher
+            return run(db, admin.stats_steps(self._settings.lease_seconds))
 
     @contextmanager
     def _connection(
         self, conn: psycopg.Connection[Any] | None = None
     ) -> Iterator[psycopg.Connection[Any]]:
         if conn is not None and not isinstance(conn, psycopg.Connection):
-            raise InvalidArgument([FieldError("conn", "must be a psycopg Connection or None")])
+            raise InvalidArgument([conn_problem(conn, psycopg.Connection, "AsyncClient")])
         try:
             if conn is not None:  # the caller's: this client's own database is not needed
                 yield conn
@@ -264,32 +322,104 @@ class Client:
                 try:
                     yield pooled
                 finally:
-                    _last_used[pooled] = time.monotonic()
+                    used(pooled)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            # Validation lets nothing through that the database refuses; should it ever,
-            # the caller gets the refusal named, without the row the database quoted.
-            raise _refused(exc) from None
-
-    def _url(self) -> str:
-        if self._dsn is None:
-            self._dsn = resolve_url(self._settings)
-        return with_dead_peer_detection(self._dsn, self._settings.lease_seconds)
+            raise refused(exc) from None
 
     def _open_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
-        if self._pool is None:
-            url = self._url()
-            with connect(url, **_UNPREPARED):  # never migrates: refuses a schema it may not use
-                pass
-            self._pool = ConnectionPool(
-                url,
-                min_size=1,
-                max_size=self._max_connections,
-                kwargs={"autocommit": True, **_UNPREPARED},
-                configure=configure,
-                check=_check_if_idle,
-                open=True,
-            )
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self._checked_url(),
+                    min_size=1,
+                    max_size=self._max_connections,
+                    kwargs=POOLED,
+                    configure=configure,
+                    check=_check_if_idle,
+                    open=True,
+                )
+            return self._pool
+
+
+# The arguments of every pooled connection of a client: see Client's docstring.
+POOLED: dict[str, Any] = {"autocommit": True, **_UNPREPARED}
+
+
+def job_request(
+    task: str,
+    payload: Mapping[str, Any] | None,
+    queue: str | None,
+    priority: int,
+    run_at: datetime | None,
+    delay: float | timedelta | None,
+    max_attempts: int | None,
+    idempotency_key: str | None,
+    unique_key: str | None,
+    on_conflict: str,
+) -> JobRequest:
+    """enqueue()'s arguments as a checked request, with the registered task's defaults."""
+    spec = {
+        "task": task,
+        "payload": payload,
+        "queue": queue,
+        "priority": priority,
+        "run_at": run_at,
+        "delay": delay,
+        "max_attempts": max_attempts,
+        "idempotency_key": idempotency_key,
+        "unique_key": unique_key,
+        "on_conflict": on_conflict,
+    }
+    return parse_request(spec, defaults=task_defaults)
+
+
+def batch_requests(specs: object) -> builtins.list[JobRequest]:
+    """enqueue_many()'s specs as checked requests; InvalidJob naming `[3].priority`."""
+    if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Iterable):
+        raise InvalidJob([FieldError("specs", "must be a list of job specs (dicts)")])
+    return parse_requests(builtins.list(specs), defaults=task_defaults)
+
+
+def capture(requests: Sequence[JobRequest]) -> builtins.list[Job] | None:
+    """The jobs errands.testing records instead of storing them, while it captures; else None."""
+    recorder = _Process.recorder
+    return None if recorder is None else recorder(requests)
+
+
+def job_filter(
+    state: object, queue: object, task: object, limit: object, after: object
+) -> JobFilter:
+    fields = {"state": state, "queue": queue, "task": task, "limit": limit, "after": after}
+    try:
+        return JobFilter.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidArgument(field_errors(exc)) from None
+
+
+def conn_problem(conn: object, kind: type, other_client: str) -> FieldError:
+    """`conn` is not the kind of connection this client runs on."""
+    wrong_kind = isinstance(conn, psycopg.Connection | psycopg.AsyncConnection)
+    hint = f" (an {type(conn).__name__} goes to errands.{other_client})" if wrong_kind else ""
+    return FieldError("conn", f"must be a psycopg {kind.__name__} or None{hint}")
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def found(job_id: int, job: Job | None) -> Job:
+    """The job waited for; JobNotFound when there is none."""
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def still_running(job: Job, timeout: float | None) -> TimeoutError:
+    return TimeoutError(f"job {job.id} is still {job.state.value} after {timeout:g}s")
 
 
 def _dsn_problem(dsn: object) -> FieldError | None:
@@ -310,7 +440,7 @@ def _refuse(problems: builtins.list[FieldError | None]) -> None:
         raise InvalidArgument(errors)
 
 
-def _check_id(job_id: object) -> None:
+def check_id(job_id: object) -> None:
     try:
         _JOB_ID.validate_python(job_id)
     except ValidationError as exc:
@@ -323,7 +453,8 @@ def _connections_problem(value: object) -> FieldError | None:
     return None
 
 
-def _refused(exc: psycopg.Error) -> InvalidArgument:
+def refused(exc: psycopg.Error) -> InvalidArgument:
+    """The database refused what validation let through: named, without the row it quoted."""
     where = exc.diag.column_name or exc.diag.constraint_name or "request"
     reason = scrub(exc.diag.message_primary or str(exc), exc)
     return InvalidArgument([FieldError(where, f"refused by the database: {reason}")])
@@ -341,6 +472,13 @@ def default_client() -> Client:
 
 
 def set_default_client(client: Client) -> None:
-    """Make `client` the one `Task.enqueue` uses when given none (a worker sets its own)."""
+    """Make `client` the one `Task.enqueue` uses when given none (a worker sets its own);
+    the AsyncClients `Task.aenqueue` makes when given none use its database too."""
     with _Process.lock:
         _Process.default = client
+        _Process.dsn = client.dsn
+
+
+def default_dsn() -> str | None:
+    """The database of the default client, when one was set; else None (the environment's)."""
+    return _Process.dsn

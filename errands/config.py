@@ -1,4 +1,4 @@
-"""Settings from the environment (README: Configuration); command-line flags override them."""
+"""Settings from the environment (docs/reference/configuration.md); flags override them."""
 
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ class Settings:
     log_level: str = "INFO"
     ui: bool = True  # the dashboard at /ui on the API's port
     # The database URL goes through a transaction-pooling PgBouncer: no LISTEN, no
-    # server-side prepared statements (README "PgBouncer and many hosts").
+    # server-side prepared statements (docs/guides/pgbouncer.md).
     pgbouncer: bool = False
     hostname: str = field(default_factory=socket.gethostname)  # in every worker id
-    # Signs dashboard sessions; None: a random key kept in the database (README: Dashboard).
+    # Signs dashboard sessions; None: a random key kept in the database (docs/guides/security.md).
     secret_key: str | None = field(default=None, repr=False)
     # Addresses whose X-Forwarded-For and -Proto the API believes; None: nobody's. Named as
     # uvicorn names it.

@@ -68,7 +68,7 @@ def dead_peer_settings(lease_seconds: float) -> dict[str, int]:
     dropped some seconds after its probes go unanswered (keepalives), and a
     connection attempt gives up after L/3 (connect_timeout; libpq's floor is 2 s).
     Whole seconds where libpq wants them. A Unix-socket connection ignores all but
-    connect_timeout. README: Dead peers and partitions.
+    connect_timeout. docs/explanation/dead-peers.md.
     """
     third = lease_seconds / 3
     return {
@@ -117,6 +117,13 @@ def configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(_CONFIGURE_SESSION)
     if not conn.autocommit:
         conn.commit()  # a rollback would undo the settings
+
+
+async def configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """`configure`, for the AsyncClient's pool."""
+    await conn.execute(_CONFIGURE_SESSION)
+    if not conn.autocommit:
+        await conn.commit()
 
 
 def open_connection(url: str, **kwargs: Any) -> psycopg.Connection[Any]:

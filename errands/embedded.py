@@ -48,7 +48,7 @@ def default_data_dir() -> Path:
 def start(data_dir: str | os.PathLike[str] | None = None) -> str:
     """Start (or join) the embedded PostgreSQL; returns its connection URL.
 
-    Only `errands run` calls it (README: The embedded development database).
+    Only `errands run` calls it (docs/reference/configuration.md).
     """
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.

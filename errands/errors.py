@@ -64,12 +64,37 @@ class InvalidState(ErrandsError):
         super().__init__(f"cannot {action} job {job_id}: {reason or f'it is {state}'}")
 
 
+class LeaseLost(ErrandsError):
+    """complete_in() found that the attempt no longer holds its job: the lease was taken
+    (the worker paused or was cut off past it, and the job was handed to another), or
+    the job is no longer running. Raised so that the application's transaction rolls
+    back: nothing it wrote may commit as this attempt's effect."""
+
+    def __init__(self, job_id: int, attempt: int) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        super().__init__(
+            f"attempt {attempt} of job {job_id} no longer holds the job (its lease was lost, "
+            "or it was completed already): roll the transaction back"
+        )
+
+
+class Cancelled(ErrandsError):
+    """Raised in a task by errands.check_cancelled() (or complete_in()) once a cancel of
+    its job was requested: let it propagate. The job is recorded `cancelled` whatever
+    the attempt does next; raising this only ends it sooner."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} was asked to cancel while it ran")
+
+
 class ConfigurationError(ErrandsError):
     """Settings that cannot work, reported before anything starts."""
 
 
 class SchemaMismatch(ConfigurationError):
-    """The database's schema is not one this code may run against (README: Migrations)."""
+    """The database's schema is not one this code may run against (docs/guides/deploys.md)."""
 
 
 WITHHELD = "(withheld: it may hold row contents)"

@@ -21,6 +21,7 @@ MAX_PAYLOAD_DEPTH = 64  # levels of nested arrays and objects
 MAX_LIST_LIMIT = 1000  # jobs in one page of a list
 MAX_BATCH = 1000  # jobs in one batch submission
 MAX_WAIT_SECONDS = 60.0  # a long poll's longest wait
+MAX_PROGRESS_BYTES = 2048  # a progress object, as compact JSON in UTF-8
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 5

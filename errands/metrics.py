@@ -1,4 +1,4 @@
-"""Prometheus metrics (README: Metrics), aggregated across the daemon's processes.
+"""Prometheus metrics (docs/reference/metrics.md), aggregated across the daemon's processes.
 
 Under `errands run` the supervisor owns a multiprocess directory: it wipes it
 at start, every child writes its counters there, the supervisor marks exited
@@ -137,6 +137,23 @@ class Metrics:
             "errands_jobs_recovered_total",
             "Jobs taken back from lost workers",
             ["reason"],  # worker_exited | lease_expired
+        )
+        # Running jobs (issue 24): cancels of running jobs, as their workers see them.
+        self.cancels_requested = JobMetric(
+            Counter(
+                "errands_cancels_requested_total",
+                "Cancel requests a worker heard for an attempt it was running",
+                ["queue", "task"],
+            ),
+            labels,
+        )
+        self.cancels_honoured = JobMetric(
+            Counter(
+                "errands_cancels_honoured_total",
+                "Attempts that ended after a cancel request, their jobs recorded cancelled",
+                ["queue", "task"],
+            ),
+            labels,
         )
         self.leases_lost = Counter(
             "errands_leases_lost_total", "Attempts whose lease was lost; results not written"

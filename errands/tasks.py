@@ -5,21 +5,30 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import psycopg
 
 from errands import registry
+from errands.async_client import AsyncClient, default_async_client
 from errands.backoff import Backoff
 from errands.client import Client, default_client
-from errands.errors import ConfigurationError, ErrandsError, FieldError, InvalidJob
+from errands.errors import (
+    Cancelled,
+    ConfigurationError,
+    ErrandsError,
+    FieldError,
+    InvalidArgument,
+    InvalidJob,
+)
 from errands.limits import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_LIMIT
 from errands.queue.jobs import Job
-from errands.queue.requests import QUEUE_NAME, TASK_NAME
+from errands.queue.lease import encode_result
+from errands.queue.requests import QUEUE_NAME, TASK_NAME, progress_json
 from errands.queue.throttles import Rate, TaskLimits
 
 NO_LIMITS = TaskLimits()
@@ -85,6 +94,10 @@ class Task(Generic[P, R]):
         """
         return self.options().enqueue(**payload)
 
+    async def aenqueue(self, **payload: Any) -> Job:
+        """`enqueue` for coroutines, on an AsyncClient: `await task.aenqueue(**payload)`."""
+        return await self.options().aenqueue(**payload)
+
     def options(
         self,
         *,
@@ -96,8 +109,8 @@ class Task(Generic[P, R]):
         idempotency_key: str | None = None,
         unique_key: str | None = None,
         on_conflict: str = "keep",
-        client: Client | None = None,
-        conn: psycopg.Connection[Any] | None = None,
+        client: Client | AsyncClient | None = None,
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
     ) -> TaskCall:
         """This task with options for the next enqueue: `task.options(delay=60).enqueue(...)`.
 
@@ -106,7 +119,8 @@ class Task(Generic[P, R]):
         pending one this payload and run_at (a debounce). `client` None uses the
         default client (the database of the environment, or of the worker running
         the calling task); `conn` enqueues inside the caller's transaction, as
-        `Client.enqueue` does.
+        `Client.enqueue` does. For `aenqueue`, `client` is an AsyncClient and `conn`
+        an AsyncConnection.
         """
         return TaskCall(
             self,
@@ -162,26 +176,39 @@ class TaskCall:
     run_at: datetime | None
     max_attempts: int | None
     idempotency_key: str | None
-    client: Client | None
-    conn: psycopg.Connection[Any] | None
+    client: Client | AsyncClient | None
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None
     unique_key: str | None = None
     on_conflict: str = "keep"
 
     def enqueue(self, **payload: Any) -> Job:
         self.task.check_payload(payload)
-        return (self.client or default_client()).enqueue(
-            self.task.name,
-            payload,
-            queue=self.queue or self.task.queue,
-            priority=self.priority,
-            delay=self.delay,
-            run_at=self.run_at,
-            max_attempts=self.max_attempts or self.task.max_attempts,
-            idempotency_key=self.idempotency_key,
-            unique_key=self.unique_key,
-            on_conflict=self.on_conflict,
-            conn=self.conn,
-        )
+        client = self.client or default_client()
+        if not isinstance(client, Client):
+            raise InvalidArgument([FieldError("client", "an AsyncClient enqueues by aenqueue()")])
+        return client.enqueue(self.task.name, payload, **self._options())
+
+    async def aenqueue(self, **payload: Any) -> Job:
+        """`enqueue` on an AsyncClient (the running loop's default when none was given)."""
+        self.task.check_payload(payload)
+        client = self.client or default_async_client()
+        if not isinstance(client, AsyncClient):
+            raise InvalidArgument([FieldError("client", "a Client enqueues by enqueue()")])
+        return await client.enqueue(self.task.name, payload, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        """The enqueue arguments besides the payload; the client checks `conn`'s kind."""
+        return {
+            "queue": self.queue or self.task.queue,
+            "priority": self.priority,
+            "delay": self.delay,
+            "run_at": self.run_at,
+            "max_attempts": self.max_attempts or self.task.max_attempts,
+            "idempotency_key": self.idempotency_key,
+            "unique_key": self.unique_key,
+            "on_conflict": self.on_conflict,
+            "conn": self.conn,
+        }
 
 
 @overload
@@ -224,7 +251,7 @@ def task(
     one of `retry_on` (default: any) and none of `no_retry_on`; any other ends
     the job `dead` at once, as `raise errands.Fail(...)` does.
 
-    Limits hold across every worker and host (README: Limits and unique jobs): at
+    Limits hold across every worker and host (docs/guides/limits.md): at
     most `concurrency` jobs of the task in progress at once, and at most `rate`
     starts per period (`"30/m"`: any 60 seconds; units s, m, h); with
     `concurrency_key` or `rate_key`, the name of one of the function's arguments,
@@ -319,9 +346,30 @@ def _check(spec: Task[Any, Any]) -> None:
             )
 
 
+class AttemptLink:
+    """How a running task reaches the worker that runs it (errands/workers/attempt.py).
+
+    This base stands for no worker at all: a task called directly or through
+    errands.testing, where no cancel is ever requested and nothing is stored.
+    """
+
+    @property
+    def cancel_requested(self) -> bool:
+        return False
+
+    def report_progress(self, progress_json: str) -> None:
+        """Keep the progress for the worker to store (at most once a second)."""
+
+    def complete_in(self, conn: psycopg.Connection[Any], result_json: str) -> None:
+        """Complete the job in the transaction under way on `conn`."""
+
+    async def complete_in_async(self, conn: psycopg.AsyncConnection[Any], result_json: str) -> None:
+        """`complete_in` on an asyncio connection."""
+
+
 @dataclass(frozen=True)
 class CurrentJob:
-    """What a task can learn about the job it is running."""
+    """What a task can learn about the job it is running, and how it talks to the queue."""
 
     id: int
     task: str
@@ -330,6 +378,50 @@ class CurrentJob:
     max_attempts: int
     payload: dict[str, Any]
     run_at: datetime  # when the job was due: a periodic job's tick
+    link: AttemptLink = field(default_factory=AttemptLink, repr=False, compare=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether a cancel of the job was requested while it runs: stop soon (the job is
+        recorded cancelled however the attempt ends). `check_cancelled()` raises instead."""
+        return self.link.cancel_requested
+
+    def set_progress(self, value: float | Mapping[str, Any]) -> None:
+        """Report how far the task is: a number from 0 to 1, or a small JSON object (at most
+        2 KiB). Call it as often as you like: the worker stores the latest value at most
+        once a second, and with the job's completion. InvalidArgument for anything else."""
+        self.link.report_progress(progress_json(value))
+
+    @overload
+    def complete_in(
+        self, conn: psycopg.AsyncConnection[Any], result: Any = None
+    ) -> Awaitable[None]: ...
+    @overload
+    def complete_in(self, conn: psycopg.Connection[Any], result: Any = None) -> None: ...
+    def complete_in(self, conn: Any, result: Any = None) -> Awaitable[None] | None:
+        """Complete the job inside the transaction under way on `conn`, so that it commits
+        or rolls back with the application's own writes (README: Running jobs).
+
+        Fenced like every write of the attempt: `LeaseLost` when the attempt no longer
+        holds the job, `Cancelled` when a cancel was requested; either must roll the
+        transaction back (let it propagate). Once it returns, the worker writes nothing
+        more for this attempt if that transaction commits. On an AsyncConnection it
+        returns an awaitable.
+        """
+        try:
+            result_json = encode_result(result)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(
+                [FieldError("result", f"must be JSON-serialisable without NaN ({exc})")]
+            ) from None
+        if isinstance(conn, psycopg.AsyncConnection):
+            return self.link.complete_in_async(conn, result_json)
+        if isinstance(conn, psycopg.Connection):
+            self.link.complete_in(conn, result_json)
+            return None
+        raise InvalidArgument(
+            [FieldError("conn", "must be a psycopg Connection or AsyncConnection")]
+        )
 
 
 _current: contextvars.ContextVar[CurrentJob] = contextvars.ContextVar("errands_current_job")
@@ -341,6 +433,15 @@ def current_job() -> CurrentJob:
         return _current.get()
     except LookupError:
         raise ErrandsError("current_job() is only available inside a running task") from None
+
+
+def check_cancelled() -> None:
+    """Raise `errands.Cancelled` when a cancel of the running job was requested: call it
+    between the steps of a long task that runs on a thread (a coroutine is cancelled
+    for you). ErrandsError outside a task."""
+    job = current_job()
+    if job.cancel_requested:
+        raise Cancelled(job.id)
 
 
 @contextmanager

@@ -17,7 +17,9 @@ validation as a real enqueue, and stores nothing. `run` calls a task the way
 a worker does: payload checked against the signature and passed through JSON,
 `errands.current_job()` set, a coroutine run to its end, the result returned
 as the job would store it. What the task raises (`errands.Fail`,
-`errands.Retry`, any error) reaches the test.
+`errands.Retry`, any error) reaches the test. No worker is there to talk to:
+`current_job().set_progress()` and `complete_in()` check their arguments and
+store nothing, and `cancel_requested` stays false.
 """
 
 from __future__ import annotations
@@ -189,4 +191,6 @@ def _pending_job(job_id: int, request: JobRequest, now: datetime) -> Job:
         started_at=None,
         finished_at=None,
         updated_at=now,
+        cancel_requested_at=None,
+        progress=None,
     )

@@ -1,5 +1,5 @@
 """Headless Chromium (Debian's chromium and chromium-driver), for the browser tests and
-the README's screenshots (docs/screenshots.py)."""
+the documentation's screenshots (docs/screenshots.py)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import tempfile
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import structlog
 import uvicorn
 from hypothesis import HealthCheck, settings
 from psycopg.conninfo import make_conninfo
@@ -36,9 +38,17 @@ from errands.errors import ConfigurationError
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, free_port
 from errands.harness.waiting import wait_for
+from errands.log import QUIET_LOGGERS
 from errands.registry import task_defaults
 from errands.schema.migrator import migrate
+from tests.clients import client_kind, enqueue_task, portal
 from tests.daemon import Daemon
+
+__all__ = [
+    "client_kind",
+    "enqueue_task",
+    "portal",
+]  # fixtures of tests/clients.py, for every module
 
 settings.register_profile(
     "errands", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -46,6 +56,26 @@ settings.register_profile(
 settings.load_profile("errands")
 
 TEMPLATE = "errands_test_template"
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """Whatever a test configures of logging (an in-process command configures structlog
+    and the root logger, as errands' processes do) is undone after it, so that no test
+    sees another's set-up: the library-mode logging tests then hold in any order."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    configured = structlog.is_configured()
+    yield
+    if not configured and structlog.is_configured():
+        structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, was in quiet.items():
+        logging.getLogger(name).setLevel(was)
+
+
 ServeApi = Callable[..., httpx.Client]
 _numbers = itertools.count()
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from errands import Client
 from errands.api import endpoints, openapi
 from errands.api.guesses import LIMIT, WINDOW_SECONDS
+from errands.queue.lease import Held, claim, heartbeat
 from tests.conftest import ServeApi
+
+Conn = psycopg.Connection[Any]
 
 TOKEN = "s3cret-token"
 
@@ -195,6 +200,32 @@ def test_cancel_then_retry(api: httpx.Client) -> None:
     job = api.post("/jobs", json={"task": "t"}).json()
     assert api.post(f"/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
     assert api.post(f"/jobs/{job['id']}/retry").json()["state"] == "pending"
+
+
+def test_cancel_of_a_running_job_answers_200_with_the_request_recorded(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job = client.enqueue("t")
+    claim(conn, "w1", ["default"], 1, 30)
+    answer = api.post(f"/jobs/{job.id}/cancel")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["state"], body["lease_owner"]) == ("in_progress", "w1")
+    assert body["cancel_requested_at"].endswith("+00:00")
+
+
+def test_a_running_jobs_progress_is_shown_and_documented(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job = client.enqueue("t")
+    (claimed,) = claim(conn, "w1", ["default"], 1, 30)
+    held = Held(claimed.id, claimed.attempts)
+    heartbeat(conn, "w1", [held], 30, {job.id: '{"done": 3, "total": 7}'})
+    assert api.get(f"/jobs/{job.id}").json()["progress"] == {"done": 3, "total": 7}
+    heartbeat(conn, "w1", [held], 30, {job.id: "0.25"})
+    assert api.get(f"/jobs/{job.id}").json()["progress"] == 0.25
+    schema = api.get("/openapi.json").json()["components"]["schemas"]["Job"]
+    assert {"progress", "cancel_requested_at"} <= set(schema["properties"])
 
 
 def test_retry_of_a_pending_job_is_409(api: httpx.Client) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from errands.harness.chaos import Evidence, StoredJob, clock_checks, job_checks, limit_checks
+from errands.harness.chaos import (
+    CancelRequest,
+    Evidence,
+    StoredJob,
+    clock_checks,
+    job_checks,
+    limit_checks,
+)
 
 
 def stored(job_id: int, state: str, attempts: int = 1, **fields: Any) -> StoredJob:
@@ -25,8 +32,12 @@ def stored(job_id: int, state: str, attempts: int = 1, **fields: Any) -> StoredJ
     return StoredJob(**{**values, **fields})
 
 
-def failed_checks(evidence: Evidence, kinds: dict[str, str] | None = None) -> list[str]:
-    return [c.name for c in job_checks(evidence, kinds or {}) if not c.passed]
+def failed_checks(
+    evidence: Evidence,
+    kinds: dict[str, str] | None = None,
+    cancels: list[CancelRequest] | None = None,
+) -> list[str]:
+    return [c.name for c in job_checks(evidence, kinds or {}, cancels or []) if not c.passed]
 
 
 def completed(job_id: int, attempt: int, token: str) -> StoredJob:
@@ -131,6 +142,32 @@ def test_a_lease_written_on_a_host_clock_that_is_off_fails() -> None:
     for sample in [(0.5, 1801.0), (-1799.0, 1.0)]:
         (failed,) = failed_clock_checks([tick(1, 0.4)], leases=[sample])
         assert failed.startswith("every lease seen in progress")
+
+
+def test_a_job_asked_to_cancel_while_running_must_end_cancelled() -> None:
+    asked = [CancelRequest(1, "http", "in_progress", attempt=1)]
+    evidence = Evidence({1: completed(1, 1, "t")}, [(1, 1, 0, None)], [(1, 1, "t")])
+    assert failed_checks(evidence, cancels=asked) == [
+        "every job completed, or is dead with its budget spent when it always fails"
+    ]
+    cancelled = Evidence({1: stored(1, "cancelled", cancel_requested=True)}, [(1, 1, 0, None)], [])
+    assert failed_checks(cancelled, cancels=asked) == []
+
+
+def test_a_job_asked_to_cancel_while_running_must_never_start_again() -> None:
+    asked = [CancelRequest(1, "python", "in_progress", attempt=1)]
+    job = stored(1, "cancelled", 2, cancel_requested=True)
+    evidence = Evidence({1: job}, [(1, 1, 0, None), (1, 2, 0, None)], [])
+    assert failed_checks(evidence, cancels=asked) == [
+        "no job asked to cancel while it ran started again"
+    ]
+
+
+def test_a_cancel_cut_off_by_a_fault_may_have_been_recorded_or_not() -> None:
+    unclear = [CancelRequest(1, "http", "unclear")]
+    for job in (completed(1, 1, "t"), stored(1, "cancelled")):
+        evidence = Evidence({1: job}, [(1, 1, 0, None)], [(1, 1, "t")])
+        assert failed_checks(evidence, cancels=unclear) == []
 
 
 def limits_passed(*limited: tuple[str, str, float, float | None]) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from errands import Client, JobState
-from errands.queue.lease import Held, claim, fail
+from errands.queue.lease import Held, claim, fail, heartbeat
 from errands.queue.presence import announce
 from errands.schema.migrator import available_migrations
 
@@ -126,6 +126,20 @@ def test_jobs_cancel_and_retry(client: Client, db_url: str) -> None:
     job = client.enqueue("a")
     assert errands_json(db_url, "jobs", "cancel", str(job.id))["state"] == "cancelled"
     assert errands_json(db_url, "jobs", "retry", str(job.id))["state"] == "pending"
+
+
+def test_jobs_cancel_asks_a_running_job_to_stop_and_show_gives_its_progress(
+    client: Client, db_url: str, conn: Conn
+) -> None:
+    job = client.enqueue("a")
+    (claimed,) = claim(conn, "w1", ["default"], 1, 30)
+    heartbeat(conn, "w1", [Held(claimed.id, claimed.attempts)], 30, {job.id: "0.125"})
+    assert "progress: 12%" in errands(db_url, "jobs", "show", str(job.id)).stdout
+    asked = errands(db_url, "jobs", "cancel", str(job.id)).stdout
+    assert asked.startswith(f"job {job.id} in_progress: asked to stop")
+    shown = errands_json(db_url, "jobs", "show", str(job.id))
+    assert (shown["progress"], shown["state"]) == (0.125, "in_progress")
+    assert shown["cancel_requested_at"] is not None
 
 
 def test_jobs_retry_of_a_pending_job_is_refused(client: Client, db_url: str) -> None:

@@ -10,9 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from errands import Client, InvalidArgument, InvalidJob, JobState
+from errands import AsyncClient, Client, InvalidArgument, InvalidJob, JobState
 from errands.errors import WITHHELD, scrub
 from errands.queue.requests import QUEUE_NAME
+from tests.clients import Blocking, Portal
+from tests.clients import either_client as client
+
+__all__ = ["client"]  # each test runs with both clients: tests/clients.py
 
 MAX_ID = 2**63 - 1
 
@@ -106,23 +110,39 @@ def test_enqueue_many_names_the_spec_that_is_not_a_dict(client: Client) -> None:
         client.enqueue_many([{"task": "sleep"}, "sleep"])
 
 
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
 @pytest.mark.parametrize(
     ("make", "field"),
     [
-        (lambda: Client(42), "dsn"),  # type: ignore[arg-type]
-        (lambda: Client("not a connection string"), "dsn"),
-        (lambda: Client("postgresql://u@h/d", max_connections=0), "max_connections"),
-        (lambda: Client("postgresql://u@h/d", max_connections=True), "max_connections"),
+        (lambda kind: kind(42), "dsn"),
+        (lambda kind: kind("not a connection string"), "dsn"),
+        (lambda kind: kind("postgresql://u@h/d", max_connections=0), "max_connections"),
+        (lambda kind: kind("postgresql://u@h/d", max_connections=True), "max_connections"),
     ],
 )
-def test_a_bad_client_setting_is_refused_at_once(make: Callable[[], Client], field: str) -> None:
+def test_a_bad_client_setting_is_refused_at_once(
+    make: Callable[[type], Any], field: str, kind: type
+) -> None:
     with pytest.raises(InvalidArgument, match=field):
-        make()
+        make(kind)
 
 
 def test_conn_must_be_a_psycopg_connection(client: Client) -> None:
     with pytest.raises(InvalidArgument, match="conn"):
         client.enqueue("t", conn="postgresql://")  # type: ignore[arg-type]
+
+
+def test_a_connection_of_the_other_kind_is_refused_naming_the_client_it_goes_to(
+    client: Client, client_kind: str, db_url: str, portal: Portal
+) -> None:
+    other = "AsyncClient" if client_kind == "Client" else "Client"
+    # The other client's kind of connection: an AsyncConnection for the Client, and back.
+    async_conn = Blocking(portal.call(psycopg.AsyncConnection.connect(db_url)), portal)
+    with async_conn, psycopg.connect(db_url) as sync_conn:
+        conn = async_conn.wrapped if client_kind == "Client" else sync_conn
+        with pytest.raises(InvalidArgument, match=rf"conn: .* goes to errands\.{other}\)"):
+            client.enqueue("t", conn=conn)
+    assert client.list() == []
 
 
 def test_a_database_refusal_is_named_without_the_row(client: Client, db_url: str) -> None:

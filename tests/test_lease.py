@@ -146,7 +146,7 @@ def test_complete_of_an_earlier_attempt_by_the_same_owner_changes_nothing(
 def test_heartbeat_extends_the_lease_of_held_jobs(client: Client, conn: Conn) -> None:
     client.enqueue("t")
     job = claim_one(conn)
-    assert heartbeat(conn, "w1", [held(job)], lease_seconds=300) == {job.id}
+    assert heartbeat(conn, "w1", [held(job)], lease_seconds=300).renewed == {job.id}
     renewed = client.get(job.id)
     assert renewed is not None and renewed.lease_expires_at is not None
     assert job.lease_expires_at is not None
@@ -158,7 +158,7 @@ def test_heartbeat_reports_a_lost_lease(client: Client, conn: Conn) -> None:
     job = claim_one(conn, "w1")
     release(conn, "w1")
     claim_one(conn, "w2")
-    assert heartbeat(conn, "w1", [held(job)], lease_seconds=30) == set()
+    assert heartbeat(conn, "w1", [held(job)], lease_seconds=30).held == set()
 
 
 def test_fail_schedules_a_retry_while_budget_is_left(client: Client, conn: Conn) -> None:

@@ -1,4 +1,4 @@
-"""Limits (README: Limits and unique jobs), through the real statements: concurrency per task,
+"""Limits (docs/guides/limits.md), through the real statements: concurrency per task,
 per payload key and per queue, rates, slots given back by every statement that ends an
 attempt, fairness across keys, and the limits' own bookkeeping."""
 
@@ -20,12 +20,14 @@ from errands.queue.lease import (
     claim,
     complete,
     complete_and_claim,
+    complete_in_steps,
     fail,
     reap,
     release,
     reschedule,
 )
 from errands.queue.requests import QueueLimits
+from errands.queue.steps import run
 from errands.queue.throttles import (
     Rate,
     TaskLimits,
@@ -109,12 +111,69 @@ def test_a_completion_frees_its_slot_for_the_claim_in_the_same_statement(
         client.enqueue("sync")
     held = claim_all(conn)
     answer = complete_and_claim(conn, "w1", done(held), ("default",), 10, LEASE)
-    assert answer.completed == {j.id for j in held}
+    assert answer.completed.ids == {j.id for j in held}
     assert len(answer.jobs) == 2
     slots_match_the_jobs(conn)
 
 
-@pytest.mark.parametrize("ending", ["fail", "reschedule", "release", "reap", "cancel_of_other"])
+def end_attempt(conn: Conn, job: Job, ending: str) -> None:
+    """End the attempt of `job` (held by w1) by one of the statements that end attempts."""
+    held = Held(job.id, job.attempts)
+    if ending == "complete":
+        complete(conn, "w1", done([job]))
+    elif ending == "fail":
+        fail(conn, "w1", held, "boom", None, retry_in=0)
+    elif ending == "reschedule":
+        reschedule(conn, "w1", held, "later", retry_in=0)
+    elif ending == "release":
+        release(conn, "w1")
+    else:
+        conn.execute(
+            "update errands_jobs set lease_expires_at = now() - interval '1 s'"
+            " where state = 'in_progress'"
+        )
+        reap(conn)
+
+
+@pytest.mark.parametrize("ending", ["complete", "fail", "reschedule", "release", "reap"])
+def test_an_attempt_asked_to_cancel_gives_its_slot_back_however_it_ends(
+    conn: Conn, client: Client, ending: str
+) -> None:
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
+    client.enqueue("sync")
+    client.enqueue("sync")
+    (job,) = claim_all(conn)
+    client.cancel(job.id)  # running: asked to stop, still holding its slot
+    assert counters(conn)[("sync", "concurrency", "")] == 1
+    end_attempt(conn, job, ending)
+    ended = client.get(job.id)
+    assert ended is not None and ended.state is JobState.CANCELLED
+    assert counters(conn)[("sync", "concurrency", "")] == 0
+    assert len(claim_all(conn, "w2")) == 1
+    slots_match_the_jobs(conn)
+
+
+@pytest.mark.parametrize("commits", [True, False])
+def test_a_completion_in_the_applications_transaction_frees_the_slot_when_it_commits(
+    conn: Conn, client: Client, db_url: str, commits: bool
+) -> None:
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
+    client.enqueue("sync")
+    client.enqueue("sync")
+    (job,) = claim_all(conn)
+    with psycopg.connect(db_url) as app:
+        handed = run(app, complete_in_steps("w1", Held(job.id, job.attempts), "null", None))
+        assert handed.completed
+        if commits:
+            app.commit()
+        else:
+            app.rollback()
+    assert counters(conn)[("sync", "concurrency", "")] == (0 if commits else 1)
+    assert len(claim_all(conn, "w2")) == (1 if commits else 0)
+    slots_match_the_jobs(conn)
+
+
+@pytest.mark.parametrize("ending", ["complete", "fail", "reschedule", "release", "reap"])
 def test_every_statement_that_ends_an_attempt_gives_its_slot_back(
     conn: Conn, client: Client, ending: str
 ) -> None:
@@ -122,26 +181,19 @@ def test_every_statement_that_ends_an_attempt_gives_its_slot_back(
     client.enqueue("sync")
     client.enqueue("sync")
     (job,) = claim_all(conn)
-    held = Held(job.id, job.attempts)
-    if ending == "fail":
-        fail(conn, "w1", held, "boom", None, retry_in=0)
-    elif ending == "reschedule":
-        reschedule(conn, "w1", held, "later", retry_in=0)
-    elif ending == "release":
-        release(conn, "w1")
-    elif ending == "reap":
-        conn.execute(
-            "update errands_jobs set lease_expires_at = now() - interval '1 s'"
-            " where state = 'in_progress'"
-        )
-        reap(conn)
-    else:  # cancelling a job that waits frees nothing: the running one still holds the slot
-        other = next(j for j in client.list(state="pending"))
-        client.cancel(other.id)
-        assert counters(conn)[("sync", "concurrency", "")] == 1
-        return
+    end_attempt(conn, job, ending)
     assert counters(conn)[("sync", "concurrency", "")] == 0
     assert len(claim_all(conn, "w2")) == 1
+    slots_match_the_jobs(conn)
+
+
+def test_cancelling_a_job_that_waits_frees_no_slot(conn: Conn, client: Client) -> None:
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
+    client.enqueue("sync")
+    waiting = client.enqueue("sync")
+    claim_all(conn)
+    client.cancel(waiting.id)
+    assert counters(conn)[("sync", "concurrency", "")] == 1
     slots_match_the_jobs(conn)
 
 

@@ -1,4 +1,4 @@
-"""Limits through real processes (README: Limits and unique jobs): two `errands run`
+"""Limits through real processes (docs/guides/limits.md): two `errands run`
 supervisors share one database, workers are SIGKILLed mid-job, and the tasks' own record of
 when each attempt ran (tests/daemon_tasks.py) is checked against the limits."""
 

@@ -10,7 +10,7 @@ that a limit would have let start (nothing is stranded).
 
 The task limits never change here, so every job of those tasks in progress started under
 them and counts. The queue limit comes and goes: jobs started while it was off hold no
-slot of it, and it counts only the jobs started under it (README: Limits and unique jobs).
+slot of it, and it counts only the jobs started under it (docs/guides/limits.md).
 """
 
 from __future__ import annotations

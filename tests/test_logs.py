@@ -111,15 +111,19 @@ def test_without_a_url_only_errands_run_starts_the_embedded_database(
     assert "ERRANDS_DATABASE_URL" in refused.stderr
     client = python(
         """
-        import errands
-        try:
-            errands.Client().stats()
-        except errands.ConfigurationError as exc:
-            print(exc)
+        import asyncio, errands
+        def sync_stats(): errands.Client().stats()
+        def async_stats(): asyncio.run(errands.AsyncClient().stats())
+        for stats in (sync_stats, async_stats):
+            try:
+                stats()
+            except errands.ConfigurationError as exc:
+                print(exc)
         """,
         env,
     )
-    assert "ERRANDS_DATABASE_URL" in client.stdout
+    refusals = client.stdout.splitlines()
+    assert len(refusals) == 2 and all("ERRANDS_DATABASE_URL" in line for line in refusals)
     assert not fresh_data_dir.exists()  # no second server, not even its directory
 
     daemon = DaemonProcess(["run", "--workers", "1", "--no-http"], env, tmp_path / "run.log")

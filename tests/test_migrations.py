@@ -20,6 +20,7 @@ from errands import Client, JobState
 from errands.errors import SchemaMismatch
 from errands.queue.lease import Completion, claim, complete
 from errands.schema.migrator import applied_versions, available_migrations, check, migrate
+from tests.clients import Portal, blocking_client, closing
 
 Conn = psycopg.Connection[Any]
 LEGACY = Path(__file__).parent / "legacy_schema"
@@ -130,8 +131,11 @@ def test_errands_run_refuses_a_schema_behind_its_code_in_one_line(db_url: str, c
     )
 
 
-def test_an_application_client_never_migrates(empty_db_url: str, empty: Conn) -> None:
-    with Client(empty_db_url) as client, pytest.raises(SchemaMismatch, match="errands migrate"):
+def test_an_application_client_never_migrates(
+    empty_db_url: str, empty: Conn, client_kind: str, portal: Portal
+) -> None:
+    client = blocking_client(client_kind, empty_db_url, portal)
+    with closing(client), pytest.raises(SchemaMismatch, match="errands migrate"):
         client.enqueue("t")
     assert applied_versions(empty) == set()
 

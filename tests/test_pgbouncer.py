@@ -18,6 +18,8 @@ from errands import Client, JobState
 from errands.harness.process import free_port
 from errands.queue.lease import WORKER_EXITED, reap
 from errands.workers.wakeups import MISCONFIGURED, notifications_arrive
+from tests.clients import AppConnect, Portal, blocking_client, closing
+from tests.clients import either_app_connect as app_connect
 from tests.conftest import ServeApi
 from tests.daemon import Daemon, wait_for
 
@@ -30,6 +32,19 @@ def pooled_client(bouncer_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("ERRANDS_PGBOUNCER", "1")
     with Client(bouncer_url) as client:
         yield client
+
+
+@pytest.fixture
+def either_pooled_client(
+    client_kind: str, bouncer_url: str, portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Client]:
+    """pooled_client, for both clients (tests/clients.py)."""
+    monkeypatch.setenv("ERRANDS_PGBOUNCER", "1")
+    with closing(blocking_client(client_kind, bouncer_url, portal)) as client:
+        yield client
+
+
+__all__ = ["app_connect"]  # with both clients: tests/clients.py
 
 
 def take_the_last_server_connection(bouncer_url: str) -> psycopg.Connection[object]:
@@ -59,13 +74,13 @@ def test_the_listen_probe_tells_a_transaction_pooler_from_a_direct_connection(
 
 
 def test_without_any_setting_the_client_works_whatever_server_connection_it_gets(
-    bouncer_url: str, monkeypatch: pytest.MonkeyPatch
+    bouncer_url: str, monkeypatch: pytest.MonkeyPatch, client_kind: str, portal: Portal
 ) -> None:
     # psycopg prepares a statement run five times, on the server connection of that moment;
     # the next transaction may run on another, where that name is unknown or, worse, is
     # another client's statement. The Client therefore prepares nothing on the server.
     monkeypatch.delenv("ERRANDS_PGBOUNCER", raising=False)
-    with Client(bouncer_url, max_connections=1) as client:
+    with closing(blocking_client(client_kind, bouncer_url, portal, max_connections=1)) as client:
         job = client.enqueue("record", {"tag": "a"}, idempotency_key="k1")
         for _ in range(6):
             assert client.get(job.id) == job
@@ -85,8 +100,9 @@ def test_without_any_setting_the_client_works_whatever_server_connection_it_gets
 
 
 def test_the_client_works_through_pgbouncer_whatever_server_connection_it_gets(
-    pooled_client: Client, bouncer_url: str
+    either_pooled_client: Client, bouncer_url: str
 ) -> None:
+    pooled_client = either_pooled_client
     job = pooled_client.enqueue("record", {"tag": "a"}, idempotency_key="k1")
     for _ in range(6):
         assert pooled_client.get(job.id) == job
@@ -100,9 +116,10 @@ def test_the_client_works_through_pgbouncer_whatever_server_connection_it_gets(
 
 
 def test_enqueue_inside_the_callers_transaction_through_pgbouncer_rolls_back_with_it(
-    pooled_client: Client, bouncer_url: str
+    either_pooled_client: Client, bouncer_url: str, app_connect: AppConnect
 ) -> None:
-    with psycopg.connect(bouncer_url, prepare_threshold=None) as conn:
+    pooled_client = either_pooled_client
+    with app_connect(bouncer_url, prepare_threshold=None) as conn:
         pooled_client.enqueue("record", conn=conn)
         conn.rollback()
         kept = pooled_client.enqueue("record", conn=conn)

@@ -57,6 +57,7 @@ def test_the_claim_looks_up_paused_queues_and_reads_jobs_by_the_claimable_index(
         .replace("%(ids)s", "array[]::bigint[]")
         .replace("%(attempts)s", "array[]::int[]")
         .replace("%(results)s", "array[]::jsonb[]")
+        .replace("%(progress)s", "array[]::jsonb[]")
         .replace("%(queues)s", "array['a','b']")
         .replace("%(limit)s", "10")
         .replace("%(async_limit)s", "5")

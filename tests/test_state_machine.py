@@ -1,9 +1,10 @@
-"""The job state machine (README: The job model; Guarantees), driven through the real statements.
+"""The job state machine (docs: the job model; guarantees), driven through the real statements.
 
 Hypothesis runs random sequences of enqueues, claims by several workers,
 heartbeats, completions, failures, lease expiries, reaps, releases, manual
-retries and cancels against PostgreSQL, and after every step compares every
-job with a plain Python model. Each worker keeps every lease it was ever given,
+retries and cancels (of running jobs too: the attempt then ends cancelled,
+however it ends) against PostgreSQL, and after every step compares every job
+with a plain Python model. Each worker keeps every lease it was ever given,
 and heartbeats, completes and fails with any of them, so the fence is tried by
 zombies (stale leases) as well as by the live holder.
 """
@@ -54,6 +55,7 @@ MISSING_ID = 10**12
 pytestmark = pytest.mark.slow
 CLAIMABLE = frozenset({JobState.PENDING, JobState.FAILED})
 RETRYABLE = frozenset({JobState.DEAD, JobState.CANCELLED})
+CANCELLABLE = CLAIMABLE | {JobState.IN_PROGRESS}
 
 REQUESTS = st.fixed_dictionaries(
     {
@@ -69,7 +71,8 @@ REQUESTS = st.fixed_dictionaries(
 # One row per job, in the shape `ModelJob.row` gives; `expired` is null unless in progress.
 ROWS = """
 select id, queue, task, payload, priority, state::text, attempts, max_attempts,
-       lease_owner, lease_expires_at < now() as expired, jsonb_array_length(errors)
+       lease_owner, lease_expires_at < now() as expired, jsonb_array_length(errors),
+       cancel_requested_at is not null
 from errands_jobs order by id
 """
 
@@ -95,6 +98,7 @@ class ModelJob:
     owner: str | None = None
     expired: bool = False
     errors: int = 0
+    cancel_requested: bool = False  # asked to cancel while it ran
 
     def holds(self, owner: str, lease: Held) -> bool:
         """Whether a fenced write by `owner` with `lease` must take effect."""
@@ -104,13 +108,20 @@ class ModelJob:
             and self.attempts == lease.attempts
         )
 
-    def recovered_state(self) -> JobState:
-        return JobState.DEAD if self.attempts >= self.max_attempts else JobState.PENDING
+    def ended(self, state: JobState) -> JobState:
+        """The state an attempt's end leaves: `state`, but cancelled after a cancel request."""
+        return JobState.CANCELLED if self.cancel_requested else state
 
-    def recover(self) -> None:
-        self.state = self.recovered_state()
+    def end(self, state: JobState) -> None:
+        self.state = self.ended(state)
         self.owner = None
         self.expired = False
+
+    def recovered_state(self) -> JobState:
+        return self.ended(JobState.DEAD if self.attempts >= self.max_attempts else JobState.PENDING)
+
+    def recover(self) -> None:
+        self.end(self.recovered_state())
         self.errors += 1
 
     def row(self) -> tuple[Any, ...]:
@@ -127,6 +138,7 @@ class ModelJob:
             self.owner,
             self.expired if in_progress else None,
             self.errors,
+            self.cancel_requested,
         )
 
 
@@ -272,7 +284,9 @@ class QueueMachine(RuleBasedStateMachine):
         owner, leases = self._draw_leases(data, max_size=3)
         live = self._live(owner, leases, "heartbeat")
         before = self._snapshot({lease.id for lease in leases} - live)
-        assert heartbeat(self.conn, owner, leases, LEASE_SECONDS) == live
+        renewal = heartbeat(self.conn, owner, leases, LEASE_SECONDS)
+        assert renewal.held == renewal.renewed == live
+        assert renewal.cancel_requested == {i for i in live if self.jobs[i].cancel_requested}
         self._assert_untouched(before)
         for job_id in live:
             self.jobs[job_id].expired = False
@@ -294,9 +308,8 @@ class QueueMachine(RuleBasedStateMachine):
             stored = get(self.conn, job_id)
             assert stored is not None
             assert stored.result == {"attempt": model.attempts}
-            model.state = JobState.COMPLETED
-            model.owner = None
-            model.expired = False
+            model.end(JobState.COMPLETED)
+            assert stored.state is model.state
 
     @precondition(lambda self: any(self.ever_held.values()))
     @rule(data=st.data())
@@ -310,11 +323,11 @@ class QueueMachine(RuleBasedStateMachine):
         if not live:
             assert state is None
             return
-        expected = JobState.FAILED if model.attempts < model.max_attempts else JobState.DEAD
+        expected = model.ended(
+            JobState.FAILED if model.attempts < model.max_attempts else JobState.DEAD
+        )
         assert state is expected
-        model.state = expected
-        model.owner = None
-        model.expired = False
+        model.end(expected)
         model.errors += 1
 
     @precondition(lambda self: self._any_in(frozenset({JobState.IN_PROGRESS})))
@@ -357,8 +370,9 @@ class QueueMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.jobs))
     @rule(action=st.sampled_from(("retry", "cancel")), data=st.data())
     def retry_or_cancel(self, action: str, data: st.DataObject) -> None:
-        """Manual retry (of dead or cancelled jobs only) or cancel (of pending or failed only)."""
-        manage, allowed = (retry, RETRYABLE) if action == "retry" else (cancel, CLAIMABLE)
+        """Manual retry (of dead or cancelled jobs only) or cancel (of pending or failed jobs,
+        or a request that a running one stop)."""
+        manage, allowed = (retry, RETRYABLE) if action == "retry" else (cancel, CANCELLABLE)
         ids = sorted(self.jobs)
         job_id = data.draw(
             _favour([i for i in ids if self.jobs[i].state in allowed], [*ids, MISSING_ID]),
@@ -382,9 +396,19 @@ class QueueMachine(RuleBasedStateMachine):
             # Attempts keep counting (they fence writes); the budget is granted again.
             assert after.attempts == before.attempts, "attempts never go back"
             assert after.max_attempts == before.attempts + model.budget, "a fresh budget"
+            assert after.cancel_requested_at is None, "a retried job starts afresh"
             model.max_attempts = after.max_attempts
-        model.state = after.state
-        assert model.state is (JobState.PENDING if action == "retry" else JobState.CANCELLED)
+            model.cancel_requested = False
+            model.state = JobState.PENDING
+        elif model.state is JobState.IN_PROGRESS:
+            # It runs on, the request recorded (the first one's time kept), until it ends.
+            assert after.lease_owner == model.owner
+            if before.cancel_requested_at is not None:
+                assert after.cancel_requested_at == before.cancel_requested_at
+            model.cancel_requested = True
+        else:
+            model.state = JobState.CANCELLED
+        assert after.state is model.state
 
     # -- invariants ------------------------------------------------------------------------
 

@@ -11,6 +11,11 @@ import pytest
 import errands
 from errands import Client, IdempotencyConflict, JobState
 from errands.queue.queries import query
+from tests.clients import AppConnect, Portal, blocking_client, closing
+from tests.clients import either_app_connect as app_connect
+from tests.clients import either_client as client
+
+__all__ = ["app_connect", "client"]  # each test runs with both clients: tests/clients.py
 
 
 def count_jobs(conn: psycopg.Connection[Any]) -> int:
@@ -112,29 +117,35 @@ def test_a_key_repeated_within_one_batch_makes_one_job(client: Client, conn: Any
     assert count_jobs(conn) == 1
 
 
-def test_enqueue_in_a_rolled_back_transaction_leaves_no_job(client: Client, db_url: str) -> None:
-    with psycopg.connect(db_url) as app_conn:
+def test_enqueue_in_a_rolled_back_transaction_leaves_no_job(
+    client: Client, db_url: str, app_connect: AppConnect
+) -> None:
+    with app_connect(db_url) as app_conn:
         client.enqueue("send_email", {}, conn=app_conn)
         client.enqueue_many([{"task": "a"}, {"task": "b"}], conn=app_conn)
         app_conn.rollback()
     assert client.list() == []
 
 
-def test_enqueue_in_a_committed_transaction_stores_the_job(client: Client, db_url: str) -> None:
-    with psycopg.connect(db_url) as app_conn:
+def test_enqueue_in_a_committed_transaction_stores_the_job(
+    client: Client, db_url: str, app_connect: AppConnect
+) -> None:
+    with app_connect(db_url) as app_conn:
         job = client.enqueue("send_email", {}, conn=app_conn)
         app_conn.commit()
     assert client.get(job.id) is not None
 
 
-def test_enqueue_on_the_callers_connection_opens_none_of_its_own(db_url: str) -> None:
-    nowhere = Client("postgresql://nobody@127.0.0.1:1/nothing")  # refused, were it used
-    with psycopg.connect(db_url) as app_conn:
+def test_enqueue_on_the_callers_connection_opens_none_of_its_own(
+    client: Client, client_kind: str, db_url: str, app_connect: AppConnect, portal: Portal
+) -> None:
+    unused_url = "postgresql://nobody@127.0.0.1:1/nothing"  # refused, were it used
+    nowhere = blocking_client(client_kind, unused_url, portal)
+    with closing(nowhere), app_connect(db_url) as app_conn:
         job = nowhere.enqueue("send_email", {}, conn=app_conn)
         [batch_job] = nowhere.enqueue_many([{"task": "a"}], conn=app_conn)
         app_conn.commit()
-    with Client(db_url) as client:
-        assert [j.id for j in client.list()] == [batch_job.id, job.id]
+    assert [j.id for j in client.list()] == [batch_job.id, job.id]
 
 
 def test_enqueue_notifies_listeners_of_its_queue(client: Client, db_url: str) -> None:
@@ -154,37 +165,51 @@ def test_registered_task_supplies_queue_and_budget_defaults(client: Client) -> N
     assert client.enqueue("registered_for_defaults", queue="other").queue == "other"
 
 
-def pruning_after(statement_name: str, db_url: str, job_id: int) -> psycopg.Connection[Any]:
+def pruning_after(
+    statement_name: str, db_url: str, job_id: int, app_connect: AppConnect, client_kind: str
+) -> Any:
     """A connection that deletes a job right after the named statement has run: a prune
     landing between an enqueue's insert, which found the job's key taken, and its read of
     that job."""
 
+    def prune_if_named(statement: Any) -> None:
+        if statement == query(statement_name):
+            with psycopg.connect(db_url, autocommit=True) as pruner:
+                pruner.execute("delete from errands_jobs where id = %s", (job_id,))
+
     class PrunedMidway(psycopg.Cursor[Any]):
         def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> PrunedMidway:
             super().execute(statement, params, **kwargs)
-            if statement == query(statement_name):
-                with psycopg.connect(db_url, autocommit=True) as pruner:
-                    pruner.execute("delete from errands_jobs where id = %s", (job_id,))
+            prune_if_named(statement)
             return self
 
-    return psycopg.connect(db_url, autocommit=True, cursor_factory=PrunedMidway)
+    class PrunedMidwayAsync(psycopg.AsyncCursor[Any]):
+        async def execute(
+            self, statement: Any, params: Any = None, **kwargs: Any
+        ) -> PrunedMidwayAsync:
+            await super().execute(statement, params, **kwargs)
+            prune_if_named(statement)
+            return self
+
+    cursor = PrunedMidway if client_kind == "Client" else PrunedMidwayAsync
+    return app_connect(db_url, autocommit=True, cursor_factory=cursor)
 
 
 def test_a_key_whose_job_is_pruned_between_the_insert_and_the_read_is_stored_anew(
-    client: Client, db_url: str
+    client: Client, client_kind: str, db_url: str, app_connect: AppConnect
 ) -> None:
     stored = client.enqueue("t", idempotency_key="k")
-    with pruning_after("enqueue", db_url, stored.id) as app_conn:
+    with pruning_after("enqueue", db_url, stored.id, app_connect, client_kind) as app_conn:
         job = client.enqueue("t", idempotency_key="k", conn=app_conn)
     assert job.id != stored.id
     assert client.get(job.id).idempotency_key == "k"
 
 
 def test_a_batch_whose_keyed_job_is_pruned_midway_stores_it_anew(
-    client: Client, db_url: str
+    client: Client, client_kind: str, db_url: str, app_connect: AppConnect
 ) -> None:
     stored = client.enqueue("t", idempotency_key="k")
-    with pruning_after("enqueue_staged", db_url, stored.id) as app_conn:
+    with pruning_after("enqueue_staged", db_url, stored.id, app_connect, client_kind) as app_conn:
         jobs = client.enqueue_many(
             [{"task": "t"}, {"task": "t", "idempotency_key": "k"}], conn=app_conn
         )
@@ -235,8 +260,10 @@ def test_enqueue_many_returns_every_job_as_stored(client: Client) -> None:
     assert jobs[2] == client.get(stored.id)
 
 
-def test_batches_in_one_transaction_each_store_their_own_jobs(client: Client, db_url: str) -> None:
-    with psycopg.connect(db_url) as app_conn:
+def test_batches_in_one_transaction_each_store_their_own_jobs(
+    client: Client, db_url: str, app_connect: AppConnect
+) -> None:
+    with app_connect(db_url) as app_conn:
         first = client.enqueue_many([{"task": "a"}, {"task": "b"}], conn=app_conn)
         second = client.enqueue_many([{"task": "c"}], conn=app_conn)
         app_conn.commit()
@@ -259,10 +286,10 @@ def test_a_batch_notifies_each_of_its_queues_once(client: Client, db_url: str) -
 
 
 def test_a_batch_conflicting_with_a_stored_key_leaves_the_callers_transaction_usable(
-    client: Client, db_url: str
+    client: Client, db_url: str, app_connect: AppConnect
 ) -> None:
     client.enqueue("t", {"n": 1}, idempotency_key="k1")
-    with psycopg.connect(db_url) as app_conn:
+    with app_connect(db_url) as app_conn:
         with pytest.raises(IdempotencyConflict):
             client.enqueue_many(
                 [{"task": "t"}, {"task": "t", "payload": {"n": 2}, "idempotency_key": "k1"}],

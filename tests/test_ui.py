@@ -5,7 +5,9 @@ What a browser does with them (clicks, scripts, cookies) is in test_ui_browser.p
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,7 +21,9 @@ from errands import Client, JobState
 from errands.api.guesses import LIMIT
 from errands.config import Settings
 from errands.errors import ConfigurationError
-from errands.queue.lease import Held, claim, fail
+from errands.queue.lease import Held, claim, fail, heartbeat
+from errands.queue.schedules import Schedule, declare, enqueue_tick, list_schedules
+from errands.queue.ticks import Timing
 from tests.conftest import ServeApi
 from tests.rawhttp import exchange, request
 
@@ -197,6 +201,57 @@ def test_bulk_retry_shows_the_count_and_acts_only_once_confirmed(
     assert [q.counts[JobState.DEAD] for q in client.stats().queues if q.queue == "other"] == [1]
 
 
+def test_a_running_job_shows_its_progress_and_is_asked_to_stop_from_its_page(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job = client.enqueue("t")
+    (claimed,) = claim(conn, "w1", ["default"], 1, 30)
+    heartbeat(conn, "w1", [Held(claimed.id, claimed.attempts)], 30, {job.id: "0.4"})
+    page = api.get(f"/ui/jobs/{job.id}")
+    assert '<progress value="0.4" max="1">40%</progress>' in page.text
+    assert 'id="cancel">Cancel (stop it running)<' in page.text
+    listed = api.get("/ui/jobs").text
+    assert '<progress value="0.4" max="1" title="40%">' in listed
+    answer = api.post(f"/ui/jobs/{job.id}/cancel", data={"csrf": csrf_of(page)})
+    assert answer.status_code == 303 and "done=cancel-requested" in answer.headers["location"]
+    asked = api.get(answer.headers["location"]).text
+    assert 'id="stopping"' in asked and 'id="cancel"' not in asked
+    assert "asked to stop" in asked
+    assert client.get(job.id).state is JobState.IN_PROGRESS  # type: ignore[union-attr]
+
+
+def test_a_progress_object_is_shown_escaped_with_a_bar_for_done_of_total(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job = client.enqueue("t")
+    (claimed,) = claim(conn, "w1", ["default"], 1, 30)
+    progress = json.dumps({"done": 1, "total": 4, "stage": SCRIPT})
+    heartbeat(conn, "w1", [Held(claimed.id, claimed.attempts)], 30, {job.id: progress})
+    for text in (api.get(f"/ui/jobs/{job.id}").text, api.get("/ui/jobs").text):
+        assert SCRIPT not in text and "&lt;script&gt;" in text
+        assert '<progress value="0.25" max="1"' in text
+
+
+def test_bulk_cancel_asks_running_jobs_to_stop_only_when_ticked(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    running = client.enqueue("t")
+    claim(conn, "w1", ["default"], 1, 30)
+    pending = client.enqueue("t")
+    page = api.get("/ui/jobs")
+    assert 'id="bulk-cancel-running"' in page.text
+    form = {"csrf": csrf_of(page), "action": "cancel", "confirm": "yes"}
+    assert api.post("/ui/bulk", data=form).status_code == 303
+    assert client.get(running.id).cancel_requested_at is None  # type: ignore[union-attr]
+    assert client.get(pending.id).state is JobState.CANCELLED  # type: ignore[union-attr]
+    asked = api.post("/ui/bulk", data={**form, "confirm": "", "running": "yes"})
+    assert re.search(r'id="bulk-count">1<', asked.text) and "asked to stop" in asked.text
+    assert api.post("/ui/bulk", data={**form, "running": "yes"}).status_code == 303
+    stopping = client.get(running.id)
+    assert stopping is not None and stopping.state is JobState.IN_PROGRESS
+    assert stopping.cancel_requested_at is not None
+
+
 def test_a_queue_is_paused_and_resumed_from_the_overview(api: httpx.Client, client: Client) -> None:
     client.enqueue("t", queue="mail")
     token = csrf_of(api.get("/ui"))
@@ -255,25 +310,43 @@ def test_the_schedules_page_says_when_there_is_no_schedule(api: httpx.Client) ->
     assert 'id="no-schedules"' in page.text
 
 
-def test_the_schedules_page_shows_each_schedule_with_its_last_job(
-    api: httpx.Client, client: Client, conn: Conn
+def declare_schedules(conn: Conn) -> None:
+    """A cron schedule in a time zone with a tick enqueued, and an interval never ticked."""
+    daily = Schedule("morning_digest", "digest", Timing("0 7 * * 1-5", None, "Europe/Berlin"))
+    declare(conn, daily)
+    enqueue_tick(conn, daily, datetime(2026, 11, 30, 6, 0, tzinfo=UTC))
+    payload = {"table": SCRIPT}
+    declare(conn, Schedule("purge", "purge_expired", Timing(None, 90), payload, catch_up=False))
+
+
+def test_the_schedules_page_shows_each_schedule_as_errands_schedules_does(
+    api: httpx.Client, conn: Conn
 ) -> None:
-    # The columns periodic jobs' table has, at least: the page reads whatever it holds.
-    conn.execute(
-        "create table if not exists errands_schedules"
-        " (name text primary key, task text not null, every_seconds bigint, last_job_id bigint)"
-    )
-    job = client.enqueue("t")
-    conn.execute(
-        "insert into errands_schedules (name, task, every_seconds, last_job_id)"
-        " values ('nightly', %s, 60, %s)",
-        (SCRIPT, job.id),
-    )
-    page = api.get("/ui/schedules")
-    assert "nightly" in page.text
-    assert f'<a href="/ui/jobs/{job.id}">' in page.text
-    assert '<span class="badge pending">pending</span>' in page.text
-    assert SCRIPT not in page.text
+    declare_schedules(conn)
+    page = api.get("/ui/schedules").text
+    digest, purge = list_schedules(conn)
+    for heading in ("Schedule", "Task", "Runs", "Next tick", "Last tick", "Last job", "Payload"):
+        assert f"<th>{heading}</th>" in page
+    assert "<code>0 7 * * 1-5</code> in Europe/Berlin" in page
+    assert "every 90 s" in page
+    assert digest.next_tick is not None and purge.next_tick is not None
+    for moment in (digest.next_tick, purge.next_tick, digest.last_tick):
+        assert moment is not None
+        assert moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") in page
+    assert f'<a href="/ui/jobs/{digest.last_job_id}">' in page
+    assert '<span class="badge pending">pending</span>' in page
+    assert "no catch-up" in page and "the latest missed tick" in page
+
+
+def test_the_schedules_page_shows_no_column_name_python_value_or_microsecond(
+    api: httpx.Client, conn: Conn
+) -> None:
+    declare_schedules(conn)
+    page = api.get("/ui/schedules").text
+    for raw in ("every_seconds", "declared_at", "seen_at", "last_job_id", "True", "None"):
+        assert raw not in page
+    assert not re.search(r"\d\d:\d\d:\d\d\.\d", page)  # seconds, never their fractions
+    assert SCRIPT not in page  # the payload, escaped
 
 
 # -- sessions --------------------------------------------------------------------------------

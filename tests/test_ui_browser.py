@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -23,6 +24,8 @@ from errands import Client, JobState
 from errands.harness.process import free_port
 from errands.harness.waiting import answers
 from errands.queue.lease import Held, claim, fail
+from errands.queue.schedules import Schedule, declare, enqueue_tick
+from errands.queue.ticks import Timing
 from tests.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from tests.conftest import ServeApi
 from tests.daemon import Daemon, wait_for
@@ -234,3 +237,30 @@ def test_a_payload_holding_a_script_shows_as_text_and_does_not_run(
     assert hostile.replace('"', '\\"') in browser.find_element(By.ID, "payload").text
     assert browser.execute_script("return window.pwned") is None
     assert not browser.find_elements(By.CSS_SELECTOR, "main img")
+
+
+def test_no_page_scrolls_sideways_at_1280_pixels(
+    browser: WebDriver, api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    long = "x" * 150  # names, keys and payloads as long as the validation lets them be
+    declare_long_schedules(conn, long)
+    dead = client.enqueue(f"task_{long}", {"note": long}, queue=f"q_{long}", max_attempts=1)
+    (held,) = claim(conn, "w1", [dead.queue], 1, 30)
+    fail(conn, "w1", Held(held.id, held.attempts), "RuntimeError: " + long, "Trace " + long, 0)
+    browser.set_window_size(1280, 900)
+    pages = ["/ui", "/ui/jobs", f"/ui/jobs/{dead.id}", "/ui/schedules"]
+    for path in pages:
+        browser.get(base_of(api) + path)
+        overflow = browser.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"{path} scrolls {overflow} px sideways at 1280 px"
+
+
+def declare_long_schedules(conn: Conn, long: str) -> None:
+    tick = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    daily = Schedule(f"digest_{long}", f"task_{long}", Timing("0 7 * * 1-5", None, "Europe/Berlin"))
+    declare(conn, daily)
+    enqueue_tick(conn, daily, tick)
+    every = Schedule(f"purge_{long}", "purge", Timing(None, 90), {"table": long, "n": 1})
+    declare(conn, every)

@@ -1,4 +1,4 @@
-"""Unique jobs (README: Limits and unique jobs): at most one job per unique key is pending,
+"""Unique jobs (docs/guides/limits.md): at most one job per unique key is pending,
 failed or in progress, by a partial unique index; a second enqueue returns that job, or with
 on_conflict="replace" debounces a pending one."""
 

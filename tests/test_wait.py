@@ -15,6 +15,9 @@ from errands.harness.waiting import wait_for
 from errands.queue.finished import FinishWatcher
 from errands.queue.lease import Completion, Held, claim, complete, fail
 from errands.queue.queries import query
+from tests.clients import either_client as client
+
+__all__ = ["client"]  # each test runs with both clients: tests/clients.py
 
 Conn = psycopg.Connection[Any]
 # Far longer than any test: a callback that comes is a notification, never a poll.

@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from it before 3.12
 
+from errands import tracing
 from errands.api.errors import HTTPError, invalid
 from errands.api.inputs import header, json_body
 from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
@@ -156,7 +157,8 @@ def submit(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
     if not isinstance(body, dict):
         raise invalid([FieldError("body", "must be a JSON object with the job's fields")])
     request = _parsed(parse_request, _with_header_key(body, call.headers), defaults)
-    (answer,) = _stored(lambda: [enqueue(conn, request)])
+    with tracing.continuing(call.headers):  # a traceparent header: the job continues that trace
+        (answer,) = _stored(lambda: [enqueue(conn, request)])
     call.job_id = answer.job.id
     return JSONResponse(
         answer.job.to_dict(), 201 if answer.created else 200, _replay_headers(answer)
@@ -183,7 +185,8 @@ def submit_batch(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
             [FieldError("Idempotency-Key", "not taken by a batch: give each job idempotency_key")]
         )
     requests = _parsed(parse_batch, json_body(call.headers, call.body), defaults)
-    answers = _stored(lambda: enqueue_many(conn, requests, field_prefix="jobs[{}]."))
+    with tracing.continuing(call.headers):
+        answers = _stored(lambda: enqueue_many(conn, requests, field_prefix="jobs[{}]."))
     return JSONResponse({"jobs": [a.job.to_dict() for a in answers]}, 201)
 
 
@@ -414,7 +417,8 @@ def operations(
         Operation(
             "POST",
             _JOB_ID + "/cancel",
-            "Cancel a pending or failed job",
+            "Cancel a pending or failed job, or ask a running one to stop: it stays "
+            "in_progress, cancel_requested_at set, until its attempt ends, then cancelled",
             cancel_job,
             (_JOB,),
             frozenset({401, 404, 409, 413}),

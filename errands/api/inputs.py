@@ -2,7 +2,7 @@
 
 Starlette parses HTTP; what it lets through that the API must not accept (a
 header the API reads given twice, a body in UTF-16, a query parameter in
-other digits) is refused here with the status the README promises.
+other digits) is refused here with the status the documentation promises (docs/reference/http.md).
 """
 
 from __future__ import annotations

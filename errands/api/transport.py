@@ -8,7 +8,7 @@ protocol, bounds the header size but has no time limit either, and parses in
 pure Python. No public setting of uvicorn offers the rest, so the server keeps
 httptools and adds the limits in a small subclass of its protocol, an internal
 of uvicorn: pyproject.toml pins uvicorn to the versions in PROVEN_UVICORN, and
-tests/test_transport_limits.py fails on any other (README: The server).
+tests/test_transport_limits.py fails on any other (docs/explanation/http-server.md).
 
 * the request line and headers: at most `max_head_bytes` bytes and
   `max_headers` lines (431), received within `head_timeout` seconds of the

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -46,6 +47,8 @@ from errands.harness.process import (
 from errands.harness.waiting import answers, drained, wait_for
 from errands.queue.presence import live_workers
 from errands.queue.queries import query
+from errands.queue.requests import JobRequest
+from errands.queue.submit import enqueue_params
 from errands.queue.throttles import declare_task_limits
 from errands.schema.migrator import migrate
 
@@ -58,6 +61,8 @@ SLOW_JOBS, SLOW_SECONDS = 20, 2.0
 BULK_QUEUE = "bulk"  # the backlog another worker drains while latency is measured
 SLEEP = "bench.sleep"
 NAP = "bench.nap"
+SPIN = "bench.spin"
+PROGRESS = "bench.progress"
 LIMITED = "bench.limited"  # at most 50 in progress at once
 PER_KEY = "bench.per_key"  # at most one in progress per key
 PER_KEY_KEYS = 100
@@ -87,12 +92,16 @@ class Sizes:
     ui_jobs: int  # jobs in the table while the dashboard's pages are timed
     scale_drain: int  # jobs of each drain of the scale workload
     idle_seconds: float  # how long the idle fleet's database CPU is measured
+    cancels: int  # running jobs cancelled, one at a time, per kind of task and wake-up mode
+    progress_seconds: float  # how long a job reports progress in a tight loop
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(3, 1000, 10_000, 3000, 200, 3.0, 3000, 200, 50_000, 1000, 5.0)
-        return cls(10, 5000, 50_000, 20_000, 1000, 30.0, 20_000, 1000, 1_000_000, 3000, 20.0)
+            return cls(3, 1000, 10_000, 3000, 200, 3.0, 3000, 200, 50_000, 1000, 5.0, 10, 3.0)
+        return cls(
+            10, 5000, 50_000, 20_000, 1000, 30.0, 20_000, 1000, 1_000_000, 3000, 20.0, 40, 10.0
+        )
 
 
 WORKLOADS = (
@@ -113,6 +122,8 @@ WORKLOADS = (
     "latency-during-drain",
     "drain-async",
     "wait-latency",
+    "cancel-latency",
+    "progress-writes",
     "recovery",
     "recovery-supervisor",
     "ui",
@@ -274,15 +285,7 @@ class Bench:
         the one-job statement alone on one connection (no validation, no `Job`), and
         COPY straight into the jobs table (no staging, no ids back)."""
         single, batch = self.sizes.enqueue_single, 1000
-        params = {
-            "task": NOOP,
-            "queue": "default",
-            "payload": "{}",
-            "priority": 0,
-            "run_at": None,
-            "max_attempts": 5,
-            "idempotency_key": None,
-        }
+        params = enqueue_params(JobRequest(task=NOOP, max_attempts=5))
         copy_jobs = (
             "copy errands_jobs (task, queue, payload, max_attempts, attempt_budget) from stdin"
         )
@@ -635,6 +638,89 @@ class Bench:
                 )
             )
 
+    def cancel_latency(self) -> None:
+        """From a cancel request of a running job to its attempt recorded cancelled: a thread
+        task checking every millisecond and a sleeping coroutine, with LISTEN and polling."""
+        for mode, flags in (("listen", ()), ("poll-only", ("--poll-only",))):
+            daemon = self._daemon("--workers", "1", *flags)
+            try:
+                self._wait_for_workers(1)
+                for kind, task, payload in (
+                    ("thread", SPIN, {"seconds": 120}),
+                    ("coroutine", NAP, {"seconds": 120}),
+                ):
+                    latencies = self._cancel_latencies(task, payload)
+                    for name, value in _percentiles(latencies):
+                        self._add(
+                            Figure(
+                                f"cancel-latency {kind} {mode} {name}",
+                                f"cancel request to the {kind} task's attempt recorded cancelled,"
+                                f" {mode}, {len(latencies)} jobs (default lease and poll interval)",
+                                value,
+                                "ms",
+                            )
+                        )
+            finally:
+                daemon.stop()
+
+    def _cancel_latencies(self, task: str, payload: dict[str, Any]) -> list[float]:
+        """Cancel running jobs one at a time, each at a random moment after it started (the
+        poll interval's phase varies); milliseconds from the request to the job cancelled,
+        by PostgreSQL's clock for both."""
+        latencies = []
+        pace = random.Random(24)
+        with Client(self.url) as client:
+            for _ in range(self.sizes.cancels):
+                job = client.enqueue(task, payload)
+
+                def started(job_id: int = job.id) -> bool:
+                    running = client.get(job_id)
+                    return running is not None and running.started_at is not None
+
+                wait_for(started, what="the job to start", interval=0.005)
+                time.sleep(pace.uniform(0.05, 1.0))
+                client.cancel(job.id)
+                done = client.wait(job.id, timeout=60)
+                assert done.finished_at and done.cancel_requested_at, "it ended cancelled"
+                seconds = (done.finished_at - done.cancel_requested_at).total_seconds()
+                latencies.append(seconds * 1000)
+        return latencies
+
+    def progress_writes(self) -> None:
+        """A job reporting progress in a tight loop: how often it reports, and how often its
+        row is written (the claim and the completion included)."""
+        seconds = self.sizes.progress_seconds
+        updates_before = self._row_updates()
+        daemon = self._daemon("--workers", "1")
+        try:
+            with Client(self.url) as client:
+                job = client.wait(client.enqueue(PROGRESS, {"seconds": seconds}).id, timeout=120)
+        finally:
+            daemon.stop()  # its backends flush their statistics as they exit
+        assert job.started_at is not None and job.finished_at is not None
+        ran = (job.finished_at - job.started_at).total_seconds()
+        updates = self._row_updates() - updates_before
+        workload = f"one job reporting progress in a tight loop for {seconds:g} s"
+        self._add(Figure("progress calls", workload, job.result / ran, "calls/s"))
+        self._add(
+            Figure(
+                "progress row writes",
+                f"{workload}: updates of its row per second, claim and completion included",
+                updates / ran,
+                "writes/s",
+                details={"updates": updates, "seconds": ran, "calls": job.result},
+            )
+        )
+
+    def _row_updates(self) -> int:
+        """Rows of errands_jobs updated so far, by the statistics every backend reported."""
+        with open_connection(self.url, autocommit=True) as conn:
+            conn.execute("select pg_stat_force_next_flush()")
+            row = conn.execute(
+                "select n_tup_upd from pg_stat_user_tables where relname = 'errands_jobs'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def recovery(self) -> None:
         daemon = self._daemon()
         try:
@@ -859,6 +945,11 @@ class Bench:
             assert row is not None
             stat = ProcStat.read(row[0])
         return stat.ppid if stat else None
+
+
+def _percentiles(values: list[float]) -> list[tuple[str, float]]:
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return [("p50", cuts[49]), ("p99", cuts[98]), ("max", max(values))]
 
 
 def _cpu_during(seconds: float, *pids: int) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from errands.tasks import current_job, task
+from errands.tasks import check_cancelled, current_job, task
 
 
 @task("bench.noop")
@@ -37,6 +37,27 @@ def slow(seconds: float) -> list[float]:
 @task("bench.sleep")
 def sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+@task("bench.spin")
+def spin(seconds: float) -> None:
+    """A thread task that stops when asked to: it checks every millisecond."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check_cancelled()
+        time.sleep(0.001)
+
+
+@task("bench.progress")
+def progress(seconds: float) -> int:
+    """Report progress in a tight loop for `seconds`; returns how many reports it made."""
+    job = current_job()
+    calls = 0
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        job.set_progress(min(1.0, elapsed / seconds))
+        calls += 1
+    return calls
 
 
 @task("bench.nap")

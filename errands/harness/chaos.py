@@ -5,8 +5,8 @@ mixed workload through the Python client and the HTTP API, injects faults at
 seeded random moments (SIGKILL or SIGSTOP a busy worker, SIGKILL the supervisor
 or the HTTP child, restart PostgreSQL; and, chaos_partitions.py, cut a process
 off without closing anything, or hang PostgreSQL), with hosts' clocks off if
-the profile says so, lets the system settle, and checks the invariants against
-the tasks' own record of what ran.
+the profile says so, asks running jobs to cancel if it says so, lets the system
+settle, and checks the invariants against the tasks' own record of what ran.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import tomllib
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -34,6 +34,7 @@ from psycopg.conninfo import make_conninfo
 
 from errands.client import Client
 from errands.database import open_connection
+from errands.errors import InvalidState
 from errands.harness import skew
 from errands.harness.chaos_partitions import KINDS as CUT_OFF_KINDS
 from errands.harness.chaos_partitions import CutOffs
@@ -98,6 +99,9 @@ class Profile:
     partition_seconds: float = 6.0
     # Each host's wall clock, off by this many seconds (an LD_PRELOAD shim; 0 for the rest).
     clock_offsets: tuple[float, ...] = ()
+    # Seconds between cancels of a running slow job, through the client and the API in
+    # turn (0: none). Such a job must end cancelled, and never run again.
+    cancel_every: float = 0.0
 
     @classmethod
     def load(cls, path: Path) -> Profile:
@@ -122,6 +126,16 @@ class Submission:
     outcome: str = "pending"  # accepted | refused | probe (a partition_api probe's key)
     job_id: int | None = None
     detail: str = ""
+
+
+@dataclass
+class CancelRequest:
+    """A cancel the harness sent to a job it saw running, and what it answered."""
+
+    job_id: int
+    via: str  # "python" | "http"
+    answer: str  # in_progress (asked to stop) | cancelled (it was waiting) | refused | unclear
+    attempt: int | None = None  # the attempt running when the request was recorded
 
 
 @dataclass
@@ -155,6 +169,7 @@ class Report:
     stale_writes_refused: int  # fenced writes and renewals the database refused, as logged
     attempts_fenced: int  # attempts stopped as their lease ran out by their worker's clock
     clock_offsets: dict[str, float]
+    cancels: dict[str, int]  # cancels of running jobs sent, by answer
     checks: list[Check]
 
     @property
@@ -192,6 +207,8 @@ class Report:
             )
         if self.clock_offsets:
             lines.append(f"  host clocks          {self.clock_offsets} (seconds off)")
+        if self.cancels:
+            lines.append(f"  cancels of running   {self.cancels}")
         lines += [
             f"  [{'ok' if c.passed else 'FAIL'}] {c.name}{': ' + c.detail if c.detail else ''}"
             for c in self.checks
@@ -235,6 +252,7 @@ class Chaos:
         self.cut_offs: CutOffs | None = None
         self.clock_shim: Path | None = None
         self.lease_samples: list[tuple[float, float]] = []  # (min, max) of lease ends - now()
+        self.cancels: list[CancelRequest] = []
         self.scripted: list[str] = []  # the profile's scenarios not injected yet
 
     # -- the run ---------------------------------------------------------------------------
@@ -372,6 +390,10 @@ class Chaos:
             threading.Thread(target=self._bursts, args=(end,), name="chaos-bursts"),
             threading.Thread(target=self._sample_leases, args=(end,), name="chaos-leases"),
         ]
+        if self.profile.cancel_every > 0:
+            threads.append(
+                threading.Thread(target=self._cancel_running, args=(end,), name="chaos-cancels")
+            )
         for thread in threads:
             thread.start()
         try:
@@ -494,6 +516,42 @@ class Chaos:
                 if row is not None and row[0] is not None:
                     self.lease_samples.append((row[0], row[1]))
             time.sleep(0.5)
+
+    def _cancel_running(self, end: float) -> None:
+        """Ask a running slow job to cancel every `cancel_every` seconds, by client and API."""
+        with Client(self.client_url) as client, httpx.Client(timeout=5) as http:
+            n = 0
+            while time.monotonic() + self.profile.cancel_every < end:
+                time.sleep(self.profile.cancel_every)
+                job_id = self._running_slow_job()
+                if job_id is None:
+                    continue
+                n += 1
+                via = "python" if n % 2 else "http"
+                request = CancelRequest(job_id, via, "unclear")
+                try:
+                    if via == "python":
+                        request.answer, request.attempt = _cancel_by_client(client, job_id)
+                    else:
+                        url = f"{self._base(n)}/jobs/{job_id}/cancel"
+                        request.answer, request.attempt = _cancel_by_http(http, url)
+                except (httpx.HTTPError, psycopg.Error, _Refused):
+                    pass  # a fault cut it off: recorded or not, the verdict accepts either
+                with self.lock:
+                    self.cancels.append(request)
+
+    def _running_slow_job(self) -> int | None:
+        try:
+            with open_connection(self.direct_url, connect_timeout=2) as conn:
+                rows = conn.execute(
+                    "select id from errands_jobs where state = 'in_progress'"
+                    " and task in ('chaos.slow', 'chaos.slow_async')"
+                    " and cancel_requested_at is null order by id"
+                ).fetchall()
+        except psycopg.Error:
+            return None
+        with self.lock:
+            return self.random.choice(rows)[0] if rows else None
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -631,7 +689,7 @@ class Chaos:
         checks = [
             Check("the system settled: no job left pending, failed or in progress", settled),
             *self._submission_checks(evidence),
-            *job_checks(evidence, {s.key: s.kind for s in self.submissions}),
+            *job_checks(evidence, {s.key: s.kind for s in self.submissions}, self.cancels),
             *limit_checks(evidence),
             *clock_checks(
                 evidence,
@@ -670,6 +728,7 @@ class Chaos:
                 for host, offset in enumerate(self.profile.clock_offsets)
                 if host < len(self.hosts)
             },
+            cancels=dict(Counter(c.answer for c in self.cancels)),
             checks=checks,
         )
 
@@ -747,6 +806,7 @@ class StoredJob(NamedTuple):
     due_after: float  # seconds from created_at to run_at
     lateness: float  # seconds from run_at to created_at: a periodic tick's
     failures: int  # failed attempts, each of which moved run_at to its retry
+    cancel_requested: bool = False  # asked to cancel while it ran
 
 
 @dataclass
@@ -768,7 +828,9 @@ class Evidence:
                 " max_attempts, result, lease_expires_at < now(),"
                 " extract(epoch from run_at - created_at)::float8,"
                 " extract(epoch from created_at - run_at)::float8,"
-                " (select count(*) from jsonb_array_elements(errors) e where not e ? 'worker')::int"
+                " (select count(*) from jsonb_array_elements(errors) e"
+                "  where not e ? 'worker')::int,"
+                " cancel_requested_at is not null"
                 " from errands_jobs"
             ).fetchall()
             starts = conn.execute("select job_id, attempt, pid, at from chaos_starts").fetchall()
@@ -850,11 +912,22 @@ def fair_targets(
     return [entry for entry in running if entry[0] in workers - worn]
 
 
-def job_checks(evidence: Evidence, kinds: dict[str, str]) -> list[Check]:
+def job_checks(
+    evidence: Evidence, kinds: dict[str, str], cancels: Sequence[CancelRequest] = ()
+) -> list[Check]:
     started = {job_id for job_id, _, _, _ in evidence.starts}
     tokens = set(evidence.finishes)
+    # Recorded requests (and those the database holds) must end cancelled; one a fault cut
+    # off may have been recorded or not.
+    asked = {c.job_id for c in cancels if c.answer in ("in_progress", "cancelled")}
+    asked |= {job.id for job in evidence.jobs.values() if job.cancel_requested}
+    maybe = {c.job_id for c in cancels if c.answer == "unclear"}
 
     def settled_as_it_should(job: StoredJob) -> bool:
+        if job.id in asked:
+            return job.state == "cancelled"
+        if job.id in maybe and job.state == "cancelled":
+            return True
         if kinds.get(job.key or "") == "doomed":
             return job.state == "dead" and job.attempts == job.max_attempts
         return job.state == "completed"
@@ -887,6 +960,18 @@ def job_checks(evidence: Evidence, kinds: dict[str, str]) -> list[Check]:
         _check(
             "nothing stays in progress past its lease",
             [j.id for j in evidence.jobs.values() if j.state == "in_progress" and j.lease_expired],
+        ),
+        _check(
+            "no job asked to cancel while it ran started again",
+            sorted(
+                {
+                    (job_id, attempt)
+                    for c in cancels
+                    if c.answer == "in_progress" and c.attempt is not None
+                    for job_id, attempt, _, _ in evidence.starts
+                    if job_id == c.job_id and attempt > c.attempt
+                }
+            ),
         ),
     ]
 
@@ -948,6 +1033,24 @@ def _enqueue(client: Client, s: Submission, max_attempts: int) -> int:
     return client.enqueue(
         s.task, s.payload, idempotency_key=s.key, max_attempts=max_attempts, delay=s.delay
     ).id
+
+
+def _cancel_by_client(client: Client, job_id: int) -> tuple[str, int | None]:
+    try:
+        job = client.cancel(job_id)
+    except InvalidState:
+        return "refused", None
+    return job.state.value, job.attempts
+
+
+def _cancel_by_http(http: httpx.Client, url: str) -> tuple[str, int | None]:
+    response = http.post(url)
+    if response.status_code == 409:
+        return "refused", None
+    if response.status_code != 200:
+        raise _Refused(f"{response.status_code} {response.text[:100]}")
+    job = response.json()
+    return str(job["state"]), int(job["attempts"])
 
 
 def _post(http: httpx.Client, body: dict[str, Any], key: str) -> int:

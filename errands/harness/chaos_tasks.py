@@ -136,7 +136,7 @@ def doomed() -> None:
     raise RuntimeError("this job always fails")
 
 
-# Limits across every host (README: Limits and unique jobs): the verdict checks that the
+# Limits across every host (docs/guides/limits.md): the verdict checks that the
 # recorded attempts never ran more at once than these allow.
 LIMITED_AT_ONCE = 2
 KEYED_AT_ONCE = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from errands.errors import ConfigurationError
 
@@ -42,19 +43,32 @@ def find_pgbench() -> str:
     )
 
 
-def _connection_args(url: str) -> list[str]:
+def _pgbench(args: list[str], url: str) -> str:
+    """Run pgbench on the database of `url`; what it printed, or a ConfigurationError.
+
+    The whole URL goes as the database name, which libpq reads as connection
+    parameters (sslmode and the rest included), except the password: it travels in
+    PGPASSWORD, never on a command line every user of the machine can read.
+    """
     params = conninfo_to_dict(url)
-    args = []
-    for key, flag in (("host", "-h"), ("port", "-p"), ("user", "-U")):
-        if params.get(key):
-            args += [flag, str(params[key])]
-    return [*args, str(params.get("dbname", "postgres"))]
+    password = params.pop("password", None)
+    env = {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
+    try:
+        return subprocess.run(
+            [find_pgbench(), *args, make_conninfo("", **params)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
+    except subprocess.CalledProcessError as exc:
+        last = (exc.stderr or "").strip().splitlines()[-1:] or [f"exit code {exc.returncode}"]
+        raise ConfigurationError(f"pgbench failed on the bench database: {last[0]}") from None
 
 
 def initialise(url: str) -> None:
     """Create pgbench's tables (scale 1) and the single-INSERT table."""
-    pgbench = find_pgbench()
-    subprocess.run([pgbench, "-i", "-q", *_connection_args(url)], check=True, capture_output=True)
+    _pgbench(["-i", "-q"], url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(_SINGLE_INSERT_TABLE)
 
@@ -87,12 +101,7 @@ def tps_single_insert(url: str, clients: int, seconds: float) -> float:
 
 
 def _run(args: list[str], url: str) -> float:
-    out = subprocess.run(
-        [find_pgbench(), "-n", *args, *_connection_args(url)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = _pgbench(["-n", *args], url)
     match = re.search(r"tps = ([\d.]+)", out)
     if not match:
         raise RuntimeError(f"pgbench printed no tps:\n{out}")

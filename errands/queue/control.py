@@ -20,7 +20,8 @@ from errands.queue.throttles import by_queue, limits, set_queue_limits, throttle
 BULK_BATCH = 1000
 BulkAction = Literal["retry", "cancel"]
 
-# The states each action applies to, as the single-job statements allow them.
+# The states each action applies to, as the single-job statements allow them. A bulk
+# cancel asks running jobs to stop only when told to (Filter.running).
 BULK_STATES: dict[BulkAction, tuple[JobState, ...]] = {
     "retry": (JobState.DEAD, JobState.CANCELLED),
     "cancel": (JobState.PENDING, JobState.FAILED),
@@ -53,14 +54,18 @@ class QueueInfo:
 
 @dataclass(frozen=True)
 class Filter:
-    """The jobs a bulk action applies to: every field None means any."""
+    """The jobs a bulk action applies to: every field None means any. `running`: a
+    cancel also asks the running jobs that match to stop."""
 
     state: JobState | None = None
     queue: str | None = None
     task: str | None = None
+    running: bool = False
 
     def states(self, action: BulkAction) -> list[JobState]:
         allowed = BULK_STATES[action]
+        if action == "cancel" and self.running:
+            allowed = (*allowed, JobState.IN_PROGRESS)
         return [s for s in allowed if self.state in (None, s)]
 
 
@@ -84,7 +89,7 @@ def resume(conn: psycopg.Connection[Any], name: str) -> QueueInfo:
 
 
 def set_limits(conn: psycopg.Connection[Any], name: str, changes: QueueLimits) -> QueueInfo:
-    """Set or remove queue `name`'s concurrency and rate limits (README: Limits and unique jobs)."""
+    """Set or remove queue `name`'s concurrency and rate limits (docs/guides/limits.md)."""
     set_queue_limits(conn, check_queue_name(name), changes.changes())
     return _one(conn, name)
 
@@ -146,7 +151,8 @@ def count_matching(
     total = 0
     for state in where.states(action):
         row = conn.execute(
-            query("count_matching"), {**_params(where, state), "cap": cap}
+            query(_statement("count_matching", "count_running_to_cancel", state)),
+            {**_params(where, state), "cap": cap},
         ).fetchone()
         total += int(row[0]) if row else 0
     return min(total, cap)
@@ -160,7 +166,8 @@ def bulk(conn: psycopg.Connection[Any], action: BulkAction, where: Filter) -> in
             try:
                 with conn.transaction():
                     row = conn.execute(
-                        query(f"bulk_{action}"), {**_params(where, state), "batch": BULK_BATCH}
+                        query(_statement(f"bulk_{action}", "bulk_cancel_running", state)),
+                        {**_params(where, state), "batch": BULK_BATCH},
                     ).fetchone()
             except psycopg.errors.UniqueViolation:
                 continue  # a unique key came live since the batch looked: it looks again
@@ -169,6 +176,11 @@ def bulk(conn: psycopg.Connection[Any], action: BulkAction, where: Filter) -> in
             if changed == 0:
                 break
     return done
+
+
+def _statement(name: str, for_running: str, state: JobState) -> str:
+    """Running jobs are asked to stop (a statement of their own), not cancelled at once."""
+    return for_running if state is JobState.IN_PROGRESS else name
 
 
 def _params(where: Filter, state: JobState) -> dict[str, Any]:

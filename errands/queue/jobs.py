@@ -42,6 +42,13 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    # The W3C trace context of the span that enqueued it (errands/tracing.py), or None.
+    trace_context: dict[str, str] | None = None
+    # Running jobs (issue 24): a cancel asked for while it ran (the attempt then ends
+    # `cancelled`), and the progress its task last reported: a number from 0 to 1 or a
+    # small JSON object.
+    cancel_requested_at: datetime | None = None
+    progress: float | dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: states as strings, timestamps in RFC 3339 with their offset."""
@@ -63,7 +70,7 @@ class Job:
     def from_fields(cls, values: dict[str, Any]) -> Job:
         """A Job from every one of its fields, at a third of the cost of calling the class.
 
-        A frozen dataclass's __init__ stores each of the 20 fields through
+        A frozen dataclass's __init__ stores each of the 23 fields through
         object.__setattr__; filling the instance's dict at once does the same (there
         is no __post_init__), and claims and batch submissions build thousands a second.
         """

@@ -4,12 +4,14 @@ Each function is one statement, so one round trip. Heartbeat, completion and
 failure are fenced: they match the job's id, its attempt number, the lease
 owner and `in_progress`, so a worker whose lease was taken away (a zombie after
 a long pause, a partition) changes nothing, and learns it from the answer.
+A job asked to cancel while it ran ends `cancelled` whichever of them ends its
+attempt (a trigger decides: migration 0011), and their answers say so.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -18,6 +20,7 @@ from psycopg.rows import dict_row
 
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
+from errands.queue.steps import Execute, Operation
 
 # Any constant unique to errands: one reaper at a time across every host.
 _REAPER_LOCK = 0x6572_7261_6E64_0002
@@ -39,6 +42,55 @@ class Completion:
     id: int
     attempts: int
     result_json: str
+    progress_json: str | None = None  # the last progress reported, when not stored yet
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What a batch of completions did: the ids written (the others' leases were lost),
+    and among them those recorded cancelled, a cancel having been requested meanwhile."""
+
+    ids: set[int]
+    cancelled: set[int]
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a heartbeat learnt about the attempts it renewed."""
+
+    held: set[int]  # still held; the others were lost
+    renewed: set[int]  # among them, renewed: the rest were locked by another transaction
+    cancel_requested: set[int]  # among them, those asked to cancel
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """What complete_in's statement found: the completion written in the caller's
+    transaction (`completed`), a cancel requested before it, or the lease lost."""
+
+    completed: bool
+    cancel_requested: bool
+    xact: str  # the caller's transaction id (xid8 as text), for pg_xact_status
+
+
+@dataclass(frozen=True)
+class Fate:
+    """What became of an attempt's completion written in an application's transaction."""
+
+    id: int
+    fate: str | None  # pg_xact_status: committed, aborted, in progress; None: too old
+    running: bool  # the job still in progress under the attempt, as the statement saw it
+
+    @property
+    def settled(self) -> bool:
+        """The transaction has ended."""
+        return self.fate != "in progress"
+
+    @property
+    def completed(self) -> bool:
+        """Known completed: committed, and the job no longer runs (else the fenced write
+        of the attempt's outcome tells)."""
+        return self.fate == "committed" and not self.running
 
 
 @dataclass(frozen=True)
@@ -64,14 +116,14 @@ class Recovered:
     id: int
     queue: str
     task: str
-    state: JobState  # pending, or dead when its budget was spent
+    state: JobState  # pending; dead when its budget was spent; cancelled when asked to
     attempts: int
 
 
 class Claimed(NamedTuple):
     """What one complete_and_claim statement did."""
 
-    completed: set[int]  # the ids actually completed (the others' leases were lost)
+    completed: Completed
     jobs: list[Job]  # claimed, best first
     # When a claim may find jobs a limit holds back now: 0 at once (e.g. a key met for the
     # first time got its counter), else a rate's next free start; None: when one frees a slot.
@@ -92,10 +144,11 @@ def claim(
 
 
 def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completion]) -> set[int]:
-    """Store the results of finished jobs; returns the ids actually completed."""
+    """Store the results of finished jobs; returns the ids written (cancelled ones among
+    them, a cancel having been requested meanwhile); the others' leases were lost."""
     if not done:
         return set()
-    return complete_and_claim(conn, owner, done, (), 0, 0).completed
+    return complete_and_claim(conn, owner, done, (), 0, 0).completed.ids
 
 
 def complete_and_claim(
@@ -110,7 +163,7 @@ def complete_and_claim(
     """Acknowledge finished jobs and claim the next ones in one statement.
 
     One statement is one round trip and one commit for both; each part is
-    fenced on its own. Limits (README: Limits and unique jobs) hold jobs back
+    fenced on its own. Limits (docs/guides/limits.md) hold jobs back
     in the statement itself.
     """
     params = {
@@ -118,6 +171,7 @@ def complete_and_claim(
         "ids": [d.id for d in done],
         "attempts": [d.attempts for d in done],
         "results": [d.result_json for d in done],
+        "progress": [d.progress_json for d in done],
         "queues": list(queues),
         "limit": max(0, limit),
         "async_tasks": list(async_slots.tasks),
@@ -128,29 +182,90 @@ def complete_and_claim(
         rows = cur.execute(query("complete_and_claim"), params).fetchall()
     claimed = [Job.from_row(row) for row in rows if row["id"] is not None]
     claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
-    recheck = rows[0]["recheck_seconds"]
+    first = rows[0]
+    recheck = first["recheck_seconds"]
     return Claimed(
-        set(rows[0]["completed_ids"]), claimed, None if recheck is None else float(recheck)
+        Completed(set(first["completed_ids"]), set(first["cancelled_ids"])),
+        claimed,
+        None if recheck is None else float(recheck),
     )
 
 
 def heartbeat(
-    conn: psycopg.Connection[Any], owner: str, held: Iterable[Held], lease_seconds: float
-) -> set[int]:
-    """Renew the leases of `held`; returns the ids still held (the rest were lost)."""
+    conn: psycopg.Connection[Any],
+    owner: str,
+    held: Iterable[Held],
+    lease_seconds: float,
+    progress: Mapping[int, str] | None = None,
+) -> Renewal:
+    """Renew the leases of `held`, storing the `progress` (JSON, by job id) reported since.
+
+    Never waits for a row another transaction has locked: such an attempt is
+    held but not renewed.
+    """
     held = list(held)
     if not held:
-        return set()
+        return Renewal(set(), set(), set())
+    reported = progress or {}
     rows = conn.execute(
         query("heartbeat"),
         {
             "owner": owner,
             "ids": [h.id for h in held],
             "attempts": [h.attempts for h in held],
+            "progress": [reported.get(h.id) for h in held],
             "lease_seconds": lease_seconds,
         },
     ).fetchall()
-    return {row[0] for row in rows}
+    return Renewal(
+        held={job_id for job_id, _, _ in rows},
+        renewed={job_id for job_id, _, renewed in rows if renewed},
+        cancel_requested={job_id for job_id, cancel, _ in rows if cancel},
+    )
+
+
+def cancel_requests(conn: psycopg.Connection[Any], owner: str, held: Iterable[Held]) -> set[int]:
+    """Which of the attempts `held` have been asked to cancel."""
+    held = list(held)
+    if not held:
+        return set()
+    params = {"owner": owner, "ids": [h.id for h in held], "attempts": [h.attempts for h in held]}
+    return {row[0] for row in conn.execute(query("cancel_requests"), params)}
+
+
+def complete_in_steps(
+    owner: str, held: Held, result_json: str, progress: str | None
+) -> Operation[HandOver]:
+    """Complete the job inside the transaction under way on the connection that runs these
+    steps (current_job().complete_in), fenced: a sync or an async one alike."""
+    params = {
+        "owner": owner,
+        "id": held.id,
+        "attempts": held.attempts,
+        "result": result_json,
+        "progress": progress,
+    }
+    # Never prepared: the connection is the application's, perhaps through a pooler that
+    # does not keep prepared statements apart (README: PgBouncer).
+    ((cancel_requested, completed, xact),) = yield Execute(
+        query("complete_in"), params, prepare=False
+    )
+    return HandOver(bool(completed), bool(cancel_requested), xact)
+
+
+def completion_fates(
+    conn: psycopg.Connection[Any], owner: str, handed: Sequence[tuple[Held, str]]
+) -> list[Fate]:
+    """What became of completions written by complete_in: `handed` is (attempt, transaction)."""
+    if not handed:
+        return []
+    params = {
+        "owner": owner,
+        "ids": [held.id for held, _ in handed],
+        "attempts": [held.attempts for held, _ in handed],
+        "xacts": [xact for _, xact in handed],
+    }
+    return [Fate(*row) for row in conn.execute(query("completion_fates"), params)]
 
 
 def fail(
@@ -163,7 +278,8 @@ def fail(
     *,
     permanent: bool = False,
 ) -> JobState | None:
-    """Record a failed attempt; the job's new state (failed or dead), None if the lease was lost.
+    """Record a failed attempt; the job's new state (failed or dead, or cancelled when a
+    cancel was requested), None if the lease was lost.
 
     A `permanent` failure ends the job dead whatever budget it has left.
     """
@@ -184,8 +300,9 @@ def fail(
 
 def reschedule(
     conn: psycopg.Connection[Any], owner: str, held: Held, reason: str, retry_in: float
-) -> bool:
-    """Run the job again in `retry_in` seconds, counting no failure; False if the lease was lost."""
+) -> JobState | None:
+    """Run the job again in `retry_in` seconds, counting no failure; the job's new state
+    (pending, or cancelled when a cancel was requested), None if the lease was lost."""
     row = conn.execute(
         query("reschedule"),
         {
@@ -196,13 +313,14 @@ def reschedule(
             "retry_in": retry_in,
         },
     ).fetchone()
-    return row is not None
+    return JobState(row[0]) if row else None
 
 
 def release(
     conn: psycopg.Connection[Any], owner: str, reason: str = WORKER_EXITED
 ) -> list[Recovered]:
-    """Return every job `owner` holds to pending (dead when spent): its process is gone."""
+    """Return every job `owner` holds to pending (dead when spent, cancelled when asked to
+    cancel): its process is gone."""
     return _recover(conn, owner, reason) or []  # no lock to lose: never None
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row
 
 from errands.queue.queries import query
+from errands.queue.steps import Execute, Operation, run
 
 
 @dataclass(frozen=True)
@@ -136,5 +136,9 @@ def forget(conn: psycopg.Connection[Any], worker_id: str) -> None:
 
 def live_workers(conn: psycopg.Connection[Any], silence_seconds: float) -> list[WorkerInfo]:
     """Workers heard from within `silence_seconds`; older records are dropped."""
-    with conn.cursor(row_factory=class_row(WorkerInfo)) as cur:
-        return cur.execute(query("live_workers"), {"silence_seconds": silence_seconds}).fetchall()
+    return run(conn, live_workers_steps(silence_seconds))
+
+
+def live_workers_steps(silence_seconds: float) -> Operation[list[WorkerInfo]]:
+    rows = yield Execute(query("live_workers"), {"silence_seconds": silence_seconds}, dicts=True)
+    return [WorkerInfo(**row) for row in rows]

@@ -43,7 +43,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 from typing_extensions import TypeAliasType
 
-from errands.errors import FieldError, InvalidJob
+from errands.errors import FieldError, InvalidArgument, InvalidJob
 from errands.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_ATTEMPTS,
@@ -56,6 +56,7 @@ from errands.limits import (
     MAX_LIMIT,
     MAX_LIST_LIMIT,
     MAX_PAYLOAD_DEPTH,
+    MAX_PROGRESS_BYTES,
     MAX_UNIQUE_KEY,
     MAX_WAIT_SECONDS,
     PRIORITY_RANGE,
@@ -274,6 +275,11 @@ def _payload(value: Any) -> dict[str, Any]:
     """The payload as it will read back from the database."""
     if not isinstance(value, Mapping):
         raise _refuse("must be a JSON object (the task's keyword arguments)")
+    return _as_stored(value)
+
+
+def _as_stored(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON object as it will read back from the database, or a refusal saying why not."""
     if _depth_exceeds(value, MAX_PAYLOAD_DEPTH):
         raise _refuse(f"must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep")
     try:
@@ -309,6 +315,37 @@ class _NullMeansDefault:
         cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         return {"anyOf": [handler(core_schema), {"type": "null"}]}
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+def _progress(value: Any) -> float | dict[str, Any]:
+    """What a running task reports (current_job().set_progress): how much of it is done,
+    from 0 to 1, or a small JSON object of its own making."""
+    if isinstance(value, Mapping):
+        stored = _as_stored(value)
+        if len(_PAYLOAD_ENCODER.encode(stored).encode()) > MAX_PROGRESS_BYTES:
+            raise _refuse(f"must take at most {MAX_PROGRESS_BYTES} bytes as compact JSON")
+        return stored
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _refuse("must be a number from 0 to 1, or a JSON object")
+    if not 0 <= value <= 1:  # NaN compares false
+        raise _refuse("must be between 0 and 1")
+    return float(value)
+
+
+_PROGRESS: TypeAdapter[float | dict[str, Any]] = TypeAdapter(
+    Annotated[float | dict[str, Any], PlainValidator(_progress)]
+)
+
+
+def progress_json(value: Any) -> str:
+    """`value` as the progress JSON to store; InvalidArgument naming `progress` if it is not one."""
+    try:
+        return _PAYLOAD_ENCODER.encode(_PROGRESS.validate_python(value))
+    except ValidationError as exc:
+        raise InvalidArgument(field_errors(exc, "progress")) from None
 
 
 # -- job requests ----------------------------------------------------------------------------

@@ -3,18 +3,20 @@ live job per unique key."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.rows import dict_row
 
+from errands import hooks, tracing
 from errands.errors import ErrandsError, IdempotencyConflict
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
+from errands.queue.steps import Atomic, Copy, Execute, Operation, run
 
 # A key committed by a concurrent transaction while our statement ran is seen by
 # the next statement; one more try settles it, a few more cover bad luck.
@@ -42,7 +44,51 @@ class _KeyRace(Exception):
 def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
     """Store one job; or return the stored job holding the same idempotency key, or the live job
     holding the same unique key (its payload and run_at replaced with on_conflict=replace)."""
-    params = {
+    return run(conn, enqueue_steps(request))
+
+
+def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
+    """`enqueue`, as steps (errands/queue/steps.py)."""
+    with tracing.sending([request.queue]) as sending:
+        params = enqueue_params(request, sending.trace_context if sending else None)
+        for _ in range(_KEY_RACE_TRIES):
+            answer = yield from _enqueue_once(request, params)
+            if answer is not None:
+                if sending:
+                    sending.sent([answer.job], created=answer.created)
+                if answer.created:
+                    hooks.enqueued([answer.job])
+                return answer
+    raise ErrandsError(
+        f"could not settle idempotency key {request.idempotency_key!r} "
+        f"or unique key {request.unique_key!r}"
+    )
+
+
+def _enqueue_once(request: JobRequest, params: dict[str, Any]) -> Operation[Enqueued | None]:
+    """One try: the new job, or the job a key names; None when a key's holder was gone by the
+    time it was looked up (the key is free again: try once more)."""
+    rows = yield Execute(query("enqueue"), params, dicts=True)
+    if rows:
+        return Enqueued(Job.from_row(rows[0]), created=True)
+    if request.idempotency_key is not None:
+        # Planned afresh, as every lookup of keys is (see above).
+        rows = yield Execute(query("enqueue_replay"), params, dicts=True, prepare=False)
+        if rows:
+            return _answer(request, rows[0])
+    if request.unique_key is None:
+        return None
+    if request.on_conflict == "replace":
+        rows = yield Execute(query("enqueue_replace"), params, dicts=True, prepare=False)
+        if rows:
+            return Enqueued(Job.from_row(rows[0]), created=False, unique=True, replaced=True)
+    rows = yield Execute(query("enqueue_unique"), params, dicts=True, prepare=False)
+    return Enqueued(Job.from_row(rows[0]), created=False, unique=True) if rows else None
+
+
+def enqueue_params(request: JobRequest, trace_context: str | None = None) -> dict[str, Any]:
+    """The enqueue statement's parameters for one request (the bench's floor sends them too)."""
+    return {
         "task": request.task,
         "queue": request.queue,
         "payload": request.payload_json,
@@ -51,34 +97,9 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
         "delay": request.delay,
         "max_attempts": request.max_attempts,
         "idempotency_key": request.idempotency_key,
+        "trace_context": trace_context,
         "unique_key": request.unique_key,
     }
-    with conn.cursor(row_factory=dict_row) as cur:
-        for _ in range(_KEY_RACE_TRIES):
-            row = cur.execute(query("enqueue"), params).fetchone()
-            if row is not None:
-                return Enqueued(Job.from_row(row), created=True)
-            if request.idempotency_key is not None:
-                # Planned afresh, as every lookup of keys is (see above).
-                row = cur.execute(query("enqueue_replay"), params, prepare=False).fetchone()
-                if row is not None:
-                    return _answer(request, row)
-            if request.unique_key is not None and (answer := _live(cur, request, params)):
-                return answer
-    raise ErrandsError(
-        f"could not settle idempotency key {request.idempotency_key!r} "
-        f"or unique key {request.unique_key!r}"
-    )
-
-
-def _live(cur: psycopg.Cursor[Any], request: JobRequest, params: dict[str, Any]) -> Enqueued | None:
-    """The live job holding the request's unique key, replaced when asked; None: none holds it."""
-    if request.on_conflict == "replace":
-        row = cur.execute(query("enqueue_replace"), params, prepare=False).fetchone()
-        if row is not None:
-            return Enqueued(Job.from_row(row), created=False, unique=True, replaced=True)
-    row = cur.execute(query("enqueue_unique"), params, prepare=False).fetchone()
-    return None if row is None else Enqueued(Job.from_row(row), created=False, unique=True)
 
 
 def enqueue_many(
@@ -94,24 +115,43 @@ def enqueue_many(
     Only its id and stored payload come back for a new job: the rest is the request
     and the transaction's time, which every new job of the batch is stamped with.
     """
+    return run(conn, enqueue_many_steps(requests, field_prefix))
+
+
+def enqueue_many_steps(
+    requests: Sequence[JobRequest], field_prefix: str = "[{}]."
+) -> Operation[list[Enqueued]]:
+    """`enqueue_many`, as steps (errands/queue/steps.py)."""
     if not requests:
         return []
     _refuse_conflicting_copies(requests, field_prefix)
-    for _ in range(_KEY_RACE_TRIES):
-        try:
-            # A savepoint when the caller has a transaction open: a conflict or
-            # a race undoes this batch only.
-            with conn.transaction(), conn.cursor() as cur:
-                now = _stage(cur, requests)
-                cur.execute(query("enqueue_staged"), prepare=False)
-                while cur.nextset():  # past the key locks, to the rows
-                    pass
-                rows = cur.fetchall()
-                stored = [_Stored._make(row) for row in rows]
-                return _match(conn, requests, stored, _live_jobs(conn, requests), now)
-        except _KeyRace:
-            continue
+    with tracing.sending([r.queue for r in requests]) as sending:
+        trace_context = sending.trace_context if sending else None
+        for _ in range(_KEY_RACE_TRIES):
+            try:
+                # A savepoint when the caller has a transaction open: a conflict or
+                # a race undoes this batch only.
+                answers: list[Enqueued] = yield Atomic(_store_batch(requests, trace_context))
+            except _KeyRace:
+                continue
+            created = [answer.job for answer in answers if answer.created]
+            if sending:
+                sending.sent([answer.job for answer in answers], created=len(created))
+            hooks.enqueued(created)
+            return answers
     raise ErrandsError("could not settle the idempotency or unique keys of a batch")
+
+
+def _store_batch(
+    requests: Sequence[JobRequest], trace_context: str | None
+) -> Operation[list[Enqueued]]:
+    now = yield from _stage(requests, trace_context)
+    rows = yield Execute(query("enqueue_staged"), prepare=False)  # past the key locks, to the rows
+    stored = [_Stored._make(row) for row in rows]
+    live = yield from _live_jobs(requests)
+    jobs = yield from _stored_jobs([row.id for row in stored if not row.created])
+    pairing = _Pairing(stored, live, jobs, now, trace_context)
+    return [pairing.answer(request) for request in requests]
 
 
 def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
@@ -133,38 +173,35 @@ def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str
             )
 
 
-def _stage(cur: psycopg.Cursor[Any], requests: Sequence[JobRequest]) -> datetime:
+def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operation[datetime]:
     """Copy the requests into the staging table; the transaction's time, which new jobs get."""
-    cur.execute(query("stage_jobs"))
-    while cur.nextset():  # to the script's last statement
-        pass
-    row = cur.fetchone()
-    assert row is not None, "stage_jobs ends with select now()"
-    now: datetime = row[0]
-    with cur.copy(query("copy_staged")) as copy:
-        copy.set_types(_STAGED_TYPES)
-        for n, r in enumerate(requests):
-            copy.write_row(
-                (
-                    n,
-                    r.task,
-                    r.queue,
-                    r.payload_json,
-                    r.priority,
-                    r.due(now),
-                    r.max_attempts,
-                    r.idempotency_key,
-                    r.unique_key,
-                    r.on_conflict,
-                )
-            )
+    rows = yield Execute(query("stage_jobs"))
+    assert rows, "stage_jobs ends with select now()"
+    now: datetime = rows[0][0]
+    staged = [
+        (
+            n,
+            r.task,
+            r.queue,
+            r.payload_json,
+            r.priority,
+            r.due(now),
+            r.max_attempts,
+            r.idempotency_key,
+            trace_context,
+            r.unique_key,
+            r.on_conflict,
+        )
+        for n, r in enumerate(requests)
+    ]
+    yield Copy(query("copy_staged"), _STAGED_TYPES, staged)
     return now
 
 
 # The types COPY sends the staged columns as (the payload as JSON text).
 _STAGED_TYPES = [
     *("int4", "text", "text", "text", "int4", "timestamptz", "int4"),
-    *("text", "text", "text"),
+    *("text", "text", "text", "text"),
 ]
 
 
@@ -189,36 +226,28 @@ class _Live:
     replaced: bool
 
 
-def _live_jobs(conn: psycopg.Connection[Any], requests: Sequence[JobRequest]) -> dict[str, _Live]:
+def _live_jobs(requests: Sequence[JobRequest]) -> Operation[dict[str, _Live]]:
     """The live jobs holding the batch's unique keys, after its replace requests (read in the
     batch's transaction)."""
     keys = sorted({r.unique_key for r in requests if r.unique_key is not None})
     if not keys:
         return {}
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("staged_unique"), {"keys": keys}, prepare=False).fetchall()
+    rows = yield Execute(query("staged_unique"), {"keys": keys}, dicts=True, prepare=False)
     return {row["unique_key"]: _Live(Job.from_row(row), row["replaced"]) for row in rows}
 
 
-def _match(
-    conn: psycopg.Connection[Any],
-    requests: Sequence[JobRequest],
-    rows: list[_Stored],
-    live: dict[str, _Live],
-    now: datetime,
-) -> list[Enqueued]:
-    """Pair each request with its row: by idempotency key when it has one, else by unique key
-    (the first request naming a key created its job; the others get the live job), else in
-    insertion order."""
-    pairing = _Pairing(rows, live, _stored_jobs(conn, [r.id for r in rows if not r.created]), now)
-    return [pairing.answer(request) for request in requests]
-
-
 class _Pairing:
-    """The rows of one stored batch, handed to its requests in submission order."""
+    """The rows of one stored batch, handed to its requests in submission order: by
+    idempotency key when a request has one, else by unique key (the first request naming a
+    key created its job; the others get the live job), else in insertion order."""
 
     def __init__(
-        self, rows: list[_Stored], live: dict[str, _Live], jobs: dict[int, Job], now: datetime
+        self,
+        rows: list[_Stored],
+        live: dict[str, _Live],
+        jobs: dict[int, Job],
+        now: datetime,
+        trace_context: str | None,
     ) -> None:
         self.by_key: dict[str, _Stored] = {}
         self.by_unique: dict[str, _Stored] = {}
@@ -234,6 +263,7 @@ class _Pairing:
         self.live = live
         self.jobs = jobs  # stored before the batch, named by its idempotency keys
         self.now = now
+        self.trace_context = trace_context
         self.first_with_key: dict[str, Job] = {}
 
     def answer(self, request: JobRequest) -> Enqueued:
@@ -244,7 +274,7 @@ class _Pairing:
             if row is None:
                 return self._live(request)
             return Enqueued(self._created(request, row), created=True)
-        return Enqueued(_new_job(request, next(self.fresh), self.now), created=True)
+        return Enqueued(self._new_job(request, next(self.fresh)), created=True)
 
     def _by_idempotency_key(self, request: JobRequest, key: str) -> Enqueued:
         if key in self.first_with_key:
@@ -266,7 +296,7 @@ class _Pairing:
         found = self.live.get(request.unique_key or "")
         if found is not None and found.job.id == row.id:
             return found.job
-        return _new_job(request, row, self.now)
+        return self._new_job(request, row)
 
     def _live(self, request: JobRequest) -> Enqueued:
         found = self.live.get(request.unique_key or "")
@@ -275,46 +305,49 @@ class _Pairing:
         replaced = found.replaced and request.on_conflict == "replace"
         return Enqueued(found.job, created=False, unique=True, replaced=replaced)
 
+    def _new_job(self, request: JobRequest, row: _Stored) -> Job:
+        """A job just inserted, as the database stores it: the request, its row, and the time."""
+        return Job.from_fields(
+            {
+                "id": row.id,
+                "queue": request.queue,
+                "task": request.task,
+                "payload": row.payload,
+                "state": JobState.PENDING,
+                "priority": request.priority,
+                # In the session's time zone, as every timestamp read from the database.
+                "run_at": request.due(self.now),
+                "attempts": 0,
+                "max_attempts": request.max_attempts,
+                "idempotency_key": request.idempotency_key,
+                "unique_key": request.unique_key,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "last_error": None,
+                "errors": [],
+                "result": None,
+                "created_at": self.now,
+                "started_at": None,
+                "finished_at": None,
+                "updated_at": self.now,
+                "trace_context": (
+                    None if self.trace_context is None else json.loads(self.trace_context)
+                ),
+                "cancel_requested_at": None,  # running jobs (issue 24)
+                "progress": None,
+            }
+        )
 
-def _stored_jobs(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Job]:
+
+def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
     """The stored jobs that keys of the batch replay (read in the batch's transaction)."""
     if not ids:
         return {}
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("jobs_by_id"), {"ids": ids}).fetchall()
+    rows = yield Execute(query("jobs_by_id"), {"ids": ids}, dicts=True)
     jobs = {row["id"]: Job.from_row(row) for row in rows}
     if len(jobs) < len(ids):
         raise _KeyRace  # pruned since the statement saw it: its key is free again
     return jobs
-
-
-def _new_job(request: JobRequest, row: _Stored, now: datetime) -> Job:
-    """A job just inserted, as the database stores it: the request, its row, and the time."""
-    return Job.from_fields(
-        {
-            "id": row.id,
-            "queue": request.queue,
-            "task": request.task,
-            "payload": row.payload,
-            "state": JobState.PENDING,
-            "priority": request.priority,
-            # In the session's time zone, as every timestamp read from the database.
-            "run_at": request.due(now),
-            "attempts": 0,
-            "max_attempts": request.max_attempts,
-            "idempotency_key": request.idempotency_key,
-            "unique_key": request.unique_key,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error": None,
-            "errors": [],
-            "result": None,
-            "created_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "updated_at": now,
-        }
-    )
 
 
 def _answer(request: JobRequest, row: dict[str, Any]) -> Enqueued:

@@ -2,7 +2,7 @@
 task (optionally per value of one of its payload arguments) or a queue.
 
 Limits live in the database, so that every host obeys the same numbers
-(README: Limits and unique jobs). Code declares a task's limits
+(docs/guides/limits.md). Code declares a task's limits
 (`@errands.task(concurrency=..., rate=...)`): each worker writes those of its
 registered tasks when it connects. Operators set a queue's limits (`errands
 queues set`, `PATCH /queues/{name}`, the dashboard); no worker touches them. The

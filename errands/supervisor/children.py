@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from errands import tracing
 from errands.errors import ConfigurationError, scrub
 from errands.log import get_logger
 
@@ -91,6 +92,7 @@ def fork_child(slot: Slot, main: Callable[[], int], inherited_fds: Iterable[int]
             os.write(status_w, report.encode()[:65536])
     finally:
         with contextlib.suppress(BaseException):
+            tracing.flush()  # os._exit runs no atexit handler, the SDK's exporters' included
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)  # never run the supervisor's cleanup (atexit, finalizers) in a child

@@ -33,6 +33,7 @@ import psycopg
 from errands.database import LazyConnection, statement_deadline
 from errands.log import get_logger
 from errands.metrics import MULTIPROC_ENV, enable_multiprocess, metrics, process_exited
+from errands.queue.jobs import JobState
 from errands.queue.lease import Recovered, reap, release
 from errands.queue.presence import forget, gone_workers, worker_id
 from errands.supervisor.board import WorkerBoard
@@ -381,3 +382,5 @@ def _log_recovered(recovered: list[Recovered], message: str, worker_id: str | No
             worker=worker_id,
             state=job.state.value,
         )
+        if job.state is JobState.CANCELLED:  # asked to cancel while it ran: never run again
+            metrics().cancels_honoured.labels(job.queue, job.task).inc()

@@ -9,6 +9,12 @@ and traceback. Every write is fenced, so a batch
 cut off by a lost connection is kept and sent again: a second copy changes
 nothing. The window is the time in which a crash re-runs a job that had
 already finished.
+
+An attempt whose task completed its job inside the application's transaction
+(current_job().complete_in) owes nothing once that transaction committed: the
+worker reads the transaction's fate (pg_xact_status), and writes the attempt's
+outcome only when the completion did not commit, a success then counting as a
+failure (its effects were rolled back with it), fenced as ever.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from errands.metrics import metrics, record_failure
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import (
     AsyncSlots,
+    Completed,
     Completion,
-    complete,
     complete_and_claim,
+    completion_fates,
     fail,
     reschedule,
 )
@@ -37,6 +44,8 @@ from errands.workers.running import Entry, log_fields
 
 # The longest a finished job waits for its acknowledgement to be sent with others.
 ACK_FLUSH_SECONDS = 0.01
+# How often to ask again about complete_in transactions still open when their task ended.
+SETTLE_SECONDS = 1.0
 
 AckMode = Literal["batched", "immediate"]
 
@@ -91,12 +100,22 @@ class Acknowledgements:
         self.recheck_seconds: float | None = None
         self._failures: list[tuple[Entry, Failed | Rescheduled]] = []
         self._oldest = 0.0  # when the oldest unsent success finished
+        # Attempts that wrote their completion in an application's transaction (complete_in),
+        # until its fate is known; and those whose transaction committed yet may have
+        # rolled the completion back to a savepoint: their outcome's fenced write tells.
+        self._handed_over: list[tuple[Entry, Outcome]] = []
+        self._settle_at = 0.0
+        self._committed: set[Entry] = set()
 
     def __len__(self) -> int:
         """Outcomes not yet written."""
-        return len(self._successes) + len(self._failures)
+        return len(self._successes) + len(self._failures) + len(self._handed_over)
 
     def add(self, entry: Entry, outcome: Outcome) -> None:
+        if entry.completed_in is not None:
+            self._handed_over.append((entry, outcome))
+            self._settle_at = self._clock()  # ask at once: most have committed already
+            return
         if not isinstance(outcome, Succeeded):
             self._failures.append((entry, outcome))
             return
@@ -106,7 +125,7 @@ class Acknowledgements:
 
     def due(self, *, flush: bool) -> bool:
         """Whether to write now. `flush`: nothing else will join the batch (idle or draining)."""
-        if self._failures:
+        if self._failures or self._settling_due():
             return True
         if not self._successes:
             return False
@@ -116,15 +135,21 @@ class Acknowledgements:
         """How long the loop may sleep before a batch falls due, at most `ceiling`."""
         if self._failures:
             return 0.0
-        if not self._successes:
-            return ceiling
-        return max(0.0, min(ceiling, self._oldest + self._window - self._clock()))
+        now = self._clock()
+        waits = [ceiling]
+        if self._successes:
+            waits.append(self._oldest + self._window - now)
+        if self._handed_over:
+            waits.append(self._settle_at - now)
+        return max(0.0, min(waits))
 
     def write(self, conn: psycopg.Connection[Any], claiming: ClaimRequest) -> list[Job]:
         """Write what is owed, in one round trip with the claim; returns the jobs claimed.
 
         On a lost connection (OperationalError) whatever was not written stays owed.
         """
+        if self._settling_due():
+            self._settle(conn)
         while self._failures:
             entry, outcome = self._failures[0]
             if isinstance(outcome, Rescheduled):
@@ -134,9 +159,36 @@ class Acknowledgements:
                 state = record_failed_attempt(conn, self._worker_id, entry, outcome, retry_in)
                 written = state is not None
             self._failures.pop(0)
+            if entry in self._committed:
+                self._committed.discard(entry)
+                if not written:  # the completion had committed after all
+                    _report_completed_in(entry, outcome, self._worker_id)
+                    continue
             if not written:
                 self._on_lost(entry)
         return self._complete_and_claim(conn, claiming)
+
+    def _settling_due(self) -> bool:
+        return bool(self._handed_over) and self._clock() >= self._settle_at
+
+    def _settle(self, conn: psycopg.Connection[Any]) -> None:
+        """Learn the fate of the complete_in transactions of ended attempts; an attempt whose
+        completion did not commit has its outcome written (a success as a failure)."""
+        handed = [(entry.held, entry.completed_in or "") for entry, _ in self._handed_over]
+        fates = {fate.id: fate for fate in completion_fates(conn, self._worker_id, handed)}
+        waiting = []
+        for entry, outcome in self._handed_over:
+            fate = fates[entry.job.id]
+            if not fate.settled:
+                waiting.append((entry, outcome))
+            elif fate.completed:
+                _report_completed_in(entry, outcome, self._worker_id)
+            else:
+                if fate.fate == "committed":
+                    self._committed.add(entry)
+                self._failures.append((entry, _undone(outcome)))
+        self._handed_over = waiting
+        self._settle_at = self._clock() + SETTLE_SECONDS
 
     def _complete_and_claim(
         self, conn: psycopg.Connection[Any], claiming: ClaimRequest
@@ -151,10 +203,13 @@ class Acknowledgements:
             claiming.lease_seconds,
             claiming.async_slots,
         )
-        done = [Completion(e.job.id, e.job.attempts, o.result_json) for e, o in sent]
+        done = [
+            Completion(e.job.id, e.job.attempts, o.result_json, e.unstored_progress())
+            for e, o in sent
+        ]
         try:
             if self._mode == "immediate" and done:
-                self._report(sent, complete(conn, owner, done))
+                self._report(sent, complete_and_claim(conn, owner, done, (), 0, 0).completed)
                 sent, done = [], []
                 if not claiming.wanted:
                     return []
@@ -166,12 +221,14 @@ class Acknowledgements:
         self.recheck_seconds = answer.recheck_seconds
         return answer.jobs
 
-    def _report(self, sent: list[tuple[Entry, Succeeded]], completed: set[int]) -> None:
+    def _report(self, sent: list[tuple[Entry, Succeeded]], completed: Completed) -> None:
         """A log line per completed job, the counter moved once per queue and task."""
         log = _log.bind()  # the logging configuration, looked up once for the batch
         counts: Counter[tuple[str, str]] = Counter()
         for entry, outcome in sent:
-            if entry.job.id in completed:
+            if entry.job.id in completed.cancelled:
+                record_cancelled(entry, self._worker_id, "ran to its end")
+            elif entry.job.id in completed.ids:
                 fields = log_fields(entry, self._worker_id)
                 log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
                 counts[entry.job.queue, entry.job.task] += 1
@@ -198,7 +255,9 @@ def record_failed_attempt(
         retry_in,
         permanent=outcome.permanent,
     )
-    if state is not None:
+    if state is JobState.CANCELLED:
+        record_cancelled(entry, worker_id, outcome.error)
+    elif state is not None:
         record_failure(entry.job, state)
         where = {"where": outcome.where} if outcome.where else {}
         _log.warning(
@@ -215,12 +274,46 @@ def record_reschedule(
     conn: psycopg.Connection[Any], worker_id: str, entry: Entry, outcome: Rescheduled
 ) -> bool:
     """Write a reschedule asked for with errands.Retry (fenced); False when the lease was lost."""
-    written = reschedule(conn, worker_id, entry.held, outcome.reason, outcome.in_seconds)
-    if written:
+    state = reschedule(conn, worker_id, entry.held, outcome.reason, outcome.in_seconds)
+    if state is JobState.CANCELLED:
+        record_cancelled(entry, worker_id, f"asked to run again: {outcome.reason}")
+    elif state is not None:
         _log.info(
             "job rescheduled",
             reason=outcome.reason,
             retry_in=outcome.in_seconds,
             **log_fields(entry, worker_id),
         )
-    return written
+    return state is not None
+
+
+def record_cancelled(entry: Entry, worker_id: str, ending: str) -> None:
+    """An attempt ended after a cancel request, and its job was recorded cancelled."""
+    _log.info("job cancelled", attempt_ended=ending, **log_fields(entry, worker_id))
+    metrics().cancels_honoured.labels(entry.job.queue, entry.job.task).inc()
+
+
+def _report_completed_in(entry: Entry, outcome: Outcome, worker_id: str) -> None:
+    """The job was completed in the application's transaction, which committed."""
+    fields = log_fields(entry, worker_id)
+    _log.info("job completed in the application's transaction", **fields)
+    metrics().jobs_completed.labels(entry.job.queue, entry.job.task).inc()
+    if not isinstance(outcome, Succeeded):
+        _log.warning(
+            "the task did not return after its completion committed; the job stays completed",
+            outcome=outcome.error if isinstance(outcome, Failed) else outcome.reason,
+            **fields,
+        )
+
+
+def _undone(outcome: Outcome) -> Failed | Rescheduled:
+    """The outcome to write for an attempt whose complete_in transaction did not commit: its
+    effects were rolled back with the completion, so a success is a failure (retried)."""
+    if not isinstance(outcome, Succeeded):
+        return outcome
+    return Failed(
+        "the completion complete_in() wrote did not commit (its transaction rolled back), "
+        "so the job runs again",
+        None,
+        outcome.seconds,
+    )

@@ -31,10 +31,33 @@ class Entry:
     lost: bool = False  # the lease is gone: the outcome must not be written
     timed_out: bool = False  # failed by the lease keeper: the outcome is moot
     fenced: bool = False  # stopped when its lease passed by our clock: the outcome is moot
+    # A cancel was requested: a coroutine is cancelled, a thread task told through
+    # current_job().cancel_requested; the database records the job cancelled at its end.
+    cancel_requested: bool = False
+    # The progress the task reported: (how many reports so far, the latest as JSON), and
+    # how many of those reports the lease keeper had when it last stored one, and when.
+    progress: tuple[int, str] | None = None
+    progress_stored: int = 0
+    progress_stored_at: float = -math.inf
+    # current_job().complete_in(): the completion is written, or being written, in the
+    # application's transaction, which holds the job's row until it ends; the lease is
+    # renewed no more (the row is locked) and the fence leaves the attempt alone.
+    in_app_transaction: bool = False
+    completed_in: str | None = None  # that transaction's id, once the completion is written
 
     @property
     def held(self) -> Held:
         return Held(self.job.id, self.job.attempts)
+
+    def report_progress(self, progress_json: str) -> None:
+        """Called from the task: one assignment, so the keeper reads a consistent pair."""
+        reports = self.progress[0] + 1 if self.progress else 1
+        self.progress = (reports, progress_json)
+
+    def unstored_progress(self) -> str | None:
+        """The latest progress, if the keeper has not stored it yet."""
+        progress = self.progress
+        return progress[1] if progress and progress[0] > self.progress_stored else None
 
     @property
     def settled(self) -> bool:
@@ -83,8 +106,50 @@ class RunningJobs:
             return not entry.lost
 
     def held(self) -> list[Entry]:
+        """The attempts whose leases to renew: those in an application's transaction are
+        left alone, their rows locked by it."""
+        with self._lock:
+            return [e for e in self._entries.values() if not e.lost and not e.in_app_transaction]
+
+    def attempts(self) -> list[Entry]:
+        """Every attempt held here, in an application's transaction or not."""
         with self._lock:
             return [e for e in self._entries.values() if not e.lost]
+
+    def request_cancel(self, job_ids: set[int]) -> list[Entry]:
+        """Mark the attempts of `job_ids` held here as asked to cancel; returns those newly so."""
+        with self._lock:
+            marked = [
+                e
+                for e in self._entries.values()
+                if e.job.id in job_ids and not e.lost and not e.cancel_requested
+            ]
+            for entry in marked:
+                entry.cancel_requested = True
+        return marked
+
+    def progress_due(self, now: float, interval: float) -> dict[Entry, tuple[int, str]]:
+        """Progress to store now: reported since it was last stored, at least `interval` ago."""
+        with self._lock:
+            due = {}
+            for entry in self._entries.values():
+                progress = entry.progress
+                if (
+                    progress is not None
+                    and progress[0] > entry.progress_stored
+                    and now - entry.progress_stored_at >= interval
+                    and not entry.lost
+                    and not entry.in_app_transaction
+                ):
+                    due[entry] = progress
+            return due
+
+    def progress_sent(self, sent: dict[Entry, tuple[int, str]], at: float) -> None:
+        """The progress in `sent` was stored (its statement sent at `at`)."""
+        with self._lock:
+            for entry, (reports, _) in sent.items():
+                entry.progress_stored = max(entry.progress_stored, reports)
+                entry.progress_stored_at = at
 
     def mark_lost(self, entries: list[Entry]) -> list[Entry]:
         """Mark the attempts among `entries` still held here as lost; returns those.
@@ -107,7 +172,11 @@ class RunningJobs:
     def take_expired(self, now: float) -> list[Entry]:
         """Remove and return the attempts whose lease has passed by our clock (fenced)."""
         with self._lock:
-            expired = [e for e in self._entries.values() if e.expires <= now and not e.lost]
+            expired = [
+                e
+                for e in self._entries.values()
+                if e.expires <= now and not e.lost and not e.in_app_transaction
+            ]
             for entry in expired:
                 entry.lost = entry.fenced = True
                 del self._entries[entry.job.id]
@@ -116,7 +185,8 @@ class RunningJobs:
     def next_expiry(self) -> float:
         """The earliest lease end among the attempts held (inf when none)."""
         with self._lock:
-            return min((e.expires for e in self._entries.values() if not e.lost), default=math.inf)
+            fenced = [e for e in self._entries.values() if not e.lost and not e.in_app_transaction]
+            return min((e.expires for e in fenced), default=math.inf)
 
     def take_overdue(self, now: float) -> list[Entry]:
         """Remove and return the attempts past their deadline: their outcome is dropped."""

@@ -5,7 +5,7 @@ schedules are declared, are user code and are imported here, never in the
 supervisor, so a broken module costs a child restart, not the daemon. Any number
 of schedulers may run against one database: a tick's job carries the idempotency
 key `periodic:<name>:<tick>`, so the first enqueue creates it and the others find
-it (README: Periodic jobs).
+it (docs/explanation/periodic.md).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from errands import tracing
 from errands.database import connect_retrying, pooling_options
 from errands.errors import IdempotencyConflict
 from errands.log import get_logger
@@ -42,7 +43,7 @@ _log = get_logger("errands.scheduler")
 
 class DatabaseClock:
     """PostgreSQL's time, the clock every host shares: ticks fall due by it, never by the
-    host's own clock, which may be off by minutes (README: Dead peers, partitions and
+    host's own clock, which may be off by minutes (docs: Dead peers, partitions and
     clocks). Read on the scheduler's connection, one round trip per wake-up."""
 
     def __init__(self) -> None:
@@ -132,9 +133,10 @@ class Scheduler:
         task = registered(schedule.task)
         assert task is not None  # @periodic refuses unregistered tasks
         try:
-            enqueued = enqueue_tick(
-                conn, schedule, tick, queue=task.queue, max_attempts=task.max_attempts
-            )
+            with tracing.tick(schedule.name, rfc3339(tick)):  # the job's trace: a new one
+                enqueued = enqueue_tick(
+                    conn, schedule, tick, queue=task.queue, max_attempts=task.max_attempts
+                )
         except IdempotencyConflict as exc:
             _log.warning(
                 "the tick's job was enqueued by a different definition of the schedule "

@@ -39,8 +39,16 @@ from errands.queue.presence import announce
 from errands.queue.throttles import declare_task_limits
 from errands.registry import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
+from errands.workers.attempt import WorkerAttempt
 from errands.workers.coroutines import EventLoopThread
-from errands.workers.execution import Failed, Outcome, execute, execute_async, is_async
+from errands.workers.execution import (
+    Failed,
+    Outcome,
+    cancelled,
+    execute,
+    execute_async,
+    is_async,
+)
 from errands.workers.fence import LeaseFence
 from errands.workers.keeper import LeaseKeeper
 from errands.workers.loading import load_task_modules
@@ -144,6 +152,8 @@ class Worker:
             running=self.running,
             retry_delay=self.retry_delay,
             on_timeout=self._replace,
+            on_cancel=self._cancel_requested,
+            poll_seconds=self.options.poll_seconds,
             pgbouncer=not self.options.listen,
         )
         keeper.start()
@@ -213,6 +223,30 @@ class Worker:
             timer.start()
         if any(e.started and not is_async(e.job) for e in entries):
             self._abandon()
+
+    def _cancel_requested(self, entries: list[Entry], heard: str) -> None:
+        """On the lease keeper's thread: a cancel of these attempts was requested (`heard`
+        by notification, poll or renewal).
+
+        A coroutine is cancelled; a thread task sees current_job().cancel_requested
+        (errands.check_cancelled() raises); an attempt waiting for a slot never starts.
+        However each ends, its job is recorded cancelled (the database decides).
+        """
+        for entry in entries:
+            _log.info(
+                "cancel requested; stopping the attempt",
+                how="coroutine cancelled"
+                if entry.started and is_async(entry.job)
+                else "task told"
+                if entry.started
+                else "not started",
+                heard=heard,
+                **log_fields(entry, self.options.worker_id),
+            )
+            metrics().cancels_requested.labels(entry.job.queue, entry.job.task).inc()
+            if entry.cancel is not None:
+                entry.cancel()
+        self._wake()  # those waiting for a slot are settled by the claim loop
 
     def _abandon_if_running(self, coroutines: list[Entry]) -> None:
         if not all(entry.ended for entry in coroutines):
@@ -351,12 +385,16 @@ class Worker:
                 self.running.finish(entry)
                 if not entry.settled:
                     self._report_lost(entry)
+            elif entry.cancel_requested:  # asked to cancel while it waited: never started
+                if self.running.finish(entry):
+                    self._acks.add(entry, cancelled(0.0, before_start=True))
             elif is_async(entry.job) and self._executing_async < self._async_slots:
                 self._begin(entry, grace=ASYNC_CANCEL_GRACE_SECONDS)
                 self._executing_async += 1
                 future = self._events.submit(self._execute_async(entry))
                 entry.cancel = future.cancel
-                if entry.fenced:  # its lease passed before it could be cancelled
+                # Its lease passed, or a cancel came, before it could be cancelled.
+                if entry.fenced or entry.cancel_requested:
                     future.cancel()
             elif not is_async(entry.job) and self._executing < self.options.concurrency:
                 self._begin(entry, grace=0.0)
@@ -389,18 +427,23 @@ class Worker:
 
     def _execute(self, entry: Entry) -> None:
         with structlog.contextvars.bound_contextvars(**log_fields(entry, self.options.worker_id)):
-            outcome = execute(entry.job)
+            outcome = execute(entry.job, WorkerAttempt(entry, self.options.worker_id))
         self._outcomes.put((entry, outcome, False))
         self._wake()
 
     async def _execute_async(self, entry: Entry) -> None:
+        started = time.monotonic()
         try:
             with structlog.contextvars.bound_contextvars(
                 **log_fields(entry, self.options.worker_id)
             ):
-                outcome: Outcome = await execute_async(entry.job)
-        except asyncio.CancelledError:  # by the fence, whose attempts are never written
-            outcome = Failed("CancelledError: the coroutine was cancelled", None, 0.0)
+                link = WorkerAttempt(entry, self.options.worker_id)
+                outcome: Outcome = await execute_async(entry.job, link)
+        except asyncio.CancelledError:
+            if entry.cancel_requested:  # a cancel request: the job ends cancelled
+                outcome = cancelled(time.monotonic() - started)
+            else:  # by the fence, whose attempts are never written
+                outcome = Failed("CancelledError: the coroutine was cancelled", None, 0.0)
         entry.ended = True
         self._outcomes.put((entry, outcome, True))
         self._wake()

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
-from psycopg.rows import dict_row
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -23,7 +22,8 @@ from errands.api.ui.chart import throughput_chart
 from errands.api.ui.dashboard import Call, Dashboard, Page, redirect
 from errands.errors import InvalidJob, InvalidState, JobNotFound
 from errands.queue import admin, control
-from errands.queue.control import BULK_STATES, BulkAction, Filter
+from errands.queue.admin import ACTION_STATES
+from errands.queue.control import BulkAction, Filter
 from errands.queue.jobs import Job, JobState
 from errands.queue.presence import live_workers
 from errands.queue.requests import (
@@ -34,6 +34,7 @@ from errands.queue.requests import (
     field_errors,
     job_id_of_text,
 )
+from errands.queue.schedules import list_schedules
 from errands.queue.throttles import limits, limits_of_job
 
 Conn = psycopg.Connection[Any]
@@ -44,8 +45,9 @@ ACTIONS: tuple[BulkAction, ...] = ("retry", "cancel")
 DONE_MESSAGES = {
     "retry": "Job {n} is pending again.",
     "cancel": "Job {n} is cancelled.",
+    "cancel-requested": "Job {n} is asked to stop: it is recorded cancelled when its attempt ends.",
     "bulk-retry": "{n} job(s) retried.",
-    "bulk-cancel": "{n} job(s) cancelled.",
+    "bulk-cancel": "{n} job(s) cancelled, or asked to stop if running.",
     "pause": "Queue paused: its jobs stay pending until it is resumed.",
     "resume": "Queue resumed.",
     "limits": "Queue limits set: every host obeys them from its next claim.",
@@ -58,6 +60,9 @@ class Pages:
         self.lease_seconds = lease_seconds
         dashboard.templates.filters["age"] = _age
         dashboard.templates.filters["when"] = _when
+        dashboard.templates.filters["every"] = _every
+        dashboard.templates.filters["fraction"] = progress_fraction
+        dashboard.templates.filters["progress"] = _progress_text
 
     def table(self) -> list[tuple[str, str, Page]]:
         """Each page's method, path and function."""
@@ -126,6 +131,7 @@ class Pages:
             shown = {k: v for k, v in filters.items() if v}
             next_page = urlencode({**shown, "after": found[-1].id})
         chosen = Filter(where.state, where.queue, where.task)
+        running = Filter(where.state, where.queue, where.task, running=True)
         return self.render(
             call,
             "jobs.html",
@@ -136,6 +142,7 @@ class Pages:
             states=list(JobState),
             next_page=next_page,
             actions={action: chosen.states(action) for action in ACTIONS},
+            cancels_running=JobState.IN_PROGRESS in running.states("cancel"),
         )
 
     def find(self, call: Call) -> Response:
@@ -165,8 +172,9 @@ class Pages:
             result=json.dumps(job.result, indent=2, ensure_ascii=False),
             timeline=_timeline(job),
             limits=limits_of,
-            can_retry=job.state in BULK_STATES["retry"],
-            can_cancel=job.state in BULK_STATES["cancel"],
+            can_retry=job.state in ACTION_STATES["retry"],
+            # A running job once, until a cancel is requested.
+            can_cancel=job.state in ACTION_STATES["cancel"] and job.cancel_requested_at is None,
         )
 
     def act_on_job(self, call: Call, action: BulkAction) -> Response:
@@ -175,10 +183,11 @@ class Pages:
             return self.not_found(call, f"Job {call.params['id']} does not exist.")
         try:
             with call.connect() as conn:
-                (admin.retry if action == "retry" else admin.cancel)(conn, job_id)
+                job = (admin.retry if action == "retry" else admin.cancel)(conn, job_id)
         except (InvalidState, JobNotFound) as exc:
             return self.job(call, error=str(exc), status=409)
-        return redirect(f"/ui/jobs/{job_id}?" + urlencode({"done": action, "n": job_id}))
+        done = "cancel-requested" if job.state is JobState.IN_PROGRESS else action
+        return redirect(f"/ui/jobs/{job_id}?" + urlencode({"done": done, "n": job_id}))
 
     def bulk(self, call: Call) -> Response:
         form = call.form
@@ -188,7 +197,7 @@ class Pages:
             text = "; ".join(errors) or "Unknown bulk action."
             return self.render(call, "message.html", 422, title="Invalid request", text=text)
         chosen: BulkAction = "retry" if action == "retry" else "cancel"
-        matching = Filter(where.state, where.queue, where.task)
+        matching = Filter(where.state, where.queue, where.task, form.get("running") == "yes")
         with call.connect() as conn:
             if form.get("confirm") != "yes":
                 count = control.count_matching(conn, chosen, matching, BULK_COUNT_CAP)
@@ -204,6 +213,7 @@ class Pages:
             done = control.bulk(conn, chosen, matching)
         filters = {"state": form.get("state", ""), "queue": where.queue, "task": where.task}
         shown = {k: v for k, v in filters.items() if v}
+        # Running jobs asked to stop count among those done (README: Dashboard).
         return redirect("/ui/jobs?" + urlencode({**shown, "done": f"bulk-{chosen}", "n": done}))
 
     def queue_action(self, call: Call, action: str) -> Response:
@@ -237,29 +247,11 @@ class Pages:
         return redirect("/ui?" + urlencode({"done": "limits"}))
 
     def schedules(self, call: Call) -> Response:
-        # The table arrives with periodic jobs; read it whole (one row per schedule)
-        # and without naming columns, so this page works with any version of it.
+        # The same listing as `errands schedules` and GET /schedules: the next tick from
+        # the database's clock, the last job's state read with it.
         with call.connect() as conn:
-            present = conn.execute("select to_regclass('errands_schedules') is not null").fetchone()
-            rows: list[dict[str, Any]] = []
-            last_states: dict[int, str] = {}
-            if present and present[0]:
-                with conn.cursor(row_factory=dict_row) as cur:
-                    rows = cur.execute("select * from errands_schedules order by 1").fetchall()
-                last_ids = [row["last_job_id"] for row in rows if row.get("last_job_id")]
-                last_states = dict(
-                    conn.execute(
-                        "select id, state::text from errands_jobs where id = any(%s)", (last_ids,)
-                    ).fetchall()
-                )
-        return self.render(
-            call,
-            "schedules.html",
-            present=bool(present and present[0]),
-            columns=list(rows[0]) if rows else [],
-            rows=rows,
-            last_states=last_states,
-        )
+            found = list_schedules(conn)
+        return self.render(call, "schedules.html", schedules=found)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -297,6 +289,8 @@ def _timeline(job: Job) -> list[tuple[datetime, str]]:
     if job.started_at is not None:
         starts.setdefault(job.attempts, job.started_at)
     events += [(at, f"attempt {attempt} started") for attempt, at in starts.items()]
+    if job.cancel_requested_at is not None:
+        events.append((job.cancel_requested_at, "cancel requested while it ran"))
     if job.finished_at is not None:
         events.append((job.finished_at, job.state.value))
     return sorted(events, key=lambda event: event[0])
@@ -310,6 +304,32 @@ def _moment(value: Any) -> datetime | None:
         return None
 
 
+def progress_fraction(progress: float | dict[str, Any] | None) -> float | None:
+    """How full a progress bar is: a number as it is, an object by its numeric `done` and
+    `total` (the convention the README gives), else no bar."""
+    if isinstance(progress, dict):
+        done, total = _number(progress.get("done")), _number(progress.get("total"))
+        if done is None or total is None or total <= 0:
+            return None
+        return min(1.0, max(0.0, done / total))
+    return progress
+
+
+def _number(value: Any) -> float | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: no bar
+        return None
+
+
+def _progress_text(progress: float | dict[str, Any] | None) -> str:
+    if isinstance(progress, dict):
+        return json.dumps(progress, ensure_ascii=False)
+    return "—" if progress is None else f"{progress:.0%}"
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -317,6 +337,14 @@ def _age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def _every(seconds: int) -> str:
+    """An interval in the largest unit that divides it: every 90 s, every 5 min, every 2 h."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"every {seconds // size:,} {unit}"
+    return f"every {seconds:,} s"
 
 
 def _when(moment: datetime | None) -> str:

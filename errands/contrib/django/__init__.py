@@ -1,4 +1,4 @@
-"""Django's task framework on errands (extra `errands[django]`; README: Django).
+"""Django's task framework on errands (extra `errands[django]`; docs/guides/django.md).
 
     INSTALLED_APPS = [..., "errands.contrib.django"]  # for `manage.py errands_worker`
     TASKS = {"default": {"BACKEND": "errands.contrib.django.ErrandsBackend"}}

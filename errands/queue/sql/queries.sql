@@ -15,10 +15,11 @@
 -- where this statement needs one.
 insert into errands_jobs
     (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
-     unique_key, limit_group)
+     trace_context, unique_key, limit_group)
 values (%(task)s, %(queue)s, %(payload)s, %(priority)s,
         coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
-        %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s, %(unique_key)s,
+        %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s, %(trace_context)s::jsonb,
+        %(unique_key)s,
         case when (select exists (select from errands_limits))
              then errands_limit_group(%(queue)s, %(task)s, %(payload)s::jsonb) else '' end)
 on conflict do nothing
@@ -63,8 +64,9 @@ from replaced;
 -- enqueue_many's staging table: private to the session, emptied at every commit,
 -- and emptied here too for a batch that follows another in the caller's
 -- transaction. Created in the transaction that uses it, so it works on any
--- server connection a pooler hands out.
-create temp table if not exists errands_enqueue_staging (
+-- server connection a pooler hands out. A new shape takes a new name: through a
+-- pooler, a server connection may keep the table an older errands created.
+create temp table if not exists errands_staged_jobs_v2 (
     n               integer not null,  -- the request's place in its batch
     task            text not null,
     queue           text not null,
@@ -73,18 +75,19 @@ create temp table if not exists errands_enqueue_staging (
     run_at          timestamptz,
     max_attempts    integer not null,
     idempotency_key text,
+    trace_context   jsonb,
     unique_key      text,
     on_conflict     text not null
 ) on commit delete rows;
-delete from errands_enqueue_staging;
+delete from errands_staged_jobs_v2;
 -- The time every new job of the batch gets as created_at and updated_at (and
 -- as run_at when it names none): now() is the transaction's start.
 select now();
 
 -- name: copy_staged
-copy errands_enqueue_staging
-    (n, task, queue, payload, priority, run_at, max_attempts, idempotency_key, unique_key,
-     on_conflict)
+copy errands_staged_jobs_v2
+    (n, task, queue, payload, priority, run_at, max_attempts, idempotency_key, trace_context,
+     unique_key, on_conflict)
 from stdin;
 
 -- name: enqueue_staged
@@ -105,20 +108,20 @@ from stdin;
 -- list after ORDER BY. Unique keys hash with a prefix of their own.
 select pg_advisory_xact_lock(1701209, key_hash)
 from (select distinct hashtext(idempotency_key) as key_hash
-      from errands_enqueue_staging where idempotency_key is not null
+      from errands_staged_jobs_v2 where idempotency_key is not null
       union
       select hashtext('unique:' || unique_key)
-      from errands_enqueue_staging where unique_key is not null) as keys
+      from errands_staged_jobs_v2 where unique_key is not null) as keys
 order by key_hash;
 with inserted as (
     insert into errands_jobs
         (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
-         unique_key, limit_group)
+         trace_context, unique_key, limit_group)
     select task, queue, payload, priority, coalesce(run_at, now()), max_attempts, max_attempts,
-           idempotency_key, unique_key,
+           idempotency_key, trace_context, unique_key,
            case when (select exists (select from errands_limits))
                 then errands_limit_group(queue, task, payload) else '' end
-    from errands_enqueue_staging order by n
+    from errands_staged_jobs_v2 order by n
     on conflict do nothing
     returning id, idempotency_key, unique_key, payload
 )
@@ -129,12 +132,12 @@ select false, (job.task, job.queue, job.payload) = (first.task, first.queue, fir
        job.id, job.idempotency_key, null, null
 from errands_jobs as job
 cross join lateral (
-    select task, queue, payload from errands_enqueue_staging as staged
+    select task, queue, payload from errands_staged_jobs_v2 as staged
     where staged.idempotency_key = job.idempotency_key
     order by n limit 1
 ) as first
 where job.idempotency_key in (
-    select idempotency_key from errands_enqueue_staging where idempotency_key is not null
+    select idempotency_key from errands_staged_jobs_v2 where idempotency_key is not null
 );
 
 -- name: staged_unique
@@ -143,7 +146,7 @@ where job.idempotency_key in (
 -- live job holding one of `keys`.
 with replacing as (
     select distinct on (unique_key) unique_key, task, payload, run_at
-    from errands_enqueue_staging
+    from errands_staged_jobs_v2
     where unique_key = any(%(keys)s::text[]) and on_conflict = 'replace'
     order by unique_key, n desc
 ),
@@ -186,8 +189,8 @@ select * from errands_jobs where id = any(%(ids)s);
 -- Jobs come from the two parts of the claimable index (queue, limit_group, ...):
 -- * jobs no limit applies to (limit_group ''): one index range scan per queue, in
 --   claim order, as before limits existed;
--- * limited jobs (README: Limits and unique jobs), only when some wait in these
---   queues: errands_admit_limited (migration 0010) finds the groups with jobs waiting,
+-- * limited jobs (docs/guides/limits.md), only when some wait in these
+--   queues: errands_admit_limited (migration 0012) finds the groups with jobs waiting,
 --   serves them least recently served first, locks their jobs and the counters those
 --   come under (in id order: a claim waits here for another claim or an ending
 --   statement holding them, and re-reads them as they are now) and admits the jobs
@@ -199,21 +202,28 @@ select * from errands_jobs where id = any(%(ids)s);
 --
 -- The answer is one row per claimed job (at least one row: a claim of nothing
 -- comes back as nulls), each carrying the ids actually completed (the others'
--- leases were lost) and `recheck_seconds`: when a claim may find jobs held back
--- now (0: at once; a rate's next free start), else null.
+-- leases were lost), among them those a cancel request turned cancelled, and
+-- `recheck_seconds`: when a claim may find jobs held back now (0: at once; a rate's
+-- next free start), else null.
 with completed as (
     update errands_jobs as job
     set state = 'completed',
         result = done.result,
+        -- Running jobs (issue 24): the last progress reported, when not stored yet.
+        progress = coalesce(done.progress, job.progress),
         finished_at = now(),
         updated_at = now(),
         lease_owner = null,
         lease_expires_at = null
-    from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[])
-        as done(id, attempts, result)
+    from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[],
+                %(progress)s::jsonb[])
+        as done(id, attempts, result, progress)
     where job.id = done.id and job.attempts = done.attempts
       and job.lease_owner = %(owner)s and job.state = 'in_progress'
-    returning job.id, job.slots
+    -- Running jobs (issue 24): state is `cancelled` when a cancel was requested while the
+    -- attempt ran (the trigger errands_jobs_cancel_ended_attempt decides). Either way the
+    -- attempt's slots go back (the trigger errands_jobs_count_slots).
+    returning job.id, job.state, job.slots
 ),
 running as (
     select wanted.queue
@@ -276,6 +286,7 @@ claimed as (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         started_at = coalesce(claimable.at, now()),
         updated_at = now(),
+        progress = null,  -- running jobs (issue 24): each attempt reports its own
         -- The counters the attempt comes under: the statement's trigger counts it in them.
         slots = claimable.slots,
         rates = claimable.rates
@@ -287,25 +298,54 @@ claimed as (
     returning job.*
 )
 select (select coalesce(array_agg(id), '{}') from completed) as completed_ids,
+       (select coalesce(array_agg(id), '{}') from completed where state = 'cancelled')
+           as cancelled_ids,
        (select min(recheck) from limited) as recheck_seconds,
        claimed.*
 from (values (1)) as answer (one)
 left join claimed on true;
 
 -- name: heartbeat
--- Renew every lease the owner believes it holds; the ids that come back are the
--- ones it still holds.
-update errands_jobs as job
-set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-from unnest(%(ids)s::bigint[], %(attempts)s::int[]) as held(id, attempts)
-where job.id = held.id and job.attempts = held.attempts
-  and job.lease_owner = %(owner)s and job.state = 'in_progress'
-returning job.id;
+-- Renew every lease the owner believes it holds, storing the progress its tasks
+-- reported since (null: nothing new). One row per attempt still held: whether its lease
+-- was renewed, and whether a cancel of it was requested; attempts in no row were lost.
+-- A row another transaction has locked is skipped, never waited for: it comes back held
+-- but not renewed. An application's transaction holding the completion complete_in
+-- wrote locks the row until it ends, and the renewal of every other job must not wait
+-- for it.
+with held as materialized (
+    select job.id, held.attempts, held.progress,
+           job.cancel_requested_at is not null as cancel_requested
+    from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(progress)s::jsonb[])
+        as held(id, attempts, progress)
+    join errands_jobs as job on job.id = held.id and job.attempts = held.attempts
+    where job.lease_owner = %(owner)s and job.state = 'in_progress'
+),
+unlocked as (
+    -- Fenced again on the row as it is now: a lock re-reads a row changed meanwhile.
+    select job.id from errands_jobs as job
+    join held on held.id = job.id
+    where job.attempts = held.attempts and job.lease_owner = %(owner)s
+      and job.state = 'in_progress'
+    for no key update of job skip locked
+),
+renewed as (
+    update errands_jobs as job
+    set lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        progress = coalesce(held.progress, job.progress)
+    from unlocked join held on held.id = unlocked.id
+    where job.id = unlocked.id
+    returning job.id
+)
+select held.id, held.cancel_requested, renewed.id is not null as renewed
+from held left join renewed on renewed.id = held.id;
 
 -- name: fail
 -- Record a failed attempt: retried after `retry_in` seconds while budget is
 -- left, dead once it is spent, or at once when the failure is `permanent`
--- (errands.Fail, or an exception the task does not retry).
+-- (errands.Fail, or an exception the task does not retry). Running jobs (issue 24):
+-- cancelled instead when a cancel was requested while it ran (the trigger
+-- errands_jobs_cancel_ended_attempt), which the returned state says.
 update errands_jobs as job
 set state = (case when %(permanent)s or job.attempts >= job.max_attempts then 'dead'
                   else 'failed' end)::errands_job_state,
@@ -340,7 +380,8 @@ set state = 'pending',
     lease_expires_at = null
 where job.id = %(id)s and job.attempts = %(attempts)s
   and job.lease_owner = %(owner)s and job.state = 'in_progress'
-returning job.id;
+-- Running jobs (issue 24): `cancelled` when a cancel was requested while it ran.
+returning job.state::text;
 
 -- name: recover
 -- Return lost jobs to pending (dead when their budget is spent): those of one
@@ -351,8 +392,28 @@ returning job.id;
 -- lock ends with the statement, so a reaper whose network dies mid-way cannot
 -- hold it, idle in a transaction, while every other host waits. One row per
 -- recovered job, or one row of nulls but `alone`.
+-- Running jobs (issue 24): a job a cancel was requested for ends cancelled instead (the
+-- trigger errands_jobs_cancel_ended_attempt). The reaper skips rows locked elsewhere: an
+-- application's transaction holding the completion complete_in wrote keeps its row
+-- locked until it ends, and must not stall every host's reaping meanwhile (the next run
+-- looks again). A release waits for such a lock instead: the exited worker's connections
+-- closed with it, so its transactions are ending, and the job is released at once.
 with reaper as materialized (
     select %(lock)s::bigint is null or pg_try_advisory_xact_lock(%(lock)s) as alone
+), lost as (
+    select id from (
+        select job.id from errands_jobs as job
+        where %(owner)s::text is not null
+          and job.state = 'in_progress' and job.lease_owner = %(owner)s
+        for no key update
+    ) as released
+    union all
+    select id from (
+        select job.id from errands_jobs as job
+        where %(owner)s::text is null and (select alone from reaper)
+          and job.state = 'in_progress' and job.lease_expires_at < now()
+        for no key update skip locked
+    ) as reaped
 ), recovered as (
     update errands_jobs as job
     set state = (case when job.attempts >= job.max_attempts then 'dead' else 'pending' end)::errands_job_state,
@@ -364,10 +425,10 @@ with reaper as materialized (
         updated_at = now(),
         lease_owner = null,
         lease_expires_at = null
-    where job.state = 'in_progress'
-      and case when %(owner)s::text is null then job.lease_expires_at < now()
-               else job.lease_owner = %(owner)s end
-      and (select alone from reaper)
+    from lost
+    -- Locked above, each row re-read as it is now (a renewal that committed meanwhile
+    -- took it out of reach): nothing changes it between that check and this write.
+    where job.id = lost.id
     returning job.id, job.queue, job.task, job.state::text, job.attempts
 )
 select reaper.alone, recovered.*,
@@ -383,7 +444,8 @@ from reaper left join recovered on true;
 with retried as (
     update errands_jobs as job
     set state = 'pending', max_attempts = attempts + attempt_budget, run_at = now(),
-        finished_at = null, updated_at = now()
+        finished_at = null, updated_at = now(),
+        cancel_requested_at = null  -- running jobs (issue 24): a fresh start
     where id = %(id)s and state in ('dead', 'cancelled')
       and not exists (
           select from errands_jobs as live
@@ -395,10 +457,27 @@ select retried.*, pg_notify('errands_jobs', retried.queue)::text as notified
 from retried;
 
 -- name: cancel
-update errands_jobs
-set state = 'cancelled', finished_at = now(), updated_at = now()
-where id = %(id)s and state in ('pending', 'failed')
-returning *;
+-- A job that has not started is cancelled at once. A running one is asked to stop:
+-- the request is recorded (the first one's time is kept) and its worker told on the
+-- channel errands_cancel (payload: the lease owner), or by its next heartbeat when it
+-- cannot listen; the job stays in_progress until the statement that ends its attempt
+-- records it cancelled (the trigger errands_jobs_cancel_ended_attempt). A completion
+-- committed first wins: the job is completed, and this statement matches nothing.
+with stopped as (
+    update errands_jobs
+    set state = 'cancelled', finished_at = now(), updated_at = now()
+    where id = %(id)s and state in ('pending', 'failed')
+    returning *
+),
+requested as (
+    update errands_jobs
+    set cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
+    where id = %(id)s and state = 'in_progress'
+    returning *
+)
+select stopped.*, null as notified from stopped
+union all
+select requested.*, pg_notify('errands_cancel', requested.lease_owner)::text from requested;
 
 -- name: get
 select * from errands_jobs where id = %(id)s;
@@ -574,7 +653,8 @@ with chosen as (
 retried as (
     update errands_jobs as job
     set state = 'pending', max_attempts = job.attempts + job.attempt_budget, run_at = now(),
-        finished_at = null, updated_at = now()
+        finished_at = null, updated_at = now(),
+        cancel_requested_at = null  -- running jobs (issue 24): a fresh start
     from (select distinct on (coalesce(unique_key, id::text)) id from chosen
           order by coalesce(unique_key, id::text), id desc) as single
     where job.id = single.id
@@ -604,6 +684,95 @@ cancelled as (
     returning job.id
 )
 select count(*) as jobs from cancelled;
+
+-- name: bulk_cancel_running
+-- One batch of a bulk cancel's running jobs, as `cancel` asks one to stop: the request
+-- recorded on up to `batch` of them (those asked already are left as they are), each
+-- worker holding some told once.
+with chosen as (
+    select id from errands_jobs
+    where state = 'in_progress' and cancel_requested_at is null
+      and (%(queue)s::text is null or queue = %(queue)s)
+      and (%(task)s::text is null or task = %(task)s)
+    order by id
+    limit %(batch)s
+    for update skip locked
+),
+requested as (
+    update errands_jobs as job
+    set cancel_requested_at = now(), updated_at = now()
+    from chosen
+    where job.id = chosen.id
+    returning job.lease_owner
+),
+notified as (
+    select pg_notify('errands_cancel', owner)
+    from (select distinct lease_owner as owner from requested) as owners
+)
+select (select count(*) from requested) as jobs, (select count(*) from notified) as workers;
+
+-- name: count_running_to_cancel
+-- Running jobs a bulk cancel would ask to stop, counted up to `cap`.
+select count(*) from (
+    select 1 from errands_jobs
+    where state = 'in_progress' and cancel_requested_at is null
+      and (%(queue)s::text is null or queue = %(queue)s)
+      and (%(task)s::text is null or task = %(task)s)
+    limit %(cap)s
+) as matching;
+
+-- name: complete_in
+-- Complete a running job inside the application's own transaction
+-- (current_job().complete_in): fenced like every write of an attempt, and refused once
+-- a cancel was requested (errands.Cancelled is raised, so that the application's writes
+-- roll back with it). The completion holds the job's row lock until that transaction
+-- ends. One row: whether the attempt still held the job and had a cancel requested
+-- (null: it holds it no more), whether it was completed, and the transaction's id,
+-- whose fate (pg_xact_status) the worker reads once the task has ended.
+with attempt as (
+    select id, cancel_requested_at is not null as cancel_requested
+    from errands_jobs
+    where id = %(id)s and attempts = %(attempts)s
+      and lease_owner = %(owner)s and state = 'in_progress'
+    for no key update
+),
+completed as (
+    update errands_jobs as job
+    set state = 'completed',
+        result = %(result)s::jsonb,
+        progress = coalesce(%(progress)s::jsonb, job.progress),
+        finished_at = now(),
+        updated_at = now(),
+        lease_owner = null,
+        lease_expires_at = null
+    from attempt
+    where job.id = attempt.id and not attempt.cancel_requested
+    returning job.id
+)
+select (select cancel_requested from attempt) as cancel_requested,
+       exists (select from completed) as completed,
+       pg_current_xact_id()::text as xact;
+
+-- name: completion_fates
+-- What became of the completions written in applications' transactions (complete_in)
+-- by attempts whose tasks have ended: each transaction's fate (committed, aborted,
+-- `in progress`; null when too old to tell), and whether the job is still in progress
+-- under that attempt, as this statement sees it (a completion rolled back to a
+-- savepoint leaves it running in a committed transaction).
+select held.id, pg_xact_status(held.xact::xid8)::text as fate, job.id is not null as running
+from unnest(%(ids)s::bigint[], %(attempts)s::int[], %(xacts)s::text[]) as held(id, attempts, xact)
+left join errands_jobs as job
+    on job.id = held.id and job.attempts = held.attempts
+   and job.lease_owner = %(owner)s and job.state = 'in_progress';
+
+-- name: cancel_requests
+-- Which of the attempts a worker holds have been asked to cancel: on a notification on
+-- errands_cancel naming it, and every poll interval when it cannot listen.
+select job.id
+from unnest(%(ids)s::bigint[], %(attempts)s::int[]) as held(id, attempts)
+join errands_jobs as job on job.id = held.id and job.attempts = held.attempts
+where job.lease_owner = %(owner)s and job.state = 'in_progress'
+  and job.cancel_requested_at is not null;
 
 -- name: find_by_key
 select * from errands_jobs where idempotency_key = %(key)s;

@@ -1,6 +1,6 @@
 -- older code: stops (its claim would start jobs past the limits stored here)
 -- Limits on starting jobs, held in the database so that every host obeys the same
--- numbers, and unique jobs (README: Limits and unique jobs).
+-- numbers, and unique jobs (docs/guides/limits.md).
 
 -- Each limit: at most `amount` jobs in progress at once (concurrency), or at most
 -- `amount` starts in any window of `per_seconds` (rate), for the jobs of one task or
