@@ -36,7 +36,7 @@ from errands.log import configure_logging, get_logger
 from errands.queue import control as queue_control
 from errands.queue.admin import prune as prune_jobs
 from errands.queue.control import QueueInfo
-from errands.queue.jobs import Job, JobState
+from errands.queue.jobs import Job, JobState, progress_text
 from errands.queue.requests import (
     DECIMAL_TEXT,
     INTEGER_TEXT,
@@ -595,25 +595,36 @@ def cancel_job(ctx: Context, job_id: int, as_json: bool) -> None:
     emit(as_json, job.to_dict(), text)
 
 
+# Stored as JSON, and printed as JSON even when a value is text or null.
+_JSON_FIELDS = frozenset({"payload", "result"})
+
+
 def _describe(job: Job) -> str:
     fields = job.to_dict()
     errors = fields.pop("errors")
-    fields["progress"] = _progress_text(job.progress)
-    lines = [f"{name:>17}: {value}" for name, value in fields.items() if name != "payload"]
-    lines.insert(3, f"{'payload':>17}: {json.dumps(job.payload)}")
+    fields["progress"] = progress_text(job.progress)
+    width = max(map(len, fields))
+    lines = [
+        f"{name:>{width}}: {_json_text(value) if name in _JSON_FIELDS else _value_text(value)}"
+        for name, value in fields.items()
+    ]
     for error in errors:
         attempt, at, text = error.get("attempt"), error.get("at"), error.get("error")
-        lines.append(f"{'error':>17}: attempt {attempt} at {at}: {text}")
+        lines.append(f"{'error':>{width}}: attempt {attempt} at {at}: {text}")
     if errors and (traceback := errors[-1].get("traceback")):
         lines.append(f"\ntraceback of attempt {errors[-1].get('attempt')}:\n{traceback.rstrip()}")
     return "\n".join(lines)
 
 
-def _progress_text(progress: float | dict[str, Any] | None) -> str | None:
-    """A fraction as a percentage; an object as its JSON."""
-    if isinstance(progress, dict):
-        return json.dumps(progress, ensure_ascii=False)
-    return None if progress is None else f"{progress:.0%}"
+def _value_text(value: Any) -> str:
+    """Text as it is, nothing as "-", and any other value as its JSON (never a Python repr)."""
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else _json_text(value)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 @cli.command()

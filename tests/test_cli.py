@@ -261,3 +261,13 @@ def test_bench_without_the_harness_extra_says_what_to_install() -> None:
     )
     assert result.returncode == 2
     assert "errands bench needs httpx: pip install 'errands[harness]'" in result.stderr
+
+
+def test_jobs_show_prints_values_as_json_never_as_python(client: Client, db_url: str) -> None:
+    job = client.enqueue("a", {"flag": True, "name": "é"})
+
+    shown = errands(db_url, "jobs", "show", str(job.id)).stdout
+
+    assert ' payload: {"flag": true, "name": "é"}' in shown
+    assert " result: null" in shown
+    assert "None" not in shown and "True" not in shown
