@@ -131,9 +131,29 @@ WORKLOADS = (
 )
 # Run only when named (--only scale): many processes, a few minutes, and it needs PgBouncer.
 OPT_IN = frozenset({"scale"})
+# Figures given as ratios to another workload's, which runs with them whatever --only says.
+REFERENCES = {"drain-limited": "drain", "drain-per-key": "drain"}
 SCALE_WORKERS = (1, 2, 4, 8)
 SCALE_SUPERVISORS = (1, 2, 4)
 IDLE_SUPERVISORS, IDLE_WORKERS_EACH = 4, 8
+
+
+def chosen_workloads(only: set[str] | None) -> list[str]:
+    """The workloads a run runs, in order: those named (every one but the opt-in ones when
+    none is), the baseline, and the workloads their figures are ratios to."""
+    named = set(WORKLOADS) - OPT_IN if only is None else set(only)
+    named |= {"baseline"} | {REFERENCES[w] for w in named if w in REFERENCES}
+    return [w for w in WORKLOADS if w in named]
+
+
+def limited_job(n: int) -> dict[str, Any]:
+    """Job n of the drain under a limit of 50."""
+    return {"task": LIMITED}
+
+
+def per_key_job(n: int) -> dict[str, Any]:
+    """Job n of the per-key drain: keys in turn."""
+    return {"task": PER_KEY, "payload": {"key": n % PER_KEY_KEYS}}
 
 
 class Bench:
@@ -160,11 +180,7 @@ class Bench:
     def run(self, only: set[str] | None = None) -> list[Figure]:
         with self._fresh_database() as url:
             self.url = url
-            chosen = [
-                w
-                for w in WORKLOADS
-                if (w in only if only is not None else w not in OPT_IN) or w == "baseline"
-            ]
+            chosen = chosen_workloads(only)
             for workload in chosen:
                 self.report(f"running {workload} ...")
                 getattr(self, workload.replace("-", "_"))()
@@ -365,9 +381,7 @@ class Bench:
         """Drain pre-enqueued no-op jobs (job n: `spec(n)`) with `errands run --workers 2
         [options]`."""
         jobs = self.sizes.drain
-        with Client(self.url) as client:
-            for first in range(0, jobs, 1000):
-                client.enqueue_many([spec(n) for n in range(first, min(jobs, first + 1000))])
+        self._store_drain(spec)
         postgres_cpu = self._postgres_cpu()
         daemon = self._daemon(*options)
         try:
@@ -394,7 +408,7 @@ class Bench:
             jobs,
             {"workers": ("supervisor + workers", worker_cpu), "postgres": ("PostgreSQL", pg_cpu)},
         )
-        if not options:
+        if figure_id == "drain":  # once: the other drains run the same processes
             self._add(
                 Figure(
                     "memory",
@@ -403,6 +417,13 @@ class Bench:
                     "MB",
                 )
             )
+
+    def _store_drain(self, spec: Callable[[int], dict[str, Any]]) -> None:
+        """Store the drain's jobs, job n as `spec(n)`, in batches of 1,000."""
+        jobs = self.sizes.drain
+        with Client(self.url) as client:
+            for first in range(0, jobs, 1000):
+                client.enqueue_many([spec(n) for n in range(first, min(jobs, first + 1000))])
 
     def drain_immediate(self) -> None:
         self.drain("drain-immediate", "--ack", "immediate")
@@ -414,9 +435,7 @@ class Bench:
         """The drain's jobs under a concurrency limit of 50 across the daemon (2 workers of 32
         threads: 64 slots), as a ratio to the unlimited drain."""
         self._declare_limits()
-        self.drain(
-            "drain-limited", spec=lambda n: {"task": LIMITED}, setting=" limited to 50 at once"
-        )
+        self.drain("drain-limited", spec=limited_job, setting=" limited to 50 at once")
 
     def drain_per_key(self) -> None:
         """The drain's jobs spread over 100 keys, at most one in progress per key: every claim
@@ -424,7 +443,7 @@ class Bench:
         self._declare_limits()
         self.drain(
             "drain-per-key",
-            spec=lambda n: {"task": PER_KEY, "payload": {"key": n % PER_KEY_KEYS}},
+            spec=per_key_job,
             setting=f" over {PER_KEY_KEYS} keys, one at once per key",
         )
 
