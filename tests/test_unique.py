@@ -12,14 +12,23 @@ import httpx
 import psycopg
 import pytest
 
+import errands
 from errands import Client, InvalidState, JobState
 from errands.queue import control
 from errands.queue.control import Filter
 from errands.queue.lease import Completion, Held, claim, complete, fail
 from errands.queue.requests import parse_request
 from errands.queue.submit import enqueue
+from tests.clients import EnqueueTask
+from tests.clients import either_client as client
+
+__all__ = ["client"]  # the tests taking `client` run with both clients: tests/clients.py
 
 Conn = psycopg.Connection[Any]
+
+
+@errands.task("unique.reindex")
+def reindex(user: int) -> None: ...
 
 
 def live(conn: Conn, key: str) -> list[int]:
@@ -35,6 +44,29 @@ def test_a_second_enqueue_returns_the_live_job(client: Client) -> None:
     first = client.enqueue("reindex", {"user": 1}, unique_key="reindex:1")
     second = client.enqueue("reindex", {"user": 1, "again": True}, unique_key="reindex:1")
     assert second.id == first.id and second.payload == {"user": 1}
+
+
+def test_task_options_take_a_unique_key_and_replace(
+    client: Client, enqueue_task: EnqueueTask
+) -> None:
+    first = enqueue_task(reindex, client=client, unique_key="u", delay=60)(user=1)
+    kept = enqueue_task(reindex, client=client, unique_key="u")(user=2)
+    replaced = enqueue_task(reindex, client=client, unique_key="u", on_conflict="replace")(user=3)
+    assert first.id == kept.id == replaced.id
+    assert (kept.payload, replaced.payload) == ({"user": 1}, {"user": 3})
+
+
+def test_a_batch_answers_a_taken_key_with_the_live_job(client: Client) -> None:
+    held = client.enqueue("reindex", {"user": 1}, unique_key="b")
+    batch = client.enqueue_many(
+        [
+            {"task": "reindex", "unique_key": "b"},
+            {"task": "reindex", "unique_key": "c"},
+            {"task": "reindex", "unique_key": "c", "payload": {"v": 2}},
+        ]
+    )
+    assert batch[0].id == held.id and batch[1].id == batch[2].id != held.id
+    assert batch[2].payload == {}
 
 
 @pytest.mark.parametrize("ending", ["completed", "dead", "cancelled"])
