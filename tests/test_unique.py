@@ -69,6 +69,22 @@ def test_a_batch_answers_a_taken_key_with_the_live_job(client: Client) -> None:
     assert batch[2].payload == {}
 
 
+def test_a_batch_naming_a_key_its_first_job_freed_at_once_stores_both(
+    conn: Conn, client: Client
+) -> None:
+    # An application's trigger that ends jobs as they are stored (as the API contract test
+    # does) frees the key before the batch's next request names it: each gets its own job.
+    conn.execute(
+        "create function end_at_once() returns trigger language plpgsql as $$"
+        " begin new.state := 'cancelled'; new.finished_at := now(); return new; end $$;"
+        " create trigger end_at_once before insert on errands_jobs"
+        " for each row execute function end_at_once()"
+    )
+    batch = client.enqueue_many([{"task": "reindex", "unique_key": "k"}] * 2 + [{"task": "t"}])
+    assert len({job.id for job in batch}) == 3
+    assert conn.execute("select count(*) from errands_jobs").fetchone() == (3,)
+
+
 @pytest.mark.parametrize("ending", ["completed", "dead", "cancelled"])
 def test_the_key_is_free_again_once_its_job_has_finished(
     conn: Conn, client: Client, ending: str

@@ -250,16 +250,19 @@ class _Pairing:
         trace_context: str | None,
     ) -> None:
         self.by_key: dict[str, _Stored] = {}
-        self.by_unique: dict[str, _Stored] = {}
+        # Rows stored under each unique key, in insertion order: one, unless the key was free
+        # again by the time a later request of the batch named it (a trigger of the
+        # application's ended the first job at once).
+        self.by_unique: dict[str, list[_Stored]] = {}
         unkeyed: list[_Stored] = []
-        for row in rows:
+        for row in sorted(rows, key=lambda row: row.id):
             if row.idempotency_key is not None:
                 self.by_key[row.idempotency_key] = row
             elif row.unique_key is not None:
-                self.by_unique[row.unique_key] = row
+                self.by_unique.setdefault(row.unique_key, []).append(row)
             else:
                 unkeyed.append(row)
-        self.fresh = iter(sorted(unkeyed, key=lambda row: row.id))
+        self.fresh = iter(unkeyed)
         self.live = live
         self.jobs = jobs  # stored before the batch, named by its idempotency keys
         self.now = now
@@ -270,10 +273,10 @@ class _Pairing:
         if request.idempotency_key is not None:
             return self._by_idempotency_key(request, request.idempotency_key)
         if request.unique_key is not None:
-            row = self.by_unique.pop(request.unique_key, None)  # the first request naming it
-            if row is None:
+            stored = self.by_unique.get(request.unique_key)
+            if not stored:  # the key was held (by a job stored before, or by the batch's)
                 return self._live(request)
-            return Enqueued(self._created(request, row), created=True)
+            return Enqueued(self._created(request, stored.pop(0)), created=True)
         return Enqueued(self._new_job(request, next(self.fresh)), created=True)
 
     def _by_idempotency_key(self, request: JobRequest, key: str) -> Enqueued:
