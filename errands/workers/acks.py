@@ -66,11 +66,6 @@ class ClaimRequest:
     def wanted(self) -> bool:
         return self.limit > 0 or self.async_slots.limit > 0
 
-    @property
-    def size(self) -> int:
-        """The most jobs the claim takes, of both kinds."""
-        return max(0, self.limit) + self.async_slots.limit
-
     def nothing(self) -> ClaimRequest:
         """The same request claiming no job: acknowledgements only."""
         return ClaimRequest(self.queues, 0, self.lease_seconds)

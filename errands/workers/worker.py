@@ -322,7 +322,7 @@ class Worker:
                     continue
                 self._slot_freed_at = None
                 if refill:
-                    self._found_all = len(claimed) < request.size and (
+                    self._found_all = _found_all(request, claimed) and (
                         self._acks.recheck_seconds != 0.0  # a limit asks for another claim now
                     )
                 lease = self.options.lease_seconds
@@ -531,3 +531,14 @@ def _record_wait(entry: Entry) -> None:
 
 def run_worker(options: WorkerOptions) -> int:
     return Worker(options).run()
+
+
+def _found_all(request: ClaimRequest, claimed: list[Job]) -> bool:
+    """Whether the claim took fewer jobs of each kind it asked for than it asked for: then every
+    due job it may take is taken. (Each kind is filled on its own: a claim that took all the
+    coroutines it asked for may leave more behind, however few threads' jobs it found.)"""
+    coroutines = sum(1 for job in claimed if is_async(job))
+    threads = len(claimed) - coroutines
+    return (request.limit <= 0 or threads < request.limit) and (
+        request.async_slots.limit <= 0 or coroutines < request.async_slots.limit
+    )
