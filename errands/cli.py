@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -64,8 +65,11 @@ if TYPE_CHECKING:
     from errands.api.app import Readiness
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 DAY = 24 * 3600.0
+# How long `errands run` waits for a database it cannot reach when it starts.
+STARTUP_WAIT_SECONDS = 60.0
 
 
 class Integer(click.IntRange):
@@ -278,8 +282,12 @@ def run(
     lease_seconds = lease or s.lease_seconds
     url = ctx.database_url(lease_seconds, start_embedded=True)  # the one command that may start it
     # Only the embedded development database is migrated here (docs/guides/deploys.md).
-    _ready_schema(url, migrate=s.database_url is None, pgbouncer=s.pgbouncer or poll_only)
-    pgbouncer = _behind_transaction_pooler(s, url, poll_only)
+    _once_reachable(
+        partial(
+            _ready_schema, url, migrate=s.database_url is None, pgbouncer=s.pgbouncer or poll_only
+        )
+    )
+    pgbouncer = _once_reachable(partial(_behind_transaction_pooler, s, url, poll_only))
     worker = WorkerOptions(
         url=url,
         worker_id="",
@@ -348,6 +356,37 @@ def api(ctx: Context, tasks: str | None, host: str | None, port: int | None, no_
             pgbouncer=pgbouncer,
         )
     )
+
+
+def _once_reachable(check: Callable[[], T]) -> T:
+    """`check`, retried while the database cannot be reached, for up to STARTUP_WAIT_SECONDS.
+
+    A daemon often starts beside its database (a compose stack, a host booting) or while
+    it restarts: it waits, as its workers do for an outage later on. A login refused, a
+    database that does not exist or a schema it may not run against stop it at once.
+    """
+    deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+    delay = 0.25
+    while True:
+        try:
+            return check()
+        except psycopg.OperationalError as exc:
+            if not _unreachable(exc) or time.monotonic() + delay > deadline:
+                raise
+            _log.warning(
+                "database unreachable at start-up; retrying",
+                error=_database_error(exc),
+                retry_in=delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _unreachable(exc: psycopg.OperationalError) -> bool:
+    """No server answered (no SQLSTATE), the connection broke (class 08), or the server is
+    starting up or shutting down (57P01-57P03): all of which pass."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def _ready_schema(url: str, *, migrate: bool, pgbouncer: bool) -> None:
@@ -839,9 +878,7 @@ def bench(
     figures = runner.run(set(_split(only)) if only else None)
     click.echo(table(figures))
     if json_path:
-        with psycopg.connect(url) as conn:
-            version = str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
-        Path(json_path).write_text(json.dumps(as_json(figures, version), indent=2) + "\n")
+        Path(json_path).write_text(json.dumps(as_json(figures, runner.server), indent=2) + "\n")
 
 
 @cli.command()

@@ -5,7 +5,10 @@ import dataclasses
 from typing import Any
 
 import psycopg
+import pytest
 
+from errands import Client
+from errands.harness import server
 from errands.harness.bench import (
     PER_KEY_KEYS,
     Bench,
@@ -14,6 +17,8 @@ from errands.harness.bench import (
     limited_job,
     per_key_job,
 )
+from errands.harness.waiting import drained, wait_until_drained
+from errands.queue.lease import Completion, claim, complete_and_claim
 
 
 def small_bench(server_url: str, db_url: str) -> Bench:
@@ -38,15 +43,43 @@ def test_the_enqueue_floors_store_what_they_time(
     assert conn.execute("select count(*) from errands_jobs").fetchone() == (1020,)
 
 
+def test_the_bench_says_which_server_it_measured_and_how_it_reached_it(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    described = server.describe(db_url)
+
+    assert described["version"] == conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
+    expected_socket = "unix socket" if conn.info.host.startswith("/") else "TCP"
+    assert described["socket"].startswith(expected_socket)
+    assert described["settings"]["fsync"] in ("on", "off")
+    assert set(described["settings"]) == set(server.SETTINGS)
+    assert any(described["version"] in line for line in server.summary(described))
+
+
+def test_a_queue_is_drained_once_no_job_is_pending_failed_or_in_progress(
+    db_url: str, client: Client, conn: psycopg.Connection[Any]
+) -> None:
+    job = client.enqueue("t")
+    assert not drained(db_url)
+    with pytest.raises(TimeoutError):
+        wait_until_drained(db_url, timeout=0.1, what="a pending job")
+
+    assert [claimed.id for claimed in claim(conn, "bench-test", ["default"], 1, 30)] == [job.id]
+    assert not drained(db_url)
+
+    complete_and_claim(conn, "bench-test", [Completion(job.id, 1, "null", None)], (), 0, 30)
+    assert drained(db_url)
+    wait_until_drained(db_url, timeout=5, what="nothing")
+
+
 def test_the_limited_drains_store_their_jobs_under_their_limits(
     server_url: str, db_url: str, conn: psycopg.Connection[Any]
 ) -> None:
     bench = small_bench(server_url, db_url)
-    bench.sizes = dataclasses.replace(bench.sizes, drain=300)
     bench._declare_limits()
 
-    bench._store_drain(limited_job)
-    bench._store_drain(per_key_job)
+    bench._enqueue_backlog([limited_job(n) for n in range(300)])
+    bench._enqueue_backlog([per_key_job(n) for n in range(300)])
 
     groups = conn.execute(
         "select task, count(distinct limit_group) from errands_jobs"
