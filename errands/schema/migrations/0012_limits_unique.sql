@@ -77,8 +77,10 @@ create index errands_jobs_claimable
     on errands_jobs (queue, limit_group, priority desc, run_at, id)
     where state in ('pending', 'failed');
 
+-- Jobs without a key stay out of it: a claim writes a new version of its job's row, and
+-- each would otherwise insert an entry (a null) into this index too.
 create unique index errands_jobs_unique_key on errands_jobs (unique_key)
-    where state in ('pending', 'failed', 'in_progress');
+    where unique_key is not null and state in ('pending', 'failed', 'in_progress');
 
 -- The value of payload argument `key` as a limit counts it: its text (42 and "42" are
 -- one key; a missing argument is ''); a value too long for an index, or holding the
