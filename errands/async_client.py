@@ -100,14 +100,26 @@ class AsyncClient(ClientCore):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        on_conflict: str = "keep",
         conn: AsyncConn | None = None,
     ) -> Job:
         """Submit one job; with `conn` (an AsyncConnection), inside the caller's transaction.
 
-        As `Client.enqueue`: a rollback of that transaction leaves no job.
+        As `Client.enqueue`: a rollback of that transaction leaves no job; a unique key a live
+        job holds returns that job (replaced first with `on_conflict="replace"`).
         """
         request = job_request(
-            task, payload, queue, priority, run_at, delay, max_attempts, idempotency_key
+            task,
+            payload,
+            queue,
+            priority,
+            run_at,
+            delay,
+            max_attempts,
+            idempotency_key,
+            unique_key,
+            on_conflict,
         )
         if (captured := capture([request])) is not None:
             return captured[0]

@@ -199,6 +199,8 @@ class Client(ClientCore):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        on_conflict: str = "keep",
         conn: psycopg.Connection[Any] | None = None,
     ) -> Job:
         """Submit one job. With `conn`, inside the caller's transaction: a rollback leaves no job.
@@ -206,10 +208,22 @@ class Client(ClientCore):
         `queue` and `max_attempts` default to those of the task when it is
         registered in this process, else to `default` and 5. With an
         idempotency key already stored, the stored job is returned (or
-        `IdempotencyConflict` raised if it was submitted differently).
+        `IdempotencyConflict` raised if it was submitted differently). With a
+        unique key that a pending, failed or running job holds, that job is
+        returned; with `on_conflict="replace"`, a still pending one of the same
+        task takes this payload and run_at first (a debounce).
         """
         request = job_request(
-            task, payload, queue, priority, run_at, delay, max_attempts, idempotency_key
+            task,
+            payload,
+            queue,
+            priority,
+            run_at,
+            delay,
+            max_attempts,
+            idempotency_key,
+            unique_key,
+            on_conflict,
         )
         if (captured := capture([request])) is not None:
             return captured[0]
@@ -222,7 +236,8 @@ class Client(ClientCore):
         """Submit many jobs in one transaction (sent by COPY): all or none.
 
         Each spec is a dict with the fields of the HTTP body (`task`, `payload`,
-        `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`).
+        `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`,
+        `unique_key`, `on_conflict`).
         """
         requests = batch_requests(specs)
         if (captured := capture(requests)) is not None:
@@ -339,6 +354,8 @@ def job_request(
     delay: float | timedelta | None,
     max_attempts: int | None,
     idempotency_key: str | None,
+    unique_key: str | None,
+    on_conflict: str,
 ) -> JobRequest:
     """enqueue()'s arguments as a checked request, with the registered task's defaults."""
     spec = {
@@ -350,6 +367,8 @@ def job_request(
         "delay": delay,
         "max_attempts": max_attempts,
         "idempotency_key": idempotency_key,
+        "unique_key": unique_key,
+        "on_conflict": on_conflict,
     }
     return parse_request(spec, defaults=task_defaults)
 

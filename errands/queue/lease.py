@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import dict_row
@@ -120,6 +120,16 @@ class Recovered:
     attempts: int
 
 
+class Claimed(NamedTuple):
+    """What one complete_and_claim statement did."""
+
+    completed: Completed
+    jobs: list[Job]  # claimed, best first
+    # When a claim may find jobs a limit holds back now: 0 at once (e.g. a key met for the
+    # first time got its counter), else a rate's next free start; None: when one frees a slot.
+    recheck_seconds: float | None
+
+
 def claim(
     conn: psycopg.Connection[Any],
     owner: str,
@@ -130,7 +140,7 @@ def claim(
 ) -> list[Job]:
     """Take due jobs from `queues` for `owner`, best first: up to `limit` for threads and
     up to `async_slots.free` of the `async def` tasks, so none is held without a slot."""
-    return complete_and_claim(conn, owner, (), queues, limit, lease_seconds, async_slots)[1]
+    return complete_and_claim(conn, owner, (), queues, limit, lease_seconds, async_slots).jobs
 
 
 def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completion]) -> set[int]:
@@ -138,7 +148,7 @@ def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completio
     them, a cancel having been requested meanwhile); the others' leases were lost."""
     if not done:
         return set()
-    return complete_and_claim(conn, owner, done, (), 0, 0)[0].ids
+    return complete_and_claim(conn, owner, done, (), 0, 0).completed.ids
 
 
 def complete_and_claim(
@@ -149,12 +159,12 @@ def complete_and_claim(
     limit: int,
     lease_seconds: float,
     async_slots: AsyncSlots = NO_ASYNC_SLOTS,
-) -> tuple[Completed, list[Job]]:
+) -> Claimed:
     """Acknowledge finished jobs and claim the next ones in one statement.
 
     One statement is one round trip and one commit for both; each part is
-    fenced on its own. Returns what the completions did (the ids actually
-    completed; the others' leases were lost) and the jobs claimed, best first.
+    fenced on its own. Limits (docs/guides/limits.md) hold jobs back
+    in the statement itself.
     """
     params = {
         "owner": owner,
@@ -173,7 +183,12 @@ def complete_and_claim(
     claimed = [Job.from_row(row) for row in rows if row["id"] is not None]
     claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
     first = rows[0]
-    return Completed(set(first["completed_ids"]), set(first["cancelled_ids"])), claimed
+    recheck = first["recheck_seconds"]
+    return Claimed(
+        Completed(set(first["completed_ids"]), set(first["cancelled_ids"])),
+        claimed,
+        None if recheck is None else float(recheck),
+    )
 
 
 def heartbeat(

@@ -34,7 +34,6 @@ from errands.queue.lease import (
     AsyncSlots,
     Completed,
     Completion,
-    claim,
     complete_and_claim,
     completion_fates,
     fail,
@@ -92,6 +91,8 @@ class Acknowledgements:
         self._window = window
         self._clock = clock
         self._successes: list[tuple[Entry, Succeeded]] = []
+        # From the last claim: when a claim may find jobs a limit holds back now (lease.Claimed).
+        self.recheck_seconds: float | None = None
         self._failures: list[tuple[Entry, Failed | Rescheduled]] = []
         self._oldest = 0.0  # when the oldest unsent success finished
         # Attempts that wrote their completion in an application's transaction (complete_in),
@@ -203,16 +204,17 @@ class Acknowledgements:
         ]
         try:
             if self._mode == "immediate" and done:
-                completed, _ = complete_and_claim(conn, owner, done, (), 0, 0)
-                self._report(sent, completed)
-                sent = []
-                return claim(conn, owner, queues, limit, lease, slots) if claiming.wanted else []
-            completed, claimed = complete_and_claim(conn, owner, done, queues, limit, lease, slots)
+                self._report(sent, complete_and_claim(conn, owner, done, (), 0, 0).completed)
+                sent, done = [], []
+                if not claiming.wanted:
+                    return []
+            answer = complete_and_claim(conn, owner, done, queues, limit, lease, slots)
         except psycopg.OperationalError:
             self._successes = sent + self._successes  # fenced: safe to send again
             raise
-        self._report(sent, completed)
-        return claimed
+        self._report(sent, answer.completed)
+        self.recheck_seconds = answer.recheck_seconds
+        return answer.jobs
 
     def _report(self, sent: list[tuple[Entry, Succeeded]], completed: Completed) -> None:
         """A log line per completed job, the counter moved once per queue and task."""
