@@ -205,6 +205,15 @@ def test_a_key_limit_lets_keys_overlap_but_never_within_one(conn: Conn, client: 
     assert sorted(j.payload["account"] for j in claimed) == ["a", "b", "c"]
 
 
+def test_a_batch_is_filed_under_its_limits_as_it_is_stored(conn: Conn, client: Client) -> None:
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1, concurrency_key="account")})
+    client.enqueue_many([{"task": "sync", "payload": {"account": a}} for a in "abcab"])
+    filed = conn.execute("select count(*) from errands_jobs where limit_group = ''").fetchone()
+    assert filed == (0,)
+    claimed = claim_all(conn)
+    assert sorted(j.payload["account"] for j in claimed) == ["a", "b", "c"]
+
+
 def test_a_key_value_is_its_text(conn: Conn, client: Client) -> None:
     declare_task_limits(conn, {"sync": TaskLimits(concurrency=1, concurrency_key="account")})
     client.enqueue("sync", {"account": 42})
