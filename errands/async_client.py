@@ -270,7 +270,22 @@ def default_async_client() -> AsyncClient:
         client = _defaults.get(loop)
         if client is None:
             client = _defaults[loop] = AsyncClient(default_dsn())
+            _closers.add(loop.create_task(_close_when_the_loop_ends(client)))
         return client
+
+
+_closers: set[asyncio.Task[None]] = set()  # referenced while they wait, as asyncio asks
+
+
+async def _close_when_the_loop_ends(client: AsyncClient) -> None:
+    """Close a default client with its loop: `asyncio.run` cancels every task as it ends,
+    and a pool left open then has its own tasks cancelled under it mid-connect, which can
+    leave `asyncio.run` waiting for ever."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await client.close()
+        _closers.discard(asyncio.current_task())
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 import errands
 from errands import Client, InvalidJob
-from errands.async_client import default_async_client
+from errands.async_client import AsyncClient, default_async_client
 from errands.client import default_client, set_default_client
 from tests.clients import AppConnect, EnqueueTask, Portal
 from tests.clients import either_app_connect as app_connect
@@ -90,7 +91,8 @@ def test_enqueue_without_a_client_uses_the_default_clients_database(
     client: Client, db_url: str, client_kind: str, portal: Portal
 ) -> None:
     previous = default_client()
-    set_default_client(Client(db_url))  # what a worker does with its own database
+    own = Client(db_url)
+    set_default_client(own)  # what a worker does with its own database
     try:
         if client_kind == "Client":
             job = send_email.enqueue(to="a")
@@ -106,7 +108,25 @@ def test_enqueue_without_a_client_uses_the_default_clients_database(
             job = portal.call(enqueue_on_the_loops_default())
     finally:
         set_default_client(previous)
+        own.close()
     assert client.get(job.id) is not None
+
+
+def test_the_default_async_client_closes_with_its_event_loop(db_url: str) -> None:
+    previous = default_client()
+    own = Client(db_url)
+    set_default_client(own)
+
+    async def enqueue_and_leave_it_open() -> AsyncClient:
+        await send_email.aenqueue(to="a")
+        return default_async_client()
+
+    try:
+        default = asyncio.run(enqueue_and_leave_it_open())
+    finally:
+        set_default_client(previous)
+        own.close()
+    assert default._pool is None  # closed by asyncio.run's end, not left to the collector
 
 
 def test_enqueue_by_name_still_works_and_takes_the_tasks_queue(client: Client) -> None:
