@@ -100,6 +100,8 @@ class AsyncClient(ClientCore):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        after: Iterable[int] | None = None,
+        on_parent_failure: str = "cancel",
         conn: AsyncConn | None = None,
     ) -> Job:
         """Submit one job; with `conn` (an AsyncConnection), inside the caller's transaction.
@@ -107,7 +109,16 @@ class AsyncClient(ClientCore):
         As `Client.enqueue`: a rollback of that transaction leaves no job.
         """
         request = job_request(
-            task, payload, queue, priority, run_at, delay, max_attempts, idempotency_key
+            task,
+            payload,
+            queue,
+            priority,
+            run_at,
+            delay,
+            max_attempts,
+            idempotency_key,
+            after,
+            on_parent_failure,
         )
         if (captured := capture([request])) is not None:
             return captured[0]

@@ -14,7 +14,7 @@ from errands.queue.admin import job_counts
 from errands.queue.jobs import JobState
 
 T = TypeVar("T")
-UNFINISHED = (JobState.PENDING, JobState.FAILED, JobState.IN_PROGRESS)
+UNFINISHED = (JobState.WAITING, JobState.PENDING, JobState.FAILED, JobState.IN_PROGRESS)
 
 
 def wait_for(

@@ -1,4 +1,5 @@
-"""Putting jobs on the queue: one in one statement, or many by COPY, idempotently."""
+"""Putting jobs on the queue: one in one statement, or many by COPY, idempotently; and
+workflows, jobs that run after others (README: Workflows)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from typing import Any, NamedTuple
 import psycopg
 
 from errands import hooks, tracing
-from errands.errors import ErrandsError, IdempotencyConflict
+from errands.errors import ErrandsError, FieldError, IdempotencyConflict, InvalidJob
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
-from errands.queue.requests import JobRequest
+from errands.queue.requests import JobFields, JobRequest, PlannedJob
 from errands.queue.steps import Atomic, Copy, Execute, Operation, run
 
 # A key committed by a concurrent transaction while our statement ran is seen by
@@ -45,6 +46,9 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
 
 def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
     """`enqueue`, as steps (errands/queue/steps.py)."""
+    if request.after:  # its parents are locked and counted as a batch's are
+        answers = yield from enqueue_many_steps([request], field_prefix="")
+        return answers[0]
     with tracing.sending([request.queue]) as sending:
         params = enqueue_params(request, sending.trace_context if sending else None)
         for _ in range(_KEY_RACE_TRIES):
@@ -106,7 +110,9 @@ def enqueue_many_steps(
             try:
                 # A savepoint when the caller has a transaction open: a conflict or
                 # a race undoes this batch only.
-                answers: list[Enqueued] = yield Atomic(_store_batch(requests, trace_context))
+                answers: list[Enqueued] = yield Atomic(
+                    _store_batch(requests, trace_context, _Links.of(requests, field_prefix))
+                )
             except _KeyRace:
                 continue
             created = [answer.job for answer in answers if answer.created]
@@ -117,17 +123,121 @@ def enqueue_many_steps(
     raise ErrandsError("could not settle the idempotency keys of a batch")
 
 
+def store_workflow_steps(
+    planned: Sequence[PlannedJob], field: str = "jobs"
+) -> Operation[tuple[int, list[Job]]]:
+    """Store the jobs of a workflow (requests.plan_workflow's order) in one transaction, or
+    none: its id, and its jobs in the order planned. InvalidJob names a stored parent that
+    does not exist (`jobs[3].after[1]`)."""
+    requests = [job.request for job in planned]
+    with tracing.sending([r.queue for r in requests]) as sending:
+        trace_context = sending.trace_context if sending else None
+        rows = yield Execute(query("allocate_workflow"), {"jobs": len(planned)}, dicts=True)
+        workflow_id: int = rows[0]["workflow_id"]
+        links = _Links.of_workflow(planned, rows[0]["ids"], workflow_id, field)
+        answers = yield Atomic(_store_batch(requests, trace_context, links))
+        jobs = [answer.job for answer in answers]
+        if sending:
+            sending.sent(jobs, created=len(jobs))
+        hooks.enqueued(jobs)
+        return workflow_id, jobs
+
+
+@dataclass(frozen=True)
+class _Links:
+    """What a batch stores beyond its jobs: each one's parents (ids), the stored parents the
+    batch names (with the field naming each, for errors), and for a workflow its id and the
+    ids its jobs were given ahead of the insert."""
+
+    parents: list[list[int] | None]
+    stored: dict[int, str]
+    on_parent_failure: list[str]
+    ids: list[int] | None = None
+    workflow_id: int | None = None
+
+    @classmethod
+    def of(cls, requests: Sequence[JobRequest], field_prefix: str) -> _Links | None:
+        if not any(r.after for r in requests):
+            return None
+        stored: dict[int, str] = {}
+        for n, r in enumerate(requests):
+            for i, parent in enumerate(r.after or ()):
+                stored.setdefault(parent, f"{field_prefix.format(n)}after[{i}]")
+        return cls(
+            [list(r.after) if r.after else None for r in requests],
+            stored,
+            [r.on_parent_failure for r in requests],
+        )
+
+    @classmethod
+    def of_workflow(
+        cls, planned: Sequence[PlannedJob], ids: list[int], workflow_id: int, field: str
+    ) -> _Links:
+        stored: dict[int, str] = {}
+        for job in planned:
+            for i, parent in enumerate(job.after):
+                if isinstance(parent, int):
+                    stored.setdefault(parent, f"{field}[{job.place}].after[{i}]")
+        parents = [
+            [*job.stored_parents, *(ids[n] for n in job.parents_here)] or None for job in planned
+        ]
+        return cls(
+            parents,
+            stored,
+            [job.request.on_parent_failure for job in planned],
+            ids,
+            workflow_id,
+        )
+
+
 def _store_batch(
-    requests: Sequence[JobRequest], trace_context: str | None
+    requests: Sequence[JobFields], trace_context: str | None, links: _Links | None = None
 ) -> Operation[list[Enqueued]]:
-    now = yield from _stage(requests, trace_context)
+    if links is not None and links.stored:
+        yield from _lock_parents(links)
+    now = yield from _stage(requests, trace_context, links)
     rows = yield Execute(query("enqueue_staged"), prepare=False)  # past the key locks, to the rows
     stored = [_Stored._make(row) for row in rows]
     jobs = yield from _stored_jobs([row.id for row in stored if not row.created])
-    return _match(requests, stored, jobs, now, trace_context)
+    answers = _match(requests, stored, jobs, now, trace_context)
+    if links is None:
+        return answers
+    return (yield from _settle(answers, links))
 
 
-def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
+def _lock_parents(links: _Links) -> Operation[None]:
+    """Lock the stored parents the batch names (lock_parents); InvalidJob for those missing."""
+    rows = yield Execute(query("lock_parents"), {"ids": sorted(links.stored)})
+    missing = set(links.stored) - {row[0] for row in rows}
+    if missing:
+        raise InvalidJob(
+            [FieldError(links.stored[i], f"no job has id {i}") for i in sorted(missing)]
+        )
+
+
+def _settle(answers: list[Enqueued], links: _Links) -> Operation[list[Enqueued]]:
+    """The new jobs with stored parents count what they wait for as those parents are now
+    (settle_children); every job that waits, and every job of a workflow, is read back as
+    stored."""
+    new = [
+        answer.job.id
+        for answer, parents in zip(answers, links.parents, strict=True)
+        if answer.created and (parents or links.workflow_id is not None)
+    ]
+    if not new:
+        return answers
+    with_stored = [
+        answer.job.id
+        for answer, parents in zip(answers, links.parents, strict=True)
+        if answer.created and parents and not set(parents).isdisjoint(links.stored)
+    ]
+    if with_stored:
+        yield Execute(query("settle_children"), {"ids": with_stored})
+    jobs = yield from _stored_jobs(new)
+    return [Enqueued(jobs.get(answer.job.id, answer.job), answer.created) for answer in answers]
+
+
+def _refuse_conflicting_copies(requests: Sequence[JobFields], field_prefix: str) -> None:
     """A key repeated in the batch with another request (compared as the database compares
     a replay, `same_request_as`); its first copy was never stored."""
     first: dict[str, int] = {}
@@ -146,7 +256,9 @@ def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str
             )
 
 
-def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operation[datetime]:
+def _stage(
+    requests: Sequence[JobFields], trace_context: str | None, links: _Links | None
+) -> Operation[datetime]:
     """Copy the requests into the staging table; the transaction's time, which new jobs get."""
     rows = yield Execute(query("stage_jobs"))
     assert rows, "stage_jobs ends with select now()"
@@ -162,6 +274,10 @@ def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operati
             r.max_attempts,
             r.idempotency_key,
             trace_context,
+            links.ids[n] if links and links.ids else None,
+            links.parents[n] if links else None,
+            r.on_parent_failure,
+            links.workflow_id if links else None,
         )
         for n, r in enumerate(requests)
     ]
@@ -170,7 +286,21 @@ def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operati
 
 
 # The types COPY sends the staged columns as (the payload as JSON text).
-_STAGED_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "int4", "text", "text"]
+_STAGED_TYPES = [
+    "int4",
+    "text",
+    "text",
+    "text",
+    "int4",
+    "timestamptz",
+    "int4",
+    "text",
+    "text",
+    "int8",
+    "int8[]",
+    "text",
+    "int8",
+]
 
 
 class _Stored(NamedTuple):
@@ -185,7 +315,7 @@ class _Stored(NamedTuple):
 
 
 def _match(
-    requests: Sequence[JobRequest],
+    requests: Sequence[JobFields],
     rows: list[_Stored],
     jobs: dict[int, Job],
     now: datetime,
@@ -236,7 +366,7 @@ def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
     return jobs
 
 
-def _new_job(request: JobRequest, row: _Stored, now: datetime, trace_context: str | None) -> Job:
+def _new_job(request: JobFields, row: _Stored, now: datetime, trace_context: str | None) -> Job:
     """A job just inserted, as the database stores it: the request, its row, and the time."""
     return Job.from_fields(
         {
@@ -263,6 +393,11 @@ def _new_job(request: JobRequest, row: _Stored, now: datetime, trace_context: st
             "trace_context": None if trace_context is None else json.loads(trace_context),
             "cancel_requested_at": None,  # running jobs (issue 24)
             "progress": None,
+            # Workflows: a job with parents is read back as stored (_settle).
+            "parents": None,
+            "workflow_id": None,
+            "on_parent_failure": request.on_parent_failure,
+            "cancelled_by": None,
         }
     )
 
