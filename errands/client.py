@@ -44,7 +44,7 @@ from errands.queue.requests import (
     field_errors,
     parse_request,
     parse_requests,
-    plan_workflow,
+    plan_workflow_jobs,
 )
 from errands.queue.steps import run
 from errands.queue.submit import enqueue_many_steps, enqueue_steps, store_workflow_steps
@@ -412,7 +412,7 @@ def workflow_plan(jobs: object) -> builtins.list[PlannedJob]:
     """enqueue_workflow()'s jobs in an order to store them; InvalidJob naming `jobs[3].after[0]`."""
     if isinstance(jobs, str | bytes | Mapping) or not isinstance(jobs, Iterable):
         raise InvalidJob([FieldError("jobs", "must be a list of job specs (dicts)")])
-    return plan_workflow({"jobs": builtins.list(jobs)}, defaults=task_defaults)
+    return plan_workflow_jobs(builtins.list(jobs), defaults=task_defaults)
 
 
 def batch_requests(specs: object) -> builtins.list[JobRequest]:

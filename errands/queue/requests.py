@@ -456,7 +456,14 @@ class WorkflowRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
-    jobs: Annotated[list[WorkflowJob], Field(min_length=1, max_length=MAX_WORKFLOW)]
+    jobs: Annotated[list[WorkflowJob], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+# A workflow from Python (Client.enqueue_workflow, the canvas) may be larger than a body.
+_WORKFLOW_JOBS = TypeAdapter(
+    Annotated[list[WorkflowJob], Field(min_length=1, max_length=MAX_WORKFLOW)],
+    config=ConfigDict(defer_build=True),
+)
 
 
 @dataclass(frozen=True)
@@ -477,6 +484,18 @@ def plan_workflow(body: Any, *, defaults: Defaults | None = None) -> list[Planne
     ref no job has, or one that closes a cycle)."""
     workflow: WorkflowRequest = _validated(WorkflowRequest, body, "", defaults)
     return plan(workflow.jobs, "jobs")
+
+
+def plan_workflow_jobs(
+    jobs: Sequence[Any], *, defaults: Defaults | None = None
+) -> list[PlannedJob]:
+    """plan_workflow for Client.enqueue_workflow's jobs (up to MAX_WORKFLOW of them); errors
+    name `jobs[3].after[0]`."""
+    try:
+        checked = _WORKFLOW_JOBS.validate_python(jobs, context={"defaults": defaults})
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc, "jobs")) from None
+    return plan(checked, "jobs")
 
 
 def plan(jobs: Sequence[WorkflowJob], field: str) -> list[PlannedJob]:

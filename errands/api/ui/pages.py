@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from errands.api.ui.chart import throughput_chart
-from errands.api.ui.graph import workflow_graph
 from errands.api.ui.dashboard import Call, Dashboard, Page, redirect
+from errands.api.ui.graph import workflow_graph
 from errands.errors import InvalidJob, InvalidState, JobNotFound
 from errands.queue import admin, control
 from errands.queue.admin import ACTION_STATES
