@@ -38,6 +38,14 @@ create index errands_jobs_workflow on errands_jobs (workflow_id, id) where workf
 
 create index errands_jobs_cancelled_by on errands_jobs (cancelled_by) where cancelled_by is not null;
 
+-- Whether any of these jobs has children, through the index of children. The planner would
+-- rather scan the table, betting that EXISTS stops at an early match: it never does when
+-- there is none, which is the common case, so scans are ruled out here.
+create function errands_has_children(ids bigint[]) returns boolean
+language sql stable set enable_seqscan = off as $$
+    select exists (select from errands_jobs where parents && ids)
+$$;
+
 -- The hand-over: what the ending of jobs does to the jobs waiting for them, in the statement
 -- that ends them (a completion batch, complete_in, a failure, the release of an exited
 -- worker's jobs, the reaper, a cancel, and any added later), so nothing polls and a child is
@@ -61,22 +69,30 @@ create index errands_jobs_cancelled_by on errands_jobs (cancelled_by) where canc
 -- first, and the enqueue sees the parent as it ended and never counts it.
 --
 -- Cheap when no job has parents or children: most statements (claims, heartbeats) end no
--- job and leave at the first query over the rows they changed; the rest look their ended
--- jobs up in the (empty) index of children. The generations of a cascade are handled here
+-- job and leave at the first query over the rows they changed; completions look their
+-- ended jobs up in the index of children once, and leave when none has any. The generations of a cascade are handled here
 -- in a loop, not by triggers nesting once per generation (a chain of 10,000 would run out
 -- of stack): the updates below fire this trigger again, and it leaves at once.
 create function errands_hand_over() returns trigger language plpgsql as $$
 declare
+    ended bigint[];
+    maybe_retried boolean;
     completed bigint[];
     failed bigint[];
     retried bigint[];
 begin
-    if not exists (select from new_rows
-                   where state in ('completed', 'dead', 'cancelled', 'pending')) then
-        return null;
+    select array_agg(id) filter (where state in ('completed', 'dead', 'cancelled')),
+           bool_or(state = 'pending')
+    into ended, maybe_retried
+    from new_rows;
+    if ended is null and not maybe_retried then
+        return null;  -- a claim, a heartbeat: nothing ended, nothing retried
     end if;
     if current_setting('errands.handing_over', true) = 'on' then
         return null;  -- an update made by the loop below, which sees to its effects
+    end if;
+    if not maybe_retried and not errands_has_children(ended) then
+        return null;  -- jobs ended that no job waits for: the common case, one index probe
     end if;
     select array_agg(n.id) filter (where n.state = 'completed'),
            array_agg(n.id) filter (where n.state in ('dead', 'cancelled')),
@@ -100,9 +116,10 @@ $$;
 
 -- One generation of the hand-over (errands_hand_over): the jobs it cancelled and those it
 -- re-armed, the next generation's failed and retried parents.
+-- Children are read through their indexes alone (as errands_has_children says why).
 create function errands_move_children(completed bigint[], failed bigint[], retried bigint[],
                                       out failed_next bigint[], out retried_next bigint[])
-language plpgsql as $$
+language plpgsql set enable_seqscan = off as $$
 declare
     ended bigint[] := coalesce(completed, '{}') || coalesce(failed, '{}');
 begin
