@@ -213,7 +213,7 @@ class Client(ClientCore):
         `IdempotencyConflict` raised if it was submitted differently). With `after`
         (ids of stored jobs), the job waits in the state `waiting` until every one of
         them completed; one of them ending dead or cancelled cancels it, unless
-        `on_parent_failure="run"` (README: Workflows).
+        `on_parent_failure="run"` (docs/guides/workflows.md).
         """
         request = job_request(
             task,
@@ -254,7 +254,7 @@ class Client(ClientCore):
 
         Each job is a dict with the fields of an enqueue (`task`, `payload`, `queue`...)
         and a `ref` of its own; its `after` lists refs of jobs of the workflow and ids of
-        stored jobs (README: Workflows). The canvas (errands.chain, errands.group) builds
+        stored jobs (docs/guides/workflows.md). The canvas (errands.chain, errands.group) builds
         these for you.
         """
         planned = workflow_plan(jobs)

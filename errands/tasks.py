@@ -115,7 +115,7 @@ class Task(Generic[P, R]):
         or of the worker running the calling task); `conn` enqueues inside the
         caller's transaction, as `Client.enqueue` does. For `aenqueue`, `client`
         is an AsyncClient and `conn` an AsyncConnection. `after` and
-        `on_parent_failure` make the job wait for others (README: Workflows).
+        `on_parent_failure` make the job wait for others (docs/guides/workflows.md).
         """
         return TaskCall(
             self,
@@ -326,7 +326,7 @@ class CurrentJob:
 
     @functools.cached_property
     def parents(self) -> dict[int, Any]:
-        """The result of each job this one ran after, by id (README: Workflows): read once,
+        """The result of each job this one ran after, by id (docs/guides/workflows.md): read once,
         on first use, through the default client (the worker's database). A parent pruned
         since (a retry long after) is missing; a parent that ended dead or cancelled, when
         the job was told to run anyway, maps to None."""

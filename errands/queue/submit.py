@@ -1,5 +1,5 @@
 """Putting jobs on the queue: one in one statement, or many by COPY, idempotently; and
-workflows, jobs that run after others (README: Workflows)."""
+workflows, jobs that run after others (docs/guides/workflows.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 -- older code: stops (a job may now be `waiting`, a state older code cannot read)
--- Workflows: jobs that wait for other jobs (README: Workflows; docs/guides/workflows.md).
+-- Workflows: jobs that wait for other jobs (docs/guides/workflows.md; docs/guides/workflows.md).
 --
 -- Nothing below compares a column with the new state 'waiting' outside a function body:
 -- migrations run in one transaction, and PostgreSQL refuses a value ADD VALUE created
