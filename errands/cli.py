@@ -447,6 +447,19 @@ def _split(text: str) -> tuple[str, ...]:
 @click.option("--delay", type=Field("delay", Delay), help="Seconds before the job may run.")
 @click.option("--idempotency-key", help="Submissions with the same key create one job.")
 @click.option(
+    "--after",
+    type=JOB_ID,
+    multiple=True,
+    help="A job it waits for (repeat for several): it runs once every one completed.",
+)
+@click.option(
+    "--on-parent-failure",
+    type=click.Choice(["cancel", "run"]),
+    default="cancel",
+    show_default=True,
+    help="When a job it waits for ends dead or cancelled: cancel it, or run it anyway.",
+)
+@click.option(
     "--max-attempts",
     type=Field("max_attempts", MaxAttempts),
     help="Attempt budget [default: the task's when it is loaded, else 5]",
@@ -465,6 +478,8 @@ def enqueue(
     priority: int,
     delay: float | None,
     idempotency_key: str | None,
+    after: tuple[int, ...],
+    on_parent_failure: str,
     max_attempts: int | None,
     tasks: str | None,
     as_json: bool,
@@ -486,6 +501,8 @@ def enqueue(
         "delay": delay,
         "max_attempts": max_attempts,
         "idempotency_key": idempotency_key,
+        "after": list(after) or None,
+        "on_parent_failure": on_parent_failure,
     }
     request = parse_request(fields, defaults=task_defaults)
     with connect(ctx.database_url()) as conn:
