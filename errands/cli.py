@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -36,7 +37,7 @@ from errands.log import configure_logging, get_logger
 from errands.queue import control as queue_control
 from errands.queue.admin import prune as prune_jobs
 from errands.queue.control import QueueInfo
-from errands.queue.jobs import Job, JobState
+from errands.queue.jobs import Job, JobState, progress_text
 from errands.queue.requests import (
     DECIMAL_TEXT,
     INTEGER_TEXT,
@@ -63,8 +64,11 @@ if TYPE_CHECKING:
     from errands.api.app import Readiness
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 DAY = 24 * 3600.0
+# How long `errands run` waits for a database it cannot reach when it starts.
+STARTUP_WAIT_SECONDS = 60.0
 
 
 class Integer(click.IntRange):
@@ -277,8 +281,12 @@ def run(
     lease_seconds = lease or s.lease_seconds
     url = ctx.database_url(lease_seconds, start_embedded=True)  # the one command that may start it
     # Only the embedded development database is migrated here (docs/guides/deploys.md).
-    _ready_schema(url, migrate=s.database_url is None, pgbouncer=s.pgbouncer or poll_only)
-    pgbouncer = _behind_transaction_pooler(s, url, poll_only)
+    _once_reachable(
+        partial(
+            _ready_schema, url, migrate=s.database_url is None, pgbouncer=s.pgbouncer or poll_only
+        )
+    )
+    pgbouncer = _once_reachable(partial(_behind_transaction_pooler, s, url, poll_only))
     worker = WorkerOptions(
         url=url,
         worker_id="",
@@ -347,6 +355,37 @@ def api(ctx: Context, tasks: str | None, host: str | None, port: int | None, no_
             pgbouncer=pgbouncer,
         )
     )
+
+
+def _once_reachable(check: Callable[[], T]) -> T:
+    """`check`, retried while the database cannot be reached, for up to STARTUP_WAIT_SECONDS.
+
+    A daemon often starts beside its database (a compose stack, a host booting) or while
+    it restarts: it waits, as its workers do for an outage later on. A login refused, a
+    database that does not exist or a schema it may not run against stop it at once.
+    """
+    deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+    delay = 0.25
+    while True:
+        try:
+            return check()
+        except psycopg.OperationalError as exc:
+            if not _unreachable(exc) or time.monotonic() + delay > deadline:
+                raise
+            _log.warning(
+                "database unreachable at start-up; retrying",
+                error=_database_error(exc),
+                retry_in=delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _unreachable(exc: psycopg.OperationalError) -> bool:
+    """No server answered (no SQLSTATE), the connection broke (class 08), or the server is
+    starting up or shutting down (57P01-57P03): all of which pass."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def _ready_schema(url: str, *, migrate: bool, pgbouncer: bool) -> None:
@@ -589,25 +628,36 @@ def cancel_job(ctx: Context, job_id: int, as_json: bool) -> None:
     emit(as_json, job.to_dict(), text)
 
 
+# Stored as JSON, and printed as JSON even when a value is text or null.
+_JSON_FIELDS = frozenset({"payload", "result"})
+
+
 def _describe(job: Job) -> str:
     fields = job.to_dict()
     errors = fields.pop("errors")
-    fields["progress"] = _progress_text(job.progress)
-    lines = [f"{name:>17}: {value}" for name, value in fields.items() if name != "payload"]
-    lines.insert(3, f"{'payload':>17}: {json.dumps(job.payload)}")
+    fields["progress"] = progress_text(job.progress)
+    width = max(map(len, fields))
+    lines = [
+        f"{name:>{width}}: {_json_text(value) if name in _JSON_FIELDS else _value_text(value)}"
+        for name, value in fields.items()
+    ]
     for error in errors:
         attempt, at, text = error.get("attempt"), error.get("at"), error.get("error")
-        lines.append(f"{'error':>17}: attempt {attempt} at {at}: {text}")
+        lines.append(f"{'error':>{width}}: attempt {attempt} at {at}: {text}")
     if errors and (traceback := errors[-1].get("traceback")):
         lines.append(f"\ntraceback of attempt {errors[-1].get('attempt')}:\n{traceback.rstrip()}")
     return "\n".join(lines)
 
 
-def _progress_text(progress: float | dict[str, Any] | None) -> str | None:
-    """A fraction as a percentage; an object as its JSON."""
-    if isinstance(progress, dict):
-        return json.dumps(progress, ensure_ascii=False)
-    return None if progress is None else f"{progress:.0%}"
+def _value_text(value: Any) -> str:
+    """Text as it is, nothing as "-", and any other value as its JSON (never a Python repr)."""
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else _json_text(value)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 @cli.command()
@@ -776,9 +826,7 @@ def bench(
     figures = runner.run(set(_split(only)) if only else None)
     click.echo(table(figures))
     if json_path:
-        with psycopg.connect(url) as conn:
-            version = str(conn.execute("show server_version").fetchone()[0])  # type: ignore[index]
-        Path(json_path).write_text(json.dumps(as_json(figures, version), indent=2) + "\n")
+        Path(json_path).write_text(json.dumps(as_json(figures, runner.server), indent=2) + "\n")
 
 
 @cli.command()

@@ -122,6 +122,13 @@ def stop(data_dir: str | os.PathLike[str]) -> None:
 def restart(data_dir: str | os.PathLike[str]) -> None:
     """Fast shutdown and start again, as an operator or a crash would."""
     stop(data_dir)
-    # In a new process: pgserver remembers, per process, the servers it has started.
+    start_again(data_dir)
+
+
+def start_again(data_dir: str | os.PathLike[str]) -> None:
+    """Start a stopped embedded PostgreSQL.
+
+    In a new process: pgserver remembers, per process, the servers it has started.
+    """
     code = f"from errands import embedded; embedded.start({str(data_dir)!r})"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -148,6 +149,24 @@ def restart_database(server: Server) -> Callable[[], None]:
             "needs the embedded server: ERRANDS_TEST_DATABASE_URL names one we cannot restart"
         )
     return partial(embedded.restart, server.pgdata)
+
+
+@pytest.fixture
+def database_down(server: Server) -> Callable[[], AbstractContextManager[None]]:
+    """Stop the session's PostgreSQL for a `with` block, as a host still booting would."""
+    pgdata = server.pgdata
+    if pgdata is None:
+        pytest.skip("needs the embedded server: ERRANDS_TEST_DATABASE_URL names one we cannot stop")
+
+    @contextmanager
+    def down() -> Iterator[None]:
+        embedded.stop(pgdata)
+        try:
+            yield
+        finally:
+            embedded.start_again(pgdata)
+
+    return down
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,13 @@ import dataclasses
 from typing import Any
 
 import psycopg
+import pytest
 
+from errands import Client
+from errands.harness import server
 from errands.harness.bench import Bench
+from errands.harness.waiting import drained, wait_until_drained
+from errands.queue.lease import Completion, claim, complete_and_claim
 
 
 def small_bench(server_url: str, db_url: str) -> Bench:
@@ -29,3 +34,32 @@ def test_the_enqueue_floors_store_what_they_time(
         "enqueue-batch floor",
     ]
     assert conn.execute("select count(*) from errands_jobs").fetchone() == (1020,)
+
+
+def test_the_bench_says_which_server_it_measured_and_how_it_reached_it(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    described = server.describe(db_url)
+
+    assert described["version"] == conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
+    expected_socket = "unix socket" if conn.info.host.startswith("/") else "TCP"
+    assert described["socket"].startswith(expected_socket)
+    assert described["settings"]["fsync"] in ("on", "off")
+    assert set(described["settings"]) == set(server.SETTINGS)
+    assert any(described["version"] in line for line in server.summary(described))
+
+
+def test_a_queue_is_drained_once_no_job_is_pending_failed_or_in_progress(
+    db_url: str, client: Client, conn: psycopg.Connection[Any]
+) -> None:
+    job = client.enqueue("t")
+    assert not drained(db_url)
+    with pytest.raises(TimeoutError):
+        wait_until_drained(db_url, timeout=0.1, what="a pending job")
+
+    assert [claimed.id for claimed in claim(conn, "bench-test", ["default"], 1, 30)] == [job.id]
+    assert not drained(db_url)
+
+    complete_and_claim(conn, "bench-test", [Completion(job.id, 1, "null", None)], (), 0, 30)
+    assert drained(db_url)
+    wait_until_drained(db_url, timeout=5, what="nothing")

@@ -272,3 +272,13 @@ def test_enqueue_after_other_jobs_waits_for_them(db_url: str) -> None:
     assert child["on_parent_failure"] == "run"
     missing = errands(db_url, "enqueue", "t", "--after", "99999", check=False)
     assert missing.returncode != 0 and "after[0]: no job has id 99999" in missing.stderr
+
+
+def test_jobs_show_prints_values_as_json_never_as_python(client: Client, db_url: str) -> None:
+    job = client.enqueue("a", {"flag": True, "name": "é"})
+
+    shown = errands(db_url, "jobs", "show", str(job.id)).stdout
+
+    assert ' payload: {"flag": true, "name": "é"}' in shown
+    assert " result: null" in shown
+    assert "None" not in shown and "True" not in shown

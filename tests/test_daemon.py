@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -228,6 +229,27 @@ def test_work_resumes_after_the_database_restarts(
     after = client.enqueue_many([{"task": "record"}] * 10)
     for job in [*before, running, *after]:
         wait_for_state(client, job.id, JobState.COMPLETED, timeout=30)
+    assert daemon.stop() == 0
+
+
+def test_the_daemon_waits_for_a_database_that_is_not_up_yet(
+    start_daemon: StartDaemon,
+    client: Client,
+    database_down: Callable[[], AbstractContextManager[None]],
+) -> None:
+    with database_down():
+        daemon = start_daemon("--workers", "1")
+        wait_for(
+            lambda: any(
+                event.get("event") == "database unreachable at start-up; retrying"
+                for event in daemon.log_events()
+            ),
+            what="a retry at start-up",
+        )
+
+    daemon.wait_for_workers(1)
+    job = client.enqueue("record")
+    wait_for_state(client, job.id, JobState.COMPLETED, timeout=30)
     assert daemon.stop() == 0
 
 

@@ -159,6 +159,43 @@ def test_lines_written_by_several_processes_at_once_never_mix() -> None:
         assert json.loads(line)["event"] == "line"
 
 
+def test_a_commands_output_leaves_out_the_request_lines_of_its_http_client() -> None:
+    # httpx logs every request at info; the bench's and chaos harness's health checks made it
+    # print one line per check between their figures.
+    result = python(
+        """
+        import logging
+        from errands.log import configure_logging, get_logger
+        configure_logging("json", "INFO")
+        logging.getLogger("httpx").info('HTTP Request: GET http://127.0.0.1:1/health "200 OK"')
+        logging.getLogger("httpx").warning("kept: a warning")
+        get_logger("errands.test").info("kept: errands' own line")
+        """,
+        dict(os.environ),
+    )
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert events == ["kept: a warning", "kept: errands' own line"]
+
+
+def test_a_json_line_writes_what_json_lacks_as_its_repr_and_the_rest_as_json_dumps_does() -> None:
+    result = python(
+        """
+        import datetime
+        from errands.log import configure_logging, get_logger
+        configure_logging("json", "INFO")
+        for _ in range(2):  # the second line reuses the first one's encoder
+            get_logger("errands.test").info("job completed", job_id=7, on=datetime.date(2026, 1, 2),
+                                            tags={"a"}, text="é\u2028")
+        """,
+        dict(os.environ),
+    )
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith('{"job_id": 7, "on": "datetime.date(2026, 1, 2)", ')
+        assert '"tags": "{\'a\'}", "text": "\\u00e9\\u2028", "event": "job completed"' in line
+
+
 def test_the_json_log_of_the_api_carries_uvicorns_own_lines_as_json(db_url: str) -> None:
     port = free_port()
     env = {

@@ -115,6 +115,21 @@ def test_the_client_works_through_pgbouncer_whatever_server_connection_it_gets(
         assert pooled_client.stats().queues[0].counts[JobState.PENDING] == 1
 
 
+def test_jobs_enqueued_one_by_one_on_changing_server_connections_come_back_as_stored(
+    either_pooled_client: Client, bouncer_url: str
+) -> None:
+    # errands_enqueue's INSERT is planned by PL/pgSQL and cached per server connection
+    # (custom plans for the first five calls, then a generic one), whichever client the
+    # pooler lends that connection to: more than five calls on each of two of them.
+    client = either_pooled_client
+    jobs = [client.enqueue("record", {"n": n}) for n in range(7)]
+    with take_the_last_server_connection(bouncer_url):
+        jobs += [client.enqueue("record", {"n": n}, priority=n) for n in range(7, 14)]
+    jobs += [client.enqueue("record", {"n": n}) for n in range(14, 21)]
+    assert [job.payload["n"] for job in jobs] == list(range(21))
+    assert jobs == [client.get(job.id) for job in jobs]
+
+
 def test_enqueue_inside_the_callers_transaction_through_pgbouncer_rolls_back_with_it(
     either_pooled_client: Client, bouncer_url: str, app_connect: AppConnect
 ) -> None:

@@ -294,7 +294,9 @@ def test_a_cancel_racing_the_jobs_return_ends_in_exactly_one_outcome_and_one_run
     daemon = start_daemon("--workers", "2", "--concurrency", "8", **TASKS)
     daemon.wait_for_workers(2)
     rng = random.Random(24)
-    jobs = client.enqueue_many([{"task": "brief", "payload": {"seconds": 0.03}}] * 60)
+    # Cancels spread over twice a job's length, so that both sides of the race are hit
+    # even when a loaded machine notices starts late.
+    jobs = client.enqueue_many([{"task": "brief", "payload": {"seconds": 0.2}}] * 60)
     answers: dict[int, str] = {}
 
     def cancel_near_the_end(job_id: int, delay: float) -> None:
@@ -306,7 +308,7 @@ def test_a_cancel_racing_the_jobs_return_ends_in_exactly_one_outcome_and_one_run
             answers[job_id] = exc.state
 
     threads = [
-        threading.Thread(target=cancel_near_the_end, args=(job.id, rng.uniform(0.0, 0.06)))
+        threading.Thread(target=cancel_near_the_end, args=(job.id, rng.uniform(0.0, 0.4)))
         for job in jobs
     ]
     for thread in threads:

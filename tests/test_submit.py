@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import errands
 from errands import Client, IdempotencyConflict, JobState
 from errands.queue.queries import query
+from errands.queue.requests import parse_request
 from tests.clients import AppConnect, Portal, blocking_client, closing
 from tests.clients import either_app_connect as app_connect
 from tests.clients import either_client as client
+from tests.test_validation import json_text, json_values
 
 __all__ = ["app_connect", "client"]  # each test runs with both clients: tests/clients.py
 
@@ -38,6 +43,18 @@ def test_enqueue_keeps_every_field_given(client: Client) -> None:
         "report", {"rows": 3}, queue="reports", priority=7, run_at=run_at, max_attempts=2
     )
     assert (job.queue, job.priority, job.run_at, job.max_attempts) == ("reports", 7, run_at, 2)
+
+
+def test_enqueue_returns_the_job_as_stored(client: Client) -> None:
+    # The statement sends back only what the request cannot say (errands_enqueue).
+    jobs = [
+        client.enqueue("t", {"b": 2, "a": [1.5, None], "n": 1e23}, priority=3, delay=2.5),
+        client.enqueue("t", run_at=datetime(2030, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))),
+        client.enqueue("t", queue="q", max_attempts=2, idempotency_key="k"),
+    ]
+    # As the database gives them back, down to each timestamp's offset and the payload's order.
+    assert [job.to_dict() for job in jobs] == [client.get(job.id).to_dict() for job in jobs]
+    assert list(jobs[0].payload) == list(client.get(jobs[0].id).payload) == ["a", "b", "n"]
 
 
 def test_delay_schedules_the_job_in_the_future(client: Client) -> None:
@@ -258,6 +275,35 @@ def test_enqueue_many_returns_every_job_as_stored(client: Client) -> None:
     # As the database would give them back, down to each timestamp's offset.
     assert [job.to_dict() for job in jobs] == [client.get(job.id).to_dict() for job in jobs]
     assert jobs[2] == client.get(stored.id)
+
+
+def test_a_batch_without_keys_returns_every_job_as_stored(client: Client) -> None:
+    # Straight into the jobs table by COPY, which returns nothing: each job is the request,
+    # its drawn id and the transaction's time.
+    jobs = client.enqueue_many(
+        [
+            {"task": "t", "payload": {"bb": 2, "é": -0.0, "a": [1.5, None]}, "priority": 3},
+            {"task": "t", "queue": "q", "max_attempts": 2, "delay": 2.5},
+            {"task": "t", "run_at": datetime(2030, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))},
+            {"task": "t", "payload": {"n": 1e23, "z": {"x": (1, 2)}, "m": 1e-7}},
+        ]
+    )
+    stored = [client.get(job.id) for job in jobs]
+    assert [job.to_dict() for job in jobs] == [job.to_dict() for job in stored if job]
+    assert [json.dumps(job.payload) for job in jobs] == [json.dumps(j.payload) for j in stored if j]
+    assert [job.id for job in jobs] == sorted(job.id for job in jobs)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.dictionaries(json_text, json_values, max_size=5))
+def test_a_payload_reads_back_as_its_request_says_it_will(
+    conn: psycopg.Connection[Any], payload: dict[str, Any]
+) -> None:
+    request = parse_request({"task": "t", "payload": payload})
+    row = conn.execute("select %s::jsonb", [request.payload_json]).fetchone()
+    assert row is not None
+    # As text: key order, 1 against 1.0, and -0.0 against 0.0 all count.
+    assert json.dumps(request.stored_payload) == json.dumps(row[0])
 
 
 def test_batches_in_one_transaction_each_store_their_own_jobs(

@@ -114,6 +114,17 @@ def test_the_job_page_shows_the_traceback_of_each_failed_attempt(
     assert 'id="retry"' in page.text and 'id="cancel"' not in page.text
 
 
+def test_a_failed_attempt_is_dated_to_the_second_like_every_time_on_the_page(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    job_id = make_dead(conn, client)
+    summaries = re.findall(
+        r"<summary>Attempt \d+ at ([^:]+:\d\d:\d\d[^:]*):", api.get(f"/ui/jobs/{job_id}").text
+    )
+    assert summaries
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", at) for at in summaries)
+
+
 def test_the_timeline_shows_each_attempt_start_and_failure(
     api: httpx.Client, client: Client, conn: Conn
 ) -> None:

@@ -35,7 +35,7 @@ from psycopg.conninfo import make_conninfo
 from errands.client import Client
 from errands.database import open_connection
 from errands.errors import ConfigurationError
-from errands.harness import bench_ui, pgbench
+from errands.harness import bench_ui, pgbench, server
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import (
     DaemonProcess,
@@ -44,7 +44,8 @@ from errands.harness.process import (
     rss_megabytes,
     tree_cpu_seconds,
 )
-from errands.harness.waiting import answers, drained, wait_for
+from errands.harness.waiting import answers, wait_for, wait_until_drained
+from errands.queue import control as queue_control
 from errands.queue.lease import Completion, claim, complete
 from errands.queue.presence import live_workers
 from errands.queue.queries import query
@@ -167,6 +168,7 @@ class Bench:
         self.report = report
         self.figures: list[Figure] = []
         self.pgbench_tps: dict[str, float] = {}
+        self.server: dict[str, Any] = {}
         self.logs = Path(tempfile.mkdtemp(prefix="errands-bench-"))
 
     # -- running ---------------------------------------------------------------------------
@@ -174,6 +176,9 @@ class Bench:
     def run(self, only: set[str] | None = None) -> list[Figure]:
         with self._fresh_database() as url:
             self.url = url
+            self.server = server.describe(url)
+            for line in server.summary(self.server):
+                self.report(line)
             chosen = [
                 w
                 for w in WORKLOADS
@@ -370,18 +375,9 @@ class Bench:
     def drain(self, figure_id: str = "drain", *options: str) -> None:
         """Drain pre-enqueued no-op jobs with `errands run --workers 2 [options]`."""
         jobs = self.sizes.drain
-        with Client(self.url) as client:
-            for first in range(0, jobs, 1000):
-                client.enqueue_many([{"task": NOOP}] * min(1000, jobs - first))
-        postgres_cpu = self._postgres_cpu()
-        daemon = self._daemon(*options)
-        try:
-            self._wait_until_drained(jobs)
-            worker_cpu = tree_cpu_seconds(daemon.pid)
-            pg_cpu = postgres_cpu()
+        self._enqueue_backlog([{"task": NOOP}] * jobs)
+        with self._draining(jobs, *options) as (daemon, cpu):
             memory = sum(rss_megabytes(pid) for pid in [daemon.pid, *daemon.children()])
-        finally:
-            daemon.stop()
         seconds = self._busy_seconds()
         rate = jobs / seconds
         self._add(
@@ -393,11 +389,7 @@ class Bench:
                 ratio_to="pgbench -N 4 clients",
             )
         )
-        self._add_cpu(
-            figure_id,
-            jobs,
-            {"workers": ("supervisor + workers", worker_cpu), "postgres": ("PostgreSQL", pg_cpu)},
-        )
+        self._add_cpu(figure_id, jobs, cpu)
         if not options:
             self._add(
                 Figure(
@@ -407,6 +399,44 @@ class Bench:
                     "MB",
                 )
             )
+
+    def _enqueue_backlog(self, specs: list[dict[str, Any]]) -> None:
+        """Store `specs` in the default queue, paused: nothing runs before `_draining`."""
+        with open_connection(self.url, autocommit=True) as conn:
+            queue_control.pause(conn, "default")
+        with Client(self.url) as client:
+            for first in range(0, len(specs), 1000):
+                client.enqueue_many(specs[first : first + 1000])
+
+    @contextmanager
+    def _draining(
+        self, jobs: int, *options: str
+    ) -> Iterator[tuple[DaemonProcess, dict[str, tuple[str, float | None]]]]:
+        """Start `errands run [options]` beside the paused backlog of `jobs`, wait until its
+        workers and HTTP child have started, resume the queue and wait until the backlog is
+        done; yields the daemon (still running) and the CPU each side spent draining.
+
+        The start-up stays out of the figures: on two cores, a daemon starting (imports,
+        forks, the HTTP child) took CPU from the first workers' claims and halved the rate
+        of a 3,000-job drain's first second (docs/explanation/benchmarks.md).
+        """
+        daemon = self._daemon(*options)
+        try:
+            health = f"http://127.0.0.1:{daemon.args[daemon.args.index('--port') + 1]}/health"
+            wait_for(lambda: answers(health), what="the daemon's HTTP child")
+            self._wait_for_workers(2)
+            postgres_cpu = self._postgres_cpu()
+            workers_before = tree_cpu_seconds(daemon.pid)
+            with open_connection(self.url, autocommit=True) as conn:
+                queue_control.resume(conn, "default")
+            self._wait_until_drained(jobs)
+            cpu = {
+                "workers": ("supervisor + workers", tree_cpu_seconds(daemon.pid) - workers_before),
+                "postgres": ("PostgreSQL", postgres_cpu()),
+            }
+            yield daemon, cpu
+        finally:
+            daemon.stop()
 
     def drain_immediate(self) -> None:
         self.drain("drain-immediate", "--ack", "immediate")
@@ -484,16 +514,9 @@ class Bench:
             else {"task": STAMP}
             for n in range(jobs)
         ]
-        with Client(self.url) as client:
-            for first in range(0, jobs, 1000):
-                client.enqueue_many(specs[first : first + 1000])
-        daemon = self._daemon(*options)
-        try:
-            self._wait_for_workers(2)
+        self._enqueue_backlog(specs)
+        with self._draining(jobs, *options):
             slots = self._slots()
-            self._wait_until_drained(jobs)
-        finally:
-            daemon.stop()
         waits = self._waits_beside_idle_slots(slots)
         setup = (
             f"{jobs - SLOW_JOBS:,} no-op + {SLOW_JOBS} jobs of {SLOW_SECONDS:g} s, 2 workers "
@@ -939,7 +962,7 @@ class Bench:
         wait_for(started, what="workers to start")
 
     def _wait_until_drained(self, jobs: int) -> None:
-        wait_for(lambda: drained(self.url), timeout=600, what=f"{jobs} jobs to finish")
+        wait_until_drained(self.url, timeout=600, what=f"{jobs} jobs to finish")
 
     def _busy_seconds(self) -> float:
         with open_connection(self.url) as conn:
@@ -1046,8 +1069,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def as_json(figures: list[Figure], postgres_version: str) -> dict[str, Any]:
-    return {**environment(), "postgres": postgres_version, "figures": [asdict(f) for f in figures]}
+def as_json(figures: list[Figure], postgres: dict[str, Any]) -> dict[str, Any]:
+    """The run for the record: the machine, the server as `server.describe` saw it, the figures."""
+    return {**environment(), "postgres": postgres, "figures": [asdict(f) for f in figures]}
 
 
 def table(figures: list[Figure]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
@@ -87,3 +88,10 @@ class Job:
 
 
 JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))
+
+
+def progress_text(progress: float | dict[str, Any] | None) -> str | None:
+    """Progress for people: a number as a percentage, an object as its JSON, none as None."""
+    if isinstance(progress, dict):
+        return json.dumps(progress, ensure_ascii=False)
+    return None if progress is None else f"{progress:.0%}"

@@ -384,11 +384,18 @@ class JobFields(BaseModel):
         seconds after it (never a host's clock, which may be off), or at once."""
         if self.run_at is not None:
             return self.run_at.astimezone(now.tzinfo)
-        return now + timedelta(seconds=self.delay or 0)
+        return now + timedelta(seconds=self.delay) if self.delay else now
 
     @cached_property
     def payload_json(self) -> str:
-        return _PAYLOAD_ENCODER.encode(self.payload)
+        return _PAYLOAD_ENCODER.encode(self.payload) if self.payload else "{}"
+
+    @property
+    def stored_payload(self) -> dict[str, Any]:
+        """The payload as the database will give it back, without asking it (a batch
+        COPYied into the jobs table gets nothing back): jsonb orders keys, and writes a
+        float as its decimal digits, so 1e+23 reads back as an integer."""
+        return _as_read_back(self.payload) if self.payload else {}
 
     def same_request_as(self, other: JobFields) -> bool:
         """Whether `other` replays this request: the same task, queue and payload, the
@@ -723,6 +730,28 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in item)
     return False
+
+
+def _as_read_back(value: Any) -> Any:
+    """A JSON value as PostgreSQL's jsonb writes it out and json.loads reads it again:
+    object keys shortest first, then by their UTF-8 bytes; a float whose repr has an
+    exponent upwards (1e+16 and beyond, all integers) as the integer it is; -0.0 as 0.0.
+    A float written with digits, or with an exponent downwards, reads back as itself."""
+    if isinstance(value, dict):
+        return {key: _as_read_back(value[key]) for key in sorted(value, key=_jsonb_key_order)}
+    if isinstance(value, list):
+        return [_as_read_back(item) for item in value]
+    if isinstance(value, float):
+        text = repr(value)
+        if "e+" in text:
+            return int(Decimal(text))
+        return 0.0 if value == 0 else value
+    return value
+
+
+def _jsonb_key_order(key: str) -> tuple[int, bytes]:
+    encoded = key.encode()
+    return len(encoded), encoded
 
 
 def _as_jsonb(value: Any) -> Any:

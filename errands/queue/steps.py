@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row, tuple_row
 
 T = TypeVar("T")
@@ -95,7 +96,7 @@ def _perform(conn: psycopg.Connection[Any], step: Step) -> Any:
             cur.execute(step.statement, step.params, prepare=step.prepare)
             while cur.nextset():  # to a script's last statement
                 pass
-            return cur.fetchall() if cur.description is not None else []
+            return cur.fetchall() if _has_rows(cur) else []
     if isinstance(step, Copy):
         with conn.cursor() as cur, cur.copy(step.statement) as copy:
             copy.set_types(step.types)
@@ -106,13 +107,19 @@ def _perform(conn: psycopg.Connection[Any], step: Step) -> Any:
         return run(conn, step.body)
 
 
+def _has_rows(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the statement returned rows (none or some); cheaper than `description`,
+    which builds a Column for every column of the result (20 us for a job's row)."""
+    return cur.pgresult is not None and cur.pgresult.status == pq.ExecStatus.TUPLES_OK
+
+
 async def _perform_async(conn: psycopg.AsyncConnection[Any], step: Step) -> Any:
     if isinstance(step, Execute):
         async with conn.cursor(row_factory=dict_row if step.dicts else tuple_row) as cur:
             await cur.execute(step.statement, step.params, prepare=step.prepare)
             while cur.nextset():
                 pass
-            return await cur.fetchall() if cur.description is not None else []
+            return await cur.fetchall() if _has_rows(cur) else []
     if isinstance(step, Copy):
         async with conn.cursor() as cur, cur.copy(step.statement) as copy:
             copy.set_types(step.types)

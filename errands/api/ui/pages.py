@@ -26,7 +26,7 @@ from errands.errors import InvalidJob, InvalidState, JobNotFound
 from errands.queue import admin, control
 from errands.queue.admin import ACTION_STATES
 from errands.queue.control import BulkAction, Filter
-from errands.queue.jobs import Job, JobState
+from errands.queue.jobs import Job, JobState, progress_text
 from errands.queue.presence import live_workers
 from errands.queue.requests import (
     INTEGER_TEXT,
@@ -60,6 +60,7 @@ class Pages:
         self.lease_seconds = lease_seconds
         dashboard.templates.filters["age"] = _age
         dashboard.templates.filters["when"] = _when
+        dashboard.templates.filters["moment"] = _moment
         dashboard.templates.filters["every"] = _every
         dashboard.templates.filters["fraction"] = progress_fraction
         dashboard.templates.filters["progress"] = _progress_text
@@ -321,9 +322,7 @@ def _number(value: Any) -> float | None:
 
 
 def _progress_text(progress: float | dict[str, Any] | None) -> str:
-    if isinstance(progress, dict):
-        return json.dumps(progress, ensure_ascii=False)
-    return "—" if progress is None else f"{progress:.0%}"
+    return progress_text(progress) or "—"
 
 
 def _age(seconds: float | None) -> str:

@@ -120,7 +120,12 @@ class ErrandsBackend(BaseTaskBackend):
             )
         except InvalidArgument as exc:
             raise InvalidTask(str(exc)) from exc
-        except (SchemaMismatch, psycopg.errors.UndefinedTable) as exc:  # checked, or not yet
+        # Checked, or not yet: no table, or no function of a later migration (errands_enqueue).
+        except (
+            SchemaMismatch,
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.UndefinedFunction,
+        ) as exc:
             raise ImproperlyConfigured(
                 f"errands: the database {self.database!r} is not ready for this errands "
                 f"({exc}); with Django, run `manage.py errands_migrate`"

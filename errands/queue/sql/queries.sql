@@ -4,21 +4,14 @@
 -- worker whose lease was taken away changes nothing.
 
 -- name: enqueue
--- Insert one job, due at run_at, else `delay` seconds after the database's now
--- (a host's clock may be off). A job whose idempotency key is already stored is not
--- inserted: the statement returns no row, and enqueue_replay reads the stored
--- job. A key that a transaction still in flight inserted makes this statement
--- wait for that transaction's end.
+-- Insert one job (errands_enqueue, in migration 0014, says how and why in a
+-- function); no row when its idempotency key is already stored, and then
+-- enqueue_replay reads the stored job.
 -- enqueue_many's COPY could serve one job too, but costs four round trips
 -- where this statement needs one.
-insert into errands_jobs
-    (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
-     trace_context)
-values (%(task)s, %(queue)s, %(payload)s, %(priority)s,
-        coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
-        %(max_attempts)s, %(max_attempts)s, %(idempotency_key)s, %(trace_context)s::jsonb)
-on conflict (idempotency_key) do nothing
-returning true as created, true as same_request, *;
+select * from errands_enqueue(%(task)s, %(queue)s, %(payload)s, %(priority)s::int4, %(run_at)s,
+                              %(delay)s::float8, %(max_attempts)s::int4, %(idempotency_key)s,
+                              %(trace_context)s);
 
 -- name: enqueue_replay
 -- The stored job holding a key that enqueue found taken (created = false),
@@ -171,6 +164,17 @@ select count(*) from (
 
 -- name: jobs_by_id
 select * from errands_jobs where id = any(%(ids)s);
+
+-- name: draw_job_ids
+-- The ids of a batch COPYied straight into the jobs table (copy_jobs), in
+-- ascending order, and the transaction's time, which its jobs get as created_at
+-- and updated_at (and as run_at when they name none).
+select now(), array(select nextval('errands_jobs_id_seq') from generate_series(1, %(count)s));
+
+-- name: copy_jobs
+copy errands_jobs
+    (id, task, queue, payload, priority, run_at, max_attempts, attempt_budget, trace_context)
+from stdin;
 
 -- name: complete_and_claim
 -- Store the results of finished jobs, then take claimable jobs of the given
