@@ -64,9 +64,9 @@ def test_a_success_after_the_request_is_recorded_cancelled_with_its_result(
 ) -> None:
     held = running_job(client, conn)
     client.cancel(held.id)
-    completed, _ = complete_and_claim(
+    completed = complete_and_claim(
         conn, "w1", [Completion(held.id, held.attempts, '"done"')], ["default"], 0, 30
-    )
+    ).completed
     assert completed.ids == completed.cancelled == {held.id}
     job = client.get(held.id)
     assert job is not None and job.state is JobState.CANCELLED

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import dict_row
@@ -52,6 +52,16 @@ class Completed:
 
     ids: set[int]
     cancelled: set[int]
+
+
+class Acknowledged(NamedTuple):
+    """The answer of complete_and_claim: what the completions did, the jobs claimed (best
+    first), and among those the ids of the jobs other jobs wait for (their completion hands
+    over to children: worth sending at once)."""
+
+    completed: Completed
+    claimed: list[Job]
+    awaited: set[int]
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ def claim(
 ) -> list[Job]:
     """Take due jobs from `queues` for `owner`, best first: up to `limit` for threads and
     up to `async_slots.free` of the `async def` tasks, so none is held without a slot."""
-    return complete_and_claim(conn, owner, (), queues, limit, lease_seconds, async_slots)[1]
+    return complete_and_claim(conn, owner, (), queues, limit, lease_seconds, async_slots).claimed
 
 
 def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completion]) -> set[int]:
@@ -138,7 +148,7 @@ def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completio
     them, a cancel having been requested meanwhile); the others' leases were lost."""
     if not done:
         return set()
-    return complete_and_claim(conn, owner, done, (), 0, 0)[0].ids
+    return complete_and_claim(conn, owner, done, (), 0, 0).completed.ids
 
 
 def complete_and_claim(
@@ -149,12 +159,13 @@ def complete_and_claim(
     limit: int,
     lease_seconds: float,
     async_slots: AsyncSlots = NO_ASYNC_SLOTS,
-) -> tuple[Completed, list[Job]]:
+) -> Acknowledged:
     """Acknowledge finished jobs and claim the next ones in one statement.
 
     One statement is one round trip and one commit for both; each part is
     fenced on its own. Returns what the completions did (the ids actually
-    completed; the others' leases were lost) and the jobs claimed, best first.
+    completed; the others' leases were lost), the jobs claimed, best first, and
+    which of those other jobs wait for.
     """
     params = {
         "owner": owner,
@@ -173,7 +184,8 @@ def complete_and_claim(
     claimed = [Job.from_row(row) for row in rows if row["id"] is not None]
     claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
     first = rows[0]
-    return Completed(set(first["completed_ids"]), set(first["cancelled_ids"])), claimed
+    completed = Completed(set(first["completed_ids"]), set(first["cancelled_ids"]))
+    return Acknowledged(completed, claimed, set(first["awaited_ids"]))
 
 
 def heartbeat(

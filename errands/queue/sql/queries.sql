@@ -192,7 +192,8 @@ from stdin;
 --
 -- The answer is one row per claimed job (at least one row: a claim of nothing
 -- comes back as nulls), each carrying the ids actually completed (the others'
--- leases were lost) and, among them, those a cancel request turned cancelled.
+-- leases were lost) and, among them, those a cancel request turned cancelled,
+-- and the ids of the claimed jobs that other jobs wait for (errands_awaited).
 with completed as (
     update errands_jobs as job
     set state = 'completed',
@@ -252,6 +253,7 @@ claimed as (
 select (select coalesce(array_agg(id), '{}') from completed) as completed_ids,
        (select coalesce(array_agg(id), '{}') from completed where state = 'cancelled')
            as cancelled_ids,
+       (select errands_awaited(array_agg(id)) from claimed) as awaited_ids,
        claimed.*
 from (values (1)) as answer (one)
 left join claimed on true;

@@ -46,6 +46,23 @@ language sql stable set enable_seqscan = off as $$
     select exists (select from errands_jobs where parents && ids)
 $$;
 
+-- Which of these jobs other jobs wait for: a claim answers it for the jobs it takes, so a
+-- worker sends the completion of one at once rather than in its next batch (a chain then
+-- runs a step per round trip). One index probe per claim; PL/pgSQL keeps its plan.
+create function errands_awaited(ids bigint[]) returns bigint[]
+language plpgsql stable set enable_seqscan = off as $$
+begin
+    if ids is null then
+        return '{}';
+    end if;
+    return array(
+        select distinct parent.id
+        from errands_jobs as c cross join lateral unnest(c.parents) as parent(id)
+        where c.parents && ids and c.state = 'waiting' and parent.id = any(ids)
+    );
+end
+$$;
+
 -- The hand-over: what the ending of jobs does to the jobs waiting for them, in the statement
 -- that ends them (a completion batch, complete_in, a failure, the release of an exited
 -- worker's jobs, the reaper, a cancel, and any added later), so nothing polls and a child is
