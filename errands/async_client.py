@@ -39,6 +39,7 @@ from errands.client import (
     remaining,
     still_running,
     used,
+    workflow_plan,
 )
 from errands.database import configure_async
 from errands.errors import ErrandsError, InvalidArgument
@@ -47,7 +48,7 @@ from errands.queue.admin import Stats
 from errands.queue.finished import is_finished
 from errands.queue.jobs import Job, JobState
 from errands.queue.steps import run_async
-from errands.queue.submit import enqueue_many_steps, enqueue_steps
+from errands.queue.submit import enqueue_many_steps, enqueue_steps, store_workflow_steps
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
@@ -134,6 +135,21 @@ class AsyncClient(ClientCore):
             return captured
         async with self._connection(conn) as db:
             return [answer.job for answer in await run_async(db, enqueue_many_steps(requests))]
+
+    async def enqueue_workflow(
+        self, jobs: Iterable[Mapping[str, Any]], *, conn: AsyncConn | None = None
+    ) -> builtins.list[Job]:
+        """Store a workflow in one transaction, all of it or none (as `Client.enqueue_workflow`);
+        its jobs, parents before children, each carrying the `workflow_id`."""
+        planned = workflow_plan(jobs)
+        async with self._connection(conn) as db:
+            return (await run_async(db, store_workflow_steps(planned)))[1]
+
+    async def workflow(self, workflow_id: int) -> builtins.list[Job]:
+        """The jobs of a workflow still stored, parents before children; [] when none is."""
+        check_id(workflow_id, "workflow_id")
+        async with self._connection() as db:
+            return await run_async(db, admin.workflow_steps(workflow_id))
 
     async def get(self, job_id: int) -> Job | None:
         check_id(job_id)
