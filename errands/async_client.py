@@ -103,11 +103,14 @@ class AsyncClient(ClientCore):
         idempotency_key: str | None = None,
         after: Iterable[int] | None = None,
         on_parent_failure: str = "cancel",
+        unique_key: str | None = None,
+        on_conflict: str = "keep",
         conn: AsyncConn | None = None,
     ) -> Job:
         """Submit one job; with `conn` (an AsyncConnection), inside the caller's transaction.
 
-        As `Client.enqueue`: a rollback of that transaction leaves no job.
+        As `Client.enqueue`: a rollback of that transaction leaves no job; a unique key a live
+        job holds returns that job (replaced first with `on_conflict="replace"`).
         """
         request = job_request(
             task,
@@ -118,6 +121,8 @@ class AsyncClient(ClientCore):
             delay,
             max_attempts,
             idempotency_key,
+            unique_key,
+            on_conflict,
             after,
             on_parent_failure,
         )

@@ -47,6 +47,7 @@ from errands.queue.requests import (
     ListLimit,
     MaxAttempts,
     Priority,
+    QueueLimits,
     field_errors,
     parse_request,
 )
@@ -499,6 +500,18 @@ def _split(text: str) -> tuple[str, ...]:
     help="When a job it waits for ends dead or cancelled: cancel it, or run it anyway.",
 )
 @click.option(
+    "--unique-key",
+    help="At most one job with the key pending, failed or running: while one is, it is shown.",
+)
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["keep", "replace"]),
+    default="keep",
+    show_default=True,
+    help="With --unique-key, when a job holds it: keep it, or replace a pending one's payload "
+    "and run_at (a debounce).",
+)
+@click.option(
     "--max-attempts",
     type=Field("max_attempts", MaxAttempts),
     help="Attempt budget [default: the task's when it is loaded, else 5]",
@@ -519,6 +532,8 @@ def enqueue(
     idempotency_key: str | None,
     after: tuple[int, ...],
     on_parent_failure: str,
+    unique_key: str | None,
+    on_conflict: str,
     max_attempts: int | None,
     tasks: str | None,
     as_json: bool,
@@ -542,14 +557,22 @@ def enqueue(
         "idempotency_key": idempotency_key,
         "after": list(after) or None,
         "on_parent_failure": on_parent_failure,
+        "unique_key": unique_key,
+        "on_conflict": on_conflict,
     }
     request = parse_request(fields, defaults=task_defaults)
     with connect(ctx.database_url()) as conn:
         answer = submit_job(conn, request)
     job = answer.job
     text = f"job {job.id} {job.state.value}: {job.task} on {job.queue}"
-    if not answer.created:
+    replay = None
+    if answer.replaced:
+        replay = f"unique key {unique_key!r}: this pending job took the new payload and run_at"
+    elif answer.unique:
+        replay = f"unique key {unique_key!r} is held by this {job.state.value} job; nothing new"
+    elif not answer.created:
         replay = f"replayed: idempotency key {idempotency_key!r} is stored already; nothing new"
+    if replay is not None:
         text = f"{text} ({replay})"
         if as_json:
             click.echo(f"job {job.id} {replay}", err=True)
@@ -721,24 +744,70 @@ def _schedule_line(schedule: ScheduleStatus) -> str:
 
 @cli.group("queues")
 def queues_group() -> None:
-    """List queues; pause one (its jobs stay pending, unclaimed) or resume it."""
+    """List queues; pause one (its jobs stay pending, unclaimed) or resume it; set its limits."""
 
 
 @queues_group.command("list")
 @json_option
 @pass_context
 def list_queues(ctx: Context, as_json: bool) -> None:
-    """Every queue with jobs or ever paused: whether paused, jobs by state."""
+    """Every queue with jobs, ever paused or limited: whether paused, jobs by state, limits."""
     with connect(ctx.database_url()) as conn:
         found = queue_control.queues(conn)
     states = [s.value for s in JobState]
-    lines = [f"{'QUEUE':<16}{'PAUSED':>8}" + "".join(f"{s:>13}" for s in states)]
+    lines = [
+        f"{'QUEUE':<16}{'PAUSED':>8}"
+        + "".join(f"{s:>13}" for s in states)
+        + f"  {'THROTTLED':>9}  LIMITS (IN USE)"
+    ]
     lines += [
         f"{q.name:<16}{'yes' if q.paused else 'no':>8}"
         + "".join(f"{q.counts[JobState(s)]:>13}" for s in states)
+        + f"  {q.throttled:>9}  {_limits_of(q)}"
         for q in found
     ]
     emit(as_json, [q.to_dict() for q in found], "\n".join(lines))
+
+
+def _limits_of(queue: QueueInfo) -> str:
+    shown = []
+    if queue.concurrency is not None:
+        shown.append(f"{queue.concurrency} at once ({queue.concurrency_in_use})")
+    if queue.rate is not None:
+        shown.append(f"{queue.rate} ({queue.rate_in_use})")
+    return ", ".join(shown) or "-"
+
+
+@queues_group.command("set")
+@click.argument("name")
+@click.option(
+    "--concurrency",
+    metavar="N|none",
+    help="At most N of the queue's jobs in progress at once, across every host; none removes it.",
+)
+@click.option(
+    "--rate",
+    metavar="N/s|N/m|N/h|none",
+    help="At most N starts in any second, minute or hour, across every host; none removes it.",
+)
+@json_option
+@pass_context
+def set_queue(
+    ctx: Context, name: str, concurrency: str | None, rate: str | None, as_json: bool
+) -> None:
+    """Set or remove queue NAME's limits (held in the database: every host obeys them)."""
+    given = {k: v for k, v in (("concurrency", concurrency), ("rate", rate)) if v is not None}
+    if not given:
+        raise click.UsageError("give --concurrency and/or --rate (a value, or none)")
+    body = {k: None if v.lower() == "none" else v for k, v in given.items()}
+    try:
+        changes = QueueLimits.model_validate(body, context=TEXT)
+    except ValidationError as exc:
+        first = field_errors(exc)[0]
+        raise click.BadParameter(first.message, param_hint=f"--{first.field}") from None
+    with connect(ctx.database_url()) as conn:
+        found = queue_control.set_limits(conn, name, changes)
+    emit(as_json, found.to_dict(), f"queue {found.name}: limits {_limits_of(found)}")
 
 
 @queues_group.command("pause")

@@ -203,6 +203,8 @@ class Client(ClientCore):
         idempotency_key: str | None = None,
         after: Iterable[int] | None = None,
         on_parent_failure: str = "cancel",
+        unique_key: str | None = None,
+        on_conflict: str = "keep",
         conn: psycopg.Connection[Any] | None = None,
     ) -> Job:
         """Submit one job. With `conn`, inside the caller's transaction: a rollback leaves no job.
@@ -210,7 +212,10 @@ class Client(ClientCore):
         `queue` and `max_attempts` default to those of the task when it is
         registered in this process, else to `default` and 5. With an
         idempotency key already stored, the stored job is returned (or
-        `IdempotencyConflict` raised if it was submitted differently). With `after`
+        `IdempotencyConflict` raised if it was submitted differently). With a
+        unique key that a pending, failed or running job holds, that job is
+        returned; with `on_conflict="replace"`, a still pending one of the same
+        task takes this payload and run_at first (a debounce). With `after`
         (ids of stored jobs), the job waits in the state `waiting` until every one of
         them completed; one of them ending dead or cancelled cancels it, unless
         `on_parent_failure="run"` (docs/guides/workflows.md).
@@ -224,6 +229,8 @@ class Client(ClientCore):
             delay,
             max_attempts,
             idempotency_key,
+            unique_key,
+            on_conflict,
             after,
             on_parent_failure,
         )
@@ -238,7 +245,8 @@ class Client(ClientCore):
         """Submit many jobs in one transaction (sent by COPY): all or none.
 
         Each spec is a dict with the fields of the HTTP body (`task`, `payload`,
-        `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`).
+        `queue`, `priority`, `run_at` or `delay`, `max_attempts`, `idempotency_key`,
+        `unique_key`, `on_conflict`).
         """
         requests = batch_requests(specs)
         if (captured := capture(requests)) is not None:
@@ -381,6 +389,8 @@ def job_request(
     delay: float | timedelta | None,
     max_attempts: int | None,
     idempotency_key: str | None,
+    unique_key: str | None,
+    on_conflict: str,
     after: Iterable[int] | None = None,
     on_parent_failure: str = "cancel",
 ) -> JobRequest:
@@ -396,6 +406,8 @@ def job_request(
         "idempotency_key": idempotency_key,
         "after": _listed(after),
         "on_parent_failure": on_parent_failure,
+        "unique_key": unique_key,
+        "on_conflict": on_conflict,
     }
     return parse_request(spec, defaults=task_defaults)
 

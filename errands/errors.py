@@ -57,11 +57,11 @@ class JobNotFound(ErrandsError, LookupError):
 class InvalidState(ErrandsError):
     """A retry or cancel that the job's current state forbids."""
 
-    def __init__(self, job_id: int, action: str, state: str) -> None:
+    def __init__(self, job_id: int, action: str, state: str, reason: str | None = None) -> None:
         self.job_id = job_id
         self.action = action
         self.state = state
-        super().__init__(f"cannot {action} job {job_id}: it is {state}")
+        super().__init__(f"cannot {action} job {job_id}: {reason or f'it is {state}'}")
 
 
 class LeaseLost(ErrandsError):

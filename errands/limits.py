@@ -15,6 +15,8 @@ MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600  # ten years: delays, retries, periodic
 # time stays inside what Python's datetime and psycopg can hold (years 1 to 9999).
 RUN_AT_YEARS = (2, 9998)
 MAX_IDEMPOTENCY_KEY = 255  # characters
+MAX_UNIQUE_KEY = 255  # characters
+MAX_LIMIT = 1_000_000  # jobs at once, or starts per period, of one concurrency or rate limit
 MAX_PAYLOAD_DEPTH = 64  # levels of nested arrays and objects
 MAX_LIST_LIMIT = 1000  # jobs in one page of a list
 MAX_BATCH = 1000  # jobs in one batch submission

@@ -229,8 +229,11 @@ class _WithDatabase:
         yield from self._database_gauges()
 
 
-def queue_gauges(counts: list[tuple[str, str, int]], oldest: dict[str, float]) -> list[Metric]:
-    """Jobs per queue and state, and the oldest due job's age, for a bounded set of queues.
+def queue_gauges(
+    counts: list[tuple[str, str, int]], oldest: dict[str, float], throttled: dict[str, int]
+) -> list[Metric]:
+    """Jobs per queue and state, the oldest due job's age, and the due jobs a full limit holds
+    back, for a bounded set of queues.
 
     The `default` queue, registered tasks' queues, and the busiest others up to
     MAX_QUEUE_GAUGES queues are shown by name; the rest are summed under OTHER
@@ -256,7 +259,17 @@ def queue_gauges(counts: list[tuple[str, str, int]], oldest: dict[str, float]) -
     )
     for queue, seconds in ages.items():
         age.add_metric([queue], seconds)
-    return [jobs, age]
+    held: dict[str, int] = {}
+    for queue, count in throttled.items():
+        held[label(queue)] = held.get(label(queue), 0) + count
+    throttled_gauge = GaugeMetricFamily(
+        "errands_jobs_throttled",
+        "Due jobs a full concurrency or rate limit holds back, per queue",
+        labels=["queue"],
+    )
+    for queue, count in held.items():
+        throttled_gauge.add_metric([queue], count)
+    return [jobs, age, throttled_gauge]
 
 
 def schedule_gauge(schedules: list[ScheduleStatus]) -> Metric:

@@ -25,12 +25,14 @@ from errands.errors import (
     InvalidArgument,
     InvalidJob,
 )
-from errands.limits import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE
+from errands.limits import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, MAX_LIMIT
 from errands.queue.jobs import Job
 from errands.queue.lease import encode_result
 from errands.queue.requests import QUEUE_NAME, TASK_NAME, progress_json
+from errands.queue.throttles import Rate, TaskLimits
 from errands.workflows import Signature
 
+NO_LIMITS = TaskLimits()
 P = ParamSpec("P")
 R = TypeVar("R")
 ExceptionTypes = tuple[type[BaseException], ...]
@@ -54,6 +56,7 @@ class Task(Generic[P, R]):
         backoff: Backoff | None = None,
         retry_on: ExceptionTypes = (BaseException,),
         no_retry_on: ExceptionTypes = (),
+        limits: TaskLimits = NO_LIMITS,
     ) -> None:
         functools.update_wrapper(self, func)  # first: the function's __dict__ must not win
         self.name = name
@@ -64,6 +67,7 @@ class Task(Generic[P, R]):
         self.backoff = backoff
         self.retry_on = retry_on
         self.no_retry_on = no_retry_on
+        self.limits = limits  # written to the database by every worker that registers it
         self.signature = inspect.signature(func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -106,16 +110,21 @@ class Task(Generic[P, R]):
         idempotency_key: str | None = None,
         after: Iterable[int] | None = None,
         on_parent_failure: str = "cancel",
+        unique_key: str | None = None,
+        on_conflict: str = "keep",
         client: Client | AsyncClient | None = None,
         conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
     ) -> TaskCall:
         """This task with options for the next enqueue: `task.options(delay=60).enqueue(...)`.
 
-        `client` None uses the default client (the database of the environment,
-        or of the worker running the calling task); `conn` enqueues inside the
-        caller's transaction, as `Client.enqueue` does. For `aenqueue`, `client`
-        is an AsyncClient and `conn` an AsyncConnection. `after` and
-        `on_parent_failure` make the job wait for others (docs/guides/workflows.md).
+        `unique_key`: at most one job with the key is pending, failed or in progress;
+        while one is, enqueue returns it, or with `on_conflict="replace"` gives a still
+        pending one this payload and run_at (a debounce). `client` None uses the
+        default client (the database of the environment, or of the worker running
+        the calling task); `conn` enqueues inside the caller's transaction, as
+        `Client.enqueue` does. For `aenqueue`, `client` is an AsyncClient and `conn`
+        an AsyncConnection. `after` and `on_parent_failure` make the job wait for
+        others (docs/guides/workflows.md).
         """
         return TaskCall(
             self,
@@ -129,6 +138,8 @@ class Task(Generic[P, R]):
             conn,
             None if after is None else tuple(after),
             on_parent_failure,
+            unique_key,
+            on_conflict,
         )
 
     def s(self, **payload: Any) -> Signature:
@@ -181,6 +192,8 @@ class TaskCall:
     conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None
     after: tuple[int, ...] | None = None
     on_parent_failure: str = "cancel"
+    unique_key: str | None = None
+    on_conflict: str = "keep"
 
     def enqueue(self, **payload: Any) -> Job:
         self.task.check_payload(payload)
@@ -208,6 +221,8 @@ class TaskCall:
             "idempotency_key": self.idempotency_key,
             "after": self.after,
             "on_parent_failure": self.on_parent_failure,
+            "unique_key": self.unique_key,
+            "on_conflict": self.on_conflict,
             "conn": self.conn,
         }
 
@@ -224,6 +239,10 @@ def task(
     backoff: Backoff | None = None,
     retry_on: ExceptionTypes = (BaseException,),
     no_retry_on: ExceptionTypes = (),
+    concurrency: int | None = None,
+    concurrency_key: str | None = None,
+    rate: str | None = None,
+    rate_key: str | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(
     name: str | Callable[..., Any] | None = None,
@@ -234,6 +253,10 @@ def task(
     backoff: Backoff | None = None,
     retry_on: ExceptionTypes = (BaseException,),
     no_retry_on: ExceptionTypes = (),
+    concurrency: int | None = None,
+    concurrency_key: str | None = None,
+    rate: str | None = None,
+    rate_key: str | None = None,
 ) -> Any:
     """Register a function as a task: `@errands.task`, `@errands.task("name", queue=...)`
     or `@errands.task(name="name", ...)`.
@@ -243,6 +266,12 @@ def task(
     payload. A failure is retried while the budget lasts when its exception is
     one of `retry_on` (default: any) and none of `no_retry_on`; any other ends
     the job `dead` at once, as `raise errands.Fail(...)` does.
+
+    Limits hold across every worker and host (docs/guides/limits.md): at
+    most `concurrency` jobs of the task in progress at once, and at most `rate`
+    starts per period (`"30/m"`: any 60 seconds; units s, m, h); with
+    `concurrency_key` or `rate_key`, the name of one of the function's arguments,
+    separately for each value of it.
     """
     if callable(name):
         return task()(name)
@@ -250,8 +279,9 @@ def task(
     def register(func: Callable[P, R]) -> Task[P, R]:
         if isinstance(func, Task):
             raise ConfigurationError(f"{func.name} is registered as a task already")
+        task_name = name or func.__name__
         registered_task = Task(
-            name or func.__name__,
+            task_name,
             func,
             queue=queue,
             max_attempts=max_attempts,
@@ -259,12 +289,44 @@ def task(
             backoff=backoff,
             retry_on=tuple(retry_on),
             no_retry_on=tuple(no_retry_on),
+            limits=_limits(task_name, concurrency, concurrency_key, rate, rate_key),
         )
         _check(registered_task)
         registry.register(registered_task)
         return registered_task
 
     return register
+
+
+def _limits(
+    name: str,
+    concurrency: int | None,
+    concurrency_key: str | None,
+    rate: str | None,
+    rate_key: str | None,
+) -> TaskLimits:
+    """The limits `@errands.task` declares, checked; ConfigurationError naming the task."""
+    if concurrency is not None and (
+        isinstance(concurrency, bool)
+        or not isinstance(concurrency, int)
+        or not 1 <= concurrency <= MAX_LIMIT
+    ):
+        raise ConfigurationError(
+            f"task {name}: concurrency must be an integer from 1 to {MAX_LIMIT}"
+        )
+    parsed = None
+    if rate is not None:
+        try:
+            parsed = Rate.parse(rate)
+        except ValueError as exc:
+            raise ConfigurationError(f"task {name}: rate {rate!r} {exc}") from None
+    for option, key, limit in (
+        ("concurrency_key", concurrency_key, concurrency),
+        ("rate_key", rate_key, rate),
+    ):
+        if key is not None and limit is None:
+            raise ConfigurationError(f"task {name}: {option} needs {option.split('_')[0]}")
+    return TaskLimits(concurrency, concurrency_key, parsed, rate_key)
 
 
 def _check(spec: Task[Any, Any]) -> None:
@@ -280,7 +342,19 @@ def _check(spec: Task[Any, Any]) -> None:
         types = getattr(spec, option)
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
             raise ConfigurationError(f"task {spec.name}: {option} must list exception types")
-    for name, param in spec.signature.parameters.items():
+    params = spec.signature.parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for option in ("concurrency_key", "rate_key"):
+        key = getattr(spec.limits, option)
+        if (
+            key is not None
+            and not takes_any
+            and (key not in params or params[key].kind not in _KEYWORD_KINDS)
+        ):
+            raise ConfigurationError(
+                f"task {spec.name}: {option} {key!r} is not a keyword argument of the function"
+            )
+    for name, param in params.items():
         if param.kind is param.POSITIONAL_ONLY and param.default is param.empty:
             raise ConfigurationError(
                 f"task {spec.name}: argument {name!r} is positional-only, but a job's "

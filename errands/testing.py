@@ -181,6 +181,7 @@ def _pending_job(job_id: int, request: JobRequest, now: datetime) -> Job:
         attempts=0,
         max_attempts=request.max_attempts,
         idempotency_key=request.idempotency_key,
+        unique_key=request.unique_key,
         lease_owner=None,
         lease_expires_at=None,
         last_error=None,

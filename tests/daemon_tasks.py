@@ -50,3 +50,34 @@ def hold_every_time(seconds: float) -> None:
 def hold_with_timeout(seconds: float) -> None:
     _record_start()
     time.sleep(seconds)
+
+
+# -- limited tasks (tests/test_limits_daemons.py) ---------------------------------------------
+
+
+def _record_end() -> None:
+    """The attempt's end, beside its start: a SIGKILLed attempt has none."""
+    job = errands.current_job()
+    with psycopg.connect(os.environ["ERRANDS_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(
+            "insert into test_ends (job_id, attempt) values (%s, %s)", (job.id, job.attempt)
+        )
+
+
+@errands.task(concurrency=3)
+def limited_hold(seconds: float) -> None:
+    _record_start()
+    time.sleep(seconds)
+    _record_end()
+
+
+@errands.task(concurrency=1, concurrency_key="key")
+def keyed_hold(key: str, seconds: float) -> None:
+    _record_start()
+    time.sleep(seconds)
+    _record_end()
+
+
+@errands.task(rate="4/s")
+def rated() -> None:
+    _record_start()

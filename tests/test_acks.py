@@ -48,8 +48,8 @@ def claimed(client: Client, conn: Conn, count: int = 1) -> list[Entry]:
 def entry_of(job_id: int = 1) -> Entry:
     """An attempt that exists only in memory: the timing tests need no database."""
     now = datetime.now(UTC)
-    job = Job(job_id, "default", "t", {}, JobState.IN_PROGRESS, 0, now, 1, 5, None, OWNER, now,
-              None, [], None, now, now, None, now)  # fmt: skip
+    job = Job(job_id, "default", "t", {}, JobState.IN_PROGRESS, 0, now, 1, 5, None, None,
+              OWNER, now, None, [], None, now, now, None, now)  # fmt: skip
     return Entry(job)
 
 

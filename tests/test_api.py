@@ -285,6 +285,7 @@ def test_openapi_document_lists_every_endpoint(api: httpx.Client) -> None:
         "/jobs/{id}/cancel",
         "/schedules",
         "/queues",
+        "/queues/{name}",
         "/queues/{name}/pause",
         "/queues/{name}/resume",
         "/workflows",

@@ -9,7 +9,14 @@ import pytest
 
 from errands import Client
 from errands.harness import server
-from errands.harness.bench import Bench
+from errands.harness.bench import (
+    PER_KEY_KEYS,
+    Bench,
+    Figure,
+    chosen_workloads,
+    limited_job,
+    per_key_job,
+)
 from errands.harness.waiting import drained, wait_until_drained
 from errands.queue.lease import Completion, claim, complete_and_claim
 
@@ -63,3 +70,31 @@ def test_a_queue_is_drained_once_no_job_is_pending_failed_or_in_progress(
     complete_and_claim(conn, "bench-test", [Completion(job.id, 1, "null", None)], (), 0, 30)
     assert drained(db_url)
     wait_until_drained(db_url, timeout=5, what="nothing")
+
+
+def test_the_limited_drains_store_their_jobs_under_their_limits(
+    server_url: str, db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    bench = small_bench(server_url, db_url)
+    bench._declare_limits()
+
+    bench._enqueue_backlog([limited_job(n) for n in range(300)])
+    bench._enqueue_backlog([per_key_job(n) for n in range(300)])
+
+    groups = conn.execute(
+        "select task, count(distinct limit_group) from errands_jobs"
+        " where limit_group <> '' group by task order by task"
+    ).fetchall()
+    assert groups == [("bench.limited", 1), ("bench.per_key", PER_KEY_KEYS)]
+    bench._reset()
+    assert conn.execute("select count(*) from errands_limits").fetchone() == (0,)
+
+
+def test_the_limited_drains_are_ratios_to_the_plain_drain_which_runs_with_them() -> None:
+    assert chosen_workloads({"drain-limited"}) == ["baseline", "drain", "drain-limited"]
+    bench = Bench("postgresql:///unused", quick=True, report=lambda line: None)
+    bench.drains["drain"] = 1000.0
+
+    bench._add(Figure("drain-limited", "limited", 800.0, "jobs/s", ratio_to="drain"))
+
+    assert bench.figures[0].ratio == 0.8

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from errands.harness.chaos import CancelRequest, Evidence, StoredJob, clock_checks, job_checks
+from errands.harness.chaos import (
+    CancelRequest,
+    Evidence,
+    StoredJob,
+    clock_checks,
+    job_checks,
+    limit_checks,
+)
 
 
 def stored(job_id: int, state: str, attempts: int = 1, **fields: Any) -> StoredJob:
@@ -161,3 +168,33 @@ def test_a_cancel_cut_off_by_a_fault_may_have_been_recorded_or_not() -> None:
     for job in (completed(1, 1, "t"), stored(1, "cancelled")):
         evidence = Evidence({1: job}, [(1, 1, 0, None)], [(1, 1, "t")])
         assert failed_checks(evidence, cancels=unclear) == []
+
+
+def limits_passed(*limited: tuple[str, str, float, float | None]) -> bool:
+    return all(check.passed for check in limit_checks(Evidence({}, [], [], list(limited))))
+
+
+def test_limited_attempts_within_their_limits_pass() -> None:
+    assert limits_passed(
+        ("chaos.limited", "", 0.0, 2.0),
+        ("chaos.limited", "", 1.0, 3.0),
+        ("chaos.limited", "", 2.0, 4.0),  # starts as the first ends: two at once
+        ("chaos.keyed", "k1", 0.0, 1.0),
+        ("chaos.keyed", "k2", 0.5, 1.5),  # another key: overlaps freely
+    )
+
+
+def test_a_third_limited_attempt_at_once_fails() -> None:
+    assert not limits_passed(
+        ("chaos.limited", "", 0.0, 2.0),
+        ("chaos.limited", "", 1.0, 3.0),
+        ("chaos.limited", "", 1.5, 1.6),
+    )
+
+
+def test_two_attempts_of_one_key_at_once_fail() -> None:
+    assert not limits_passed(("chaos.keyed", "k1", 0.0, 1.0), ("chaos.keyed", "k1", 0.9, 2.0))
+
+
+def test_an_attempt_that_neither_finished_nor_was_released_fails() -> None:
+    assert not limits_passed(("chaos.limited", "", 0.0, None))

@@ -36,6 +36,7 @@ def a_job(task: str, payload: dict[str, Any] | None = None, attempts: int = 1) -
         attempts=attempts,
         max_attempts=5,
         idempotency_key=None,
+        unique_key=None,
         lease_owner="w",
         lease_expires_at=now,
         last_error=None,

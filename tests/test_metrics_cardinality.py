@@ -82,12 +82,15 @@ def test_a_folded_pair_is_labelled_by_name_once_its_task_is_registered() -> None
 def test_queue_gauges_fold_the_smallest_invented_queues_and_keep_the_totals() -> None:
     counts = [(f"q{n}", "pending", n + 1) for n in range(200)] + [("default", "pending", 1)]
     oldest = {f"q{n}": float(n) for n in range(200)}
-    jobs, age = queue_gauges(counts, oldest)
+    throttled = {f"q{n}": 1 for n in range(200)}
+    jobs, age, held = queue_gauges(counts, oldest, throttled)
     shown = {s.labels["queue"]: s.value for s in jobs.samples}
     assert len(shown) == MAX_QUEUE_GAUGES + 1
     assert "default" in shown and "q199" in shown and "q0" not in shown
     assert sum(shown.values()) == sum(n for _, _, n in counts)
     assert {s.labels["queue"]: s.value for s in age.samples}[OTHER] == 150.0
+    held_shown = {s.labels["queue"]: s.value for s in held.samples}
+    assert set(held_shown) <= set(shown) and sum(held_shown.values()) == 200
 
 
 def _series(text: str) -> dict[str, set[str]]:

@@ -104,6 +104,11 @@ def test_api_pauses_lists_and_resumes_a_queue(api: httpx.Client, client: Client)
         "name": "mail",
         "paused": True,
         "counts": {s.value: int(s is JobState.PENDING) for s in JobState},
+        "concurrency": None,
+        "concurrency_in_use": None,
+        "rate": None,
+        "rate_in_use": None,
+        "throttled": 0,
     }
     assert api.get("/queues").json()["queues"][0]["paused"] is True
     assert api.post("/queues/mail/resume").json()["paused"] is False

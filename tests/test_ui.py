@@ -273,6 +273,48 @@ def test_a_queue_is_paused_and_resumed_from_the_overview(api: httpx.Client, clie
     assert client.stats().paused == []
 
 
+def test_queue_limits_are_set_shown_and_removed_from_the_overview(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    for _ in range(3):
+        client.enqueue("t", queue="mail")
+    token = csrf_of(api.get("/ui"))
+    form = {"csrf": token, "queue": "mail", "concurrency": "1", "rate": "20/s"}
+    assert api.post("/ui/queues/limits", data=form).status_code == 303
+    claim(conn, "w1", ("mail",), 5, 60)
+    claim(conn, "w1", ("mail",), 5, 60)  # the first claim met the queue's counters
+    row = re.search(r'<tr data-queue="mail">.*?</tr>', api.get("/ui").text, re.S)
+    assert row is not None
+    assert "1 at once (1)" in row.group(0) and "20/s (1)" in row.group(0)
+    assert re.search(r'class="num throttled">2<', row.group(0))
+    api.post("/ui/queues/limits", data={**form, "concurrency": "", "rate": ""})
+    assert "at once" not in api.get("/ui").text
+
+
+def test_invalid_queue_limits_from_the_overview_say_which_and_change_nothing(
+    api: httpx.Client, client: Client
+) -> None:
+    client.enqueue("t", queue="mail")
+    token = csrf_of(api.get("/ui"))
+    answer = api.post("/ui/queues/limits", data={"csrf": token, "queue": "mail", "rate": "20/d"})
+    assert answer.status_code == 422 and "rate: must be N/s, N/m or N/h" in answer.text
+    (mail,) = api.get("/queues").json()["queues"]
+    assert (mail["concurrency"], mail["rate"]) == (None, None)
+
+
+def test_the_job_page_shows_its_unique_key_and_the_limits_it_comes_under(
+    api: httpx.Client, client: Client, conn: Conn
+) -> None:
+    conn.execute(
+        "insert into errands_limits (scope, name, kind, amount, key, set_by)"
+        " values ('task', 'sync', 'concurrency', 2, 'account', 'code')"
+    )
+    job = client.enqueue("sync", {"account": "acme"}, unique_key="sync:acme")
+    page = api.get(f"/ui/jobs/{job.id}").text
+    assert 'id="unique-key">sync:acme<' in page
+    assert "concurrency 2 of task sync per account (account=acme)" in page
+
+
 def test_the_schedules_page_says_when_there_is_no_schedule(api: httpx.Client) -> None:
     page = api.get("/ui/schedules")
     assert page.status_code == 200
@@ -467,11 +509,9 @@ def test_the_api_reaches_a_queue_named_dots_percent_encoded(api: httpx.Client) -
     port = api.base_url.port
     assert port is not None
     answer = exchange(port, request("POST", "/queues/%2E%2E/pause"))
-    assert answer.status == 200 and answer.json() == {
-        "name": "..",
-        "paused": True,
-        "counts": {state.value: 0 for state in JobState},
-    }
+    assert answer.status == 200 and answer.json()["name"] == ".."
+    assert answer.json()["paused"] is True
+    assert answer.json()["counts"] == {state.value: 0 for state in JobState}
 
 
 def test_the_api_still_wants_its_bearer_token(serve_api: ServeApi) -> None:

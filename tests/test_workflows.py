@@ -137,3 +137,15 @@ def test_prune_keeps_a_parent_a_child_still_needs(client: Client, conn: Conn) ->
     assert client.get(parent.id) is not None
     run_one(conn, other.id)
     assert prune(conn, retention_seconds=-3600) == 2
+
+
+def test_a_waiting_job_holds_its_unique_key(client: Client) -> None:
+    parent = client.enqueue("t")
+    waiting = client.enqueue("t", after=[parent.id], unique_key="report")
+    again = client.enqueue("t", unique_key="report")
+    assert again.id == waiting.id and again.state is JobState.WAITING
+
+
+def test_a_job_of_a_workflow_takes_no_unique_key(client: Client) -> None:
+    with pytest.raises(InvalidJob, match=r"jobs\[0\]\.unique_key"):
+        client.enqueue_workflow([{"ref": "a", "task": "t", "unique_key": "k"}])

@@ -119,7 +119,7 @@ def _endpoint(
         call = Call(
             request.path_params,
             query(request.scope["query_string"], op.query),
-            await body(request) if request.method == "POST" else b"",
+            await body(request) if request.method in ("POST", "PATCH") else b"",
             request.headers,
         )
         try:

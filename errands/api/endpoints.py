@@ -13,7 +13,7 @@ from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
@@ -36,8 +36,10 @@ from errands.queue.requests import (
     JobRequest,
     JobWait,
     NoQuery,
+    QueueLimits,
     QueueName,
     WorkflowRequest,
+    field_errors,
     parse_batch,
     parse_request,
     plan_workflow,
@@ -45,6 +47,7 @@ from errands.queue.requests import (
 from errands.queue.schedules import ScheduleStatus, list_schedules
 from errands.queue.steps import run
 from errands.queue.submit import Enqueued, enqueue, enqueue_many, store_workflow_steps
+from errands.queue.throttles import throttled
 
 Conn = psycopg.Connection[Any]
 T = TypeVar("T")
@@ -93,7 +96,7 @@ class Answer:
 
 @dataclass(frozen=True)
 class Operation:
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "PATCH"]
     path: str
     summary: str
     handler: Handler | None  # None: answered on the event loop (app.py)
@@ -169,9 +172,22 @@ def submit(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
     with tracing.continuing(call.headers):  # a traceparent header: the job continues that trace
         (answer,) = _stored(lambda: [enqueue(conn, request)])
     call.job_id = answer.job.id
-    status, headers = (201, {}) if answer.created else (200, {"Idempotent-Replayed": "true"})
-    headers["Location"] = f"/jobs/{answer.job.id}"
-    return JSONResponse(answer.job.to_dict(), status, headers)
+    return JSONResponse(
+        answer.job.to_dict(), 201 if answer.created else 200, _replay_headers(answer)
+    )
+
+
+def _replay_headers(answer: Enqueued) -> dict[str, str]:
+    """Location, and what an answer that is not a new job is: an idempotent replay, or the live
+    job of the unique key (replaced by this request, with on_conflict=replace)."""
+    headers = {"Location": f"/jobs/{answer.job.id}"}
+    if answer.unique:
+        headers["Unique-Replayed"] = "true"
+        if answer.replaced:
+            headers["Unique-Replaced"] = "true"
+    elif not answer.created:
+        headers["Idempotent-Replayed"] = "true"
+    return headers
 
 
 def submit_batch(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
@@ -254,6 +270,18 @@ def list_queues(conn: Conn, call: Call) -> Response:
     return JSONResponse({"queues": [q.to_dict() for q in control.queues(conn)]})
 
 
+def set_queue_limits(conn: Conn, call: Call) -> Response:
+    """PATCH /queues/{name} {"concurrency": N, "rate": "20/s"}: null removes, absent keeps."""
+    body = json_body(call.headers, call.body)
+    if not isinstance(body, dict):
+        raise invalid([FieldError("body", "must be a JSON object: concurrency and/or rate")])
+    try:
+        changes = QueueLimits.model_validate(body)
+    except ValidationError as exc:
+        raise invalid(field_errors(exc)) from None
+    return _control(conn, call, lambda conn, name: control.set_limits(conn, name, changes))
+
+
 def pause_queue(conn: Conn, call: Call) -> Response:
     return _control(conn, call, control.pause)
 
@@ -277,7 +305,7 @@ def prometheus(conn: Conn, call: Call) -> Response:
             for state, n in q.counts.items()
         ]
         return [
-            *queue_gauges(counts, admin.oldest_pending_seconds(conn)),
+            *queue_gauges(counts, admin.oldest_pending_seconds(conn), throttled(conn)),
             schedule_gauge(list_schedules(conn)),
         ]
 
@@ -377,8 +405,14 @@ def operations(
                 Answer(
                     200,
                     Job,
-                    "An idempotent replay: the job stored under this key",
-                    {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}},
+                    "An idempotent replay: the job stored under this idempotency key "
+                    "(Idempotent-Replayed); or the job that holds this unique key, pending, "
+                    "failed or in progress (Unique-Replayed), its payload and run_at replaced "
+                    "by this request's with on_conflict=replace (Unique-Replaced)",
+                    {
+                        name: {"schema": {"type": "string", "enum": ["true"]}}
+                        for name in ("Idempotent-Replayed", "Unique-Replayed", "Unique-Replaced")
+                    },
                 ),
             ),
             frozenset({401, 409, 413, 415}),
@@ -456,10 +490,20 @@ def operations(
         Operation(
             "GET",
             "/queues",
-            "Every queue that holds jobs or was ever paused",
+            "Every queue that holds jobs, was ever paused or has a limit: counts, limits and "
+            "their use, jobs held back",
             list_queues,
             (Answer(200, QueueList, "Queues by name"),),
             frozenset({401}),
+        ),
+        Operation(
+            "PATCH",
+            "/queues/{name}",
+            "Set (a value) or remove (null) a queue's concurrency and rate limits",
+            set_queue_limits,
+            (Answer(200, QueueInfo, "The queue, as it is now"),),
+            frozenset({401, 413, 415}),
+            body=QueueLimits,
         ),
         Operation(
             "POST",

@@ -35,7 +35,7 @@ from psycopg.conninfo import make_conninfo
 from errands.client import Client
 from errands.database import open_connection
 from errands.errors import ConfigurationError
-from errands.harness import bench_ui, pgbench, server
+from errands.harness import bench_tasks, bench_ui, pgbench, server
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import (
     DaemonProcess,
@@ -51,6 +51,7 @@ from errands.queue.presence import live_workers
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
 from errands.queue.submit import enqueue_params
+from errands.queue.throttles import declare_task_limits
 from errands.schema.migrator import migrate
 
 NOOP = "bench.noop"
@@ -64,6 +65,9 @@ SLEEP = "bench.sleep"
 NAP = "bench.nap"
 SPIN = "bench.spin"
 PROGRESS = "bench.progress"
+LIMITED = "bench.limited"  # at most 50 in progress at once
+PER_KEY = "bench.per_key"  # at most one in progress per key
+PER_KEY_KEYS = 100
 
 
 @dataclass
@@ -132,6 +136,8 @@ WORKLOADS = (
     "drain-prefetch",
     "chain",
     "fan",
+    "drain-limited",
+    "drain-per-key",
     "fairness",
     "fairness-prefetch",
     "latency",
@@ -147,9 +153,29 @@ WORKLOADS = (
 )
 # Run only when named (--only scale): many processes, a few minutes, and it needs PgBouncer.
 OPT_IN = frozenset({"scale"})
+# Figures given as ratios to another workload's, which runs with them whatever --only says.
+REFERENCES = {"drain-limited": "drain", "drain-per-key": "drain"}
 SCALE_WORKERS = (1, 2, 4, 8)
 SCALE_SUPERVISORS = (1, 2, 4)
 IDLE_SUPERVISORS, IDLE_WORKERS_EACH = 4, 8
+
+
+def chosen_workloads(only: set[str] | None) -> list[str]:
+    """The workloads a run runs, in order: those named (every one but the opt-in ones when
+    none is), the baseline, and the workloads their figures are ratios to."""
+    named = set(WORKLOADS) - OPT_IN if only is None else set(only)
+    named |= {"baseline"} | {REFERENCES[w] for w in named if w in REFERENCES}
+    return [w for w in WORKLOADS if w in named]
+
+
+def limited_job(n: int) -> dict[str, Any]:
+    """Job n of the drain under a limit of 50."""
+    return {"task": LIMITED}
+
+
+def per_key_job(n: int) -> dict[str, Any]:
+    """Job n of the per-key drain: keys in turn."""
+    return {"task": PER_KEY, "payload": {"key": n % PER_KEY_KEYS}}
 
 
 class Bench:
@@ -169,6 +195,7 @@ class Bench:
         self.figures: list[Figure] = []
         self.pgbench_tps: dict[str, float] = {}
         self.server: dict[str, Any] = {}
+        self.drains: dict[str, float] = {}  # jobs/s of each drain, the limited ones' reference
         self.logs = Path(tempfile.mkdtemp(prefix="errands-bench-"))
 
     # -- running ---------------------------------------------------------------------------
@@ -179,11 +206,7 @@ class Bench:
             self.server = server.describe(url)
             for line in server.summary(self.server):
                 self.report(line)
-            chosen = [
-                w
-                for w in WORKLOADS
-                if (w in only if only is not None else w not in OPT_IN) or w == "baseline"
-            ]
+            chosen = chosen_workloads(only)
             for workload in chosen:
                 self.report(f"running {workload} ...")
                 getattr(self, workload.replace("-", "_"))()
@@ -208,13 +231,15 @@ class Bench:
         with open_connection(self.url, autocommit=True) as conn:
             conn.execute(
                 "truncate errands_jobs, errands_finished_counts, errands_workers,"
-                " errands_throughput, errands_queues"
+                " errands_throughput, errands_queues, errands_limits, errands_limit_counters"
             )
             conn.execute("vacuum analyze errands_jobs")
 
     def _add(self, figure: Figure) -> None:
         if figure.ratio_to:
-            figure.ratio = figure.value / self.pgbench_tps[figure.ratio_to]
+            # To a pgbench figure; or, for the limited drains, to the unlimited drain.
+            reference = self.pgbench_tps.get(figure.ratio_to) or self.drains.get(figure.ratio_to)
+            figure.ratio = figure.value / reference if reference else None
         self.figures.append(figure)
         ratio = f"  ({figure.ratio:.2f} x {figure.ratio_to})" if figure.ratio is not None else ""
         self.report(f"  {figure.id:<30} {figure.value:>12,.3f} {figure.unit}{ratio}")
@@ -372,25 +397,33 @@ class Bench:
         finally:
             api.stop()
 
-    def drain(self, figure_id: str = "drain", *options: str) -> None:
-        """Drain pre-enqueued no-op jobs with `errands run --workers 2 [options]`."""
+    def drain(
+        self,
+        figure_id: str = "drain",
+        *options: str,
+        spec: Callable[[int], dict[str, Any]] = lambda n: {"task": NOOP},
+        setting: str = "",
+    ) -> None:
+        """Drain pre-enqueued no-op jobs (job n: `spec(n)`) with `errands run --workers 2
+        [options]`."""
         jobs = self.sizes.drain
-        self._enqueue_backlog([{"task": NOOP}] * jobs)
+        self._enqueue_backlog([spec(n) for n in range(jobs)])
         with self._draining(jobs, *options) as (daemon, cpu):
             memory = sum(rss_megabytes(pid) for pid in [daemon.pid, *daemon.children()])
         seconds = self._busy_seconds()
         rate = jobs / seconds
+        self.drains[figure_id] = rate
         self._add(
             Figure(
                 figure_id,
-                f"{jobs:,} no-op jobs, 2 workers {' '.join(options) or '(defaults)'}",
+                f"{jobs:,} no-op jobs{setting}, 2 workers {' '.join(options) or '(defaults)'}",
                 rate,
                 "jobs/s",
-                ratio_to="pgbench -N 4 clients",
+                ratio_to="drain" if setting else "pgbench -N 4 clients",
             )
         )
         self._add_cpu(figure_id, jobs, cpu)
-        if not options:
+        if figure_id == "drain":  # once: the other drains run the same processes
             self._add(
                 Figure(
                     "memory",
@@ -501,6 +534,30 @@ class Bench:
         rate = (jobs + 1) / self._busy_seconds()
         workload = f"{jobs:,} parents of one child drained, 2 workers (defaults)"
         self._add(Figure("fan-in", workload, rate, "jobs/s", ratio_to="pgbench -N 4 clients"))
+
+    def drain_limited(self) -> None:
+        """The drain's jobs under a concurrency limit of 50 across the daemon (2 workers of 32
+        threads: 64 slots), as a ratio to the unlimited drain."""
+        self._declare_limits()
+        self.drain("drain-limited", spec=limited_job, setting=" limited to 50 at once")
+
+    def drain_per_key(self) -> None:
+        """The drain's jobs spread over 100 keys, at most one in progress per key: every claim
+        serves many keys in turn. A ratio to the unlimited drain."""
+        self._declare_limits()
+        self.drain(
+            "drain-per-key",
+            spec=per_key_job,
+            setting=f" over {PER_KEY_KEYS} keys, one at once per key",
+        )
+
+    def _declare_limits(self) -> None:
+        """Write the bench tasks' limits before their jobs are stored, as a running worker
+        would have: each job is filed under its limit group as it is stored."""
+        with open_connection(self.url, autocommit=True) as conn:
+            declare_task_limits(
+                conn, {t.name: t.limits for t in (bench_tasks.limited, bench_tasks.per_key)}
+            )
 
     def fairness(self, figure_id: str = "fairness", *options: str) -> None:
         """20 jobs of 2 s among no-op jobs: how long a no-op job, once a worker has claimed

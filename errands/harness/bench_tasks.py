@@ -64,3 +64,13 @@ def progress(seconds: float) -> int:
 async def nap(seconds: float) -> None:
     """An I/O-bound job as a coroutine: it waits, and holds no thread while it does."""
     await asyncio.sleep(seconds)
+
+
+@task("bench.limited", concurrency=50)
+def limited() -> None:
+    """No work, at most 50 at once across the daemon: the cost of a concurrency limit."""
+
+
+@task("bench.per_key", concurrency=1, concurrency_key="key")
+def per_key(key: int) -> None:
+    """No work, at most one at once per key: the cost of serving many keys in turn."""

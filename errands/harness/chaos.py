@@ -38,7 +38,14 @@ from errands.errors import InvalidState
 from errands.harness import skew
 from errands.harness.chaos_partitions import KINDS as CUT_OFF_KINDS
 from errands.harness.chaos_partitions import CutOffs
-from errands.harness.chaos_tasks import BUDGET, RECORD_TABLES, SPARED_FROM_ATTEMPT, TRACES
+from errands.harness.chaos_tasks import (
+    BUDGET,
+    KEYED_AT_ONCE,
+    LIMITED_AT_ONCE,
+    RECORD_TABLES,
+    SPARED_FROM_ATTEMPT,
+    TRACES,
+)
 from errands.harness.partition import PartitionProxy
 from errands.harness.pgbouncer import PgBouncer
 from errands.harness.process import DaemonProcess, alive, free_port
@@ -47,6 +54,8 @@ from errands.schema.migrator import migrate
 
 DOOMED_BUDGET = 3
 DELAY_SECONDS = 1.0  # of the workload's delayed jobs
+LIMITED_SECONDS = 0.3  # how long a limited job runs
+KEYS = ("k1", "k2", "k3")  # the keys of chaos.keyed
 TICK_LATENESS_SECONDS = 60.0  # a periodic tick enqueued later than this, or early: a wrong clock
 
 
@@ -401,6 +410,7 @@ class Chaos:
         with self.lock:
             weights = self.profile.kind_weights
             kind = self.random.choices(list(weights), weights=list(weights.values()))[0]
+            key = self.random.choice(KEYS) if kind == "keyed" else KEYS[0]
         slow = {"seconds": self.profile.lease_seconds * 2.5}
         work: dict[str, tuple[str, dict[str, Any]]] = {
             "quick": ("chaos.quick", {}),
@@ -409,6 +419,8 @@ class Chaos:
             "delayed": ("chaos.quick", {}),
             "flaky": ("chaos.flaky", {"fail_times": 2}),
             "doomed": ("chaos.doomed", {}),
+            "limited": ("chaos.limited", {"seconds": LIMITED_SECONDS}),
+            "keyed": ("chaos.keyed", {"key": key, "seconds": LIMITED_SECONDS}),
         }
         task, payload = work[kind]
         delay = DELAY_SECONDS if kind == "delayed" else None
@@ -678,6 +690,7 @@ class Chaos:
             Check("the system settled: no job left pending, failed or in progress", settled),
             *self._submission_checks(evidence),
             *job_checks(evidence, {s.key: s.kind for s in self.submissions}, self.cancels),
+            *limit_checks(evidence),
             *clock_checks(
                 evidence,
                 {s.key for s in self.submissions if s.delay is not None},
@@ -803,6 +816,9 @@ class Evidence:
     jobs: dict[int, StoredJob]
     starts: list[tuple[int, int, int, Any]]  # job id, attempt, pid, time
     finishes: list[tuple[int, int, str]]  # job id, attempt, token
+    # Attempts of limited tasks: (task, key), from their start to their recorded finish or
+    # the release of their job, whichever came first (epoch seconds; end None: neither).
+    limited: list[tuple[str, str, float, float | None]] = field(default_factory=list)
 
     @classmethod
     def read(cls, url: str) -> Evidence:
@@ -819,7 +835,8 @@ class Evidence:
             ).fetchall()
             starts = conn.execute("select job_id, attempt, pid, at from chaos_starts").fetchall()
             finishes = conn.execute("select job_id, attempt, token from chaos_finishes").fetchall()
-        return cls({row[0]: StoredJob(*row) for row in rows}, starts, finishes)
+            limited = conn.execute(LIMITED_ATTEMPTS).fetchall()
+        return cls({row[0]: StoredJob(*row) for row in rows}, starts, finishes, limited)
 
     @cached_property
     def copies(self) -> Counter[str]:
@@ -828,6 +845,56 @@ class Evidence:
     @cached_property
     def by_key(self) -> dict[str, StoredJob]:
         return {job.key: job for job in self.jobs.values() if job.key is not None}
+
+
+# An attempt held its slot from its claim until its job was completed or released; the
+# recorded start and the recorded finish (or the release, for an attempt killed, stopped or
+# cut off: the recovery's entry in the job's errors) lie within that, whichever came first.
+LIMITED_ATTEMPTS = """
+select job.task, coalesce(job.payload->>'key', ''), extract(epoch from s.at)::float8,
+       extract(epoch from least(
+           (select min(f.at) from chaos_finishes f
+            where (f.job_id, f.attempt) = (s.job_id, s.attempt)),
+           (select min((e->>'at')::timestamptz) from jsonb_array_elements(job.errors) e
+            where (e->>'attempt')::int = s.attempt and e ? 'worker')))::float8
+from chaos_starts s join errands_jobs job on job.id = s.job_id
+where job.task in ('chaos.limited', 'chaos.keyed')
+"""
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant (one ending as another starts: not together)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    open_now = most = 0
+    for _, step in events:
+        open_now += step
+        most = max(most, open_now)
+    return most
+
+
+def limit_checks(evidence: Evidence) -> list[Check]:
+    """The limited tasks' attempts never held more slots at once than their limits allow."""
+    by_key: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    unended = []
+    for task, key, start, end in evidence.limited:
+        if end is None:
+            unended.append((task, key, start))
+        else:
+            by_key.setdefault((task, key), []).append((start, end))
+    allowed = {"chaos.limited": LIMITED_AT_ONCE, "chaos.keyed": KEYED_AT_ONCE}
+    over = [
+        (task, key, most_at_once(spans), allowed[task])
+        for (task, key), spans in sorted(by_key.items())
+        if most_at_once(spans) > allowed[task]
+    ]
+    ran = sum(len(spans) for spans in by_key.values())
+    return [
+        _check(
+            f"limited attempts never ran more at once than allowed ({LIMITED_AT_ONCE} of "
+            f"chaos.limited across hosts, {KEYED_AT_ONCE} of chaos.keyed per key; {ran} attempts)",
+            over + unended,
+        )
+    ]
 
 
 def fair_targets(

@@ -134,3 +134,25 @@ def doomed() -> None:
     """Always fails: it must end dead with its budget spent."""
     _started()
     raise RuntimeError("this job always fails")
+
+
+# Limits across every host (docs/guides/limits.md): the verdict checks that the
+# recorded attempts never ran more at once than these allow.
+LIMITED_AT_ONCE = 2
+KEYED_AT_ONCE = 1
+
+
+@task("chaos.limited", concurrency=LIMITED_AT_ONCE)
+def limited(seconds: float) -> dict[str, Any]:
+    """At most LIMITED_AT_ONCE in progress at once, whatever the hosts and faults."""
+    _started()
+    time.sleep(seconds)
+    return _finished()
+
+
+@task("chaos.keyed", concurrency=KEYED_AT_ONCE, concurrency_key="key")
+def keyed(key: str, seconds: float) -> dict[str, Any]:
+    """At most KEYED_AT_ONCE in progress per key."""
+    _started()
+    time.sleep(seconds)
+    return _finished()

@@ -13,7 +13,8 @@ from errands.limits import MAX_LIST_LIMIT
 from errands.queue.jobs import Job, JobState
 from errands.queue.presence import WorkerInfo, live_workers_steps
 from errands.queue.queries import query
-from errands.queue.steps import Execute, Operation, run
+from errands.queue.steps import Atomic, Execute, Operation, run
+from errands.queue.throttles import forget_idle_counters
 
 PRUNE_BATCH = 5000
 
@@ -94,18 +95,46 @@ _TRIES = 3
 
 
 def manage_steps(action: str, job_id: int) -> Operation[Job]:
-    """`retry` or `cancel`, as steps: the job changed, else JobNotFound or InvalidState."""
+    """`retry` or `cancel`, as steps: the job changed, else JobNotFound or InvalidState (naming
+    the live job that holds a retried job's unique key, when one does)."""
     tries = 0
     while True:
-        rows = yield Execute(query(action), {"id": job_id}, dicts=True)
+        rows = yield from _act(action, job_id)
         if rows:
             return Job.from_row(rows[0])
         current = yield from get_steps(job_id)
         if current is None:
             raise JobNotFound(job_id)
+        if current.unique_key is not None and action == "retry":
+            holder = yield Execute(query("live_holder"), {"key": current.unique_key, "id": job_id})
+            if holder:
+                reason = (
+                    f"job {holder[0][0]}, {holder[0][1]}, holds its unique key "
+                    f"{current.unique_key!r}"
+                )
+                raise InvalidState(job_id, action, current.state.value, reason)
         tries += 1
         if current.state not in ACTION_STATES[action] or tries == _TRIES:
             raise InvalidState(job_id, action, current.state.value)
+
+
+def _act(action: str, job_id: int) -> Operation[list[dict[str, Any]]]:
+    """The action's statement. A retry runs in a savepoint: the job's unique key may have come
+    live since the statement checked it, and the constraint then refuses the row (no rows)."""
+    statement = Execute(query(action), {"id": job_id}, dicts=True)
+    rows: list[dict[str, Any]]
+    if action != "retry":
+        rows = yield statement
+        return rows
+    try:
+        rows = yield Atomic(_alone(statement))
+    except psycopg.errors.UniqueViolation:
+        rows = []
+    return rows
+
+
+def _alone(statement: Execute) -> Operation[Any]:
+    return (yield statement)
 
 
 @dataclass(frozen=True)
@@ -179,8 +208,10 @@ def oldest_pending_seconds(conn: psycopg.Connection[Any]) -> dict[str, float]:
 
 def prune(conn: psycopg.Connection[Any], retention_seconds: float, batch: int = PRUNE_BATCH) -> int:
     """Delete jobs finished longer ago than the retention, in bounded batches; returns how many."""
-    # The dashboard's per-minute counts go with the jobs they counted.
+    # The dashboard's per-minute counts go with the jobs they counted, and the counters of
+    # limit keys unused as long with them (a claim makes one again when it needs it).
     conn.execute(query("prune_throughput"), {"retention_seconds": retention_seconds})
+    forget_idle_counters(conn, retention_seconds)
     deleted = 0
     while True:
         with conn.transaction():

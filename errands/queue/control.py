@@ -1,5 +1,5 @@
-"""Queue control and what an operator's dashboard reads: pause and resume, queues
-with their counts, throughput per minute, jobs held per worker, bulk actions."""
+"""Queue control and what an operator's dashboard reads: pause and resume, queue limits,
+queues with their counts and limits, throughput per minute, jobs held per worker, bulk actions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from errands.errors import FieldError, InvalidJob
 from errands.queue.admin import job_counts
 from errands.queue.jobs import Job, JobState
 from errands.queue.queries import query
-from errands.queue.requests import QUEUE_NAME
+from errands.queue.requests import QUEUE_NAME, QueueLimits
+from errands.queue.throttles import by_queue, limits, set_queue_limits, throttled
 
 BULK_BATCH = 1000
 BulkAction = Literal["retry", "cancel"]
@@ -32,12 +33,22 @@ class QueueInfo:
     name: str
     paused: bool
     counts: dict[JobState, int]
+    concurrency: int | None = None  # its limit: jobs in progress at once, across every host
+    concurrency_in_use: int | None = None  # slots its running jobs hold
+    rate: str | None = None  # its limit: starts per period, e.g. "20/s"
+    rate_in_use: int | None = None  # starts within the last period
+    throttled: int = 0  # due jobs a full limit holds back (the queue's or their task's)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "paused": self.paused,
             "counts": {s.value: n for s, n in self.counts.items()},
+            "concurrency": self.concurrency,
+            "concurrency_in_use": self.concurrency_in_use,
+            "rate": self.rate,
+            "rate_in_use": self.rate_in_use,
+            "throttled": self.throttled,
         }
 
 
@@ -77,19 +88,41 @@ def resume(conn: psycopg.Connection[Any], name: str) -> QueueInfo:
     return _one(conn, name)
 
 
+def set_limits(conn: psycopg.Connection[Any], name: str, changes: QueueLimits) -> QueueInfo:
+    """Set or remove queue `name`'s concurrency and rate limits (docs/guides/limits.md)."""
+    set_queue_limits(conn, check_queue_name(name), changes.changes())
+    return _one(conn, name)
+
+
 def queues(conn: psycopg.Connection[Any]) -> list[QueueInfo]:
-    """Every queue that holds jobs or was ever paused, with its counts by state."""
+    """Every queue that holds jobs, was ever paused or has a limit: its counts by state, its
+    limits and their use, and the jobs held back."""
     paused = dict(conn.execute(query("queue_settings")).fetchall())
     counts = {q.queue: q.counts for q in job_counts(conn)}
-    return [
-        QueueInfo(name, paused.get(name, False), counts.get(name, dict.fromkeys(JobState, 0)))
-        for name in sorted(counts.keys() | paused.keys())
-    ]
+    limited = by_queue(limits(conn))
+    held = throttled(conn)
+    infos = []
+    for name in sorted(counts.keys() | paused.keys() | limited.keys() | held.keys()):
+        concurrency, rate = (limited.get(name, {}).get(kind) for kind in ("concurrency", "rate"))
+        infos.append(
+            QueueInfo(
+                name,
+                paused.get(name, False),
+                counts.get(name, dict.fromkeys(JobState, 0)),
+                concurrency=concurrency.amount if concurrency else None,
+                concurrency_in_use=concurrency.in_use if concurrency else None,
+                rate=str(rate.value) if rate else None,
+                rate_in_use=rate.in_use if rate else None,
+                throttled=held.get(name, 0),
+            )
+        )
+    return infos
 
 
 def _one(conn: psycopg.Connection[Any], name: str) -> QueueInfo:
-    # pause and resume leave a row for the queue, so it is always listed.
-    return next(q for q in queues(conn) if q.name == name)
+    """The queue as listed, or as a queue with nothing in it (a limit just removed, no job)."""
+    found = next((q for q in queues(conn) if q.name == name), None)
+    return found or QueueInfo(name, False, dict.fromkeys(JobState, 0))
 
 
 def throughput(conn: psycopg.Connection[Any], since: datetime) -> list[tuple[datetime, str, int]]:
@@ -130,10 +163,14 @@ def bulk(conn: psycopg.Connection[Any], action: BulkAction, where: Filter) -> in
     done = 0
     for state in where.states(action):
         while True:
-            row = conn.execute(
-                query(_statement(f"bulk_{action}", "bulk_cancel_running", state)),
-                {**_params(where, state), "batch": BULK_BATCH},
-            ).fetchone()
+            try:
+                with conn.transaction():
+                    row = conn.execute(
+                        query(_statement(f"bulk_{action}", "bulk_cancel_running", state)),
+                        {**_params(where, state), "batch": BULK_BATCH},
+                    ).fetchone()
+            except psycopg.errors.UniqueViolation:
+                continue  # a unique key came live since the batch looked: it looks again
             changed = int(row[0]) if row else 0
             done += changed
             if changed == 0:

@@ -33,6 +33,8 @@ class Job:
     attempts: int
     max_attempts: int
     idempotency_key: str | None
+    # At most one job per unique key is pending, failed or in progress (limits and unique jobs).
+    unique_key: str | None
     lease_owner: str | None
     lease_expires_at: datetime | None
     last_error: str | None
@@ -77,7 +79,7 @@ class Job:
     def from_fields(cls, values: dict[str, Any]) -> Job:
         """A Job from every one of its fields, at a third of the cost of calling the class.
 
-        A frozen dataclass's __init__ stores each of the 21 fields through
+        A frozen dataclass's __init__ stores each of the 23 fields through
         object.__setattr__; filling the instance's dict at once does the same (there
         is no __post_init__), and claims and batch submissions build thousands a second.
         """

@@ -54,16 +54,6 @@ class Completed:
     cancelled: set[int]
 
 
-class Acknowledged(NamedTuple):
-    """The answer of complete_and_claim: what the completions did, the jobs claimed (best
-    first), and among those the ids of the jobs other jobs wait for (their completion hands
-    over to children: worth sending at once)."""
-
-    completed: Completed
-    claimed: list[Job]
-    awaited: set[int]
-
-
 @dataclass(frozen=True)
 class Renewal:
     """What a heartbeat learnt about the attempts it renewed."""
@@ -130,6 +120,19 @@ class Recovered:
     attempts: int
 
 
+class Claimed(NamedTuple):
+    """What one complete_and_claim statement did."""
+
+    completed: Completed
+    jobs: list[Job]  # claimed, best first
+    # When a claim may find jobs a limit holds back now: 0 at once (e.g. a key met for the
+    # first time got its counter), else a rate's next free start; None: when one frees a slot.
+    recheck_seconds: float | None
+    # Among the jobs claimed, those other jobs wait for: their completion hands over to
+    # children, so it is worth sending at once.
+    awaited: set[int]
+
+
 def claim(
     conn: psycopg.Connection[Any],
     owner: str,
@@ -140,7 +143,7 @@ def claim(
 ) -> list[Job]:
     """Take due jobs from `queues` for `owner`, best first: up to `limit` for threads and
     up to `async_slots.free` of the `async def` tasks, so none is held without a slot."""
-    return complete_and_claim(conn, owner, (), queues, limit, lease_seconds, async_slots).claimed
+    return complete_and_claim(conn, owner, (), queues, limit, lease_seconds, async_slots).jobs
 
 
 def complete(conn: psycopg.Connection[Any], owner: str, done: Sequence[Completion]) -> set[int]:
@@ -159,13 +162,13 @@ def complete_and_claim(
     limit: int,
     lease_seconds: float,
     async_slots: AsyncSlots = NO_ASYNC_SLOTS,
-) -> Acknowledged:
+) -> Claimed:
     """Acknowledge finished jobs and claim the next ones in one statement.
 
     One statement is one round trip and one commit for both; each part is
-    fenced on its own. Returns what the completions did (the ids actually
-    completed; the others' leases were lost), the jobs claimed, best first, and
-    which of those other jobs wait for.
+    fenced on its own. Limits (docs/guides/limits.md) hold jobs back
+    in the statement itself. The answer says which jobs claimed other jobs
+    wait for (docs/guides/workflows.md).
     """
     params = {
         "owner": owner,
@@ -184,8 +187,13 @@ def complete_and_claim(
     claimed = [Job.from_row(row) for row in rows if row["id"] is not None]
     claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
     first = rows[0]
-    completed = Completed(set(first["completed_ids"]), set(first["cancelled_ids"]))
-    return Acknowledged(completed, claimed, set(first["awaited_ids"]))
+    recheck = first["recheck_seconds"]
+    return Claimed(
+        Completed(set(first["completed_ids"]), set(first["cancelled_ids"])),
+        claimed,
+        None if recheck is None else float(recheck),
+        set(first["awaited_ids"]),
+    )
 
 
 def heartbeat(

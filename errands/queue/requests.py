@@ -54,17 +54,20 @@ from errands.limits import (
     MAX_DELAY_SECONDS,
     MAX_IDEMPOTENCY_KEY,
     MAX_JOB_ID,
+    MAX_LIMIT,
     MAX_LIST_LIMIT,
     MAX_PARENTS,
     MAX_PAYLOAD_DEPTH,
     MAX_PROGRESS_BYTES,
     MAX_REF,
+    MAX_UNIQUE_KEY,
     MAX_WAIT_SECONDS,
     MAX_WORKFLOW,
     PRIORITY_RANGE,
     RUN_AT_YEARS,
 )
 from errands.queue.jobs import JobState
+from errands.queue.throttles import RATE, Kind, Rate
 
 # Validation context for values given as text.
 TEXT: Final = {"text": True}
@@ -175,6 +178,54 @@ IdempotencyKey = Annotated[
         max_length=MAX_IDEMPOTENCY_KEY,
         pattern=IDEMPOTENCY_KEY.pattern,
         description="one job per key, for as long as the job is stored",
+    ),
+]
+
+UniqueKey = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=MAX_UNIQUE_KEY,
+        pattern=NO_NUL.pattern,
+        description="at most one job per key is pending, failed or in progress; a second "
+        "enqueue returns that job",
+    ),
+]
+OnConflict = Annotated[
+    Literal["keep", "replace"],
+    Field(
+        description="with unique_key, when a job holds the key already: keep it as it is "
+        "(default), or replace the payload and run_at of a still pending one (debounce)"
+    ),
+]
+Concurrency = Annotated[
+    StrictInt,
+    Field(ge=1, le=MAX_LIMIT, description="jobs in progress at once, across every host"),
+    BeforeValidator(_integer_from_number),
+]
+
+
+def _rate(value: Any) -> Rate:
+    if isinstance(value, Rate):
+        return value
+    if not isinstance(value, str):
+        raise _refuse("must be a string such as 30/m")
+    try:
+        return Rate.parse(value)
+    except ValueError as exc:
+        raise _refuse(str(exc)) from None
+
+
+RateText = Annotated[
+    Rate,
+    PlainValidator(_rate),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": RATE.pattern,
+            "description": "at most N starts in any window of a second, minute or hour "
+            "(N/s, N/m, N/h), across every host",
+        }
     ),
 ]
 
@@ -337,12 +388,25 @@ class JobFields(BaseModel):
         extra="forbid",
         frozen=True,
         defer_build=True,
-        # Both given (null is absent): refused.
         json_schema_extra={
-            "not": {
-                "required": ["run_at", "delay"],
-                "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}},
-            }
+            "allOf": [
+                {  # run_at and delay both given (null is absent): refused
+                    "not": {
+                        "required": ["run_at", "delay"],
+                        "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}},
+                    }
+                },
+                {  # on_conflict replace only with a unique key
+                    "if": {
+                        "required": ["on_conflict"],
+                        "properties": {"on_conflict": {"const": "replace"}},
+                    },
+                    "then": {
+                        "required": ["unique_key"],
+                        "properties": {"unique_key": {"type": "string"}},
+                    },
+                },
+            ]
         },
     )
 
@@ -357,6 +421,8 @@ class JobFields(BaseModel):
     on_parent_failure: Annotated[
         OnParentFailure, _NullMeansDefault, Field(description=_ON_PARENT_FAILURE)
     ] = "cancel"
+    unique_key: UniqueKey | None = None
+    on_conflict: Annotated[OnConflict, _NullMeansDefault] = "keep"
 
     @model_validator(mode="before")
     @classmethod
@@ -378,6 +444,13 @@ class JobFields(BaseModel):
         if info.data.get("run_at") is not None:
             raise _refuse("give run_at or delay, not both")
         return delay
+
+    @field_validator("on_conflict")
+    @classmethod
+    def _with_unique_key(cls, on_conflict: str, info: ValidationInfo) -> str:
+        if on_conflict == "replace" and info.data.get("unique_key") is None:
+            raise _refuse("replace applies to a job with a unique_key")
+        return on_conflict
 
     def due(self, now: datetime) -> datetime:
         """When the job may first run, given the database's `now`: run_at, or `delay`
@@ -455,6 +528,15 @@ class WorkflowJob(JobFields):
     def _no_idempotency_key(cls, key: str | None) -> str | None:
         if key is not None:
             raise _refuse("is not taken inside a workflow (a replayed job could not be waited for)")
+        return key
+
+    @field_validator("unique_key")
+    @classmethod
+    def _no_unique_key(cls, key: str | None) -> str | None:
+        if key is not None:
+            raise _refuse(
+                "is not taken inside a workflow (a job not stored could not be waited for)"
+            )
         return key
 
 
@@ -641,6 +723,21 @@ class JobWait(BaseModel):
             "answering; the answer is the job as it is then, finished or not"
         ),
     ] = None
+
+
+class QueueLimits(BaseModel):
+    """PATCH /queues/{name}, `errands queues set`: a field given sets that limit, null removes
+    it, and a field left out leaves it as it is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    concurrency: Concurrency | None = None
+    rate: RateText | None = None
+
+    def changes(self) -> dict[Kind, int | Rate | None]:
+        """The limits to set (a value) or remove (None), by kind."""
+        kinds: tuple[Kind, ...] = ("concurrency", "rate")
+        return {kind: getattr(self, kind) for kind in kinds if kind in self.model_fields_set}
 
 
 class NoQuery(BaseModel):

@@ -1,5 +1,5 @@
-"""Putting jobs on the queue: one in one statement, or many by COPY, idempotently; and
-workflows, jobs that run after others (docs/guides/workflows.md)."""
+"""Putting jobs on the queue: one in one statement, or many by COPY, idempotently, and at most one
+live job per unique key; and workflows, jobs that run after others (docs/guides/workflows.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ _KEY_RACE_TRIES = 5
 @dataclass(frozen=True)
 class Enqueued:
     job: Job
-    created: bool  # False: an idempotent replay of a stored job
+    created: bool  # False: an idempotent replay of a stored job, or the live job of a unique key
+    unique: bool = False  # the live job holding the request's unique key, returned instead
+    replaced: bool = False  # ... whose payload and run_at the request replaced (on_conflict)
 
 
 class _KeyRace(Exception):
@@ -40,7 +42,8 @@ class _KeyRace(Exception):
 
 
 def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
-    """Store one job, or return the stored job that holds the same idempotency key."""
+    """Store one job; or return the stored job holding the same idempotency key, or the live job
+    holding the same unique key (its payload and run_at replaced with on_conflict=replace)."""
     return run(conn, enqueue_steps(request))
 
 
@@ -53,23 +56,40 @@ def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
         trace_context = sending.trace_context if sending else None
         params = enqueue_params(request, trace_context)
         for _ in range(_KEY_RACE_TRIES):
-            rows = yield Execute(query("enqueue"), params)
-            answer: Enqueued | None
-            if rows:
-                job_id, run_at, now, payload = rows[0]
-                job = _new_job(request, job_id, payload, run_at, now, trace_context)
-                answer = Enqueued(job, created=True)
-            else:
-                # Planned afresh, as every lookup of keys is (see above).
-                rows = yield Execute(query("enqueue_replay"), params, dicts=True, prepare=False)
-                answer = _answer(request, rows[0]) if rows else None
+            answer = yield from _enqueue_once(request, params)
             if answer is not None:
                 if sending:
                     sending.sent([answer.job], created=answer.created)
                 if answer.created:
                     hooks.enqueued([answer.job])
                 return answer
-    raise ErrandsError(f"could not settle idempotency key {request.idempotency_key!r}")
+    raise ErrandsError(
+        f"could not settle idempotency key {request.idempotency_key!r} "
+        f"or unique key {request.unique_key!r}"
+    )
+
+
+def _enqueue_once(request: JobRequest, params: dict[str, Any]) -> Operation[Enqueued | None]:
+    """One try: the new job, or the job a key names; None when a key's holder was gone by the
+    time it was looked up (the key is free again: try once more)."""
+    rows = yield Execute(query("enqueue"), params)
+    if rows:
+        job_id, run_at, now, payload = rows[0]
+        job = _new_job(request, job_id, payload, run_at, now, params["trace_context"])
+        return Enqueued(job, created=True)
+    if request.idempotency_key is not None:
+        # Planned afresh, as every lookup of keys is (see above).
+        rows = yield Execute(query("enqueue_replay"), params, dicts=True, prepare=False)
+        if rows:
+            return _answer(request, rows[0])
+    if request.unique_key is None:
+        return None
+    if request.on_conflict == "replace":
+        rows = yield Execute(query("enqueue_replace"), params, dicts=True, prepare=False)
+        if rows:
+            return Enqueued(Job.from_row(rows[0]), created=False, unique=True, replaced=True)
+    rows = yield Execute(query("enqueue_unique"), params, dicts=True, prepare=False)
+    return Enqueued(Job.from_row(rows[0]), created=False, unique=True) if rows else None
 
 
 def enqueue_params(request: JobRequest, trace_context: str | None = None) -> dict[str, Any]:
@@ -84,6 +104,7 @@ def enqueue_params(request: JobRequest, trace_context: str | None = None) -> dic
         "max_attempts": request.max_attempts,
         "idempotency_key": request.idempotency_key,
         "trace_context": trace_context,
+        "unique_key": request.unique_key,
     }
 
 
@@ -128,7 +149,7 @@ def enqueue_many_steps(
                 sending.sent([answer.job for answer in answers], created=len(created))
             hooks.enqueued(created)
             return answers
-    raise ErrandsError("could not settle the idempotency keys of a batch")
+    raise ErrandsError("could not settle the idempotency or unique keys of a batch")
 
 
 def store_workflow_steps(
@@ -201,15 +222,17 @@ class _Links:
 def _store_batch(
     requests: Sequence[JobFields], trace_context: str | None, links: _Links | None = None
 ) -> Operation[list[Enqueued]]:
-    if links is None and all(request.idempotency_key is None for request in requests):
+    if links is None and all(r.idempotency_key is None and r.unique_key is None for r in requests):
         return (yield from _copy_batch(requests, trace_context))
     if links is not None and links.stored:
         yield from _lock_parents(links)
     now = yield from _stage(requests, trace_context, links)
     rows = yield Execute(query("enqueue_staged"), prepare=False)  # past the key locks, to the rows
     stored = [_Stored._make(row) for row in rows]
+    live = yield from _live_jobs(requests)
     jobs = yield from _stored_jobs([row.id for row in stored if not row.created])
-    answers = _match(requests, stored, jobs, now, trace_context)
+    pairing = _Pairing(stored, live, jobs, now, trace_context)
+    answers = [pairing.answer(request) for request in requests]
     if links is None:
         return answers
     return (yield from _settle(answers, links))
@@ -269,6 +292,7 @@ def _copy_batch(
         for job_id, r, run_at in zip(ids, requests, due, strict=True)
     ]
     yield Copy(query("copy_jobs"), _JOB_TYPES, copied)
+    yield Execute(query("file_copied_jobs"), {"ids": ids})
     return [
         Enqueued(_new_job(r, job_id, r.stored_payload, run_at, now, trace_context), created=True)
         for job_id, r, run_at in zip(ids, requests, due, strict=True)
@@ -316,6 +340,8 @@ def _stage(
             r.max_attempts,
             r.idempotency_key,
             trace_context,
+            r.unique_key,
+            r.on_conflict,
             links.ids[n] if links and links.ids else None,
             links.parents[n] if links else None,
             r.on_parent_failure,
@@ -329,72 +355,119 @@ def _stage(
 
 # The types COPY sends the staged columns as (the payload as JSON text).
 _STAGED_TYPES = [
-    "int4",
-    "text",
-    "text",
-    "text",
-    "int4",
-    "timestamptz",
-    "int4",
-    "text",
-    "text",
-    "int8",
-    "int8[]",
-    "text",
-    "int8",
+    *("int4", "text", "text", "text", "int4", "timestamptz", "int4"),
+    *("text", "text", "text", "text"),
+    *("int8", "int8[]", "text", "int8"),
 ]
 
 
 class _Stored(NamedTuple):
-    """A row of `enqueue_staged`: a new job's id and payload, or the id of the stored job
-    a key names."""
+    """A row of `enqueue_staged`: a new job's id, keys and payload, or the id of the stored job
+    an idempotency key names."""
 
     created: bool
     same_request: bool
     id: int
     idempotency_key: str | None
+    unique_key: str | None
     payload: dict[str, Any] | None
 
 
-def _match(
-    requests: Sequence[JobFields],
-    rows: list[_Stored],
-    jobs: dict[int, Job],
-    now: datetime,
-    trace_context: str | None,
-) -> list[Enqueued]:
-    """Pair each request with its row: by key when it has one, else in insertion order."""
-    by_key: dict[str, _Stored] = {}
-    unkeyed: list[_Stored] = []
-    for row in rows:
-        if row.idempotency_key is None:
-            unkeyed.append(row)
-        else:
-            by_key[row.idempotency_key] = row
-    unkeyed.sort(key=lambda row: row.id)
-    fresh = iter(unkeyed)
+@dataclass(frozen=True)
+class _Live:
+    """The live job holding a unique key once the batch is stored, and whether the batch
+    replaced its payload and run_at."""
 
-    answers = []
-    first_with_key: dict[str, Job] = {}
-    for request in requests:
-        key = request.idempotency_key
-        if key is None:
-            answers.append(
-                Enqueued(_new_row_job(request, next(fresh), now, trace_context), created=True)
-            )
-        elif key not in by_key:
-            raise _KeyRace
-        elif key not in first_with_key:
-            row = by_key[key]
-            job = _new_row_job(request, row, now, trace_context) if row.created else jobs[row.id]
-            if not row.same_request:
-                raise IdempotencyConflict(key, job.id)
-            first_with_key[key] = job
-            answers.append(Enqueued(job, created=row.created))
-        else:
+    job: Job
+    replaced: bool
+
+
+def _live_jobs(requests: Sequence[JobFields]) -> Operation[dict[str, _Live]]:
+    """The live jobs holding the batch's unique keys, after its replace requests (read in the
+    batch's transaction)."""
+    keys = sorted({r.unique_key for r in requests if r.unique_key is not None})
+    if not keys:
+        return {}
+    rows = yield Execute(query("staged_unique"), {"keys": keys}, dicts=True, prepare=False)
+    return {row["unique_key"]: _Live(Job.from_row(row), row["replaced"]) for row in rows}
+
+
+class _Pairing:
+    """The rows of one stored batch, handed to its requests in submission order: by
+    idempotency key when a request has one, else by unique key (the first request naming a
+    key created its job; the others get the live job), else in insertion order."""
+
+    def __init__(
+        self,
+        rows: list[_Stored],
+        live: dict[str, _Live],
+        jobs: dict[int, Job],
+        now: datetime,
+        trace_context: str | None,
+    ) -> None:
+        self.by_key: dict[str, _Stored] = {}
+        # Rows stored under each unique key, in insertion order: one, unless the key was free
+        # again by the time a later request of the batch named it (a trigger of the
+        # application's ended the first job at once).
+        self.by_unique: dict[str, list[_Stored]] = {}
+        unkeyed: list[_Stored] = []
+        for row in sorted(rows, key=lambda row: row.id):
+            if row.idempotency_key is not None:
+                self.by_key[row.idempotency_key] = row
+            elif row.unique_key is not None:
+                self.by_unique.setdefault(row.unique_key, []).append(row)
+            else:
+                unkeyed.append(row)
+        self.fresh = iter(unkeyed)
+        self.live = live
+        self.jobs = jobs  # stored before the batch, named by its idempotency keys
+        self.now = now
+        self.trace_context = trace_context
+        self.first_with_key: dict[str, Job] = {}
+
+    def answer(self, request: JobFields) -> Enqueued:
+        if request.idempotency_key is not None:
+            return self._by_idempotency_key(request, request.idempotency_key)
+        if request.unique_key is not None:
+            stored = self.by_unique.get(request.unique_key)
+            if not stored:  # the key was held (by a job stored before, or by the batch's)
+                return self._live(request)
+            return Enqueued(self._created(request, stored.pop(0)), created=True)
+        return Enqueued(self._new_job(request, next(self.fresh)), created=True)
+
+    def _by_idempotency_key(self, request: JobFields, key: str) -> Enqueued:
+        if key in self.first_with_key:
             # A key repeated inside one batch (the same request, checked before): a replay.
-            answers.append(Enqueued(first_with_key[key], created=False))
-    return answers
+            return Enqueued(self.first_with_key[key], created=False)
+        row = self.by_key.get(key)
+        if row is None:
+            if request.unique_key is None:
+                raise _KeyRace
+            return self._live(request)  # not stored: a live job holds its unique key
+        job = self._created(request, row) if row.created else self.jobs[row.id]
+        if not row.same_request:
+            raise IdempotencyConflict(key, job.id)
+        self.first_with_key[key] = job
+        return Enqueued(job, created=row.created)
+
+    def _created(self, request: JobFields, row: _Stored) -> Job:
+        # Read again when the batch holds its unique key: a later request may have replaced it.
+        found = self.live.get(request.unique_key or "")
+        if found is not None and found.job.id == row.id:
+            return found.job
+        return self._new_job(request, row)
+
+    def _live(self, request: JobFields) -> Enqueued:
+        found = self.live.get(request.unique_key or "")
+        if found is None:
+            raise _KeyRace  # finished since the insert found it live: the key is free again
+        replaced = found.replaced and request.on_conflict == "replace"
+        return Enqueued(found.job, created=False, unique=True, replaced=replaced)
+
+    def _new_job(self, request: JobFields, row: _Stored) -> Job:
+        return _new_job(
+            request, row.id, row.payload, request.due(self.now), self.now, self.trace_context
+        )
 
 
 def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
@@ -406,11 +479,6 @@ def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
     if len(jobs) < len(ids):
         raise _KeyRace  # pruned since the statement saw it: its key is free again
     return jobs
-
-
-def _new_row_job(request: JobFields, row: _Stored, now: datetime, trace_context: str | None) -> Job:
-    """A job of a batch just inserted: its row, and when the batch was stored."""
-    return _new_job(request, row.id, row.payload, request.due(now), now, trace_context)
 
 
 def _new_job(
@@ -440,6 +508,7 @@ def _new_job(
     fields["max_attempts"] = request.max_attempts
     fields["idempotency_key"] = request.idempotency_key
     fields["on_parent_failure"] = request.on_parent_failure
+    fields["unique_key"] = request.unique_key
     fields["errors"] = []
     fields["created_at"] = fields["updated_at"] = now
     fields["trace_context"] = None if trace_context is None else json.loads(trace_context)
@@ -463,7 +532,7 @@ _NEW_JOB: dict[str, Any] = {
     "workflow_id": None,
     "cancelled_by": None,
 }
-assert len(_NEW_JOB) + 13 == len(JOB_COLUMNS), "_new_job sets every field of a Job"
+assert len(_NEW_JOB) + 14 == len(JOB_COLUMNS), "_new_job sets every field of a Job"
 
 
 def _answer(request: JobRequest, row: dict[str, Any]) -> Enqueued:

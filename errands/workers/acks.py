@@ -37,7 +37,6 @@ from errands.queue.lease import (
     AsyncSlots,
     Completed,
     Completion,
-    claim,
     complete_and_claim,
     completion_fates,
     fail,
@@ -95,6 +94,8 @@ class Acknowledgements:
         self._window = window
         self._clock = clock
         self._successes: list[tuple[Entry, Succeeded]] = []
+        # From the last claim: when a claim may find jobs a limit holds back now (lease.Claimed).
+        self.recheck_seconds: float | None = None
         self._failures: list[tuple[Entry, Failed | Rescheduled]] = []
         self._oldest = 0.0  # when the oldest unsent success finished
         # Attempts that wrote their completion in an application's transaction (complete_in),
@@ -215,21 +216,24 @@ class Acknowledgements:
         try:
             if self._mode == "immediate" and done:
                 self._report(sent, complete_and_claim(conn, owner, done, (), 0, 0).completed)
-                sent = []
-                return claim(conn, owner, queues, limit, lease, slots) if claiming.wanted else []
+                sent, done = [], []
+                if not claiming.wanted:
+                    return []
             answer = complete_and_claim(conn, owner, done, queues, limit, lease, slots)
         except psycopg.OperationalError:
             self._successes = sent + self._successes  # fenced: safe to send again
             self._hands_over = self._hands_over or hands_over
             raise
         self._report(sent, answer.completed)
+        self.recheck_seconds = answer.recheck_seconds
         self._awaited |= answer.awaited
-        if not (hands_over and not answer.claimed and claiming.wanted):
-            return answer.claimed
+        if not (hands_over and done and not answer.jobs and claiming.wanted):
+            return answer.jobs
         # The children made pending are visible to a new statement only.
         again = complete_and_claim(conn, owner, (), queues, limit, lease, slots)
+        self.recheck_seconds = again.recheck_seconds
         self._awaited |= again.awaited
-        return again.claimed
+        return again.jobs
 
     def _report(self, sent: list[tuple[Entry, Succeeded]], completed: Completed) -> None:
         """A log line per completed job, the counter moved once per queue and task."""

@@ -36,6 +36,7 @@ from errands.metrics import metrics
 from errands.queue.jobs import Job
 from errands.queue.lease import AsyncSlots
 from errands.queue.presence import announce
+from errands.queue.throttles import declare_task_limits
 from errands.registry import registered, registered_tasks
 from errands.workers.acks import AckMode, Acknowledgements, ClaimRequest
 from errands.workers.attempt import WorkerAttempt
@@ -67,6 +68,8 @@ ABANDON_SECONDS = 0.5
 CHANNEL = "errands_jobs"
 # The longest a freed thread slot waits for others to free before a claim fills it alone.
 CLAIM_GATHER_SECONDS = 0.002
+# The shortest sleep before a claim a limit sent back to recheck (see lease.Claimed).
+RECHECK_FLOOR_SECONDS = 0.001
 
 _log = get_logger("errands.worker")
 
@@ -107,6 +110,8 @@ class Worker:
         self._async_slots = 0  # async_concurrency once an async task is registered
         self._async_tasks: list[str] = []  # the registered `async def` tasks' names
         self._slot_freed_at: float | None = None  # since when a claim has been gathering slots
+        # The last claim took fewer jobs than it asked for: every due job it may take is taken.
+        self._found_all = False
         self._events = EventLoopThread()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -294,12 +299,18 @@ class Worker:
                 return
             request = self._claim_request(draining)
             gathering = self._gathering_seconds(request)
-            # Refill when the prefetch buffer runs low; without one, once slots are free.
-            refill = (
-                request.wanted and len(self._ready) <= self.options.prefetch // 2 and not gathering
-            )
             idle = not self._executing and not self._executing_async and not self._ready
-            if refill or self._acks.due(flush=draining or idle):
+            acks_due = self._acks.due(flush=draining or idle)
+            # Refill when the prefetch buffer runs low; without one, once slots are free. After
+            # a claim that found fewer jobs than it asked for, only with acknowledgements to
+            # send or once woken: another claim at once would find none either.
+            refill = (
+                request.wanted
+                and len(self._ready) <= self.options.prefetch // 2
+                and not gathering
+                and (not self._found_all or acks_due)
+            )
+            if refill or acks_due:
                 try:
                     conn = self._db.get_retrying(give_up=self._must_give_up)
                     if conn is None:
@@ -310,13 +321,22 @@ class Worker:
                     self._db.drop(exc)
                     continue
                 self._slot_freed_at = None
+                if refill:
+                    self._found_all = _found_all(request, claimed) and (
+                        self._acks.recheck_seconds != 0.0  # a limit asks for another claim now
+                    )
                 lease = self.options.lease_seconds
                 self._ready.extend(self.running.hold(job, leased_at, lease) for job in claimed)
                 self._dispatch(pool)
                 if claimed:
                     continue  # there may be more work now: sleep only when a claim finds none
             ceiling = gathering or self.options.poll_seconds
-            self._wait(listen_too=refill, timeout=self._acks.seconds_until_due(ceiling))
+            recheck = self._acks.recheck_seconds
+            if request.wanted and recheck is not None:  # a limit holds jobs back until then
+                ceiling = min(ceiling, max(recheck, RECHECK_FLOOR_SECONDS))
+            listen = refill or (self._found_all and request.wanted)
+            self._wait(listen_too=listen, timeout=self._acks.seconds_until_due(ceiling))
+            self._found_all = False  # woken: a job finished, a notification came, or time passed
 
     def _gathering_seconds(self, request: ClaimRequest) -> float:
         """How much longer to let freed thread slots gather before claiming for them; 0: now.
@@ -463,8 +483,14 @@ class Worker:
         # Recorded before the first claim, so that a supervisor starting on this machine
         # can tell that this process is gone should it die holding jobs.
         announce(conn, self.options.worker_id, self._queues, self.options.concurrency)
-        if self.options.listen:
+        # Before the first claim, and again after a reconnection: what the code declares.
+        declare_task_limits(conn, {name: t.limits for name, t in registered_tasks().items()})
+        if self.options.listen:  # connected directly: statements are prepared
             conn.execute(f"listen {CHANNEL}")
+            # The claim is planned once, for good: its plan does not depend on the values
+            # given to it, and planning it anew each time (PostgreSQL's default for its
+            # prepared statements) would cost about 0.5 ms a claim (bench/RESULTS.md).
+            conn.execute("set plan_cache_mode = force_generic_plan")
 
     def _must_give_up(self) -> bool:
         # Stopping with nothing left to report: no reason to wait for the database.
@@ -505,3 +531,14 @@ def _record_wait(entry: Entry) -> None:
 
 def run_worker(options: WorkerOptions) -> int:
     return Worker(options).run()
+
+
+def _found_all(request: ClaimRequest, claimed: list[Job]) -> bool:
+    """Whether the claim took fewer jobs of each kind it asked for than it asked for: then every
+    due job it may take is taken. (Each kind is filled on its own: a claim that took all the
+    coroutines it asked for may leave more behind, however few threads' jobs it found.)"""
+    coroutines = sum(1 for job in claimed if is_async(job))
+    threads = len(claimed) - coroutines
+    return (request.limit <= 0 or threads < request.limit) and (
+        request.async_slots.limit <= 0 or coroutines < request.async_slots.limit
+    )

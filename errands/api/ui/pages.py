@@ -32,11 +32,13 @@ from errands.queue.requests import (
     INTEGER_TEXT,
     TEXT,
     JobFilter,
+    QueueLimits,
     field_errors,
     job_id_of_text,
 )
 from errands.queue.schedules import list_schedules
 from errands.queue.steps import run
+from errands.queue.throttles import limits, limits_of_job
 
 Conn = psycopg.Connection[Any]
 
@@ -51,6 +53,7 @@ DONE_MESSAGES = {
     "bulk-cancel": "{n} job(s) cancelled, or asked to stop if running.",
     "pause": "Queue paused: its jobs stay pending until it is resumed.",
     "resume": "Queue resumed.",
+    "limits": "Queue limits set: every host obeys them from its next claim.",
 }
 
 
@@ -78,6 +81,7 @@ class Pages:
             ("POST", "/ui/bulk", self.bulk),
             ("POST", "/ui/queues/pause", lambda call: self.queue_action(call, "pause")),
             ("POST", "/ui/queues/resume", lambda call: self.queue_action(call, "resume")),
+            ("POST", "/ui/queues/limits", self.queue_limits),
             ("GET", "/ui/schedules", self.schedules),
             ("GET", "/ui/workflows/{id}", self.workflow),
             ("POST", "/ui/logout", self.dashboard.log_out),
@@ -112,6 +116,7 @@ class Pages:
             "now": now,
             "states": list(JobState),
             "queues": control.queues(conn),
+            "task_limits": [limit for limit in limits(conn) if limit.scope == "task"],
             "oldest": admin.oldest_pending_seconds(conn),
             "chart": throughput_chart(control.throughput(conn, now - timedelta(hours=1)), now),
             "workers": [(worker, held.get(worker.id, 0)) for worker in workers],
@@ -159,6 +164,7 @@ class Pages:
         job_id = job_id_of_text(call.params["id"])
         with call.connect() as conn:
             job = admin.get(conn, job_id) if job_id else None
+            limits_of = limits_of_job(conn, job.id) if job else []
         if job is None:
             return self.not_found(call, f"Job {call.params['id']} does not exist.")
         return self.render(
@@ -170,6 +176,7 @@ class Pages:
             payload=json.dumps(job.payload, indent=2, ensure_ascii=False),
             result=json.dumps(job.result, indent=2, ensure_ascii=False),
             timeline=_timeline(job),
+            limits=limits_of,
             can_retry=job.state in ACTION_STATES["retry"],
             # A running job once, until a cancel is requested.
             can_cancel=job.state in ACTION_STATES["cancel"] and job.cancel_requested_at is None,
@@ -242,6 +249,23 @@ class Pages:
             text = "; ".join(f"{e.field}: {e.message}" for e in exc.errors)
             return self.render(call, "message.html", 422, title="Invalid queue", text=text)
         return redirect("/ui?" + urlencode({"done": action}))
+
+    def queue_limits(self, call: Call) -> Response:
+        """Set the limits of the queue the form names (in the body, as for pause): an empty
+        field removes that limit."""
+        form = call.form
+        body = {kind: form.get(kind, "").strip() or None for kind in ("concurrency", "rate")}
+        try:
+            changes = QueueLimits.model_validate(body, context=TEXT)
+            with call.connect() as conn:
+                control.set_limits(conn, form.get("queue", ""), changes)
+        except ValidationError as exc:
+            text = "; ".join(f"{e.field}: {e.message}" for e in field_errors(exc))
+            return self.render(call, "message.html", 422, title="Invalid limits", text=text)
+        except InvalidJob as exc:
+            text = "; ".join(f"{e.field}: {e.message}" for e in exc.errors)
+            return self.render(call, "message.html", 422, title="Invalid queue", text=text)
+        return redirect("/ui?" + urlencode({"done": "limits"}))
 
     def schedules(self, call: Call) -> Response:
         # The same listing as `errands schedules` and GET /schedules: the next tick from

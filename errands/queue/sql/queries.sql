@@ -5,13 +5,14 @@
 
 -- name: enqueue
 -- Insert one job (errands_enqueue, in migration 0014, says how and why in a
--- function); no row when its idempotency key is already stored, and then
--- enqueue_replay reads the stored job.
+-- function); no row when its idempotency key is already stored, or a live job
+-- holds its unique key: then enqueue_replay, enqueue_replace or enqueue_unique
+-- read the stored job.
 -- enqueue_many's COPY could serve one job too, but costs four round trips
 -- where this statement needs one.
 select * from errands_enqueue(%(task)s, %(queue)s, %(payload)s, %(priority)s::int4, %(run_at)s,
                               %(delay)s::float8, %(max_attempts)s::int4, %(idempotency_key)s,
-                              %(trace_context)s);
+                              %(trace_context)s, %(unique_key)s);
 
 -- name: enqueue_replay
 -- The stored job holding a key that enqueue found taken (created = false),
@@ -23,13 +24,38 @@ select false as created, (task, queue, payload) = (%(task)s, %(queue)s, %(payloa
 from errands_jobs
 where idempotency_key = %(idempotency_key)s;
 
+-- name: enqueue_unique
+-- The live job holding a unique key that enqueue found taken. No row: it finished
+-- since, and the key is free again.
+select false as created, true as same_request, * from errands_jobs
+where unique_key = %(unique_key)s and state not in ('completed', 'dead', 'cancelled');
+
+-- name: enqueue_replace
+-- on_conflict = replace: the still pending job of the same task holding the unique
+-- key takes the request's payload and run_at (a debounce), and is filed anew under
+-- its limits. Idle workers are woken, as for a new job. No row: none such.
+with replaced as (
+    update errands_jobs as job
+    set payload = %(payload)s,
+        run_at = coalesce(%(run_at)s, now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
+        limit_group = case when (select exists (select from errands_limits))
+                           then errands_limit_group(job.queue, job.task, %(payload)s::jsonb)
+                           else '' end,
+        updated_at = now()
+    where job.unique_key = %(unique_key)s and job.state = 'pending' and job.task = %(task)s
+    returning job.*
+)
+select false as created, true as same_request, replaced.*,
+       pg_notify('errands_jobs', replaced.queue)::text as notified
+from replaced;
+
 -- name: stage_jobs
 -- enqueue_many's staging table: private to the session, emptied at every commit,
 -- and emptied here too for a batch that follows another in the caller's
 -- transaction. Created in the transaction that uses it, so it works on any
 -- server connection a pooler hands out. A new shape takes a new name: through a
 -- pooler, a server connection may keep the table an older errands created.
-create temp table if not exists errands_staged_batch (
+create temp table if not exists errands_staged_jobs_v3 (
     n                 integer not null,  -- the request's place in its batch
     task              text not null,
     queue             text not null,
@@ -39,6 +65,8 @@ create temp table if not exists errands_staged_batch (
     max_attempts      integer not null,
     idempotency_key   text,
     trace_context     jsonb,
+    unique_key        text,
+    on_conflict       text not null,
     -- Workflows: the id a workflow's job was given (allocate_workflow), else null; the
     -- ids of its parents; what a failed parent does to it; its workflow.
     id                bigint,
@@ -46,63 +74,72 @@ create temp table if not exists errands_staged_batch (
     on_parent_failure text not null,
     workflow_id       bigint
 ) on commit delete rows;
-delete from errands_staged_batch;
+delete from errands_staged_jobs_v3;
 -- The time every new job of the batch gets as created_at and updated_at (and
 -- as run_at when it names none): now() is the transaction's start.
 select now();
 
 -- name: copy_staged
-copy errands_staged_batch
+copy errands_staged_jobs_v3
     (n, task, queue, payload, priority, run_at, max_attempts, idempotency_key, trace_context,
-     id, parents, on_parent_failure, workflow_id)
+     unique_key, on_conflict, id, parents, on_parent_failure, workflow_id)
 from stdin;
 
 -- name: enqueue_staged
 -- Move a staged batch into the jobs table, as enqueue does for one job, in
 -- submission order (ids grow with n, and the first request naming a key wins).
--- A new row comes back as its id and its payload as stored (jsonb may write a
--- number otherwise than the request did); the rest of it is the request and
--- the time stage_jobs returned. A key already stored comes back as that job's id
--- (created = false), with whether the first request naming it asked for the
--- same job.
+-- A new row comes back as its id, its keys and its payload as stored (jsonb may
+-- write a number otherwise than the request did); the rest of it is the request
+-- and the time stage_jobs returned. An idempotency key already stored comes back
+-- as that job's id (created = false), with whether the first request naming it
+-- asked for the same job. A unique key a live job holds makes no row: the batch
+-- reads it afterwards (staged_unique).
 -- The batch's keys are locked first, in one order for every batch: two batches
 -- naming the same keys in different orders would otherwise each take one key's
 -- lock by inserting it and wait for the other's, a deadlock. Advisory locks of
 -- the two-integer kind (a key space apart from the single-bigint locks of the
 -- reaper and the migrator), per hash of a key, until the transaction ends; the
 -- locks are taken after the sort, since PostgreSQL evaluates a volatile target
--- list after ORDER BY.
+-- list after ORDER BY. Unique keys hash with a prefix of their own.
 select pg_advisory_xact_lock(1701209, key_hash)
 from (select distinct hashtext(idempotency_key) as key_hash
-      from errands_staged_batch where idempotency_key is not null) as keys
+      from errands_staged_jobs_v3 where idempotency_key is not null
+      union
+      select hashtext('unique:' || unique_key)
+      from errands_staged_jobs_v3 where unique_key is not null) as keys
 order by key_hash;
 with inserted as (
     insert into errands_jobs
         (id, task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
-         trace_context, state, parents, waiting_for, on_parent_failure, workflow_id)
+         trace_context, unique_key, limit_group, state, parents, waiting_for, on_parent_failure,
+         workflow_id)
     overriding system value
     select coalesce(id, nextval('errands_jobs_id_seq')), task, queue, payload, priority,
            coalesce(run_at, now()), max_attempts, max_attempts, idempotency_key, trace_context,
+           unique_key,
+           case when (select exists (select from errands_limits))
+                then errands_limit_group(queue, task, payload) else '' end,
            -- Workflows: waiting for every parent; settle_children counts again those
            -- with stored parents, which may have ended already.
            (case when parents is null then 'pending' else 'waiting' end)::errands_job_state,
            parents, coalesce(cardinality(parents), 0), on_parent_failure, workflow_id
-    from errands_staged_batch order by n
-    on conflict (idempotency_key) do nothing
-    returning id, idempotency_key, payload
+    from errands_staged_jobs_v3 order by n
+    on conflict do nothing
+    returning id, idempotency_key, unique_key, payload
 )
-select true as created, true as same_request, id, idempotency_key, payload from inserted
+select true as created, true as same_request, id, idempotency_key, unique_key, payload
+from inserted
 union all
 select false, (job.task, job.queue, job.payload) = (first.task, first.queue, first.payload),
-       job.id, job.idempotency_key, null
+       job.id, job.idempotency_key, null, null
 from errands_jobs as job
 cross join lateral (
-    select task, queue, payload from errands_staged_batch as staged
+    select task, queue, payload from errands_staged_jobs_v3 as staged
     where staged.idempotency_key = job.idempotency_key
     order by n limit 1
 ) as first
 where job.idempotency_key in (
-    select idempotency_key from errands_staged_batch where idempotency_key is not null
+    select idempotency_key from errands_staged_jobs_v3 where idempotency_key is not null
 );
 
 -- name: lock_parents
@@ -162,6 +199,37 @@ select count(*) from (
     from (select distinct queue from settled where state = 'pending') as queues
 ) as woken;
 
+-- name: staged_unique
+-- After enqueue_staged: each unique key's last replace request of the batch replaces
+-- the still pending job of its task holding the key (as enqueue_replace), then every
+-- live job holding one of `keys`.
+with replacing as (
+    select distinct on (unique_key) unique_key, task, payload, run_at
+    from errands_staged_jobs_v3
+    where unique_key = any(%(keys)s::text[]) and on_conflict = 'replace'
+    order by unique_key, n desc
+),
+replaced as (
+    update errands_jobs as job
+    set payload = replacing.payload,
+        run_at = coalesce(replacing.run_at, now()),
+        limit_group = case when (select exists (select from errands_limits))
+                           then errands_limit_group(job.queue, job.task, replacing.payload)
+                           else '' end,
+        updated_at = now()
+    from replacing
+    where job.unique_key = replacing.unique_key and job.state = 'pending'
+      and job.task = replacing.task
+    returning job.*
+)
+select replaced.*, true as replaced, pg_notify('errands_jobs', replaced.queue)::text as notified
+from replaced
+union all
+select job.*, false, null from errands_jobs as job
+where job.unique_key = any(%(keys)s::text[])
+  and job.state not in ('completed', 'dead', 'cancelled')
+  and job.unique_key not in (select unique_key from replaced);
+
 -- name: jobs_by_id
 select * from errands_jobs where id = any(%(ids)s);
 
@@ -176,6 +244,15 @@ copy errands_jobs
     (id, task, queue, payload, priority, run_at, max_attempts, attempt_budget, trace_context)
 from stdin;
 
+-- name: file_copied_jobs
+-- COPY stores a batch outside every limit group: where a limit applies to its jobs,
+-- file them under their groups before they can be claimed (a claim would find them
+-- misfiled and file them, a round later). Touches nothing while no limit exists.
+update errands_jobs
+set limit_group = errands_limit_group(queue, task, payload)
+where id = any(%(ids)s::bigint[]) and (select exists (select from errands_limits))
+  and errands_limit_group(queue, task, payload) <> '';
+
 -- name: complete_and_claim
 -- Store the results of finished jobs, then take claimable jobs of the given
 -- queues, best first: one statement, so one round trip and one commit for both
@@ -185,15 +262,29 @@ from stdin;
 -- The claim takes up to `limit` jobs for threads and up to `async_limit` for
 -- coroutines (tasks in `async_tasks`), so a worker never takes a job no slot of
 -- its kind can start at once. Rows other workers are claiming right now are
--- skipped, never waited for or shared. One index range scan per queue (a plain
--- `queue = any(...)` would sort every claimable row instead). Paused queues are
--- dropped from the wanted list first, one primary-key probe per queue, so their
--- jobs are never even read.
+-- skipped, never waited for or shared. Paused queues are dropped from the wanted
+-- list first, one primary-key probe per queue, so their jobs are never even read.
+--
+-- Jobs come from the two parts of the claimable index (queue, limit_group, ...):
+-- * jobs no limit applies to (limit_group ''): one index range scan per queue, in
+--   claim order, as before limits existed;
+-- * limited jobs (docs/guides/limits.md), only when some wait in these
+--   queues: errands_admit_limited (migration 0012) finds the groups with jobs waiting,
+--   serves them least recently served first, locks their jobs and the counters those
+--   come under (in id order: a claim waits here for another claim or an ending
+--   statement holding them, and re-reads them as they are now) and admits the jobs
+--   that fit. Slots this statement's completions give back count as free already
+--   (the release trigger returns them when the statement ends).
+-- Each kind's free slots then go in priority order, then round robin (every
+-- limited group's first job before any group's second), then age; the counters
+-- take exactly the limited jobs claimed.
 --
 -- The answer is one row per claimed job (at least one row: a claim of nothing
 -- comes back as nulls), each carrying the ids actually completed (the others'
--- leases were lost) and, among them, those a cancel request turned cancelled,
--- and the ids of the claimed jobs that other jobs wait for (errands_awaited).
+-- leases were lost), among them those a cancel request turned cancelled,
+-- `recheck_seconds`: when a claim may find jobs held back now (0: at once; a rate's
+-- next free start), else null, and the ids of the claimed jobs that other jobs
+-- wait for (errands_awaited).
 with completed as (
     update errands_jobs as job
     set state = 'completed',
@@ -210,30 +301,60 @@ with completed as (
     where job.id = done.id and job.attempts = done.attempts
       and job.lease_owner = %(owner)s and job.state = 'in_progress'
     -- Running jobs (issue 24): state is `cancelled` when a cancel was requested while the
-    -- attempt ran (the trigger errands_jobs_cancel_ended_attempt decides).
-    returning job.id, job.state
+    -- attempt ran (the trigger errands_jobs_cancel_ended_attempt decides). Either way the
+    -- attempt's slots go back (the trigger errands_jobs_count_slots).
+    returning job.id, job.state, job.slots
 ),
-candidate as (
-    select candidate.id, candidate.priority, candidate.run_at,
-           candidate.task = any(%(async_tasks)s::text[]) as on_loop
+running as (
+    select wanted.queue
     from (select distinct unnest(%(queues)s::text[])) as wanted(queue)
     cross join lateral (
         select 1 where not exists (
             select from errands_queues where name = wanted.queue and paused)
-    ) as running
+    ) as unpaused
+),
+candidate as (
+    select candidate.id, candidate.queue, candidate.task, candidate.priority, candidate.run_at,
+           candidate.task = any(%(async_tasks)s::text[]) as on_loop
+    from running
     cross join lateral (
-        select id, priority, run_at, task from errands_jobs
-        where queue = wanted.queue and state in ('pending', 'failed') and run_at <= now()
+        select id, queue, task, priority, run_at from errands_jobs
+        where queue = running.queue and limit_group = '' and state in ('pending', 'failed')
+          and run_at <= now()
         order by priority desc, run_at, id
         limit %(limit)s + %(async_limit)s
         for update skip locked
     ) as candidate
 ),
+-- The limited jobs that fit (errands_admit_limited), and the jobs read above as no
+-- limit's that a limit applies to after all (stored while it was being declared), which
+-- it filed under their groups (`refile`): this claim leaves them to later ones.
+limited as (
+    select limited.* from errands_admit_limited(
+        (select array_agg(queue) from running),
+        (%(limit)s + %(async_limit)s)::integer,
+        %(async_tasks)s::text[],
+        (select array_agg(slot) from completed cross join unnest(completed.slots) as slot),
+        (select array_agg(id) from candidate)
+    ) as limited
+    where (select exists (select from errands_limits))
+),
+pool as (
+    select id, on_loop, priority, 1::bigint as turn, null::timestamptz as served_at, run_at,
+           null::timestamptz as at, null::bigint[] as slots, null::bigint[] as rates
+    from candidate
+    where id not in (select id from limited where refile)
+    union all
+    select id, on_loop, priority, turn, served_at, run_at, at, slots, rates from limited
+    where id is not null and not refile
+),
 claimable as (
-    select id from (
-        select id, on_loop,
-               row_number() over (partition by on_loop order by priority desc, run_at, id) as place
-        from candidate
+    select id, at, slots, rates from (
+        select pool.*,
+               row_number() over (
+                   partition by on_loop
+                   order by priority desc, turn, served_at nulls first, run_at, id) as place
+        from pool
     ) as ranked
     where place <= case when on_loop then %(async_limit)s else %(limit)s end
 ),
@@ -243,17 +364,24 @@ claimed as (
         attempts = job.attempts + 1,
         lease_owner = %(owner)s,
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-        started_at = now(),
+        started_at = coalesce(claimable.at, now()),
         updated_at = now(),
-        progress = null  -- running jobs (issue 24): each attempt reports its own
-    from claimable
-    where job.id = claimable.id
+        progress = null,  -- running jobs (issue 24): each attempt reports its own
+        -- The counters the attempt comes under: the statement's trigger counts it in them.
+        slots = claimable.slots,
+        rates = claimable.rates
+    -- Driven by unnest(array(...)), which the planner sizes at ten rows whatever it knows
+    -- (a plan made for an empty table, or a generic one, would otherwise scan the table).
+    from unnest(array(select id from claimable)) as picked(id)
+    join claimable on claimable.id = picked.id
+    where job.id = picked.id
     returning job.*
 )
 select (select coalesce(array_agg(id), '{}') from completed) as completed_ids,
        (select coalesce(array_agg(id), '{}') from completed where state = 'cancelled')
            as cancelled_ids,
        (select errands_awaited(array_agg(id)) from claimed) as awaited_ids,
+       (select min(recheck) from limited) as recheck_seconds,
        claimed.*
 from (values (1)) as answer (one)
 left join claimed on true;
@@ -392,8 +520,10 @@ from reaper left join recovered on true;
 -- name: retry
 -- A manual retry: a dead or cancelled job runs again with a fresh attempt
 -- budget; attempts keep counting (they fence writes) and its error history stays.
+-- Not while another job holding its unique key is live (the unique index would
+-- refuse it too, should one come live meanwhile).
 with retried as (
-    update errands_jobs
+    update errands_jobs as job
     set state = 'pending', max_attempts = attempts + attempt_budget, run_at = now(),
         finished_at = null, updated_at = now(),
         cancel_requested_at = null,  -- running jobs (issue 24): a fresh start
@@ -401,6 +531,10 @@ with retried as (
         -- waits for them again (the hand-over trigger).
         cancelled_by = null
     where id = %(id)s and state in ('dead', 'cancelled')
+      and not exists (
+          select from errands_jobs as live
+          where live.unique_key = job.unique_key
+            and live.state not in ('completed', 'dead', 'cancelled'))
     returning *
 )
 select retried.*, pg_notify('errands_jobs', retried.queue)::text as notified
@@ -595,12 +729,17 @@ select count(*) from (
 -- name: bulk_retry
 -- One batch of a bulk retry: the same change as `retry`, for up to `batch`
 -- jobs in one state (dead or cancelled) matching the filter; rows locked elsewhere are left
--- for a later batch. Returns how many were retried.
+-- for a later batch. Of jobs sharing a unique key, the newest, and none while another
+-- job holding it is live. Returns how many were retried.
 with chosen as (
-    select id from errands_jobs
+    select id, unique_key from errands_jobs as job
     where state = %(state)s::errands_job_state
       and (%(queue)s::text is null or queue = %(queue)s)
       and (%(task)s::text is null or task = %(task)s)
+      and not exists (
+          select from errands_jobs as live
+          where live.unique_key = job.unique_key
+            and live.state not in ('completed', 'dead', 'cancelled'))
     order by id
     limit %(batch)s
     for update skip locked
@@ -611,8 +750,9 @@ retried as (
         finished_at = null, updated_at = now(),
         cancel_requested_at = null,  -- running jobs (issue 24): a fresh start
         cancelled_by = null  -- workflows: as `retry`
-    from chosen
-    where job.id = chosen.id
+    from (select distinct on (coalesce(unique_key, id::text)) id from chosen
+          order by coalesce(unique_key, id::text), id desc) as single
+    where job.id = single.id
     returning job.queue
 ),
 notified as (
@@ -739,3 +879,141 @@ select * from errands_jobs where workflow_id = %(workflow_id)s order by id;
 -- name: parent_results
 -- Workflows: the result of each of a job's parents still stored (current_job().parents).
 select id, result from errands_jobs where id = any(%(ids)s::bigint[]);
+
+-- Limits and unique jobs ---------------------------------------------------------------------
+
+-- name: declare_task_limits
+-- The limits code declares for `tasks` (one row per task and kind in the other
+-- arrays): written when they differ from the stored ones, dropped when no longer
+-- declared; an operator's rows are left alone. Returns the tasks that changed.
+with declared as (
+    select * from unnest(%(names)s::text[], %(kinds)s::text[], %(amounts)s::int[],
+                         %(periods)s::float8[], %(keys)s::text[])
+        as declared(name, kind, amount, per_seconds, key)
+),
+dropped as (
+    delete from errands_limits as l
+    where l.scope = 'task' and l.set_by = 'code' and l.name = any(%(tasks)s::text[])
+      and not exists (select from declared where (declared.name, declared.kind) = (l.name, l.kind))
+    returning l.name
+),
+written as (
+    insert into errands_limits as l (scope, name, kind, amount, per_seconds, key, set_by)
+    select 'task', name, kind, amount, per_seconds, key, 'code' from declared
+    on conflict (scope, name, kind) do update
+    set amount = excluded.amount, per_seconds = excluded.per_seconds, key = excluded.key,
+        changed_at = now()
+    where l.set_by = 'code'
+      and (l.amount, l.per_seconds, l.key)
+          is distinct from (excluded.amount, excluded.per_seconds, excluded.key)
+    returning l.name
+)
+select name from dropped union select name from written;
+
+-- name: refile_tasks
+-- File the waiting jobs of `tasks` under the groups their limits give them now, and
+-- wake idle workers (a raised or removed limit lets jobs start). A job stored while
+-- this runs may keep its old group: the claim files it when it meets it.
+with refiled as (
+    update errands_jobs
+    set limit_group = errands_limit_group(queue, task, payload)
+    where task = any(%(tasks)s::text[]) and state in ('pending', 'failed')
+      and limit_group <> errands_limit_group(queue, task, payload)
+    returning queue
+)
+select pg_notify('errands_jobs', queue) from (select distinct queue from refiled) as queues
+union all
+select pg_notify('errands_jobs', '');
+
+-- name: set_queue_limit
+insert into errands_limits as l (scope, name, kind, amount, per_seconds, set_by)
+values ('queue', %(name)s, %(kind)s, %(amount)s, %(per_seconds)s, 'operator')
+on conflict (scope, name, kind) do update
+set amount = excluded.amount, per_seconds = excluded.per_seconds, set_by = 'operator',
+    changed_at = now();
+
+-- name: drop_queue_limit
+delete from errands_limits where scope = 'queue' and name = %(name)s and kind = %(kind)s;
+
+-- name: refile_queue
+-- As refile_tasks, for the waiting jobs of one queue.
+with refiled as (
+    update errands_jobs
+    set limit_group = errands_limit_group(queue, task, payload)
+    where queue = %(name)s and state in ('pending', 'failed')
+      and limit_group <> errands_limit_group(queue, task, payload)
+    returning 1
+)
+select pg_notify('errands_jobs', %(name)s), (select count(*) from refiled);
+
+-- name: limits
+-- Every limit with its use now: slots held, or starts within the last period, summed
+-- over its key values, and how many key values use it.
+select l.scope, l.name, l.kind, l.amount, l.per_seconds, l.key, l.set_by,
+       coalesce(sum(case when l.kind = 'concurrency' then c.running
+                         else errands_starts_since(c.started_at, c.started,
+                             now() - make_interval(secs => l.per_seconds)) end), 0)::int
+           as in_use,
+       count(c.id) filter (where case when l.kind = 'concurrency' then c.running > 0
+                                      else errands_starts_since(c.started_at, c.started,
+                                          now() - make_interval(secs => l.per_seconds)) > 0
+                                 end)::int as keys
+from errands_limits as l
+left join errands_limit_counters as c on (c.scope, c.name, c.kind) = (l.scope, l.name, l.kind)
+group by l.scope, l.name, l.kind
+order by l.scope desc, l.name, l.kind;
+
+-- name: throttled
+-- Due jobs held back now, per queue: those of limited groups one of whose limits
+-- is full (by the counters of the group's first job's keys).
+with grouped as (
+    select queue, limit_group, count(*) as due, min(id) as first
+    from errands_jobs
+    where state in ('pending', 'failed') and run_at <= now() and limit_group > ''
+    group by queue, limit_group
+),
+held as (
+    select grouped.queue, grouped.due
+    from grouped
+    join errands_jobs as job on job.id = grouped.first
+    where exists (
+        select from errands_limits_of(job.queue, job.task, job.payload) as limits
+        join errands_limit_counters as c
+            on (c.scope, c.name, c.kind, c.value)
+               = (limits.scope, limits.name, limits.kind, limits.value)
+        where case when limits.kind = 'concurrency' then c.running >= limits.amount
+                   else errands_starts_since(c.started_at, c.started,
+                       now() - make_interval(secs => limits.per_seconds)) >= limits.amount end)
+)
+select queue, sum(due)::bigint from held group by queue;
+
+-- name: forget_idle_counters
+-- Counters nothing holds and no start within their period uses, last served before
+-- the idle window (a counter never served counts from now). A claim that locks
+-- one re-reads it first: a row deleted under it is made again at its next claim.
+delete from errands_limit_counters as c
+where c.running = 0
+  and coalesce(c.served_at, now()) < now() - make_interval(secs => %(idle_seconds)s)
+  and not exists (
+      select from errands_limits as l
+      where (l.scope, l.name, l.kind) = (c.scope, c.name, c.kind) and l.kind = 'rate'
+        and errands_starts_since(c.started_at, c.started,
+            now() - make_interval(secs => l.per_seconds)) > 0);
+
+-- name: limits_of_job
+-- The limits a job comes under now, with its key value for each and whether its
+-- attempt holds a slot of it.
+select limits.scope, limits.name, limits.kind, limits.amount, limits.per_seconds, l.key,
+       limits.value, c.id = any(coalesce(job.slots, '{}')) and job.state = 'in_progress' as holds
+from errands_jobs as job
+cross join lateral errands_limits_of(job.queue, job.task, job.payload) as limits
+join errands_limits as l on (l.scope, l.name, l.kind) = (limits.scope, limits.name, limits.kind)
+left join errands_limit_counters as c
+    on (c.scope, c.name, c.kind, c.value) = (limits.scope, limits.name, limits.kind, limits.value)
+where job.id = %(id)s
+order by limits.scope desc, limits.kind;
+
+-- name: live_holder
+-- The live job holding a unique key, other than `id`.
+select id, state::text from errands_jobs
+where unique_key = %(key)s and id <> %(id)s and state not in ('completed', 'dead', 'cancelled');

@@ -28,6 +28,12 @@ alter table errands_jobs
 
 create sequence errands_workflow_ids as bigint;
 
+-- Unique keys: a waiting job is live (it will run), so it holds its key as a pending one
+-- does. Written without naming 'waiting' (see above): every state but the final ones.
+drop index errands_jobs_unique_key;
+create unique index errands_jobs_unique_key on errands_jobs (unique_key)
+    where unique_key is not null and state not in ('completed', 'dead', 'cancelled');
+
 -- The children of a parent, for the hand-over: only jobs with parents are indexed, so a
 -- job without costs its insert nothing here. Written through at once (no pending list): the
 -- hand-over looks children up in the commit of every completion that has some.
@@ -200,6 +206,11 @@ begin
             cross join lateral unnest(c.parents) as parent(id)
             left join errands_jobs as p on p.id = parent.id
             where c.cancelled_by = any(retried) and c.state = 'cancelled'
+              -- One whose unique key another live job took meanwhile stays cancelled.
+              and not exists (
+                  select from errands_jobs as live
+                  where live.unique_key = c.unique_key
+                    and live.state not in ('completed', 'dead', 'cancelled'))
             group by c.id
             union all
             -- Retried itself: waits for its parents still live, whatever became of the others.

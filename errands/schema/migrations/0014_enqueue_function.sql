@@ -9,10 +9,11 @@
 -- (CHANGELOG, #30).
 --
 -- Inserts the job, due at run_at, else `delay` seconds after the database's now
--- (a host's clock may be off). A job whose idempotency key is already stored
--- is not inserted: no row comes back, and the caller reads the stored job. A key
--- that a transaction still in flight inserted makes it wait for that
--- transaction's end. A new job comes back as what the request cannot say: its
+-- (a host's clock may be off). A job whose idempotency key is already stored, or
+-- whose unique key a live job holds, is not inserted: no row comes back, and the
+-- caller reads the stored job. A key that a transaction still in flight inserted
+-- makes it wait for that transaction's end. A job some limit applies to is filed
+-- under its limit group (the lookup runs only when limits exist). A new job comes back as what the request cannot say: its
 -- id, when it is due (its run_at), the time it was stored, and its payload as
 -- stored (jsonb may write a number otherwise than the request did).
 create function errands_enqueue(
@@ -24,7 +25,8 @@ create function errands_enqueue(
     delay float8,
     max_attempts integer,
     idempotency_key text,
-    trace_context jsonb
+    trace_context jsonb,
+    unique_key text
 ) returns table (id bigint, due timestamptz, created_at timestamptz, stored_payload jsonb)
 language plpgsql as $$
 #variable_conflict use_column
@@ -32,10 +34,12 @@ begin
     return query
     insert into errands_jobs as job
         (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
-         trace_context)
+         trace_context, unique_key, limit_group)
     values ($1, $2, $3, $4, coalesce($5, now() + make_interval(secs => coalesce($6, 0))),
-            $7, $7, $8, $9)
-    on conflict (idempotency_key) do nothing
+            $7, $7, $8, $9, $10,
+            case when exists (select from errands_limits)
+                 then errands_limit_group($2, $1, $3) else '' end)
+    on conflict do nothing
     returning job.id, job.run_at, job.created_at, job.payload;
 end
 $$;
