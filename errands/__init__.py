@@ -27,6 +27,7 @@ from errands.errors import (
 from errands.periodic import periodic
 from errands.queue.jobs import Job, JobState
 from errands.tasks import CurrentJob, Task, check_cancelled, current_job, task
+from errands.workflows import Chain, Group, Signature, Workflow, chain, group
 
 # Read from the installed package's metadata: pyproject.toml is its one source.
 __version__ = metadata.version("errands")
@@ -35,12 +36,14 @@ __all__ = [
     "AsyncClient",
     "Backoff",
     "Cancelled",
+    "Chain",
     "Client",
     "ConfigurationError",
     "CurrentJob",
     "ErrandsError",
     "Fail",
     "FieldError",
+    "Group",
     "IdempotencyConflict",
     "InvalidArgument",
     "InvalidJob",
@@ -50,9 +53,13 @@ __all__ = [
     "JobState",
     "LeaseLost",
     "Retry",
+    "Signature",
     "Task",
+    "Workflow",
+    "chain",
     "check_cancelled",
     "current_job",
+    "group",
     "periodic",
     "task",
 ]

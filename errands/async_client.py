@@ -39,6 +39,7 @@ from errands.client import (
     remaining,
     still_running,
     used,
+    workflow_plan,
 )
 from errands.database import configure_async
 from errands.errors import ErrandsError, InvalidArgument
@@ -47,7 +48,7 @@ from errands.queue.admin import Stats
 from errands.queue.finished import is_finished
 from errands.queue.jobs import Job, JobState
 from errands.queue.steps import run_async
-from errands.queue.submit import enqueue_many_steps, enqueue_steps
+from errands.queue.submit import enqueue_many_steps, enqueue_steps, store_workflow_steps
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
@@ -100,6 +101,8 @@ class AsyncClient(ClientCore):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        after: Iterable[int] | None = None,
+        on_parent_failure: str = "cancel",
         unique_key: str | None = None,
         on_conflict: str = "keep",
         conn: AsyncConn | None = None,
@@ -120,6 +123,8 @@ class AsyncClient(ClientCore):
             idempotency_key,
             unique_key,
             on_conflict,
+            after,
+            on_parent_failure,
         )
         if (captured := capture([request])) is not None:
             return captured[0]
@@ -135,6 +140,21 @@ class AsyncClient(ClientCore):
             return captured
         async with self._connection(conn) as db:
             return [answer.job for answer in await run_async(db, enqueue_many_steps(requests))]
+
+    async def enqueue_workflow(
+        self, jobs: Iterable[Mapping[str, Any]], *, conn: AsyncConn | None = None
+    ) -> builtins.list[Job]:
+        """Store a workflow in one transaction, all of it or none (as `Client.enqueue_workflow`);
+        its jobs, parents before children, each carrying the `workflow_id`."""
+        planned = workflow_plan(jobs)
+        async with self._connection(conn) as db:
+            return (await run_async(db, store_workflow_steps(planned)))[1]
+
+    async def workflow(self, workflow_id: int) -> builtins.list[Job]:
+        """The jobs of a workflow still stored, parents before children; [] when none is."""
+        check_id(workflow_id, "workflow_id")
+        async with self._connection() as db:
+            return await run_async(db, admin.workflow_steps(workflow_id))
 
     async def get(self, job_id: int) -> Job | None:
         check_id(job_id)

@@ -487,6 +487,19 @@ def _split(text: str) -> tuple[str, ...]:
 @click.option("--delay", type=Field("delay", Delay), help="Seconds before the job may run.")
 @click.option("--idempotency-key", help="Submissions with the same key create one job.")
 @click.option(
+    "--after",
+    type=JOB_ID,
+    multiple=True,
+    help="A job it waits for (repeat for several): it runs once every one completed.",
+)
+@click.option(
+    "--on-parent-failure",
+    type=click.Choice(["cancel", "run"]),
+    default="cancel",
+    show_default=True,
+    help="When a job it waits for ends dead or cancelled: cancel it, or run it anyway.",
+)
+@click.option(
     "--unique-key",
     help="At most one job with the key pending, failed or running: while one is, it is shown.",
 )
@@ -517,6 +530,8 @@ def enqueue(
     priority: int,
     delay: float | None,
     idempotency_key: str | None,
+    after: tuple[int, ...],
+    on_parent_failure: str,
     unique_key: str | None,
     on_conflict: str,
     max_attempts: int | None,
@@ -540,6 +555,8 @@ def enqueue(
         "delay": delay,
         "max_attempts": max_attempts,
         "idempotency_key": idempotency_key,
+        "after": list(after) or None,
+        "on_parent_failure": on_parent_failure,
         "unique_key": unique_key,
         "on_conflict": on_conflict,
     }

@@ -40,12 +40,14 @@ from errands.queue.requests import (
     JobFilter,
     JobId,
     JobRequest,
+    PlannedJob,
     field_errors,
     parse_request,
     parse_requests,
+    plan_workflow_jobs,
 )
 from errands.queue.steps import run
-from errands.queue.submit import enqueue_many_steps, enqueue_steps
+from errands.queue.submit import enqueue_many_steps, enqueue_steps, store_workflow_steps
 from errands.registry import task_defaults
 
 # A connection idle for longer than this is checked (one empty round trip) before use,
@@ -199,6 +201,8 @@ class Client(ClientCore):
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        after: Iterable[int] | None = None,
+        on_parent_failure: str = "cancel",
         unique_key: str | None = None,
         on_conflict: str = "keep",
         conn: psycopg.Connection[Any] | None = None,
@@ -211,7 +215,10 @@ class Client(ClientCore):
         `IdempotencyConflict` raised if it was submitted differently). With a
         unique key that a pending, failed or running job holds, that job is
         returned; with `on_conflict="replace"`, a still pending one of the same
-        task takes this payload and run_at first (a debounce).
+        task takes this payload and run_at first (a debounce). With `after`
+        (ids of stored jobs), the job waits in the state `waiting` until every one of
+        them completed; one of them ending dead or cancelled cancels it, unless
+        `on_parent_failure="run"` (docs/guides/workflows.md).
         """
         request = job_request(
             task,
@@ -224,6 +231,8 @@ class Client(ClientCore):
             idempotency_key,
             unique_key,
             on_conflict,
+            after,
+            on_parent_failure,
         )
         if (captured := capture([request])) is not None:
             return captured[0]
@@ -244,6 +253,32 @@ class Client(ClientCore):
             return captured
         with self._connection(conn) as db:
             return [answer.job for answer in run(db, enqueue_many_steps(requests))]
+
+    def enqueue_workflow(
+        self, jobs: Iterable[Mapping[str, Any]], *, conn: psycopg.Connection[Any] | None = None
+    ) -> builtins.list[Job]:
+        """Store a workflow in one transaction, all of it or none; its jobs, in an order
+        where parents come before their children, each carrying the `workflow_id`.
+
+        Each job is a dict with the fields of an enqueue (`task`, `payload`, `queue`...)
+        and a `ref` of its own; its `after` lists refs of jobs of the workflow and ids of
+        stored jobs (docs/guides/workflows.md). The canvas (errands.chain, errands.group) builds
+        these for you.
+        """
+        planned = workflow_plan(jobs)
+        with self._connection(conn) as db:
+            return run(db, store_workflow_steps(planned))[1]
+
+    def workflow(self, workflow_id: int) -> builtins.list[Job]:
+        """The jobs of a workflow still stored, parents before children; [] when none is."""
+        check_id(workflow_id, "workflow_id")
+        with self._connection() as db:
+            return run(db, admin.workflow_steps(workflow_id))
+
+    def parent_results(self, ids: Iterable[int]) -> dict[int, Any]:
+        """The result of each of these jobs still stored, by id (current_job().parents)."""
+        with self._connection() as db:
+            return run(db, admin.parent_results_steps(builtins.list(ids)))
 
     def get(self, job_id: int) -> Job | None:
         """The job as it is now, or None when no job has that id (`wait` raises instead)."""
@@ -356,6 +391,8 @@ def job_request(
     idempotency_key: str | None,
     unique_key: str | None,
     on_conflict: str,
+    after: Iterable[int] | None = None,
+    on_parent_failure: str = "cancel",
 ) -> JobRequest:
     """enqueue()'s arguments as a checked request, with the registered task's defaults."""
     spec = {
@@ -367,10 +404,27 @@ def job_request(
         "delay": delay,
         "max_attempts": max_attempts,
         "idempotency_key": idempotency_key,
+        "after": _listed(after),
+        "on_parent_failure": on_parent_failure,
         "unique_key": unique_key,
         "on_conflict": on_conflict,
     }
     return parse_request(spec, defaults=task_defaults)
+
+
+def _listed(after: object) -> object:
+    """Parents given as any iterable of ids (a generator, a set): a list, as the model
+    takes; anything else is left for the model to refuse."""
+    if isinstance(after, Iterable) and not isinstance(after, str | bytes | Mapping):
+        return builtins.list(after)
+    return after
+
+
+def workflow_plan(jobs: object) -> builtins.list[PlannedJob]:
+    """enqueue_workflow()'s jobs in an order to store them; InvalidJob naming `jobs[3].after[0]`."""
+    if isinstance(jobs, str | bytes | Mapping) or not isinstance(jobs, Iterable):
+        raise InvalidJob([FieldError("jobs", "must be a list of job specs (dicts)")])
+    return plan_workflow_jobs(builtins.list(jobs), defaults=task_defaults)
 
 
 def batch_requests(specs: object) -> builtins.list[JobRequest]:
@@ -440,11 +494,11 @@ def _refuse(problems: builtins.list[FieldError | None]) -> None:
         raise InvalidArgument(errors)
 
 
-def check_id(job_id: object) -> None:
+def check_id(job_id: object, name: str = "job_id") -> None:
     try:
         _JOB_ID.validate_python(job_id)
     except ValidationError as exc:
-        raise InvalidArgument(field_errors(exc, "job_id")) from None
+        raise InvalidArgument(field_errors(exc, name)) from None
 
 
 def _connections_problem(value: object) -> FieldError | None:

@@ -20,6 +20,9 @@ MAX_LIMIT = 1_000_000  # jobs at once, or starts per period, of one concurrency 
 MAX_PAYLOAD_DEPTH = 64  # levels of nested arrays and objects
 MAX_LIST_LIMIT = 1000  # jobs in one page of a list
 MAX_BATCH = 1000  # jobs in one batch submission
+MAX_PARENTS = 10_000  # jobs one job may run after
+MAX_WORKFLOW = 10_000  # jobs stored as one workflow
+MAX_REF = 100  # characters of a workflow job's ref
 MAX_WAIT_SECONDS = 60.0  # a long poll's longest wait
 MAX_PROGRESS_BYTES = 2048  # a progress object, as compact JSON in UTF-8
 

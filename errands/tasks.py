@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +30,7 @@ from errands.queue.jobs import Job
 from errands.queue.lease import encode_result
 from errands.queue.requests import QUEUE_NAME, TASK_NAME, progress_json
 from errands.queue.throttles import Rate, TaskLimits
+from errands.workflows import Signature
 
 NO_LIMITS = TaskLimits()
 P = ParamSpec("P")
@@ -107,6 +108,8 @@ class Task(Generic[P, R]):
         run_at: datetime | None = None,
         max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        after: Iterable[int] | None = None,
+        on_parent_failure: str = "cancel",
         unique_key: str | None = None,
         on_conflict: str = "keep",
         client: Client | AsyncClient | None = None,
@@ -120,7 +123,8 @@ class Task(Generic[P, R]):
         default client (the database of the environment, or of the worker running
         the calling task); `conn` enqueues inside the caller's transaction, as
         `Client.enqueue` does. For `aenqueue`, `client` is an AsyncClient and `conn`
-        an AsyncConnection.
+        an AsyncConnection. `after` and `on_parent_failure` make the job wait for
+        others (docs/guides/workflows.md).
         """
         return TaskCall(
             self,
@@ -132,9 +136,17 @@ class Task(Generic[P, R]):
             idempotency_key,
             client,
             conn,
+            None if after is None else tuple(after),
+            on_parent_failure,
             unique_key,
             on_conflict,
         )
+
+    def s(self, **payload: Any) -> Signature:
+        """A signature: this task with `payload`, to run in a workflow (errands.chain,
+        errands.group). The payload is checked against the function's signature now."""
+        self.check_payload(payload)
+        return Signature(self, payload)
 
     def payload_errors(self, payload: Mapping[str, Any]) -> list[FieldError]:
         """What keeps `payload` from being this function's keyword arguments, by argument."""
@@ -178,6 +190,8 @@ class TaskCall:
     idempotency_key: str | None
     client: Client | AsyncClient | None
     conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None
+    after: tuple[int, ...] | None = None
+    on_parent_failure: str = "cancel"
     unique_key: str | None = None
     on_conflict: str = "keep"
 
@@ -205,6 +219,8 @@ class TaskCall:
             "run_at": self.run_at,
             "max_attempts": self.max_attempts or self.task.max_attempts,
             "idempotency_key": self.idempotency_key,
+            "after": self.after,
+            "on_parent_failure": self.on_parent_failure,
             "unique_key": self.unique_key,
             "on_conflict": self.on_conflict,
             "conn": self.conn,
@@ -379,6 +395,18 @@ class CurrentJob:
     payload: dict[str, Any]
     run_at: datetime  # when the job was due: a periodic job's tick
     link: AttemptLink = field(default_factory=AttemptLink, repr=False, compare=False)
+    # Workflows: the ids of the jobs it ran after.
+    parent_ids: tuple[int, ...] = ()
+
+    @functools.cached_property
+    def parents(self) -> dict[int, Any]:
+        """The result of each job this one ran after, by id (docs/guides/workflows.md): read once,
+        on first use, through the default client (the worker's database). A parent pruned
+        since (a retry long after) is missing; a parent that ended dead or cancelled, when
+        the job was told to run anyway, maps to None."""
+        if not self.parent_ids:
+            return {}
+        return default_client().parent_results(self.parent_ids)
 
     @property
     def cancel_requested(self) -> bool:

@@ -194,3 +194,26 @@ def test_outcomes_cut_off_by_a_lost_connection_stay_owed_and_are_sent_later(
     assert len(pending) == 0
     assert state_of(conn, first.job.id) == "completed"
     assert state_of(conn, second.job.id) == "failed"
+
+
+def test_a_job_others_wait_for_is_sent_at_once_and_its_child_claimed_in_the_same_write(
+    client: Client, conn: Conn
+) -> None:
+    parent = client.enqueue("t")
+    child = client.enqueue("t", after=[parent.id])
+    pending = acks()
+    (job,) = pending.write(conn, no_claim(limit=1))
+    pending.add(Entry(job), ok())
+    assert pending.due(flush=False) and pending.seconds_until_due(1.0) == 0
+    assert [job.id for job in pending.write(conn, no_claim(limit=1))] == [child.id]
+    assert state_of(conn, parent.id) == "completed"
+
+
+def test_a_job_no_job_waits_for_still_waits_for_the_window(client: Client, conn: Conn) -> None:
+    parent = client.enqueue("t")
+    client.enqueue("t", after=[parent.id])
+    plain = client.enqueue("t")
+    pending = acks()
+    jobs = {job.id: job for job in pending.write(conn, no_claim(limit=2))}
+    pending.add(Entry(jobs[plain.id]), ok())
+    assert not pending.due(flush=False)

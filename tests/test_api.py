@@ -288,6 +288,8 @@ def test_openapi_document_lists_every_endpoint(api: httpx.Client) -> None:
         "/queues/{name}",
         "/queues/{name}/pause",
         "/queues/{name}/resume",
+        "/workflows",
+        "/workflows/{id}",
         "/stats",
         "/health",
         "/ready",

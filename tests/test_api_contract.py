@@ -48,9 +48,22 @@ def test_every_check_passes_on_positive_and_negative_data(
     # st leaves out the document's own path, /openapi.json.
     count = sum(len(methods) for methods in document(operations())["paths"].values())
     base = str(serve_api().base_url).rstrip("/")
+    # A schema-valid body may still name a job that does not exist (`after`), a ref no job
+    # of the workflow has, or make a cycle: 422 names the field, which no schema can say.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        "".join(
+            f'[[operations]]\ninclude-name = "{name}"\n'
+            "checks.positive_data_acceptance.expected-statuses = "
+            '["2xx", "401", "404", "409", "422"]\n'
+            for name in ("POST /jobs", "POST /jobs/batch", "POST /workflows")
+        )
+    )
     run = subprocess.run(
         [
             str(ST),
+            "--config-file",
+            str(config),
             "--no-color",
             "run",
             f"{base}/openapi.json",

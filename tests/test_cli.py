@@ -263,6 +263,17 @@ def test_bench_without_the_harness_extra_says_what_to_install() -> None:
     assert "errands bench needs httpx: pip install 'errands[harness]'" in result.stderr
 
 
+def test_enqueue_after_other_jobs_waits_for_them(db_url: str) -> None:
+    parent = errands_json(db_url, "enqueue", "t")
+    child = errands_json(
+        db_url, "enqueue", "t", "--after", str(parent["id"]), "--on-parent-failure", "run"
+    )
+    assert child["state"] == "waiting" and child["parents"] == [parent["id"]]
+    assert child["on_parent_failure"] == "run"
+    missing = errands(db_url, "enqueue", "t", "--after", "99999", check=False)
+    assert missing.returncode != 0 and "after[0]: no job has id 99999" in missing.stderr
+
+
 def test_jobs_show_prints_values_as_json_never_as_python(client: Client, db_url: str) -> None:
     job = client.enqueue("a", {"flag": True, "name": "é"})
 

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 
+from errands import JobState
 from errands.harness.process import free_port
 from errands.harness.waiting import wait_for
 from errands.metrics import (
@@ -134,7 +135,7 @@ def test_seven_thousand_invented_tasks_leave_metrics_small(start_daemon: StartDa
     for name in ("errands_jobs_enqueued_total", "errands_jobs_failed_total"):
         # The cap, plus the folded pairs: (default, other) and (other, other).
         assert 10 < len(series[name]) <= MAX_LABELLED_PAIRS + 2, name
-    assert len(series["errands_queue_jobs"]) <= (MAX_QUEUE_GAUGES + 1) * 6
+    assert len(series["errands_queue_jobs"]) <= (MAX_QUEUE_GAUGES + 1) * len(JobState)
     enqueued = re.findall(r"^errands_jobs_enqueued_total\{.*\} (\S+)$", text, re.M)
     assert sum(float(v) for v in enqueued) == 7000  # folded, never dropped
     assert len(text) < 100_000  # 670 KB before the labels were bounded

@@ -38,12 +38,15 @@ from errands.queue.requests import (
     NoQuery,
     QueueLimits,
     QueueName,
+    WorkflowRequest,
     field_errors,
     parse_batch,
     parse_request,
+    plan_workflow,
 )
 from errands.queue.schedules import ScheduleStatus, list_schedules
-from errands.queue.submit import Enqueued, enqueue, enqueue_many
+from errands.queue.steps import run
+from errands.queue.submit import Enqueued, enqueue, enqueue_many, store_workflow_steps
 from errands.queue.throttles import throttled
 
 Conn = psycopg.Connection[Any]
@@ -129,6 +132,15 @@ class ScheduleList(TypedDict):
     schedules: list[ScheduleStatus]
 
 
+class WorkflowShown(TypedDict):
+    id: int
+    jobs: list[Job]  # stored: in the request's order; read: parents before children
+
+
+class WorkflowStored(WorkflowShown):
+    refs: dict[str, int]  # each ref's job id
+
+
 class WorkerShown(TypedDict):
     id: str
     host: str
@@ -188,6 +200,31 @@ def submit_batch(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
     with tracing.continuing(call.headers):
         answers = _stored(lambda: enqueue_many(conn, requests, field_prefix="jobs[{}]."))
     return JSONResponse({"jobs": [a.job.to_dict() for a in answers]}, 201)
+
+
+def submit_workflow(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
+    planned = _parsed(plan_workflow, json_body(call.headers, call.body), defaults)
+    with tracing.continuing(call.headers):
+        try:
+            workflow_id, jobs = run(conn, store_workflow_steps(planned))
+        except InvalidJob as exc:  # a stored parent that does not exist; nothing stored
+            raise invalid(exc.errors) from None
+    _stored(lambda: [Enqueued(job, created=True) for job in jobs])  # counted as enqueued
+    in_request_order = sorted(zip(planned, jobs, strict=True), key=lambda pair: pair[0].place)
+    body = {
+        "id": workflow_id,
+        "jobs": [job.to_dict() for _, job in in_request_order],
+        "refs": {planned_job.ref: job.id for planned_job, job in in_request_order},
+    }
+    return JSONResponse(body, 201, {"Location": f"/workflows/{workflow_id}"})
+
+
+def get_workflow(conn: Conn, call: Call) -> Response:
+    workflow_id: int = call.params["id"]
+    jobs = run(conn, admin.workflow_steps(workflow_id)) if 1 <= workflow_id <= MAX_JOB_ID else []
+    if not jobs:
+        raise HTTPError(404, "not_found", f"workflow {workflow_id} does not exist")
+    return JSONResponse({"id": workflow_id, "jobs": [job.to_dict() for job in jobs]})
 
 
 def get_job(conn: Conn, call: Call) -> Response:
@@ -304,6 +341,8 @@ def _stored(store: Callable[[], list[Enqueued]]) -> list[Enqueued]:
         answers = store()
     except IdempotencyConflict as exc:
         raise HTTPError(409, "idempotency_conflict", str(exc)) from None
+    except InvalidJob as exc:  # `after` names a job that does not exist; nothing stored
+        raise invalid(exc.errors) from None
     try:
         for answer in answers:
             if answer.created:
@@ -422,6 +461,31 @@ def operations(
             cancel_job,
             (_JOB,),
             frozenset({401, 404, 409, 413}),
+        ),
+        Operation(
+            "POST",
+            "/workflows",
+            "Store a workflow: jobs that run after others (`after` gives refs of jobs of the "
+            "workflow and ids of stored jobs), in one transaction: all or none",
+            partial(submit_workflow, defaults=defaults),
+            (
+                Answer(
+                    201,
+                    WorkflowStored,
+                    "The workflow: its jobs in the order submitted, and each ref's job id",
+                    {"Location": {"schema": {"type": "string"}}},
+                ),
+            ),
+            frozenset({401, 413, 415}),
+            body=WorkflowRequest,
+        ),
+        Operation(
+            "GET",
+            "/workflows/{id}",
+            "One workflow: its jobs still stored, parents before children",
+            get_workflow,
+            (Answer(200, WorkflowShown, "The workflow"),),
+            frozenset({401, 404}),
         ),
         Operation(
             "GET",

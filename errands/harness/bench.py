@@ -46,6 +46,7 @@ from errands.harness.process import (
 )
 from errands.harness.waiting import answers, wait_for, wait_until_drained
 from errands.queue import control as queue_control
+from errands.queue.lease import Completion, claim, complete
 from errands.queue.presence import live_workers
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
@@ -95,13 +96,31 @@ class Sizes:
     idle_seconds: float  # how long the idle fleet's database CPU is measured
     cancels: int  # running jobs cancelled, one at a time, per kind of task and wake-up mode
     progress_seconds: float  # how long a job reports progress in a tight loop
+    chain: int  # jobs of the chain drained one after another (workflows)
+    fan: int  # children of one parent (fan-out), parents of one child (fan-in)
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(3, 1000, 10_000, 3000, 200, 3.0, 3000, 200, 50_000, 1000, 5.0, 10, 3.0)
+            return cls(
+                3, 1000, 10_000, 3000, 200, 3.0, 3000, 200, 50_000, 1000, 5.0, 10, 3.0, 1000, 1000
+            )
         return cls(
-            10, 5000, 50_000, 20_000, 1000, 30.0, 20_000, 1000, 1_000_000, 3000, 20.0, 40, 10.0
+            10,
+            5000,
+            50_000,
+            20_000,
+            1000,
+            30.0,
+            20_000,
+            1000,
+            1_000_000,
+            3000,
+            20.0,
+            40,
+            10.0,
+            10_000,
+            10_000,
         )
 
 
@@ -115,6 +134,8 @@ WORKLOADS = (
     "drain",
     "drain-immediate",
     "drain-prefetch",
+    "chain",
+    "fan",
     "drain-limited",
     "drain-per-key",
     "fairness",
@@ -455,6 +476,64 @@ class Bench:
 
     def drain_prefetch(self) -> None:
         self.drain("drain-prefetch", "--prefetch", "32")
+
+    def chain(self) -> None:
+        """Drain a chain of no-op jobs, each waiting for the one before (a workflow): every
+        job is claimable only in the commit that completes its parent, so this is the
+        hand-over's round trip, job after job, beside the plain drain's batches."""
+        jobs = self.sizes.chain
+        with Client(self.url) as client:
+            client.enqueue_workflow(
+                [{"ref": "0", "task": NOOP}]
+                + [{"ref": str(n), "task": NOOP, "after": [str(n - 1)]} for n in range(1, jobs)]
+            )
+        daemon = self._daemon()
+        try:
+            self._wait_until_drained(jobs)
+        finally:
+            daemon.stop()
+        rate = jobs / self._busy_seconds()
+        plain = next((f.value for f in self.figures if f.id == "drain"), None)
+        details = {} if plain is None else {"ratio_to_drain": rate / plain}
+        workload = f"a chain of {jobs:,} no-op jobs, 2 workers (defaults)"
+        self._add(Figure("chain", workload, rate, "jobs/s", details=details))
+        if plain is not None:
+            self._add(
+                Figure("chain / drain", workload + ", as a ratio to drain", rate / plain, "x")
+            )
+
+    def fan(self) -> None:
+        """Fan-out: the completion of one parent hands over to all its children in one
+        statement (timed as the statement). Fan-in: parents completed by a daemon in
+        batches, each batch counting down the one child's counter once."""
+        jobs = self.sizes.fan
+        with Client(self.url) as client, open_connection(self.url, autocommit=True) as conn:
+            parent = client.enqueue(NOOP, queue="fan")
+            client.enqueue_many([{"task": NOOP, "after": [parent.id]} for _ in range(jobs)])
+            (held,) = claim(conn, "bench", ["fan"], 1, 60)
+            started = time.perf_counter()
+            complete(conn, "bench", [Completion(held.id, held.attempts, "null")])
+            seconds = time.perf_counter() - started
+        self._add(
+            Figure(
+                "fan-out",
+                f"completing one parent makes its {jobs:,} waiting children pending",
+                seconds * 1000,
+                "ms",
+            )
+        )
+        self._reset()
+        with Client(self.url) as client:
+            parents = client.enqueue_many([{"task": NOOP}] * jobs)
+            client.enqueue(NOOP, after=[p.id for p in parents])
+        daemon = self._daemon()
+        try:
+            self._wait_until_drained(jobs + 1)
+        finally:
+            daemon.stop()
+        rate = (jobs + 1) / self._busy_seconds()
+        workload = f"{jobs:,} parents of one child drained, 2 workers (defaults)"
+        self._add(Figure("fan-in", workload, rate, "jobs/s", ratio_to="pgbench -N 4 clients"))
 
     def drain_limited(self) -> None:
         """The drain's jobs under a concurrency limit of 50 across the daemon (2 workers of 32

@@ -53,7 +53,11 @@ def wait_until_drained(url: str, timeout: float, what: str) -> None:
 
 
 def _unfinished(conn: psycopg.Connection[Any]) -> bool:
-    """Whether a job is pending, failed or in progress: the first entry of a partial index."""
+    """Whether a job is pending, failed or in progress: the first entry of a partial index.
+
+    A waiting job needs no look of its own (it would be a scan: no index covers it): it
+    waits for a parent that is not completed, and a parent that ended otherwise has
+    cancelled it or let it run, so some job it waits on is pending, failed or in progress."""
     row = conn.execute(
         "select exists (select from errands_jobs where state in ('pending', 'failed'))"
         " or exists (select from errands_jobs where state = 'in_progress')"

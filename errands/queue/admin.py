@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +85,9 @@ def cancel(conn: psycopg.Connection[Any], job_id: int) -> Job:
 # The states each action applies to, as its statement allows them.
 ACTION_STATES = {
     "retry": frozenset({JobState.DEAD, JobState.CANCELLED}),
-    "cancel": frozenset({JobState.PENDING, JobState.FAILED, JobState.IN_PROGRESS}),
+    "cancel": frozenset(
+        {JobState.WAITING, JobState.PENDING, JobState.FAILED, JobState.IN_PROGRESS}
+    ),
 }
 # A job that changed state under the statement (claimed as it was being cancelled) is
 # read and tried again, this many times at most.
@@ -183,6 +186,19 @@ def job_counts_steps() -> Operation[list[QueueCounts]]:
         per_state = counts.setdefault(queue, dict.fromkeys(JobState, 0))
         per_state[JobState(state)] += int(jobs)
     return [QueueCounts(queue, counts[queue]) for queue in sorted(counts)]
+
+
+def workflow_steps(workflow_id: int) -> Operation[list[Job]]:
+    """The jobs of a workflow in id order, parents before children; [] when none is stored."""
+    rows = yield Execute(query("workflow_jobs"), {"workflow_id": workflow_id}, dicts=True)
+    return [Job.from_row(row) for row in rows]
+
+
+def parent_results_steps(ids: Sequence[int]) -> Operation[dict[int, Any]]:
+    """The result of each of these jobs still stored, by id, in the order given."""
+    rows = yield Execute(query("parent_results"), {"ids": list(ids)})
+    results = dict(rows)
+    return {job_id: results[job_id] for job_id in ids if job_id in results}
 
 
 def oldest_pending_seconds(conn: psycopg.Connection[Any]) -> dict[str, float]:

@@ -24,7 +24,7 @@ BulkAction = Literal["retry", "cancel"]
 # cancel asks running jobs to stop only when told to (Filter.running).
 BULK_STATES: dict[BulkAction, tuple[JobState, ...]] = {
     "retry": (JobState.DEAD, JobState.CANCELLED),
-    "cancel": (JobState.PENDING, JobState.FAILED),
+    "cancel": (JobState.WAITING, JobState.PENDING, JobState.FAILED),
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 
 class JobState(StrEnum):
+    WAITING = "waiting"  # for its parents (workflows)
     PENDING = "pending"
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
@@ -50,6 +51,13 @@ class Job:
     # small JSON object.
     cancel_requested_at: datetime | None = None
     progress: float | dict[str, Any] | None = None
+    # Workflows: the ids of the jobs it runs after (None: none), the workflow it was
+    # stored with, what a parent ending dead or cancelled does to it ("cancel" or "run"),
+    # and the parent whose failure cancelled it.
+    parents: list[int] | None = None
+    workflow_id: int | None = None
+    on_parent_failure: str = "cancel"
+    cancelled_by: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: states as strings, timestamps in RFC 3339 with their offset."""

@@ -128,6 +128,9 @@ class Claimed(NamedTuple):
     # When a claim may find jobs a limit holds back now: 0 at once (e.g. a key met for the
     # first time got its counter), else a rate's next free start; None: when one frees a slot.
     recheck_seconds: float | None
+    # Among the jobs claimed, those other jobs wait for: their completion hands over to
+    # children, so it is worth sending at once.
+    awaited: set[int]
 
 
 def claim(
@@ -164,7 +167,8 @@ def complete_and_claim(
 
     One statement is one round trip and one commit for both; each part is
     fenced on its own. Limits (docs/guides/limits.md) hold jobs back
-    in the statement itself.
+    in the statement itself. The answer says which jobs claimed other jobs
+    wait for (docs/guides/workflows.md).
     """
     params = {
         "owner": owner,
@@ -188,6 +192,7 @@ def complete_and_claim(
         Completed(set(first["completed_ids"]), set(first["cancelled_ids"])),
         claimed,
         None if recheck is None else float(recheck),
+        set(first["awaited_ids"]),
     )
 
 

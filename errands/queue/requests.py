@@ -14,6 +14,7 @@ ASCII digits only, since int() and float() also take "٣", "²", "1_000" and
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -55,10 +56,13 @@ from errands.limits import (
     MAX_JOB_ID,
     MAX_LIMIT,
     MAX_LIST_LIMIT,
+    MAX_PARENTS,
     MAX_PAYLOAD_DEPTH,
     MAX_PROGRESS_BYTES,
+    MAX_REF,
     MAX_UNIQUE_KEY,
     MAX_WAIT_SECONDS,
+    MAX_WORKFLOW,
     PRIORITY_RANGE,
     RUN_AT_YEARS,
 )
@@ -351,6 +355,20 @@ def progress_json(value: Any) -> str:
 # -- job requests ----------------------------------------------------------------------------
 
 
+OnParentFailure = Literal["cancel", "run"]
+_ON_PARENT_FAILURE = (
+    "when a parent ends dead or cancelled: cancel this job (and the jobs waiting for it), "
+    "or run it once its other parents completed"
+)
+
+
+def _once(parents: list[Any] | None) -> list[Any] | None:
+    """A parent named twice: refused (it would be waited for once)."""
+    if parents is not None and len(set(parents)) < len(parents):
+        raise _refuse("must not name a job twice")
+    return parents
+
+
 @dataclass(frozen=True)
 class TaskDefaults:
     """What a registered task declares for its jobs, when a request names no other."""
@@ -363,8 +381,8 @@ class TaskDefaults:
 Defaults = Callable[[str], TaskDefaults | None]
 
 
-class JobRequest(BaseModel):
-    """A request to enqueue one job: the HTTP body's fields, and enqueue()'s arguments."""
+class JobFields(BaseModel):
+    """What every request to enqueue a job says, alone or in a workflow."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -400,6 +418,9 @@ class JobRequest(BaseModel):
     delay: Annotated[Delay | None, Field(description="seconds; not with run_at")] = None
     max_attempts: Annotated[MaxAttempts, _NullMeansDefault] = DEFAULT_MAX_ATTEMPTS
     idempotency_key: IdempotencyKey | None = None
+    on_parent_failure: Annotated[
+        OnParentFailure, _NullMeansDefault, Field(description=_ON_PARENT_FAILURE)
+    ] = "cancel"
     unique_key: UniqueKey | None = None
     on_conflict: Annotated[OnConflict, _NullMeansDefault] = "keep"
 
@@ -449,13 +470,188 @@ class JobRequest(BaseModel):
         float as its decimal digits, so 1e+23 reads back as an integer."""
         return _as_read_back(self.payload) if self.payload else {}
 
-    def same_request_as(self, other: JobRequest) -> bool:
+    def same_request_as(self, other: JobFields) -> bool:
         """Whether `other` replays this request: the same task, queue and payload, the
         payloads compared as PostgreSQL compares jsonb (so `true` is not `1`, though
         Python says it is, and `1` is `1.0`)."""
         return (self.task, self.queue) == (other.task, other.queue) and _as_jsonb(
             self.payload
         ) == _as_jsonb(other.payload)
+
+
+class JobRequest(JobFields):
+    """A request to enqueue one job: the HTTP body's fields, and enqueue()'s arguments."""
+
+    after: Annotated[
+        list[JobId] | None,
+        Field(
+            min_length=1,
+            max_length=MAX_PARENTS,
+            description="ids of stored jobs it runs after: it waits in the state `waiting` "
+            "until every one of them completed",
+        ),
+    ] = None
+
+    @field_validator("after")
+    @classmethod
+    def _parents_once(cls, after: list[int] | None) -> list[int] | None:
+        return _once(after)
+
+
+Ref = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=MAX_REF, pattern=NO_NUL.pattern),
+]
+
+
+class WorkflowJob(JobFields):
+    """A job of a workflow: named by a `ref` that the `after` of later jobs may give."""
+
+    ref: Annotated[Ref, Field(description="unique within the workflow")]
+    after: Annotated[
+        list[Ref | JobId] | None,
+        Field(
+            min_length=1,
+            max_length=MAX_PARENTS,
+            description="refs of jobs of the workflow (strings) and ids of stored jobs "
+            "(integers) it runs after",
+        ),
+    ] = None
+
+    @field_validator("after")
+    @classmethod
+    def _parents_once(cls, after: list[str | int] | None) -> list[str | int] | None:
+        return _once(after)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _no_idempotency_key(cls, key: str | None) -> str | None:
+        if key is not None:
+            raise _refuse("is not taken inside a workflow (a replayed job could not be waited for)")
+        return key
+
+    @field_validator("unique_key")
+    @classmethod
+    def _no_unique_key(cls, key: str | None) -> str | None:
+        if key is not None:
+            raise _refuse(
+                "is not taken inside a workflow (a job not stored could not be waited for)"
+            )
+        return key
+
+
+class WorkflowRequest(BaseModel):
+    """A request to store a workflow: its jobs and the edges between them, all or none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    jobs: Annotated[list[WorkflowJob], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+# A workflow from Python (Client.enqueue_workflow, the canvas) may be larger than a body.
+_WORKFLOW_JOBS = TypeAdapter(
+    Annotated[list[WorkflowJob], Field(min_length=1, max_length=MAX_WORKFLOW)],
+    config=ConfigDict(defer_build=True),
+)
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A job of a workflow, in the order of storing: each after every parent it has there."""
+
+    request: JobFields
+    ref: str
+    place: int  # its index in the request, for error messages and answers
+    after: tuple[str | int, ...]  # as given
+    stored_parents: tuple[int, ...]  # ids of stored jobs
+    parents_here: tuple[int, ...]  # indexes in the plan of its parents in the workflow
+
+
+def plan_workflow(body: Any, *, defaults: Defaults | None = None) -> list[PlannedJob]:
+    """A workflow body `{"jobs": [...]}` in an order to store it, every parent before its
+    children; InvalidJob naming `jobs[2].ref` (a ref given twice) or `jobs[3].after[0]` (a
+    ref no job has, or one that closes a cycle)."""
+    workflow: WorkflowRequest = _validated(WorkflowRequest, body, "", defaults)
+    return plan(workflow.jobs, "jobs")
+
+
+def plan_workflow_jobs(
+    jobs: Sequence[Any], *, defaults: Defaults | None = None
+) -> list[PlannedJob]:
+    """plan_workflow for Client.enqueue_workflow's jobs (up to MAX_WORKFLOW of them); errors
+    name `jobs[3].after[0]`."""
+    try:
+        checked = _WORKFLOW_JOBS.validate_python(jobs, context={"defaults": defaults})
+    except ValidationError as exc:
+        raise InvalidJob(field_errors(exc, "jobs")) from None
+    return plan(checked, "jobs")
+
+
+def plan(jobs: Sequence[WorkflowJob], field: str) -> list[PlannedJob]:
+    """Kahn's topological order, the request's order among jobs free to go (so a body
+    already in order is stored as given)."""
+    errors: list[FieldError] = []
+    places: dict[str, int] = {}
+    for place, job in enumerate(jobs):
+        if places.setdefault(job.ref, place) != place:
+            errors.append(FieldError(f"{field}[{place}].ref", f"{job.ref!r} is given twice"))
+    children: dict[int, list[int]] = {place: [] for place in range(len(jobs))}
+    blocking = [0] * len(jobs)
+    for place, job in enumerate(jobs):
+        for n, parent in enumerate(job.after or ()):
+            if isinstance(parent, int):
+                continue
+            if parent not in places:
+                errors.append(
+                    FieldError(f"{field}[{place}].after[{n}]", f"no job has ref {parent!r}")
+                )
+            else:
+                children[places[parent]].append(place)
+                blocking[place] += 1
+    if errors:
+        raise InvalidJob(errors)
+    free = [place for place in range(len(jobs)) if blocking[place] == 0]
+    heapq.heapify(free)
+    order: list[int] = []
+    while free:
+        place = heapq.heappop(free)
+        order.append(place)
+        for child in children[place]:
+            blocking[child] -= 1
+            if blocking[child] == 0:
+                heapq.heappush(free, child)
+    if len(order) < len(jobs):
+        raise InvalidJob([_cycle(jobs, places, blocking, field)])
+    rank = {place: n for n, place in enumerate(order)}
+    return [
+        PlannedJob(
+            request=jobs[place],
+            ref=jobs[place].ref,
+            place=place,
+            after=tuple(jobs[place].after or ()),
+            stored_parents=tuple(p for p in jobs[place].after or () if isinstance(p, int)),
+            parents_here=tuple(
+                rank[places[p]] for p in jobs[place].after or () if isinstance(p, str)
+            ),
+        )
+        for place in order
+    ]
+
+
+def _cycle(
+    jobs: Sequence[WorkflowJob], places: dict[str, int], blocking: list[int], field: str
+) -> FieldError:
+    """A job on a cycle: from any job left waiting, parents left waiting lead into one."""
+    place = min(place for place in range(len(jobs)) if blocking[place] > 0)
+    seen: set[int] = set()
+    while place not in seen:
+        seen.add(place)
+        place = next(
+            places[p]
+            for p in jobs[place].after or ()
+            if isinstance(p, str) and blocking[places[p]] > 0
+        )
+    return FieldError(f"{field}[{place}].after", "makes a cycle: the job would wait for itself")
 
 
 class JobBatch(BaseModel):

@@ -1,5 +1,5 @@
 """Putting jobs on the queue: one in one statement, or many by COPY, idempotently, and at most one
-live job per unique key."""
+live job per unique key; and workflows, jobs that run after others (docs/guides/workflows.md)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any, NamedTuple
 import psycopg
 
 from errands import hooks, tracing
-from errands.errors import ErrandsError, IdempotencyConflict
+from errands.errors import ErrandsError, FieldError, IdempotencyConflict, InvalidJob
 from errands.queue.jobs import JOB_COLUMNS, Job, JobState
 from errands.queue.queries import query
-from errands.queue.requests import JobRequest
+from errands.queue.requests import JobFields, JobRequest, PlannedJob
 from errands.queue.steps import Atomic, Copy, Execute, Operation, run
 
 # A key committed by a concurrent transaction while our statement ran is seen by
@@ -49,6 +49,9 @@ def enqueue(conn: psycopg.Connection[Any], request: JobRequest) -> Enqueued:
 
 def enqueue_steps(request: JobRequest) -> Operation[Enqueued]:
     """`enqueue`, as steps (errands/queue/steps.py)."""
+    if request.after:  # its parents are locked and counted as a batch's are
+        answers = yield from enqueue_many_steps([request], field_prefix="")
+        return answers[0]
     with tracing.sending([request.queue]) as sending:
         trace_context = sending.trace_context if sending else None
         params = enqueue_params(request, trace_context)
@@ -136,7 +139,9 @@ def enqueue_many_steps(
             try:
                 # A savepoint when the caller has a transaction open: a conflict or
                 # a race undoes this batch only.
-                answers: list[Enqueued] = yield Atomic(_store_batch(requests, trace_context))
+                answers: list[Enqueued] = yield Atomic(
+                    _store_batch(requests, trace_context, _Links.of(requests, field_prefix))
+                )
             except _KeyRace:
                 continue
             created = [answer.job for answer in answers if answer.created]
@@ -147,22 +152,126 @@ def enqueue_many_steps(
     raise ErrandsError("could not settle the idempotency or unique keys of a batch")
 
 
+def store_workflow_steps(
+    planned: Sequence[PlannedJob], field: str = "jobs"
+) -> Operation[tuple[int, list[Job]]]:
+    """Store the jobs of a workflow (requests.plan_workflow's order) in one transaction, or
+    none: its id, and its jobs in the order planned. InvalidJob names a stored parent that
+    does not exist (`jobs[3].after[1]`)."""
+    requests = [job.request for job in planned]
+    with tracing.sending([r.queue for r in requests]) as sending:
+        trace_context = sending.trace_context if sending else None
+        rows = yield Execute(query("allocate_workflow"), {"jobs": len(planned)}, dicts=True)
+        workflow_id: int = rows[0]["workflow_id"]
+        links = _Links.of_workflow(planned, rows[0]["ids"], workflow_id, field)
+        answers = yield Atomic(_store_batch(requests, trace_context, links))
+        jobs = [answer.job for answer in answers]
+        if sending:
+            sending.sent(jobs, created=len(jobs))
+        hooks.enqueued(jobs)
+        return workflow_id, jobs
+
+
+@dataclass(frozen=True)
+class _Links:
+    """What a batch stores beyond its jobs: each one's parents (ids), the stored parents the
+    batch names (with the field naming each, for errors), and for a workflow its id and the
+    ids its jobs were given ahead of the insert."""
+
+    parents: list[list[int] | None]
+    stored: dict[int, str]
+    on_parent_failure: list[str]
+    ids: list[int] | None = None
+    workflow_id: int | None = None
+
+    @classmethod
+    def of(cls, requests: Sequence[JobRequest], field_prefix: str) -> _Links | None:
+        if not any(r.after for r in requests):
+            return None
+        stored: dict[int, str] = {}
+        for n, r in enumerate(requests):
+            for i, parent in enumerate(r.after or ()):
+                stored.setdefault(parent, f"{field_prefix.format(n)}after[{i}]")
+        return cls(
+            [list(r.after) if r.after else None for r in requests],
+            stored,
+            [r.on_parent_failure for r in requests],
+        )
+
+    @classmethod
+    def of_workflow(
+        cls, planned: Sequence[PlannedJob], ids: list[int], workflow_id: int, field: str
+    ) -> _Links:
+        stored: dict[int, str] = {}
+        for job in planned:
+            for i, parent in enumerate(job.after):
+                if isinstance(parent, int):
+                    stored.setdefault(parent, f"{field}[{job.place}].after[{i}]")
+        parents = [
+            [*job.stored_parents, *(ids[n] for n in job.parents_here)] or None for job in planned
+        ]
+        return cls(
+            parents,
+            stored,
+            [job.request.on_parent_failure for job in planned],
+            ids,
+            workflow_id,
+        )
+
+
 def _store_batch(
-    requests: Sequence[JobRequest], trace_context: str | None
+    requests: Sequence[JobFields], trace_context: str | None, links: _Links | None = None
 ) -> Operation[list[Enqueued]]:
-    if all(r.idempotency_key is None and r.unique_key is None for r in requests):
+    if links is None and all(r.idempotency_key is None and r.unique_key is None for r in requests):
         return (yield from _copy_batch(requests, trace_context))
-    now = yield from _stage(requests, trace_context)
+    if links is not None and links.stored:
+        yield from _lock_parents(links)
+    now = yield from _stage(requests, trace_context, links)
     rows = yield Execute(query("enqueue_staged"), prepare=False)  # past the key locks, to the rows
     stored = [_Stored._make(row) for row in rows]
     live = yield from _live_jobs(requests)
     jobs = yield from _stored_jobs([row.id for row in stored if not row.created])
     pairing = _Pairing(stored, live, jobs, now, trace_context)
-    return [pairing.answer(request) for request in requests]
+    answers = [pairing.answer(request) for request in requests]
+    if links is None:
+        return answers
+    return (yield from _settle(answers, links))
+
+
+def _lock_parents(links: _Links) -> Operation[None]:
+    """Lock the stored parents the batch names (lock_parents); InvalidJob for those missing."""
+    rows = yield Execute(query("lock_parents"), {"ids": sorted(links.stored)})
+    missing = set(links.stored) - {row[0] for row in rows}
+    if missing:
+        raise InvalidJob(
+            [FieldError(links.stored[i], f"no job has id {i}") for i in sorted(missing)]
+        )
+
+
+def _settle(answers: list[Enqueued], links: _Links) -> Operation[list[Enqueued]]:
+    """The new jobs with stored parents count what they wait for as those parents are now
+    (settle_children); every job that waits, and every job of a workflow, is read back as
+    stored."""
+    new = [
+        answer.job.id
+        for answer, parents in zip(answers, links.parents, strict=True)
+        if answer.created and (parents or links.workflow_id is not None)
+    ]
+    if not new:
+        return answers
+    with_stored = [
+        answer.job.id
+        for answer, parents in zip(answers, links.parents, strict=True)
+        if answer.created and parents and not set(parents).isdisjoint(links.stored)
+    ]
+    if with_stored:
+        yield Execute(query("settle_children"), {"ids": with_stored})
+    jobs = yield from _stored_jobs(new)
+    return [Enqueued(jobs.get(answer.job.id, answer.job), answer.created) for answer in answers]
 
 
 def _copy_batch(
-    requests: Sequence[JobRequest], trace_context: str | None
+    requests: Sequence[JobFields], trace_context: str | None
 ) -> Operation[list[Enqueued]]:
     """A batch with no key to look up: COPY into the jobs table, with ids drawn first."""
     rows = yield Execute(query("draw_job_ids"), {"count": len(requests)})
@@ -194,7 +303,7 @@ def _copy_batch(
 _JOB_TYPES = ["int8", "text", "text", "text", "int4", "timestamptz", "int4", "int4", "text"]
 
 
-def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str) -> None:
+def _refuse_conflicting_copies(requests: Sequence[JobFields], field_prefix: str) -> None:
     """A key repeated in the batch with another request (compared as the database compares
     a replay, `same_request_as`); its first copy was never stored."""
     first: dict[str, int] = {}
@@ -213,7 +322,9 @@ def _refuse_conflicting_copies(requests: Sequence[JobRequest], field_prefix: str
             )
 
 
-def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operation[datetime]:
+def _stage(
+    requests: Sequence[JobFields], trace_context: str | None, links: _Links | None
+) -> Operation[datetime]:
     """Copy the requests into the staging table; the transaction's time, which new jobs get."""
     rows = yield Execute(query("stage_jobs"))
     assert rows, "stage_jobs ends with select now()"
@@ -231,6 +342,10 @@ def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operati
             trace_context,
             r.unique_key,
             r.on_conflict,
+            links.ids[n] if links and links.ids else None,
+            links.parents[n] if links else None,
+            r.on_parent_failure,
+            links.workflow_id if links else None,
         )
         for n, r in enumerate(requests)
     ]
@@ -242,6 +357,7 @@ def _stage(requests: Sequence[JobRequest], trace_context: str | None) -> Operati
 _STAGED_TYPES = [
     *("int4", "text", "text", "text", "int4", "timestamptz", "int4"),
     *("text", "text", "text", "text"),
+    *("int8", "int8[]", "text", "int8"),
 ]
 
 
@@ -266,7 +382,7 @@ class _Live:
     replaced: bool
 
 
-def _live_jobs(requests: Sequence[JobRequest]) -> Operation[dict[str, _Live]]:
+def _live_jobs(requests: Sequence[JobFields]) -> Operation[dict[str, _Live]]:
     """The live jobs holding the batch's unique keys, after its replace requests (read in the
     batch's transaction)."""
     keys = sorted({r.unique_key for r in requests if r.unique_key is not None})
@@ -309,7 +425,7 @@ class _Pairing:
         self.trace_context = trace_context
         self.first_with_key: dict[str, Job] = {}
 
-    def answer(self, request: JobRequest) -> Enqueued:
+    def answer(self, request: JobFields) -> Enqueued:
         if request.idempotency_key is not None:
             return self._by_idempotency_key(request, request.idempotency_key)
         if request.unique_key is not None:
@@ -319,7 +435,7 @@ class _Pairing:
             return Enqueued(self._created(request, stored.pop(0)), created=True)
         return Enqueued(self._new_job(request, next(self.fresh)), created=True)
 
-    def _by_idempotency_key(self, request: JobRequest, key: str) -> Enqueued:
+    def _by_idempotency_key(self, request: JobFields, key: str) -> Enqueued:
         if key in self.first_with_key:
             # A key repeated inside one batch (the same request, checked before): a replay.
             return Enqueued(self.first_with_key[key], created=False)
@@ -334,21 +450,21 @@ class _Pairing:
         self.first_with_key[key] = job
         return Enqueued(job, created=row.created)
 
-    def _created(self, request: JobRequest, row: _Stored) -> Job:
+    def _created(self, request: JobFields, row: _Stored) -> Job:
         # Read again when the batch holds its unique key: a later request may have replaced it.
         found = self.live.get(request.unique_key or "")
         if found is not None and found.job.id == row.id:
             return found.job
         return self._new_job(request, row)
 
-    def _live(self, request: JobRequest) -> Enqueued:
+    def _live(self, request: JobFields) -> Enqueued:
         found = self.live.get(request.unique_key or "")
         if found is None:
             raise _KeyRace  # finished since the insert found it live: the key is free again
         replaced = found.replaced and request.on_conflict == "replace"
         return Enqueued(found.job, created=False, unique=True, replaced=replaced)
 
-    def _new_job(self, request: JobRequest, row: _Stored) -> Job:
+    def _new_job(self, request: JobFields, row: _Stored) -> Job:
         return _new_job(
             request, row.id, row.payload, request.due(self.now), self.now, self.trace_context
         )
@@ -366,7 +482,7 @@ def _stored_jobs(ids: list[int]) -> Operation[dict[int, Job]]:
 
 
 def _new_job(
-    request: JobRequest,
+    request: JobFields,
     job_id: int,
     payload: dict[str, Any] | None,
     run_at: datetime,
@@ -391,6 +507,7 @@ def _new_job(
     fields["run_at"] = run_at
     fields["max_attempts"] = request.max_attempts
     fields["idempotency_key"] = request.idempotency_key
+    fields["on_parent_failure"] = request.on_parent_failure
     fields["unique_key"] = request.unique_key
     fields["errors"] = []
     fields["created_at"] = fields["updated_at"] = now
@@ -410,8 +527,12 @@ _NEW_JOB: dict[str, Any] = {
     "finished_at": None,
     "cancel_requested_at": None,  # running jobs (issue 24)
     "progress": None,
+    # Workflows: a job with parents, or of a workflow, is read back as stored (_settle).
+    "parents": None,
+    "workflow_id": None,
+    "cancelled_by": None,
 }
-assert len(_NEW_JOB) + 13 == len(JOB_COLUMNS), "_new_job sets every field of a Job"
+assert len(_NEW_JOB) + 14 == len(JOB_COLUMNS), "_new_job sets every field of a Job"
 
 
 def _answer(request: JobRequest, row: dict[str, Any]) -> Enqueued:

@@ -3,7 +3,10 @@
 The claim loop hands every finished attempt to `Acknowledgements` (the shape of
 River's job completer and PgQueuer's job buffer). Successes wait up to
 ACK_FLUSH_SECONDS for others to share their statement, which is also the
-worker's next claim (one round trip, one commit); failures (and reschedules asked for with
+worker's next claim (one round trip, one commit), except those of jobs that other
+jobs wait for (the claim said so), sent at once with a claim repeated right after
+(the completing statement's own claim cannot see the children it made pending),
+so a chain runs a step per round trip; failures (and reschedules asked for with
 errands.Retry) are written at once, one by one, each with its own retry delay
 and traceback. Every write is fenced, so a batch
 cut off by a lost connection is kept and sent again: a second copy changes
@@ -101,6 +104,10 @@ class Acknowledgements:
         self._handed_over: list[tuple[Entry, Outcome]] = []
         self._settle_at = 0.0
         self._committed: set[Entry] = set()
+        # Claimed jobs that other jobs wait for, until their attempt ends; and whether an
+        # unsent success is one of them (the batch is then due at once).
+        self._awaited: set[int] = set()
+        self._hands_over = False
 
     def __len__(self) -> int:
         """Outcomes not yet written."""
@@ -111,16 +118,19 @@ class Acknowledgements:
             self._handed_over.append((entry, outcome))
             self._settle_at = self._clock()  # ask at once: most have committed already
             return
+        awaited = entry.job.id in self._awaited
+        self._awaited.discard(entry.job.id)
         if not isinstance(outcome, Succeeded):
             self._failures.append((entry, outcome))
             return
+        self._hands_over = self._hands_over or awaited
         if not self._successes:
             self._oldest = self._clock()
         self._successes.append((entry, outcome))
 
     def due(self, *, flush: bool) -> bool:
         """Whether to write now. `flush`: nothing else will join the batch (idle or draining)."""
-        if self._failures or self._settling_due():
+        if self._failures or self._hands_over or self._settling_due():
             return True
         if not self._successes:
             return False
@@ -128,7 +138,7 @@ class Acknowledgements:
 
     def seconds_until_due(self, ceiling: float) -> float:
         """How long the loop may sleep before a batch falls due, at most `ceiling`."""
-        if self._failures:
+        if self._failures or self._hands_over:
             return 0.0
         now = self._clock()
         waits = [ceiling]
@@ -191,6 +201,7 @@ class Acknowledgements:
         if not self._successes and not claiming.wanted:
             return []
         sent, self._successes = self._successes, []
+        hands_over, self._hands_over = self._hands_over, False
         owner, queues, limit, lease, slots = (
             self._worker_id,
             claiming.queues,
@@ -211,10 +222,18 @@ class Acknowledgements:
             answer = complete_and_claim(conn, owner, done, queues, limit, lease, slots)
         except psycopg.OperationalError:
             self._successes = sent + self._successes  # fenced: safe to send again
+            self._hands_over = self._hands_over or hands_over
             raise
         self._report(sent, answer.completed)
         self.recheck_seconds = answer.recheck_seconds
-        return answer.jobs
+        self._awaited |= answer.awaited
+        if not (hands_over and done and not answer.jobs and claiming.wanted):
+            return answer.jobs
+        # The children made pending are visible to a new statement only.
+        again = complete_and_claim(conn, owner, (), queues, limit, lease, slots)
+        self.recheck_seconds = again.recheck_seconds
+        self._awaited |= again.awaited
+        return again.jobs
 
     def _report(self, sent: list[tuple[Entry, Succeeded]], completed: Completed) -> None:
         """A log line per completed job, the counter moved once per queue and task."""

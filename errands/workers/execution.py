@@ -155,6 +155,7 @@ def _current(job: Job, link: AttemptLink | None) -> CurrentJob:
         job.payload,
         due,
         link or AttemptLink(),
+        tuple(job.parents or ()),
     )
 
 

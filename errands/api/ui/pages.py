@@ -9,6 +9,7 @@ Filters are validated by the same model as GET /jobs.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from starlette.responses import Response
 
 from errands.api.ui.chart import throughput_chart
 from errands.api.ui.dashboard import Call, Dashboard, Page, redirect
+from errands.api.ui.graph import workflow_graph
 from errands.errors import InvalidJob, InvalidState, JobNotFound
 from errands.queue import admin, control
 from errands.queue.admin import ACTION_STATES
@@ -35,6 +37,7 @@ from errands.queue.requests import (
     job_id_of_text,
 )
 from errands.queue.schedules import list_schedules
+from errands.queue.steps import run
 from errands.queue.throttles import limits, limits_of_job
 
 Conn = psycopg.Connection[Any]
@@ -80,6 +83,7 @@ class Pages:
             ("POST", "/ui/queues/resume", lambda call: self.queue_action(call, "resume")),
             ("POST", "/ui/queues/limits", self.queue_limits),
             ("GET", "/ui/schedules", self.schedules),
+            ("GET", "/ui/workflows/{id}", self.workflow),
             ("POST", "/ui/logout", self.dashboard.log_out),
         ]
 
@@ -176,6 +180,22 @@ class Pages:
             can_retry=job.state in ACTION_STATES["retry"],
             # A running job once, until a cancel is requested.
             can_cancel=job.state in ACTION_STATES["cancel"] and job.cancel_requested_at is None,
+        )
+
+    def workflow(self, call: Call) -> Response:
+        workflow_id = job_id_of_text(call.params["id"])
+        with call.connect() as conn:
+            jobs = run(conn, admin.workflow_steps(workflow_id)) if workflow_id else []
+        if not jobs:
+            return self.not_found(call, f"Workflow {call.params['id']} does not exist.")
+        counts = Counter(job.state for job in jobs)
+        return self.render(
+            call,
+            "workflow.html",
+            workflow_id=workflow_id,
+            jobs=jobs,
+            graph=workflow_graph(jobs),
+            counts=[(state.value, counts[state]) for state in JobState if counts[state]],
         )
 
     def act_on_job(self, call: Call, action: BulkAction) -> Response:

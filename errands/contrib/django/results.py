@@ -23,6 +23,7 @@ from errands import Job, JobState
 from errands.contrib.django.compat import TaskError, TaskResult, TaskResultStatus
 
 STATUSES = {
+    JobState.WAITING: TaskResultStatus.READY,
     JobState.PENDING: TaskResultStatus.READY,
     JobState.FAILED: TaskResultStatus.READY,
     JobState.IN_PROGRESS: TaskResultStatus.RUNNING,

@@ -28,7 +28,7 @@ where idempotency_key = %(idempotency_key)s;
 -- The live job holding a unique key that enqueue found taken. No row: it finished
 -- since, and the key is free again.
 select false as created, true as same_request, * from errands_jobs
-where unique_key = %(unique_key)s and state in ('pending', 'failed', 'in_progress');
+where unique_key = %(unique_key)s and state not in ('completed', 'dead', 'cancelled');
 
 -- name: enqueue_replace
 -- on_conflict = replace: the still pending job of the same task holding the unique
@@ -55,28 +55,34 @@ from replaced;
 -- transaction. Created in the transaction that uses it, so it works on any
 -- server connection a pooler hands out. A new shape takes a new name: through a
 -- pooler, a server connection may keep the table an older errands created.
-create temp table if not exists errands_staged_jobs_v2 (
-    n               integer not null,  -- the request's place in its batch
-    task            text not null,
-    queue           text not null,
-    payload         jsonb not null,
-    priority        integer not null,
-    run_at          timestamptz,
-    max_attempts    integer not null,
-    idempotency_key text,
-    trace_context   jsonb,
-    unique_key      text,
-    on_conflict     text not null
+create temp table if not exists errands_staged_jobs_v3 (
+    n                 integer not null,  -- the request's place in its batch
+    task              text not null,
+    queue             text not null,
+    payload           jsonb not null,
+    priority          integer not null,
+    run_at            timestamptz,
+    max_attempts      integer not null,
+    idempotency_key   text,
+    trace_context     jsonb,
+    unique_key        text,
+    on_conflict       text not null,
+    -- Workflows: the id a workflow's job was given (allocate_workflow), else null; the
+    -- ids of its parents; what a failed parent does to it; its workflow.
+    id                bigint,
+    parents           bigint[],
+    on_parent_failure text not null,
+    workflow_id       bigint
 ) on commit delete rows;
-delete from errands_staged_jobs_v2;
+delete from errands_staged_jobs_v3;
 -- The time every new job of the batch gets as created_at and updated_at (and
 -- as run_at when it names none): now() is the transaction's start.
 select now();
 
 -- name: copy_staged
-copy errands_staged_jobs_v2
+copy errands_staged_jobs_v3
     (n, task, queue, payload, priority, run_at, max_attempts, idempotency_key, trace_context,
-     unique_key, on_conflict)
+     unique_key, on_conflict, id, parents, on_parent_failure, workflow_id)
 from stdin;
 
 -- name: enqueue_staged
@@ -97,20 +103,27 @@ from stdin;
 -- list after ORDER BY. Unique keys hash with a prefix of their own.
 select pg_advisory_xact_lock(1701209, key_hash)
 from (select distinct hashtext(idempotency_key) as key_hash
-      from errands_staged_jobs_v2 where idempotency_key is not null
+      from errands_staged_jobs_v3 where idempotency_key is not null
       union
       select hashtext('unique:' || unique_key)
-      from errands_staged_jobs_v2 where unique_key is not null) as keys
+      from errands_staged_jobs_v3 where unique_key is not null) as keys
 order by key_hash;
 with inserted as (
     insert into errands_jobs
-        (task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
-         trace_context, unique_key, limit_group)
-    select task, queue, payload, priority, coalesce(run_at, now()), max_attempts, max_attempts,
-           idempotency_key, trace_context, unique_key,
+        (id, task, queue, payload, priority, run_at, max_attempts, attempt_budget, idempotency_key,
+         trace_context, unique_key, limit_group, state, parents, waiting_for, on_parent_failure,
+         workflow_id)
+    overriding system value
+    select coalesce(id, nextval('errands_jobs_id_seq')), task, queue, payload, priority,
+           coalesce(run_at, now()), max_attempts, max_attempts, idempotency_key, trace_context,
+           unique_key,
            case when (select exists (select from errands_limits))
-                then errands_limit_group(queue, task, payload) else '' end
-    from errands_staged_jobs_v2 order by n
+                then errands_limit_group(queue, task, payload) else '' end,
+           -- Workflows: waiting for every parent; settle_children counts again those
+           -- with stored parents, which may have ended already.
+           (case when parents is null then 'pending' else 'waiting' end)::errands_job_state,
+           parents, coalesce(cardinality(parents), 0), on_parent_failure, workflow_id
+    from errands_staged_jobs_v3 order by n
     on conflict do nothing
     returning id, idempotency_key, unique_key, payload
 )
@@ -121,13 +134,70 @@ select false, (job.task, job.queue, job.payload) = (first.task, first.queue, fir
        job.id, job.idempotency_key, null, null
 from errands_jobs as job
 cross join lateral (
-    select task, queue, payload from errands_staged_jobs_v2 as staged
+    select task, queue, payload from errands_staged_jobs_v3 as staged
     where staged.idempotency_key = job.idempotency_key
     order by n limit 1
 ) as first
 where job.idempotency_key in (
-    select idempotency_key from errands_staged_jobs_v2 where idempotency_key is not null
+    select idempotency_key from errands_staged_jobs_v3 where idempotency_key is not null
 );
+
+-- name: lock_parents
+-- Workflows: the stored jobs a batch's jobs run after, locked until the batch's transaction
+-- ends (in id order, as every batch locks them), each as it is once locked. FOR SHARE
+-- conflicts with the UPDATE that ends a job, so an ending in flight is waited for and seen,
+-- and one that comes later waits for this transaction and then sees its children (the
+-- migration's errands_hand_over tells the whole story). Those missing come back as no row.
+select id, state::text from errands_jobs
+where id = any(%(ids)s::bigint[])
+order by id
+for share;
+
+-- name: allocate_workflow
+-- Workflows: a new workflow's id, and ids for its jobs in the order they are stored (so a
+-- job can name the ids of its parents before any is inserted).
+select nextval('errands_workflow_ids') as workflow_id,
+       array(select nextval('errands_jobs_id_seq') from generate_series(1, %(jobs)s)) as ids;
+
+-- name: settle_children
+-- Workflows: the jobs just stored that run after stored jobs count again what they wait
+-- for, their parents locked (lock_parents): a completed parent is done; a dead or
+-- cancelled one is done for a job with on_parent_failure = 'run', and cancels any other
+-- (which the hand-over trigger carries down to its waiting children). One left with
+-- nothing to wait for is pending, and idle workers are woken.
+with child as (
+    select c.id,
+           count(*) filter (where p.state <> 'completed'
+                            and (c.on_parent_failure = 'cancel'
+                                 or p.state not in ('dead', 'cancelled'))) as waiting_for,
+           min(p.id) filter (where p.state in ('dead', 'cancelled')
+                             and c.on_parent_failure = 'cancel') as doomed_by
+    from errands_jobs as c
+    cross join lateral unnest(c.parents) as parent(id)
+    join errands_jobs as p on p.id = parent.id
+    where c.id = any(%(ids)s::bigint[])
+    group by c.id
+),
+settled as (
+    update errands_jobs as c
+    set state = (case when child.doomed_by is not null then 'cancelled'
+                      when child.waiting_for = 0 then 'pending'
+                      else 'waiting' end)::errands_job_state,
+        waiting_for = child.waiting_for,
+        cancelled_by = child.doomed_by,
+        last_error = case when child.doomed_by is not null
+                          then format('parent job %%s ended %%s', child.doomed_by,
+                                      (select p.state from errands_jobs as p
+                                       where p.id = child.doomed_by)) end,
+        finished_at = case when child.doomed_by is not null then now() end
+    from child
+    where c.id = child.id and (c.waiting_for <> child.waiting_for or child.doomed_by is not null)
+    returning c.id, c.state, c.queue
+)
+select count(*) from (
+    select pg_notify('errands_jobs', queue)
+    from (select distinct queue from settled where state = 'pending') as queues
+) as woken;
 
 -- name: staged_unique
 -- After enqueue_staged: each unique key's last replace request of the batch replaces
@@ -135,7 +205,7 @@ where job.idempotency_key in (
 -- live job holding one of `keys`.
 with replacing as (
     select distinct on (unique_key) unique_key, task, payload, run_at
-    from errands_staged_jobs_v2
+    from errands_staged_jobs_v3
     where unique_key = any(%(keys)s::text[]) and on_conflict = 'replace'
     order by unique_key, n desc
 ),
@@ -157,7 +227,7 @@ from replaced
 union all
 select job.*, false, null from errands_jobs as job
 where job.unique_key = any(%(keys)s::text[])
-  and job.state in ('pending', 'failed', 'in_progress')
+  and job.state not in ('completed', 'dead', 'cancelled')
   and job.unique_key not in (select unique_key from replaced);
 
 -- name: jobs_by_id
@@ -211,9 +281,10 @@ where id = any(%(ids)s::bigint[]) and (select exists (select from errands_limits
 --
 -- The answer is one row per claimed job (at least one row: a claim of nothing
 -- comes back as nulls), each carrying the ids actually completed (the others'
--- leases were lost), among them those a cancel request turned cancelled, and
+-- leases were lost), among them those a cancel request turned cancelled,
 -- `recheck_seconds`: when a claim may find jobs held back now (0: at once; a rate's
--- next free start), else null.
+-- next free start), else null, and the ids of the claimed jobs that other jobs
+-- wait for (errands_awaited).
 with completed as (
     update errands_jobs as job
     set state = 'completed',
@@ -309,6 +380,7 @@ claimed as (
 select (select coalesce(array_agg(id), '{}') from completed) as completed_ids,
        (select coalesce(array_agg(id), '{}') from completed where state = 'cancelled')
            as cancelled_ids,
+       (select errands_awaited(array_agg(id)) from claimed) as awaited_ids,
        (select min(recheck) from limited) as recheck_seconds,
        claimed.*
 from (values (1)) as answer (one)
@@ -454,12 +526,15 @@ with retried as (
     update errands_jobs as job
     set state = 'pending', max_attempts = attempts + attempt_budget, run_at = now(),
         finished_at = null, updated_at = now(),
-        cancel_requested_at = null  -- running jobs (issue 24): a fresh start
+        cancel_requested_at = null,  -- running jobs (issue 24): a fresh start
+        -- Workflows: no longer the work of a parent's failure; one with parents still live
+        -- waits for them again (the hand-over trigger).
+        cancelled_by = null
     where id = %(id)s and state in ('dead', 'cancelled')
       and not exists (
           select from errands_jobs as live
           where live.unique_key = job.unique_key
-            and live.state in ('pending', 'failed', 'in_progress'))
+            and live.state not in ('completed', 'dead', 'cancelled'))
     returning *
 )
 select retried.*, pg_notify('errands_jobs', retried.queue)::text as notified
@@ -474,8 +549,8 @@ from retried;
 -- committed first wins: the job is completed, and this statement matches nothing.
 with stopped as (
     update errands_jobs
-    set state = 'cancelled', finished_at = now(), updated_at = now()
-    where id = %(id)s and state in ('pending', 'failed')
+    set state = 'cancelled', finished_at = now(), updated_at = now(), cancelled_by = null
+    where id = %(id)s and state in ('pending', 'failed', 'waiting')
     returning *
 ),
 requested as (
@@ -516,6 +591,9 @@ union all
 select queue, state::text, count(*)
 from errands_jobs where state = 'in_progress' group by queue, state
 union all
+select queue, state::text, count(*)
+from errands_jobs where state = 'waiting' group by queue, state
+union all
 select queue, state::text, sum(jobs)::bigint
 from errands_finished_counts group by queue, state having sum(jobs) <> 0;
 
@@ -527,11 +605,18 @@ where state in ('pending', 'failed') and run_at <= now()
 group by queue;
 
 -- name: prune
--- Delete one bounded batch of jobs finished before the retention window.
+-- Delete one bounded batch of jobs finished before the retention window. Workflows: a
+-- parent stays while a child of it has not finished (its result goes to the child's
+-- current_job().parents); an enqueue naming a parent locks it (lock_parents), which the
+-- lock here skips.
 with expired as (
-    select id from errands_jobs
+    select id from errands_jobs as job
     where state in ('completed', 'dead', 'cancelled')
       and finished_at < now() - make_interval(secs => %(retention_seconds)s)
+      and not exists (
+          select from errands_jobs as child
+          where child.parents && array[job.id]
+            and child.state in ('waiting', 'pending', 'failed', 'in_progress'))
     order by finished_at
     limit %(batch)s
     for update skip locked
@@ -654,7 +739,7 @@ with chosen as (
       and not exists (
           select from errands_jobs as live
           where live.unique_key = job.unique_key
-            and live.state in ('pending', 'failed', 'in_progress'))
+            and live.state not in ('completed', 'dead', 'cancelled'))
     order by id
     limit %(batch)s
     for update skip locked
@@ -663,7 +748,8 @@ retried as (
     update errands_jobs as job
     set state = 'pending', max_attempts = job.attempts + job.attempt_budget, run_at = now(),
         finished_at = null, updated_at = now(),
-        cancel_requested_at = null  -- running jobs (issue 24): a fresh start
+        cancel_requested_at = null,  -- running jobs (issue 24): a fresh start
+        cancelled_by = null  -- workflows: as `retry`
     from (select distinct on (coalesce(unique_key, id::text)) id from chosen
           order by coalesce(unique_key, id::text), id desc) as single
     where job.id = single.id
@@ -687,7 +773,7 @@ with chosen as (
 ),
 cancelled as (
     update errands_jobs as job
-    set state = 'cancelled', finished_at = now(), updated_at = now()
+    set state = 'cancelled', finished_at = now(), updated_at = now(), cancelled_by = null
     from chosen
     where job.id = chosen.id
     returning job.id
@@ -785,6 +871,14 @@ where job.lease_owner = %(owner)s and job.state = 'in_progress'
 
 -- name: find_by_key
 select * from errands_jobs where idempotency_key = %(key)s;
+
+-- name: workflow_jobs
+-- Workflows: the jobs stored with a workflow, in id order (parents before children).
+select * from errands_jobs where workflow_id = %(workflow_id)s order by id;
+
+-- name: parent_results
+-- Workflows: the result of each of a job's parents still stored (current_job().parents).
+select id, result from errands_jobs where id = any(%(ids)s::bigint[]);
 
 -- Limits and unique jobs ---------------------------------------------------------------------
 
@@ -922,4 +1016,4 @@ order by limits.scope desc, limits.kind;
 -- name: live_holder
 -- The live job holding a unique key, other than `id`.
 select id, state::text from errands_jobs
-where unique_key = %(key)s and id <> %(id)s and state in ('pending', 'failed', 'in_progress');
+where unique_key = %(key)s and id <> %(id)s and state not in ('completed', 'dead', 'cancelled');
