@@ -847,16 +847,19 @@ class Evidence:
         return {job.key: job for job in self.jobs.values() if job.key is not None}
 
 
-# An attempt held its slot from its claim until its job was completed or released; the
-# recorded start and the recorded finish (or the release, for an attempt killed, stopped or
-# cut off: the recovery's entry in the job's errors) lie within that, whichever came first.
+# An attempt held its slot from its claim until the statement that ended it; the recorded
+# start and the earliest sign of its end lie within that: the task's recorded finish, the
+# attempt's entry in the job's errors (a release or reap of an attempt killed, stopped or
+# cut off, or a failure: a task whose finish could not be recorded while PostgreSQL
+# restarted fails), or the job's finish when this was its last attempt.
 LIMITED_ATTEMPTS = """
 select job.task, coalesce(job.payload->>'key', ''), extract(epoch from s.at)::float8,
        extract(epoch from least(
            (select min(f.at) from chaos_finishes f
             where (f.job_id, f.attempt) = (s.job_id, s.attempt)),
            (select min((e->>'at')::timestamptz) from jsonb_array_elements(job.errors) e
-            where (e->>'attempt')::int = s.attempt and e ? 'worker')))::float8
+            where (e->>'attempt')::int = s.attempt),
+           case when job.attempts = s.attempt then job.finished_at end))::float8
 from chaos_starts s join errands_jobs job on job.id = s.job_id
 where job.task in ('chaos.limited', 'chaos.keyed')
 """
