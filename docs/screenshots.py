@@ -5,9 +5,9 @@
 Starts everything it needs and stops it after: an embedded PostgreSQL in a temporary
 directory, `errands run` with the demo tasks and two periodic schedules on a free
 port, with a token so that the login page shows too. It submits jobs (some complete,
-some fail for good), pauses a queue, then photographs each page at 1,280 pixels wide
-in the browser tests' headless Chromium (tests/browser.py: Debian's chromium and
-chromium-driver).
+some fail for good), limits and pauses a queue, stores a workflow, then photographs
+each page at 1,280 pixels wide in the browser tests' headless Chromium
+(tests/browser.py: Debian's chromium and chromium-driver).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def shoot(work: Path, url: str) -> None:
     try:
         wait_for(lambda: answers(f"{base}/health"), what="errands run")
         dead = submit(base)
-        photograph(base, dead)
+        photograph(base, dead, submit_workflow(base))
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
@@ -106,6 +106,7 @@ def submit(base: str) -> int:
         {"task": "fail", "payload": {"message": "partner answered 503"}, "max_attempts": 1},
     ]
     api.post("/jobs/batch", json={"jobs": jobs}).raise_for_status()
+    api.patch("/queues/slow", json={"concurrency": 2}).raise_for_status()
     api.post("/queues/bulk/pause").raise_for_status()
     bulk = [{"task": "generate_report", "payload": {"rows": n}, "queue": "bulk"} for n in range(25)]
     api.post("/jobs/batch", json={"jobs": bulk}).raise_for_status()
@@ -125,7 +126,33 @@ def submit(base: str) -> int:
     return dead
 
 
-def photograph(base: str, dead: int) -> None:
+def submit_workflow(base: str) -> int:
+    """Two reports, a merge after both, and an email after the merge, still running."""
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    jobs = [
+        {"ref": "north", "task": "generate_report", "payload": {"rows": 5000}},
+        {"ref": "south", "task": "generate_report", "payload": {"rows": 7000}},
+        {"ref": "merge", "task": "sleep", "payload": {"seconds": 60}, "after": ["north", "south"]},
+        {
+            "ref": "mail",
+            "task": "send_email",
+            "payload": {"to": "ops@example.com"},
+            "after": ["merge"],
+        },
+    ]
+    answer = api.post("/workflows", json={"jobs": jobs})
+    answer.raise_for_status()
+    workflow: int = answer.json()["id"]
+
+    def merging() -> bool:
+        states = [job["state"] for job in api.get(f"/workflows/{workflow}").json()["jobs"]]
+        return states[2] == "in_progress"
+
+    wait_for(merging, what="the workflow's merge to run")
+    return workflow
+
+
+def photograph(base: str, dead: int, workflow: int) -> None:
     IMAGES.mkdir(exist_ok=True)
     with headless_chromium("--hide-scrollbars") as driver:
         driver.set_window_size(1280, 720)
@@ -139,6 +166,7 @@ def photograph(base: str, dead: int) -> None:
             ("/ui/jobs?state=dead", "jobs.png", 700),
             (f"/ui/jobs/{dead}", "job.png", 1250),  # down to the traceback
             ("/ui/schedules", "schedules.png", 440),
+            (f"/ui/workflows/{workflow}", "workflow.png", 620),
         ):
             driver.set_window_size(1280, height)
             driver.get(base + path)
