@@ -161,11 +161,14 @@ begin
         -- In id order, as every hand-over locks children: two completing statements that
         -- share children never wait for each other in a cycle. A child changed meanwhile
         -- (another parent's completion) is re-read as it is now.
+        -- The children locked carry what the update needs: joining the two CTEs instead
+        -- compared every child with every other (a fan-out of 10,000 took 15 s).
         locked as (
-            select c.id from errands_jobs as c
-            where c.id in (select child.id from child) and c.state = 'waiting'
+            select c.id, child.done, child.doomed_by
+            from errands_jobs as c join child using (id)
+            where c.state = 'waiting'
             order by c.id
-            for no key update
+            for no key update of c
         ),
         moved as (
             update errands_jobs as c
@@ -183,7 +186,7 @@ begin
                 run_at = case when child.doomed_by is null and c.waiting_for <= child.done
                               then greatest(c.run_at, now()) else c.run_at end,
                 updated_at = now()
-            from child join locked using (id)
+            from locked as child
             where c.id = child.id and c.state = 'waiting'
             returning c.id, c.state, c.queue
         ),
@@ -223,11 +226,11 @@ begin
             where c.id = any(retried) and c.parents is not null
             group by c.id
         ),
-        locked as (
-            select c.id from errands_jobs as c
-            where c.id in (select victim.id from victim)
+        locked as (  -- carrying what the update needs, as in the hand-over above
+            select c.id, victim.waiting_for, victim.doomed_by
+            from errands_jobs as c join victim using (id)
             order by c.id
-            for no key update
+            for no key update of c
         ),
         moved as (
             update errands_jobs as c
@@ -240,7 +243,7 @@ begin
                 run_at = case when victim.doomed_by is null then greatest(c.run_at, now())
                               else c.run_at end,
                 updated_at = now()
-            from victim join locked using (id)
+            from locked as victim
             where c.id = victim.id
             returning c.id, c.state, c.queue, (c.id = any(retried)) as itself
         ),
