@@ -11,6 +11,7 @@ from errands.harness.chaos import (
     clock_checks,
     job_checks,
     limit_checks,
+    workflow_checks,
 )
 
 
@@ -198,3 +199,25 @@ def test_two_attempts_of_one_key_at_once_fail() -> None:
 
 def test_an_attempt_that_neither_finished_nor_was_released_fails() -> None:
     assert not limits_passed(("chaos.limited", "", 0.0, None))
+
+
+def test_workflow_jobs_that_completed_after_their_parents_pass() -> None:
+    evidence = Evidence({}, [], [], dependents=[(4, "completed", True, 10.5, 10.0)])
+    assert all(check.passed for check in workflow_checks(evidence, expected=True))
+
+
+def test_a_workflow_job_that_started_before_its_parents_completed_fails() -> None:
+    evidence = Evidence({}, [], [], dependents=[(4, "completed", True, 9.0, 10.0)])
+    (check,) = workflow_checks(evidence, expected=True)
+    assert not check.passed and "4 completed" in check.detail
+
+
+def test_a_workflow_job_left_waiting_fails() -> None:
+    evidence = Evidence({}, [], [], dependents=[(4, "waiting", True, None, 10.0)])
+    (check,) = workflow_checks(evidence, expected=True)
+    assert not check.passed
+
+
+def test_a_profile_with_workflows_that_stored_none_fails() -> None:
+    (check,) = workflow_checks(Evidence({}, [], []), expected=True)
+    assert not check.passed and "no workflow" in check.detail

@@ -34,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 
 from errands.client import Client
 from errands.database import open_connection
-from errands.errors import InvalidState
+from errands.errors import ErrandsError, InvalidState
 from errands.harness import skew
 from errands.harness.chaos_partitions import KINDS as CUT_OFF_KINDS
 from errands.harness.chaos_partitions import CutOffs
@@ -102,6 +102,10 @@ class Profile:
     # Seconds between cancels of a running slow job, through the client and the API in
     # turn (0: none). Such a job must end cancelled, and never run again.
     cancel_every: float = 0.0
+    # Seconds between workflows stored by a client (0: none): three quick jobs, one after
+    # all three, one after that. Each must complete, and no attempt start before its
+    # parents completed.
+    workflow_every: float = 0.0
 
     @classmethod
     def load(cls, path: Path) -> Profile:
@@ -394,6 +398,10 @@ class Chaos:
             threads.append(
                 threading.Thread(target=self._cancel_running, args=(end,), name="chaos-cancels")
             )
+        if self.profile.workflow_every > 0:
+            threads.append(
+                threading.Thread(target=self._submit_workflows, args=(end,), name="chaos-workflows")
+            )
         for thread in threads:
             thread.start()
         try:
@@ -539,6 +547,21 @@ class Chaos:
                     pass  # a fault cut it off: recorded or not, the verdict accepts either
                 with self.lock:
                     self.cancels.append(request)
+
+    def _submit_workflows(self, end: float) -> None:
+        """A fan-in and a chain of quick jobs every `workflow_every` seconds, each workflow
+        stored in one transaction: whole, or (cut off by a fault) not at all."""
+        parts = [f"part{n}" for n in range(3)]
+        jobs = [
+            *({"ref": ref, "task": "chaos.quick", "max_attempts": BUDGET} for ref in parts),
+            {"ref": "join", "task": "chaos.quick", "after": parts, "max_attempts": BUDGET},
+            {"ref": "last", "task": "chaos.quick", "after": ["join"], "max_attempts": BUDGET},
+        ]
+        with Client(self.client_url) as client:
+            while time.monotonic() + self.profile.workflow_every < end:
+                time.sleep(self.profile.workflow_every)
+                with contextlib.suppress(psycopg.Error, ErrandsError):
+                    client.enqueue_workflow(jobs)
 
     def _running_slow_job(self) -> int | None:
         try:
@@ -691,6 +714,7 @@ class Chaos:
             *self._submission_checks(evidence),
             *job_checks(evidence, {s.key: s.kind for s in self.submissions}, self.cancels),
             *limit_checks(evidence),
+            *workflow_checks(evidence, expected=self.profile.workflow_every > 0),
             *clock_checks(
                 evidence,
                 {s.key for s in self.submissions if s.delay is not None},
@@ -819,6 +843,11 @@ class Evidence:
     # Attempts of limited tasks: (task, key), from their start to their recorded finish or
     # the release of their job, whichever came first (epoch seconds; end None: neither).
     limited: list[tuple[str, str, float, float | None]] = field(default_factory=list)
+    # Jobs stored with parents: (id, state, every parent completed, epoch of its first
+    # recorded start, epoch of its parents' last finish).
+    dependents: list[tuple[int, str, bool, float | None, float | None]] = field(
+        default_factory=list
+    )
 
     @classmethod
     def read(cls, url: str) -> Evidence:
@@ -836,7 +865,8 @@ class Evidence:
             starts = conn.execute("select job_id, attempt, pid, at from chaos_starts").fetchall()
             finishes = conn.execute("select job_id, attempt, token from chaos_finishes").fetchall()
             limited = conn.execute(LIMITED_ATTEMPTS).fetchall()
-        return cls({row[0]: StoredJob(*row) for row in rows}, starts, finishes, limited)
+            dependents = conn.execute(DEPENDENT_JOBS).fetchall()
+        return cls({row[0]: StoredJob(*row) for row in rows}, starts, finishes, limited, dependents)
 
     @cached_property
     def copies(self) -> Counter[str]:
@@ -863,6 +893,37 @@ select job.task, coalesce(job.payload->>'key', ''), extract(epoch from s.at)::fl
 from chaos_starts s join errands_jobs job on job.id = s.job_id
 where job.task in ('chaos.limited', 'chaos.keyed')
 """
+
+
+DEPENDENT_JOBS = """
+select c.id, c.state::text,
+       (select bool_and(p.state = 'completed') from errands_jobs p where p.id = any(c.parents)),
+       (select extract(epoch from min(s.at))::float8 from chaos_starts s where s.job_id = c.id),
+       (select extract(epoch from max(p.finished_at))::float8 from errands_jobs p
+        where p.id = any(c.parents))
+from errands_jobs c where c.parents is not null
+"""
+
+
+def workflow_checks(evidence: Evidence, expected: bool) -> list[Check]:
+    """Every job stored with parents completed, and none started before all its parents had
+    completed: the hand-over held through every fault."""
+    if not expected and not evidence.dependents:
+        return []
+    wrong = [
+        f"{job_id} {state}, parents completed: {parents_completed}, started {early} < {done}"
+        for job_id, state, parents_completed, early, done in evidence.dependents
+        if state != "completed"
+        or not parents_completed
+        or (early is not None and done is not None and early < done)
+    ]
+    return [
+        _check(
+            "every job of a workflow completed, none started before its parents completed "
+            f"({len(evidence.dependents)} jobs with parents)",
+            wrong if evidence.dependents else ["no workflow was stored"],
+        )
+    ]
 
 
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
