@@ -78,6 +78,15 @@ def slots_match_the_jobs(conn: Conn) -> None:
     assert all(held == actual for _, held, actual in rows), rows
 
 
+def one_of_two_claimed_under_a_limit_of_one(conn: Conn, client: Client) -> Job:
+    """Two jobs of a task limited to one at once: the first claimed, the other held back."""
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
+    client.enqueue("sync")
+    client.enqueue("sync")
+    (job,) = claim_all(conn)
+    return job
+
+
 def done(jobs: list[Job]) -> list[Completion]:
     return [Completion(j.id, j.attempts, "null") for j in jobs]
 
@@ -139,10 +148,7 @@ def end_attempt(conn: Conn, job: Job, ending: str) -> None:
 def test_an_attempt_asked_to_cancel_gives_its_slot_back_however_it_ends(
     conn: Conn, client: Client, ending: str
 ) -> None:
-    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
-    client.enqueue("sync")
-    client.enqueue("sync")
-    (job,) = claim_all(conn)
+    job = one_of_two_claimed_under_a_limit_of_one(conn, client)
     client.cancel(job.id)  # running: asked to stop, still holding its slot
     assert counters(conn)[("sync", "concurrency", "")] == 1
     end_attempt(conn, job, ending)
@@ -157,10 +163,7 @@ def test_an_attempt_asked_to_cancel_gives_its_slot_back_however_it_ends(
 def test_a_completion_in_the_applications_transaction_frees_the_slot_when_it_commits(
     conn: Conn, client: Client, db_url: str, commits: bool
 ) -> None:
-    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
-    client.enqueue("sync")
-    client.enqueue("sync")
-    (job,) = claim_all(conn)
+    job = one_of_two_claimed_under_a_limit_of_one(conn, client)
     with psycopg.connect(db_url) as app:
         handed = run(app, complete_in_steps("w1", Held(job.id, job.attempts), "null", None))
         assert handed.completed
@@ -177,10 +180,7 @@ def test_a_completion_in_the_applications_transaction_frees_the_slot_when_it_com
 def test_every_statement_that_ends_an_attempt_gives_its_slot_back(
     conn: Conn, client: Client, ending: str
 ) -> None:
-    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
-    client.enqueue("sync")
-    client.enqueue("sync")
-    (job,) = claim_all(conn)
+    job = one_of_two_claimed_under_a_limit_of_one(conn, client)
     end_attempt(conn, job, ending)
     assert counters(conn)[("sync", "concurrency", "")] == 0
     assert len(claim_all(conn, "w2")) == 1
