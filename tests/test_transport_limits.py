@@ -7,6 +7,7 @@ the assertions are about what happens, never about how fast.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -20,9 +21,10 @@ import httpx
 import psycopg
 import uvicorn
 from structlog.testing import capture_logs
+from uvicorn.server import ServerState
 
 from errands import Client
-from errands.api.transport import PROVEN_UVICORN, Limits
+from errands.api.transport import PROVEN_UVICORN, Limits, protocol
 from errands.harness.process import rss_megabytes
 from errands.harness.waiting import wait_for
 from tests.conftest import ApiProcess, ServeApi
@@ -225,6 +227,81 @@ def test_requests_beyond_the_limit_get_a_json_503_but_health_answers(
         locker.rollback()
     held.join(30)
     assert api.get("/stats").status_code == 200
+
+
+# -- writes ----------------------------------------------------------------------------------
+
+
+class RecordingTransport(asyncio.Transport):
+    """A socket's transport that keeps what the server writes, one entry per write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 8000) if name in ("sockname", "peername") else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def answer_body(scope: Any, receive: Any, send: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]}
+    )
+    await send({"type": "http.response.body", "body": b"body"})
+
+
+def writes_answering(request: bytes) -> list[bytes]:
+    """What the server's protocol writes, write by write, answering `request` on one
+    connection (the application answers every request with the body b"body")."""
+
+    async def exchange() -> list[bytes]:
+        config = uvicorn.Config(answer_body, http=protocol(Limits()), log_config=None)
+        config.load()
+        server = protocol(Limits())(config, ServerState(), {}, asyncio.get_running_loop())
+        transport = RecordingTransport()
+        server.connection_made(transport)
+        server.data_received(request)
+
+        async def answered() -> None:
+            while server.tasks or not server.cycle.response_complete:
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(answered(), 10)
+        await asyncio.sleep(0)  # the end of the loop's turn
+        return transport.writes
+
+    return asyncio.run(exchange())
+
+
+def test_a_response_leaves_in_one_write() -> None:
+    (write,) = writes_answering(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\nbody")
+
+
+def test_the_head_of_a_response_without_body_leaves_too() -> None:
+    (write,) = writes_answering(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\n")
+
+
+def test_pipelined_responses_leave_whole_and_in_order() -> None:
+    writes = writes_answering(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+    assert len(writes) == 2 and all(w.endswith(b"\r\n\r\nbody") for w in writes)
 
 
 def test_uvicorn_is_the_release_the_limits_were_proven_on() -> None:

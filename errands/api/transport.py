@@ -20,6 +20,11 @@ tests/test_transport_limits.py fails on any other (docs/explanation/http-server.
   when every connection has a request in hand is the new one answered 503.
   Silent or slow sockets therefore cannot keep /health out.
 
+uvicorn writes a response's head and its body in two system calls, two TCP
+segments; the subclass hands its responses a transport that holds a write until
+the next one or the end of the event loop's turn, so that a small response
+leaves in one (OneWrite below).
+
 A connection that sends a complete request and then bytes that are not HTTP
 gets the answer to its request, then a 400, then is closed. The concurrency
 limit on requests (the application's) is separate: it counts only requests
@@ -72,6 +77,7 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
 
 class LimitedProtocol(HttpToolsProtocol):
     limits: ClassVar[Limits] = DEFAULT_LIMITS
+    _out: OneWrite  # set with the connection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -88,6 +94,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._out = OneWrite(transport, self.loop)  # what its responses write through
         self._idle_since = time.monotonic()
         if len(self.connections) > self.limits.max_connections and not self._make_room():
             self._refuse(503, "too_many_connections", "the server has too many connections")
@@ -137,6 +144,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._refuse(400, "bad_request", f"the request is not valid HTTP/1.1: {msg}")
 
     def on_response_complete(self) -> None:
+        self._out.flush()  # the end of a response (a HEAD's head) leaves now, before what follows
         super().on_response_complete()
         self._idle_since = time.monotonic()
         if self._deferred is not None and self._all_answered:
@@ -175,6 +183,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes = False, 0
         self._arm(self.limits.body_timeout)
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._out  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -233,6 +243,7 @@ class LimitedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _answer(self, status: int, code: str, message: str) -> None:
+        self._out.flush()  # what a response wrote goes first
         body = json.dumps(
             {"error": {"code": code, "message": message, "details": []}}, separators=(",", ":")
         ).encode()
@@ -248,3 +259,42 @@ class LimitedProtocol(HttpToolsProtocol):
             )
         )
         self.transport.close()
+
+
+class OneWrite:
+    """A connection's transport as its responses see it: a write waits for the next one or
+    for the end of the event loop's turn, so that a response's head and body leave together.
+
+    uvicorn writes the status line and headers, then the body: on loopback two
+    system calls that each run the TCP stack and wake the client. At most one
+    write is held (a stream's chunks pair up), so uvicorn's flow control still sees
+    every byte, and nothing waits past the loop's turn.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            held, self._held = self._held, None
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
