@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -82,9 +83,10 @@ class Backend:
     async def run_admitted(self, work: Callable[..., T], *args: Any) -> T:
         """`work(*args)` on a request thread, for a request admitted already: a long poll
         that waited is answered, never refused after its wait."""
+        assert self._executor is not None, "the application was not started"
         self._in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+            return await _on_thread(self._executor, work, *args)
         finally:
             self._in_flight -= 1
 
@@ -96,3 +98,31 @@ class Backend:
                 return work(conn)
 
         return await (self.run_admitted(connected) if admitted else self.run(connected))
+
+
+def _on_thread(
+    executor: ThreadPoolExecutor, work: Callable[..., T], *args: Any
+) -> asyncio.Future[T]:
+    """`work(*args)` on one of `executor`'s threads, its outcome handed straight to the loop.
+
+    What loop.run_in_executor does, less its chain of a thread's future to a
+    loop's (wrap_future): about half the CPU per hand-off (9-10 against 20-25 us
+    measured, uvloop, shared machine), and POST /jobs makes one per request.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.cancelled():  # a task cancelled meanwhile (shutdown) takes no answer
+            outcome()
+
+    def call() -> None:
+        try:
+            result = work(*args)
+        except BaseException as exc:  # the awaiting task raises it, as run_in_executor's would
+            loop.call_soon_threadsafe(settle, partial(future.set_exception, exc))
+        else:
+            loop.call_soon_threadsafe(settle, partial(future.set_result, result))
+
+    executor.submit(call)
+    return future
