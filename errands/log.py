@@ -11,7 +11,10 @@ application or by errands' own processes, events follow that configuration.
 The processes errands starts (`errands run`, `api`, every command) call
 `configure_logging`: JSON lines or a coloured console on stderr, each line
 written in a single call so that lines of several processes never mix, and the
-standard library's records (uvicorn's among them) rendered the same way.
+standard library's records (uvicorn's among them) rendered the same way. A
+thread may hold its lines back for a moment (`lines_together`: a worker's lines
+for one acknowledged batch of jobs) to write them in as few calls as it can,
+each of whole lines and at most PIPE_BUF bytes, which still never mix.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -32,6 +37,9 @@ from errands.errors import scrub
 # pgserver's every initdb and pg_ctl command line (errands says which database it uses),
 # httpx's every request (the bench's and chaos harness's health checks).
 QUIET_LOGGERS = {"uvicorn": logging.WARNING, "pgserver": logging.WARNING, "httpx": logging.WARNING}
+# The most a write of several lines carries: POSIX keeps a write of up to PIPE_BUF bytes
+# (4 KiB on Linux) to a pipe whole, never mixed with another process's.
+PIPE_BUF = 4096
 
 logging.getLogger("errands").addHandler(logging.NullHandler())
 
@@ -74,11 +82,12 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
     numeric_level = logging.getLevelName(level)
+    writer = LineWriter(sys.stderr)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        # WriteLogger writes line and newline in one write() and flushes: no mid-line mixing.
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        # Line and newline in one write(), flushed: no mid-line mixing.
+        logger_factory=lambda *args: writer,
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -93,6 +102,69 @@ def configure_logging(log_format: str = "console", level: str = "INFO") -> None:
     root.setLevel(numeric_level)
     for name, quiet in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(quiet, numeric_level))
+
+
+class _Output(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+class LineWriter:
+    """structlog's WriteLogger (line and newline in one write, flushed), except that the lines
+    of a thread inside `lines_together` wait until it leaves, to be written together."""
+
+    def __init__(self, file: _Output) -> None:
+        self._file = file
+
+    def msg(self, message: str) -> None:
+        held: list[tuple[LineWriter, str]] | None = getattr(_held, "lines", None)
+        if held is not None:
+            held.append((self, message))
+            return
+        self.write(message + "\n")
+
+    def write(self, text: str) -> None:
+        self._file.write(text)
+        self._file.flush()
+
+    debug = info = warning = warn = error = err = critical = exception = fatal = failure = log = msg
+
+
+_held = threading.local()  # .lines: this thread's lines held by lines_together
+
+
+@contextmanager
+def lines_together() -> Iterator[None]:
+    """Hold this thread's lines (the LineWriter's, that is, once errands configured logging)
+    until the block ends, then write them in as few writes as keep each whole and within
+    PIPE_BUF bytes: a line per write cost a draining worker a system call per job."""
+    if getattr(_held, "lines", None) is not None:  # nested: the outer block writes them
+        yield
+        return
+    _held.lines = []
+    try:
+        yield
+    finally:
+        held, _held.lines = _held.lines, None
+        _write_together(held)
+
+
+def _write_together(held: list[tuple[LineWriter, str]]) -> None:
+    chunk: list[str] = []
+    size = 0
+    writer: LineWriter | None = None
+    for line_writer, message in held:
+        line = message + "\n"
+        length = len(line) if line.isascii() else len(line.encode())
+        if chunk and (line_writer is not writer or size + length > PIPE_BUF):
+            assert writer is not None
+            writer.write("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+        writer = line_writer
+    if chunk and writer is not None:
+        writer.write("".join(chunk))
 
 
 def _json_dumps(event: EventDict, *, default: Callable[[Any], Any]) -> str:

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from errands import Client, embedded
 from errands.harness.process import DaemonProcess, free_port
 from errands.harness.waiting import answers, wait_for
+from errands.log import PIPE_BUF, LineWriter, lines_together
 from errands.queue.lease import claim
 from errands.workers.acks import Acknowledgements, ClaimRequest
 from errands.workers.execution import Failed
@@ -246,3 +247,38 @@ def test_a_failed_jobs_log_line_says_where_it_was_raised(client: Client, conn: C
         acks.write(conn, ClaimRequest(["default"], 0, 30))
     (failed,) = [e for e in logs if e["event"] == "job failed"]
     assert (failed["error"], failed["where"]) == ("ValueError: bad thing", "m.py:3 in f")
+
+
+class RecordingFile:
+    """A file that keeps each write apart, as the system calls a flushed write makes."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_lines_held_together_are_written_whole_in_writes_of_at_most_pipe_buf_bytes() -> None:
+    file = RecordingFile()
+    writer = LineWriter(file)
+    lines = [f'{{"n": {n}, "filler": "{"é" * (n % 7) + "x" * (50 * n)}"}}' for n in range(120)]
+    with lines_together():
+        for line in lines:
+            writer.msg(line)
+        assert file.writes == []  # held until the block ends
+    assert "".join(file.writes) == "".join(line + "\n" for line in lines)  # every line, in order
+    assert len(file.writes) < len(lines)
+    for text in file.writes:
+        assert text.endswith("\n")
+        assert len(text.encode()) <= PIPE_BUF or text.count("\n") == 1  # a long line goes alone
+
+
+def test_a_line_outside_lines_together_is_written_at_once() -> None:
+    file = RecordingFile()
+    LineWriter(file).info("one")
+    assert file.writes == ["one\n"]

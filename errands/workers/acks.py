@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from errands.log import get_logger
+from errands.log import get_logger, lines_together
 from errands.metrics import metrics, record_failure
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import (
@@ -236,18 +236,20 @@ class Acknowledgements:
         return again.jobs
 
     def _report(self, sent: list[tuple[Entry, Succeeded]], completed: Completed) -> None:
-        """A log line per completed job, the counter moved once per queue and task."""
+        """A log line per completed job, the lines of the batch written together (see
+        log.lines_together), the counter moved once per queue and task."""
         log = _log.bind()  # the logging configuration, looked up once for the batch
         counts: Counter[tuple[str, str]] = Counter()
-        for entry, outcome in sent:
-            if entry.job.id in completed.cancelled:
-                record_cancelled(entry, self._worker_id, "ran to its end")
-            elif entry.job.id in completed.ids:
-                fields = log_fields(entry, self._worker_id)
-                log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
-                counts[entry.job.queue, entry.job.task] += 1
-            else:
-                self._on_lost(entry)
+        with lines_together():
+            for entry, outcome in sent:
+                if entry.job.id in completed.cancelled:
+                    record_cancelled(entry, self._worker_id, "ran to its end")
+                elif entry.job.id in completed.ids:
+                    fields = log_fields(entry, self._worker_id)
+                    log.info("job completed", seconds=round(outcome.seconds, 4), **fields)
+                    counts[entry.job.queue, entry.job.task] += 1
+                else:
+                    self._on_lost(entry)
         for (queue, task), n in counts.items():
             metrics().jobs_completed.labels(queue, task).inc(n)
 

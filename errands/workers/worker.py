@@ -109,12 +109,16 @@ class Worker:
         self._executing_async = 0  # coroutines on the event loop
         self._async_slots = 0  # async_concurrency once an async task is registered
         self._async_tasks: list[str] = []  # the registered `async def` tasks' names
+        self._async_names: frozenset[str] = frozenset()  # the same, to ask of every job
         self._slot_freed_at: float | None = None  # since when a claim has been gathering slots
         # The last claim took fewer jobs than it asked for: every due job it may take is taken.
         self._found_all = False
         self._events = EventLoopThread()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        # An outcome woke the loop, which has not collected outcomes since: the outcomes that
+        # follow need no wake-up of their own (a write to the pipe per job, otherwise).
+        self._outcomes_signalled = False
         self._stopping = False
         self._replacing = False
         # A thread job's lease passed: exit now, whatever is owed (see _fenced).
@@ -138,6 +142,7 @@ class Worker:
         # Jobs the tasks enqueue (`task.enqueue(...)`) go to this worker's database.
         set_default_client(Client(self.options.url))
         self._async_tasks = sorted(n for n, t in registered_tasks().items() if t.is_async)
+        self._async_names = frozenset(self._async_tasks)
         if self._async_tasks:
             self._async_slots = self.options.async_concurrency
         if not self._queues:
@@ -322,7 +327,7 @@ class Worker:
                     continue
                 self._slot_freed_at = None
                 if refill:
-                    self._found_all = _found_all(request, claimed) and (
+                    self._found_all = _found_all(request, claimed, self._async_names) and (
                         self._acks.recheck_seconds != 0.0  # a limit asks for another claim now
                     )
                 lease = self.options.lease_seconds
@@ -358,7 +363,7 @@ class Worker:
         prefetch buffer): a claimed job never waits while a slot of its kind is free elsewhere."""
         if draining:
             return ClaimRequest(self._queues, 0, self.options.lease_seconds)
-        held_async = sum(1 for entry in self._ready if is_async(entry.job))
+        held_async = sum(1 for entry in self._ready if self._on_loop(entry.job))
         held_threads = len(self._ready) - held_async
         threads = self.options.concurrency + self.options.prefetch - self._executing - held_threads
         coroutines = self._async_slots - self._executing_async - held_async
@@ -388,7 +393,7 @@ class Worker:
             elif entry.cancel_requested:  # asked to cancel while it waited: never started
                 if self.running.finish(entry):
                     self._acks.add(entry, cancelled(0.0, before_start=True))
-            elif is_async(entry.job) and self._executing_async < self._async_slots:
+            elif self._on_loop(entry.job) and self._executing_async < self._async_slots:
                 self._begin(entry, grace=ASYNC_CANCEL_GRACE_SECONDS)
                 self._executing_async += 1
                 future = self._events.submit(self._execute_async(entry))
@@ -396,7 +401,7 @@ class Worker:
                 # Its lease passed, or a cancel came, before it could be cancelled.
                 if entry.fenced or entry.cancel_requested:
                     future.cancel()
-            elif not is_async(entry.job) and self._executing < self.options.concurrency:
+            elif not self._on_loop(entry.job) and self._executing < self.options.concurrency:
                 self._begin(entry, grace=0.0)
                 self._executing += 1
                 pool.submit(self._execute, entry)
@@ -408,7 +413,12 @@ class Worker:
         self.running.begin(entry, self._timeout_of(entry.job), grace)
         _record_wait(entry)
 
+    def _on_loop(self, job: Job) -> bool:
+        """Whether the job runs as a coroutine (execution.is_async, without a look-up per job)."""
+        return job.task in self._async_names
+
     def _collect_outcomes(self) -> None:
+        self._outcomes_signalled = False  # before reading: a later outcome wakes the loop again
         while True:
             try:
                 entry, outcome, on_loop = self._outcomes.get_nowait()
@@ -428,8 +438,7 @@ class Worker:
     def _execute(self, entry: Entry) -> None:
         with structlog.contextvars.bound_contextvars(**log_fields(entry, self.options.worker_id)):
             outcome = execute(entry.job, WorkerAttempt(entry, self.options.worker_id))
-        self._outcomes.put((entry, outcome, False))
-        self._wake()
+        self._put_outcome((entry, outcome, False))
 
     async def _execute_async(self, entry: Entry) -> None:
         started = time.monotonic()
@@ -445,8 +454,15 @@ class Worker:
             else:  # by the fence, whose attempts are never written
                 outcome = Failed("CancelledError: the coroutine was cancelled", None, 0.0)
         entry.ended = True
-        self._outcomes.put((entry, outcome, True))
-        self._wake()
+        self._put_outcome((entry, outcome, True))
+
+    def _put_outcome(self, outcome: tuple[Entry, Outcome, bool]) -> None:
+        """Hand an outcome to the loop, waking it unless an earlier outcome did and the loop has
+        not collected since (it then reads this one with that one)."""
+        self._outcomes.put(outcome)
+        if not self._outcomes_signalled:
+            self._outcomes_signalled = True
+            self._wake()
 
     def _report_lost(self, entry: Entry) -> None:
         _log.warning("lease lost; result not written", **log_fields(entry, self.options.worker_id))
@@ -533,11 +549,11 @@ def run_worker(options: WorkerOptions) -> int:
     return Worker(options).run()
 
 
-def _found_all(request: ClaimRequest, claimed: list[Job]) -> bool:
+def _found_all(request: ClaimRequest, claimed: list[Job], async_names: frozenset[str]) -> bool:
     """Whether the claim took fewer jobs of each kind it asked for than it asked for: then every
     due job it may take is taken. (Each kind is filled on its own: a claim that took all the
     coroutines it asked for may leave more behind, however few threads' jobs it found.)"""
-    coroutines = sum(1 for job in claimed if is_async(job))
+    coroutines = sum(1 for job in claimed if job.task in async_names)
     threads = len(claimed) - coroutines
     return (request.limit <= 0 or threads < request.limit) and (
         request.async_slots.limit <= 0 or coroutines < request.async_slots.limit
