@@ -275,7 +275,7 @@ def _copy_batch(
 ) -> Operation[list[Enqueued]]:
     """A batch with no key to look up: COPY into the jobs table, with ids drawn first."""
     rows = yield Execute(query("draw_job_ids"), {"count": len(requests)})
-    now, ids = rows[0]
+    now, ids, limited = rows[0]
     due = [request.due(now) for request in requests]
     copied = [
         (
@@ -292,7 +292,8 @@ def _copy_batch(
         for job_id, r, run_at in zip(ids, requests, due, strict=True)
     ]
     yield Copy(query("copy_jobs"), _JOB_TYPES, copied)
-    yield Execute(query("file_copied_jobs"), {"ids": ids})
+    if limited:  # a round trip, and a list of ids sent, saved while no limit exists
+        yield Execute(query("file_copied_jobs"), {"ids": ids})
     return [
         Enqueued(_new_job(r, job_id, r.stored_payload, run_at, now, trace_context), created=True)
         for job_id, r, run_at in zip(ids, requests, due, strict=True)
