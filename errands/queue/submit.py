@@ -273,11 +273,12 @@ def _settle(answers: list[Enqueued], links: _Links) -> Operation[list[Enqueued]]
 def _copy_batch(
     requests: Sequence[JobFields], trace_context: str | None
 ) -> Operation[list[Enqueued]]:
-    """A batch with no key to look up: COPY into the jobs table, with ids drawn first."""
+    """A batch with no key to look up: COPY into the jobs table, with ids drawn first. The
+    rows are built as they travel, and the answers while the server stores them."""
     rows = yield Execute(query("draw_job_ids"), {"count": len(requests)})
     now, ids, limited = rows[0]
     due = [request.due(now) for request in requests]
-    copied = [
+    copied = (
         (
             job_id,
             r.task,
@@ -290,14 +291,20 @@ def _copy_batch(
             trace_context,
         )
         for job_id, r, run_at in zip(ids, requests, due, strict=True)
-    ]
-    yield Copy(query("copy_jobs"), _JOB_TYPES, copied)
+    )
+
+    def answers() -> list[Enqueued]:
+        return [
+            Enqueued(
+                _new_job(r, job_id, r.stored_payload, run_at, now, trace_context), created=True
+            )
+            for job_id, r, run_at in zip(ids, requests, due, strict=True)
+        ]
+
+    stored: list[Enqueued] = yield Copy(query("copy_jobs"), _JOB_TYPES, copied, answers)
     if limited:  # a round trip, and a list of ids sent, saved while no limit exists
         yield Execute(query("file_copied_jobs"), {"ids": ids})
-    return [
-        Enqueued(_new_job(r, job_id, r.stored_payload, run_at, now, trace_context), created=True)
-        for job_id, r, run_at in zip(ids, requests, due, strict=True)
-    ]
+    return stored
 
 
 # The types COPY sends copy_jobs's columns as (the payload as JSON text).
