@@ -15,12 +15,14 @@ operation handles it where it asked for the step, as if it had run it itself.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import pq
+from psycopg.abc import Buffer
+from psycopg.copy import AsyncLibpqWriter, AsyncWriter, LibpqWriter, Writer
 from psycopg.rows import dict_row, tuple_row
 
 T = TypeVar("T")
@@ -39,11 +41,20 @@ class Execute:
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """COPY ... FROM STDIN of `rows`, sent as `types`; answers []."""
+    """COPY ... FROM STDIN of `rows`, sent as `types`; answers what `meanwhile` returns
+    (None without it).
+
+    `meanwhile` is work of the operation's own that does not depend on the COPY's
+    outcome, done once every row is sent and before waiting for the server to have
+    stored them: the client works while the server stores, rather than each waiting
+    for the other. `rows` may be a generator: each row is built as the one before
+    travels.
+    """
 
     statement: bytes
     types: Sequence[str]
-    rows: Sequence[Sequence[Any]]
+    rows: Iterable[Sequence[Any]]
+    meanwhile: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +109,44 @@ def _perform(conn: psycopg.Connection[Any], step: Step) -> Any:
                 pass
             return cur.fetchall() if _has_rows(cur) else []
     if isinstance(step, Copy):
-        with conn.cursor() as cur, cur.copy(step.statement) as copy:
-            copy.set_types(step.types)
-            for row in step.rows:
-                copy.write_row(row)
-        return []
+        with conn.cursor() as cur:
+            writer = _Meanwhile(cur, step.meanwhile)
+            with cur.copy(step.statement, writer=writer) as copy:
+                copy.set_types(step.types)
+                for row in step.rows:
+                    copy.write_row(row)
+            return writer.answer
     with conn.transaction():
         return run(conn, step.body)
+
+
+class _Meanwhile(Writer):
+    """psycopg's writer, doing `work` between the last row sent and the end of the COPY,
+    whose answer waits for the server to have stored every row.
+
+    The rows libpq still holds are flushed first: PostgreSQL stores a COPY's rows in
+    groups of up to 1,000 rows or 64 kB, so it stores nearly all of a batch while the
+    work runs (a batch of 1,000 jobs: 937 rows of them), instead of after it.
+    """
+
+    def __init__(self, cur: psycopg.Cursor[Any], work: Callable[[], Any] | None) -> None:
+        self._writer = LibpqWriter(cur)
+        self._pgconn = cur.connection.pgconn
+        self._work = work
+        self.answer: Any = None
+
+    def write(self, data: Buffer) -> None:
+        self._writer.write(data)
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        if exc is None and self._work is not None:
+            self._pgconn.flush()  # the rows libpq still holds, without waiting
+            try:
+                self.answer = self._work()
+            except BaseException as error:
+                self._writer.finish(error)  # the COPY is cancelled, the connection usable
+                raise
+        self._writer.finish(exc)
 
 
 def _has_rows(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
@@ -121,10 +163,35 @@ async def _perform_async(conn: psycopg.AsyncConnection[Any], step: Step) -> Any:
                 pass
             return await cur.fetchall() if _has_rows(cur) else []
     if isinstance(step, Copy):
-        async with conn.cursor() as cur, cur.copy(step.statement) as copy:
-            copy.set_types(step.types)
-            for row in step.rows:
-                await copy.write_row(row)
-        return []
+        async with conn.cursor() as cur:
+            writer = _AsyncMeanwhile(cur, step.meanwhile)
+            async with cur.copy(step.statement, writer=writer) as copy:
+                copy.set_types(step.types)
+                for row in step.rows:
+                    await copy.write_row(row)
+            return writer.answer
     async with conn.transaction():
         return await run_async(conn, step.body)
+
+
+class _AsyncMeanwhile(AsyncWriter):
+    """`_Meanwhile` for an AsyncConnection."""
+
+    def __init__(self, cur: psycopg.AsyncCursor[Any], work: Callable[[], Any] | None) -> None:
+        self._writer = AsyncLibpqWriter(cur)
+        self._pgconn = cur.connection.pgconn
+        self._work = work
+        self.answer: Any = None
+
+    async def write(self, data: Buffer) -> None:
+        await self._writer.write(data)
+
+    async def finish(self, exc: BaseException | None = None) -> None:
+        if exc is None and self._work is not None:
+            self._pgconn.flush()
+            try:
+                self.answer = self._work()
+            except BaseException as error:
+                await self._writer.finish(error)
+                raise
+        await self._writer.finish(exc)
