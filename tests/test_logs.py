@@ -15,12 +15,13 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from errands import Client, embedded
 from errands.harness.process import DaemonProcess, free_port
 from errands.harness.waiting import answers, wait_for
-from errands.log import PIPE_BUF, LineWriter, lines_together
+from errands.log import PIPE_BUF, LineWriter, get_logger, lines_together
 from errands.queue.lease import claim
 from errands.workers.acks import Acknowledgements, ClaimRequest
 from errands.workers.execution import Failed
@@ -282,3 +283,20 @@ def test_a_line_outside_lines_together_is_written_at_once() -> None:
     file = RecordingFile()
     LineWriter(file).info("one")
     assert file.writes == ["one\n"]
+
+
+def test_a_logger_follows_a_configuration_made_after_its_first_line() -> None:
+    before = structlog.get_config()
+    first, second = RecordingFile(), RecordingFile()
+    logger = get_logger("errands.test")
+    try:
+        for file, renderer in ((first, "first"), (second, "second")):
+            structlog.configure(
+                processors=[lambda _logger, _name, event, label=renderer: f"{label} {event}"],
+                logger_factory=lambda *_args, file=file: LineWriter(file),
+            )
+            logger.info("hello")
+    finally:
+        structlog.configure(**before)
+    assert first.writes == ["first {'event': 'hello'}\n"]
+    assert second.writes == ["second {'event': 'hello'}\n"]
