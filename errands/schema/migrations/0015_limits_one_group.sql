@@ -452,3 +452,99 @@ begin
     end if;
 end
 $$;
+-- The counters follow the attempts (migration 0012 tells how), for less: the attempts a
+-- statement started or ended are read from its transition tables once, by one join, into
+-- one move per counter, which the statement's counters are locked by (in id order) and
+-- changed by; a statement whose rows name no counter (no limit concerns it: every
+-- statement of an unlimited drain) leaves before any join.
+create or replace function errands_count_slots() returns trigger language plpgsql as $$
+declare
+    woken boolean;
+    moved_counters bigint[];
+    moved_taken integer[];
+    moved_freed integer[];
+    moved_logged integer[];
+    moved_at timestamptz[];
+begin
+    if tg_op = 'DELETE' then
+        -- Running jobs deleted (errands never does; an operator might): their slots back.
+        update errands_limit_counters as c
+        set running = c.running - freed.n
+        from (select slot, count(*) as n from old_rows cross join unnest(old_rows.slots) as slot
+              where old_rows.state = 'in_progress' group by slot order by slot) as freed
+        where c.id = freed.slot;
+        return null;
+    end if;
+    -- A claim sets the counters of the attempts it starts; the statements that end attempts
+    -- leave them as they were.
+    if not exists (select from new_rows where slots is not null or rates is not null)
+       and not exists (select from old_rows where slots is not null) then
+        return null;
+    end if;
+    select array_agg(move.counter order by move.counter),
+           array_agg(move.taken order by move.counter),
+           array_agg(move.freed order by move.counter),
+           array_agg(move.logged order by move.counter),
+           array_agg(move.at order by move.counter)
+    into moved_counters, moved_taken, moved_freed, moved_logged, moved_at
+    from (
+        select each.counter, sum(each.taken)::integer as taken,
+               sum(each.freed)::integer as freed, sum(each.logged)::integer as logged,
+               max(each.at) as at
+        from new_rows as n join old_rows as o using (id)
+        cross join lateral (
+            select slot, 1, 0, 0, n.started_at from unnest(n.slots) as slot
+            where n.state = 'in_progress'
+            union all
+            select rate, 0, 0, 1, n.started_at from unnest(n.rates) as rate
+            where n.state = 'in_progress'
+            union all
+            select slot, 0, 1, 0, null::timestamptz from unnest(o.slots) as slot
+            where o.state = 'in_progress'
+        ) as each (counter, taken, freed, logged, at)
+        where (n.state = 'in_progress') <> (o.state = 'in_progress')
+        group by each.counter
+    ) as move;
+    if moved_counters is null then
+        return null;
+    end if;
+    -- Locked in id order, as claims lock them, so that neither waits on the other in a cycle.
+    perform from errands_limit_counters as c where c.id = any(moved_counters) order by c.id for update;
+    with moved as (
+        select move.counter, move.taken, move.freed, move.logged, move.at, l.amount,
+               l.per_seconds, c.waiting as was_waiting
+        from unnest(moved_counters, moved_taken, moved_freed, moved_logged, moved_at)
+            as move (counter, taken, freed, logged, at)
+        join errands_limit_counters as c on c.id = move.counter
+        left join errands_limits as l on (l.scope, l.name, l.kind) = (c.scope, c.name, c.kind)
+    ),
+    changed as (
+        update errands_limit_counters as c
+        set running = c.running + moved.taken - moved.freed,
+            started_at = case when moved.logged = 0 then c.started_at
+                else array(select log.at from unnest(c.started_at) as log(at)
+                           where log.at > moved.at - make_interval(secs => moved.per_seconds)
+                           order by log.at) || moved.at end,
+            started = case when moved.logged = 0 then c.started
+                else array(select log.n from unnest(c.started_at, c.started) as log(at, n)
+                           where log.at > moved.at - make_interval(secs => moved.per_seconds)
+                           order by log.at) || moved.logged end,
+            served_at = case when moved.taken + moved.logged > 0 then moved.at
+                             else c.served_at end,
+            -- A job a limit held back may start now: wake idle workers once, when a
+            -- counter jobs wait for keeps a free slot (a worker's completions and its own
+            -- next claim, which took the slots they gave back, wake nobody).
+            waiting = c.waiting
+                      and c.running + moved.taken - moved.freed >= coalesce(moved.amount, 0)
+        from moved
+        where c.id = moved.counter
+        returning moved.was_waiting and c.running < coalesce(moved.amount, 0) as woken_here
+    )
+    select coalesce(bool_or(woken_here), false) into woken from changed;
+    if woken then
+        perform pg_notify('errands_jobs', queue)
+        from (select distinct queue from old_rows where slots is not null) as queues;
+    end if;
+    return null;
+end
+$$;
