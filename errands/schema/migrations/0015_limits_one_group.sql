@@ -101,10 +101,13 @@ begin
     -- statement's completions free, all in id order), reads their room and takes that many
     -- due jobs: a few small statements instead of the query below, whose executor start-up
     -- alone cost more than they do (a drain under one limit claims after every batch).
+    -- (The next group, if any, as the claimable index orders them: the planner, given a
+    -- bare EXISTS, read every pending job's entry in another index.)
     if groups_waiting = 1 and strpos(one_group, chr(31)) = 0 and not exists (
         select from errands_jobs as job
         where job.queue = one_queue and job.limit_group > one_group
-          and job.state in ('pending', 'failed'))
+          and job.state in ('pending', 'failed')
+        order by job.limit_group limit 1)
     then
         select array_agg(counter.id order by counter.id),
                coalesce(bool_and(l.kind = 'concurrency' and l.key is null
@@ -179,7 +182,8 @@ begin
             if one_room <= 0 and (one_ids is not null or exists (
                 select from errands_jobs as job
                 where job.queue = one_queue and job.limit_group = one_group
-                  and job.state in ('pending', 'failed') and job.run_at <= now()))
+                  and job.state in ('pending', 'failed') and job.run_at <= now()
+                order by job.priority desc, job.run_at, job.id limit 1))
             then
                 -- Full while due jobs wait: a slot these free wakes this claim's worker.
                 update errands_limit_counters as counter
