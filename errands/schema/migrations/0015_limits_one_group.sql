@@ -50,6 +50,7 @@ declare
     groups_waiting integer;
     one_queue text;
     one_group text;
+    another_group boolean;
     one_counters bigint[];
     one_keyless boolean;
     one_room bigint;
@@ -84,14 +85,28 @@ begin
     if wanted <= 0 then
         return;
     end if;
-    -- The first limited group with jobs waiting in each queue (one index descent each).
-    select count(*), min(first.queue), min(first.limit_group)
-    into groups_waiting, one_queue, one_group
-    from unnest(queues) as waiting(queue) cross join lateral (
+    -- The first limited group with jobs waiting in each queue, and whether another follows
+    -- it: one index descent each, in the claimable index's order. (Asked in a statement of
+    -- its own, the second question's generic plan, made once per session on the statistics
+    -- of the moment, at times read a thousand buffers a claim.)
+    select count(*), min(first.queue), min(first.limit_group),
+           coalesce(bool_or(second.limit_group is not null), false)
+    into groups_waiting, one_queue, one_group, another_group
+    from unnest(queues) as waiting(queue)
+    cross join lateral (
         select job.queue, job.limit_group from errands_jobs as job
         where job.queue = waiting.queue and job.limit_group > ''
           and job.state in ('pending', 'failed')
-        order by job.limit_group limit 1) as first;
+        order by job.limit_group, job.priority desc, job.run_at, job.id
+        limit 1
+    ) as first
+    left join lateral (
+        select job.limit_group from errands_jobs as job
+        where job.queue = first.queue and job.limit_group > first.limit_group
+          and job.state in ('pending', 'failed')
+        order by job.limit_group, job.priority desc, job.run_at, job.id
+        limit 1
+    ) as second on true;
     if groups_waiting = 0 then
         return;
     end if;
@@ -101,14 +116,7 @@ begin
     -- statement's completions free, all in id order), reads their room and takes that many
     -- due jobs: a few small statements instead of the query below, whose executor start-up
     -- alone cost more than they do (a drain under one limit claims after every batch).
-    -- (The next group, if any, as the claimable index orders them: the planner, given a
-    -- bare EXISTS, read every pending job's entry in another index.)
-    if groups_waiting = 1 and strpos(one_group, chr(31)) = 0 and not exists (
-        select from errands_jobs as job
-        where job.queue = one_queue and job.limit_group > one_group
-          and job.state in ('pending', 'failed')
-        order by job.limit_group limit 1)
-    then
+    if groups_waiting = 1 and not another_group and strpos(one_group, chr(31)) = 0 then
         select array_agg(counter.id order by counter.id),
                coalesce(bool_and(l.kind = 'concurrency' and l.key is null
                                  and counter.id is not null), false)
