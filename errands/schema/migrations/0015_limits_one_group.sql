@@ -3,8 +3,8 @@
 -- queues hold the jobs of one limited group only, under concurrency limits without keys
 -- (one task limited to N at once, or a queue's limit), admits them by a path of its own.
 -- The counters stay the one truth, locked in id order as before, so every guarantee of
--- 0012 holds on both paths; what changes is the cost: the general query's executor
--- start-up (some thirty CTEs) cost more than the admission itself.
+-- 0012 holds on both paths; what changes is the cost. The trigger that keeps the counters
+-- is replaced too, doing the same in fewer joins.
 
 -- Up to `wanted` due jobs of one limit group, best first, each locked (skip locked), except
 -- `unlimited` (jobs the calling claim filed under the group itself: it must not change a row
@@ -112,10 +112,11 @@ begin
     end if;
     -- One group, without key arguments, alone in its queue: no order among groups to keep,
     -- no key value to read from it. When each of its limits is a concurrency limit without a
-    -- key whose counter exists, the claim locks those counters (with the ones this
-    -- statement's completions free, all in id order), reads their room and takes that many
-    -- due jobs: a few small statements instead of the query below, whose executor start-up
-    -- alone cost more than they do (a drain under one limit claims after every batch).
+    -- key whose counter exists, the claim reads their room, locks that many due jobs, then
+    -- the counters (with the ones this statement's completions free, all in id order), and
+    -- keeps the jobs that fit: a few small statements instead of the query below, which the
+    -- executor sets up anew, some thirty parts of it, at every claim (a drain under one
+    -- limit claims after every batch).
     if groups_waiting = 1 and not another_group and strpos(one_group, chr(31)) = 0 then
         select array_agg(counter.id order by counter.id),
                coalesce(bool_and(l.kind = 'concurrency' and l.key is null
