@@ -273,7 +273,7 @@ where id = any(%(ids)s::bigint[]) and (select exists (select from errands_limits
 -- * jobs no limit applies to (limit_group ''): one index range scan per queue, in
 --   claim order, as before limits existed;
 -- * limited jobs (docs/guides/limits.md), only when some wait in these
---   queues: errands_admit_limited (migration 0012) finds the groups with jobs waiting,
+--   queues: errands_admit_limited (migrations 0012, 0015) finds the groups with jobs waiting,
 --   serves them least recently served first, locks their jobs and the counters those
 --   come under (in id order: a claim waits here for another claim or an ending
 --   statement holding them, and re-reads them as they are now) and admits the jobs

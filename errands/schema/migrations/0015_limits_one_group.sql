@@ -1,0 +1,563 @@
+-- older code: runs (the same function, quicker for a claim that meets one group without keys)
+-- The limited half of a claim, again (migration 0012 tells its story): a claim whose
+-- queues hold the jobs of one limited group only, under concurrency limits without keys
+-- (one task limited to N at once, or a queue's limit), admits them by a path of its own.
+-- The counters stay the one truth, locked in id order as before, so every guarantee of
+-- 0012 holds on both paths; what changes is the cost. The trigger that keeps the counters
+-- is replaced too, doing the same in fewer joins.
+
+-- Up to `wanted` due jobs of one limit group, best first, each locked (skip locked), except
+-- `unlimited` (jobs the calling claim filed under the group itself: it must not change a row
+-- twice). In PL/pgSQL for the plan it keeps per session, like the function it serves.
+create function errands_due_jobs(job_queue text, job_group text, wanted integer,
+                                 unlimited bigint[],
+                                 out ids bigint[], out tasks text[], out priorities integer[],
+                                 out run_ats timestamptz[])
+language plpgsql volatile
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    select array_agg(job.id order by job.priority desc, job.run_at, job.id),
+           array_agg(job.task order by job.priority desc, job.run_at, job.id),
+           array_agg(job.priority order by job.priority desc, job.run_at, job.id),
+           array_agg(job.run_at order by job.priority desc, job.run_at, job.id)
+    into ids, tasks, priorities, run_ats
+    from (
+        select job.id, job.task, job.priority, job.run_at from errands_jobs as job
+        where job.queue = job_queue and job.limit_group = job_group
+          and job.state in ('pending', 'failed') and job.run_at <= now()
+          and job.id <> all(coalesce(unlimited, '{}'))
+        order by job.priority desc, job.run_at, job.id
+        limit wanted
+        for update skip locked
+    ) as job;
+end
+$$;
+
+create or replace function errands_admit_limited(queues text[], wanted integer, async_tasks text[],
+                                      freed bigint[], unlimited bigint[])
+returns table (id bigint, on_loop boolean, priority integer, turn bigint,
+               served_at timestamptz, run_at timestamptz, slots bigint[], rates bigint[],
+               at timestamptz, recheck double precision, refile boolean)
+language plpgsql volatile rows 10
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    misfiled bigint[];
+    stale_groups text;
+    held_counters text;
+    groups_waiting integer;
+    one_queue text;
+    one_group text;
+    another_group boolean;
+    one_counters bigint[];
+    one_keyless boolean;
+    one_room bigint;
+    one_full bigint[];
+    one_found integer;
+    one_served timestamptz;
+    one_at timestamptz;
+    one_ids bigint[];
+    one_tasks text[];
+    one_priorities integer[];
+    one_run_ats timestamptz[];
+begin
+    if not exists (select from errands_limits) then
+        return;
+    end if;
+    select array_agg(job.id) into misfiled
+    from errands_jobs as job
+    where job.id = any(unlimited) and job.limit_group = ''
+      and exists (
+          select from errands_limits as l
+          where (l.scope = 'task' and l.name = job.task) or (l.scope = 'queue' and l.name = job.queue));
+    if misfiled is not null then
+        update errands_jobs as job
+        set limit_group = errands_limit_group(job.queue, job.task, job.payload)
+        where job.id = any(misfiled);
+        return query
+        select misfiled_id, null::boolean, null::integer, null::bigint, null::timestamptz,
+               null::timestamptz, null::bigint[], null::bigint[], null::timestamptz,
+               0.0::double precision, true
+        from unnest(misfiled) as misfiled_id;
+    end if;
+    if wanted <= 0 then
+        return;
+    end if;
+    -- The first limited group with jobs waiting in each queue, and whether another follows
+    -- it: one index descent each, in the claimable index's order. (Asked in a statement of
+    -- its own, the second question's generic plan, made once per session on the statistics
+    -- of the moment, at times read a thousand buffers a claim.)
+    select count(*), min(first.queue), min(first.limit_group),
+           coalesce(bool_or(second.limit_group is not null), false)
+    into groups_waiting, one_queue, one_group, another_group
+    from unnest(queues) as waiting(queue)
+    cross join lateral (
+        select job.queue, job.limit_group from errands_jobs as job
+        where job.queue = waiting.queue and job.limit_group > ''
+          and job.state in ('pending', 'failed')
+        order by job.limit_group, job.priority desc, job.run_at, job.id
+        limit 1
+    ) as first
+    left join lateral (
+        select job.limit_group from errands_jobs as job
+        where job.queue = first.queue and job.limit_group > first.limit_group
+          and job.state in ('pending', 'failed')
+        order by job.limit_group, job.priority desc, job.run_at, job.id
+        limit 1
+    ) as second on true;
+    if groups_waiting = 0 then
+        return;
+    end if;
+    -- One group, without key arguments, alone in its queue: no order among groups to keep,
+    -- no key value to read from it. When each of its limits is a concurrency limit without a
+    -- key whose counter exists, the claim reads their room, locks that many due jobs, then
+    -- the counters (with the ones this statement's completions free, all in id order), and
+    -- keeps the jobs that fit: a few small statements instead of the query below, which the
+    -- executor sets up anew, some thirty parts of it, at every claim (a drain under one
+    -- limit claims after every batch).
+    if groups_waiting = 1 and not another_group and strpos(one_group, chr(31)) = 0 then
+        select array_agg(counter.id order by counter.id),
+               coalesce(bool_and(l.kind = 'concurrency' and l.key is null
+                                 and counter.id is not null), false)
+        into one_counters, one_keyless
+        from errands_limits as l
+        left join errands_limit_counters as counter
+            on (counter.scope, counter.name, counter.kind, counter.value)
+               = (l.scope, l.name, l.kind, '')
+        where (l.scope = 'task' and l.name = one_group)
+           or (l.scope = 'queue' and l.name = one_queue);
+        if one_keyless then
+            -- Their room as last committed (a guess: not locked yet), and up to that many due
+            -- jobs, locked (skip locked) before the counters: a claim holds the counters, which
+            -- every other claim of the group waits for, only from here until it commits.
+            select min(l.amount - counter.running
+                       + (select count(*) from unnest(freed) as slot where slot = counter.id))
+            into one_room
+            from errands_limit_counters as counter
+            join errands_limits as l
+                on (l.scope, l.name, l.kind) = (counter.scope, counter.name, counter.kind)
+            where counter.id = any(one_counters);
+            if one_room > 0 then
+                select * into one_ids, one_tasks, one_priorities, one_run_ats
+                from errands_due_jobs(
+                    one_queue, one_group, least(one_room, wanted)::integer, unlimited);
+            end if;
+            perform from errands_limit_counters as counter
+            where counter.id = any(one_counters || coalesce(freed, '{}'))
+            order by counter.id
+            for update;
+            -- Claims that share a counter read it in the order they lock it.
+            one_at := clock_timestamp();
+            select min(l.amount - counter.running
+                       + (select count(*) from unnest(freed) as slot where slot = counter.id)),
+                   array_agg(counter.id) filter (
+                       where l.amount - counter.running
+                             + (select count(*) from unnest(freed) as slot
+                                where slot = counter.id) <= 0),
+                   min(counter.served_at), count(*)
+            into one_room, one_full, one_served, one_found
+            from errands_limit_counters as counter
+            join errands_limits as l
+                on (l.scope, l.name, l.kind) = (counter.scope, counter.name, counter.kind)
+            where counter.id = any(one_counters);
+            if one_found < cardinality(one_counters) then
+                -- A limit deleted or changed meanwhile: the next claim reads it again.
+                return query
+                select null::bigint, null::boolean, null::integer, null::bigint,
+                       null::timestamptz, null::timestamptz, null::bigint[], null::bigint[],
+                       one_at, 0.0::double precision, false;
+                return;
+            end if;
+            if one_room > 0 and one_ids is null then
+                -- It was full when read, and a slot has freed since: the jobs are read now.
+                select * into one_ids, one_tasks, one_priorities, one_run_ats
+                from errands_due_jobs(
+                    one_queue, one_group, least(one_room, wanted)::integer, unlimited);
+            end if;
+            if one_room > 0 and one_ids is not null then
+                -- Best first (the order they were read in); those past the room stay pending.
+                return query
+                select picked.id, picked.task = any(async_tasks), picked.priority, picked.turn,
+                       one_served, picked.run_at, one_counters, null::bigint[], one_at,
+                       null::double precision, false
+                from unnest(one_ids, one_tasks, one_priorities,
+                            one_run_ats) with ordinality
+                    as picked(id, task, priority, run_at, turn)
+                where picked.turn <= one_room;
+                return;
+            end if;
+            if one_room <= 0 and (one_ids is not null or exists (
+                select from errands_jobs as job
+                where job.queue = one_queue and job.limit_group = one_group
+                  and job.state in ('pending', 'failed') and job.run_at <= now()
+                order by job.priority desc, job.run_at, job.id limit 1))
+            then
+                -- Full while due jobs wait: a slot these free wakes this claim's worker.
+                update errands_limit_counters as counter
+                set waiting = true
+                where counter.id = any(one_full) and not counter.waiting;
+            end if;
+            return query
+            select null::bigint, null::boolean, null::integer, null::bigint,
+                   null::timestamptz, null::timestamptz, null::bigint[], null::bigint[],
+                   one_at, null::double precision, false;
+            return;
+        end if;
+    end if;
+    return query
+    with recursive
+    -- The limited groups with jobs waiting, per queue, in group order, with the best job of
+    -- each (by priority, then age; due or not): one index descent per group, no table read.
+    grouped (queue, limit_group, priority, run_at, id, depth) as (
+        select waiting.queue, first.limit_group, first.priority, first.run_at, first.id, 1
+        from unnest(queues) as waiting(queue)
+        cross join lateral (
+            select job.limit_group, job.priority, job.run_at, job.id from errands_jobs as job
+            where job.queue = waiting.queue and job.limit_group > ''
+              and job.state in ('pending', 'failed')
+            order by job.limit_group, job.priority desc, job.run_at, job.id
+            limit 1
+        ) as first
+        union all
+        select grouped.queue, next.limit_group, next.priority, next.run_at, next.id,
+               grouped.depth + 1
+        from grouped
+        cross join lateral (
+            select job.limit_group, job.priority, job.run_at, job.id from errands_jobs as job
+            where job.queue = grouped.queue and job.limit_group > grouped.limit_group
+              and job.state in ('pending', 'failed')
+            order by job.limit_group, job.priority desc, job.run_at, job.id
+            limit 1
+        ) as next
+        where grouped.depth < 10000
+    ),
+    -- Each group's limits, with the key value the group names for each (null: the group was
+    -- filed under other limits).
+    unit_limit as (
+        select grouped.queue, grouped.limit_group, l.scope, l.name, l.kind, l.amount,
+               l.per_seconds,
+               case when l.key is null then ''
+                    else errands_group_value(grouped.limit_group, l.key) end as value
+        from grouped
+        join errands_limits as l
+            on (l.scope = 'task' and l.name = split_part(grouped.limit_group, chr(31), 1))
+            or (l.scope = 'queue' and l.name = grouped.queue)
+    ),
+    stale as (
+        select distinct unit_limit.queue, unit_limit.limit_group from unit_limit
+        where unit_limit.value is null
+    ),
+    -- Each group's counters as last committed (not locked yet: a guess of its room).
+    unit_counter as (
+        select unit_limit.*, counter.id as counter, counter.running, counter.started_at,
+               counter.started, counter.served_at
+        from unit_limit
+        left join errands_limit_counters as counter
+            on (counter.scope, counter.name, counter.kind, counter.value)
+               = (unit_limit.scope, unit_limit.name, unit_limit.kind, unit_limit.value)
+        where unit_limit.value is not null
+    ),
+    first_use as (
+        insert into errands_limit_counters (scope, name, kind, value)
+        select distinct unit_counter.scope, unit_counter.name, unit_counter.kind,
+               unit_counter.value
+        from unit_counter where unit_counter.counter is null
+        on conflict do nothing
+        returning 1
+    ),
+    -- Each group's room (counting the slots `freed` as free), when it was last served, and
+    -- how long until a full rate frees a start.
+    unit as (
+        select grouped.queue, grouped.limit_group, grouped.priority, grouped.run_at, grouped.id,
+               min(case when u.counter is null then u.amount
+                        when u.kind = 'concurrency'
+                        then u.amount - u.running
+                             + (select count(*) from unnest(freed) as slot where slot = u.counter)
+                        else u.amount - errands_starts_since(u.started_at, u.started,
+                            now() - make_interval(secs => u.per_seconds))
+                   end) as room,
+               min(u.served_at) as served_at,
+               min(case when u.kind = 'rate' and u.amount <= errands_starts_since(
+                            u.started_at, u.started, now() - make_interval(secs => u.per_seconds))
+                        then (select min(log.at) from unnest(u.started_at) as log(at)
+                              where log.at > now() - make_interval(secs => u.per_seconds))
+                             + make_interval(secs => u.per_seconds) - now()
+                   end) as rate_wait
+        from grouped
+        left join unit_counter as u using (queue, limit_group)
+        where (grouped.queue, grouped.limit_group) not in (select queue, limit_group from stale)
+        group by grouped.queue, grouped.limit_group, grouped.priority, grouped.run_at, grouped.id
+    ),
+    -- Due groups first, then by priority, least recently served first, each up to its room,
+    -- until `wanted` jobs are found.
+    chosen as (
+        select sized.queue, sized.limit_group, sized.served_at, sized.quota
+        from (
+            select unit.*, least(coalesce(unit.room, wanted), wanted) as quota,
+                   sum(least(coalesce(unit.room, wanted), wanted)) over (
+                       order by unit.run_at <= now() desc, unit.priority desc,
+                                unit.served_at nulls first, unit.run_at, unit.id) as through
+            from unit
+        ) as sized
+        where sized.quota > 0 and sized.through - sized.quota < wanted
+    ),
+    limited as (
+        select job.id, chosen.queue, chosen.limit_group, job.priority, job.run_at,
+               job.task = any(async_tasks) as on_loop, chosen.served_at,
+               row_number() over (
+                   partition by chosen.queue, chosen.limit_group
+                   order by job.priority desc, job.run_at, job.id) as turn
+        from chosen
+        cross join lateral (
+            select job.id, job.task, job.priority, job.run_at from errands_jobs as job
+            where job.queue = chosen.queue and job.limit_group = chosen.limit_group
+              and job.state in ('pending', 'failed') and job.run_at <= now()
+              -- filed by this claim above: a row the claim must not change twice
+              and job.id <> all(coalesce(unlimited, '{}'))
+            order by job.priority desc, job.run_at, job.id
+            limit chosen.quota
+            for update skip locked
+        ) as job
+    ),
+    -- Each job comes under its group's counters.
+    bound as (
+        select limited.id, u.kind, u.amount, u.per_seconds, u.counter
+        from limited join unit_counter as u using (queue, limit_group)
+    ),
+    -- The counters of each group: the slots a job of it holds, the rates it starts under.
+    unit_slots as (
+        select u.queue, u.limit_group,
+               array_agg(u.counter order by u.counter)
+                   filter (where u.kind = 'concurrency') as slots,
+               array_agg(u.counter order by u.counter) filter (where u.kind = 'rate') as rates
+        from unit_counter as u
+        where (u.queue, u.limit_group) in (select chosen.queue, chosen.limit_group from chosen)
+        group by u.queue, u.limit_group
+    ),
+    -- In id order, as every statement that changes counters locks them.
+    locked as (
+        select counter.id, counter.running, counter.started_at, counter.started
+        from errands_limit_counters as counter
+        where counter.id in (select bound.counter from bound union all select unnest(freed))
+        order by counter.id
+        for update
+    ),
+    -- Claims that share a counter read it in the order they lock it.
+    moment as (
+        select clock_timestamp() as at from (select count(*) from locked) as every_lock
+    ),
+    free as (
+        select locked.id as counter, limits.kind, limits.per_seconds, locked.started_at,
+               limits.amount - case
+                   when limits.kind = 'concurrency' then locked.running - (
+                       select count(*) from unnest(freed) as slot where slot = locked.id)
+                   else errands_starts_since(locked.started_at, locked.started,
+                       moment.at - make_interval(secs => limits.per_seconds))
+               end as free
+        from locked
+        join (select distinct bound.counter, bound.kind, bound.amount, bound.per_seconds
+              from bound) as limits on limits.counter = locked.id
+        cross join moment
+    ),
+    -- Jobs none of whose counters is full (a counter not there yet, or deleted since it
+    -- was read, counts as full).
+    eligible as (
+        select limited.* from limited
+        where not exists (
+            select from bound left join free on free.counter = bound.counter
+            where bound.id = limited.id and coalesce(free.free, 0) <= 0)
+    ),
+    -- Round robin: each group's first job before any group's second.
+    placed as (
+        select eligible.id, bound.counter, free.free,
+               row_number() over (
+                   partition by bound.counter
+                   order by eligible.priority desc, eligible.turn, eligible.served_at nulls first,
+                            eligible.run_at, eligible.id) as place
+        from eligible
+        join bound on bound.id = eligible.id
+        join free on free.counter = bound.counter
+    ),
+    admitted as (
+        select eligible.* from eligible
+        where not exists (
+            select from placed where placed.id = eligible.id and placed.place > placed.free)
+    ),
+    -- A job passed over, every counter of which has a slot left (the ranks of jobs passed
+    -- over for another counter's sake filled one): the next claim takes it.
+    passed_over as (
+        select from eligible
+        where eligible.id not in (select admitted.id from admitted)
+          and (select count(*) from admitted) < wanted
+          and not exists (
+              select from placed
+              where placed.id = eligible.id
+                and placed.free <= (select count(*) from placed as taken
+                                    where taken.counter = placed.counter
+                                      and taken.id in (select admitted.id from admitted)))
+    ),
+    -- Stale groups and held counters, for the statements after this one (transaction-local
+    -- settings: a query's results go to the claim, not back to this function).
+    noted as (
+        select set_config('errands.stale_groups',
+                          coalesce(json_agg(json_build_array(stale.queue, stale.limit_group))::text,
+                                   ''), true) as stale,
+               set_config('errands.held', coalesce((select counters from held)::text, ''), true)
+                   as held
+        from stale
+    ),
+    waits as (
+        select unit.rate_wait as wait from unit
+        union all
+        select (select min(log.at) from unnest(free.started_at) as log(at)
+                where log.at > moment.at - make_interval(secs => free.per_seconds))
+               + make_interval(secs => free.per_seconds) - moment.at
+        from free cross join moment
+        where free.kind = 'rate' and free.free <= 0
+    ),
+    -- When nothing is admitted (the claim's worker is about to wait for a wake-up), the
+    -- full counters due jobs wait for: marked waiting, so that a slot they free wakes it.
+    -- (A claim that took jobs marks none: its worker claims again when they end, and
+    -- marking would make it wait for the locks of counters it does not use.)
+    held as (
+        select array_agg(distinct counter) as counters from (
+            select u.counter from unit join unit_counter as u using (queue, limit_group)
+            where unit.run_at <= now() and unit.room <= 0 and u.counter is not null
+            union all
+            select free.counter from free where free.free <= 0
+        ) as full_counters
+        where not exists (select from admitted)
+    ),
+    summary as (
+        select moment.at,
+               case when exists (select from first_use) or exists (select from stale)
+                      or exists (select from passed_over)
+                      or exists (select from bound where bound.counter is not null
+                                 and bound.counter not in (select locked.id from locked))
+                    then 0.0
+                    else (select greatest(extract(epoch from min(waits.wait)), 0.0) from waits
+                          having min(waits.wait) is not null)
+               end::double precision as recheck
+        from moment
+    )
+    select admitted.id, admitted.on_loop, admitted.priority, admitted.turn, admitted.served_at,
+           admitted.run_at, unit_slots.slots, unit_slots.rates, summary.at, summary.recheck,
+           false
+    from summary
+    cross join noted
+    left join admitted on true
+    left join unit_slots using (queue, limit_group);
+    held_counters := current_setting('errands.held', true);
+    if held_counters <> '' then  -- nothing admitted: a freed slot of these wakes this claim's worker
+        update errands_limit_counters as counter
+        set waiting = true
+        where counter.id = any(held_counters::bigint[]) and not counter.waiting;
+    end if;
+    stale_groups := current_setting('errands.stale_groups', true);
+    if stale_groups <> '' then
+        update errands_jobs as job
+        set limit_group = errands_limit_group(job.queue, job.task, job.payload)
+        from json_array_elements(stale_groups::json) as stale(pair)
+        where job.queue = stale.pair ->> 0 and job.limit_group = stale.pair ->> 1
+          and job.state in ('pending', 'failed');
+    end if;
+end
+$$;
+-- The counters follow the attempts (migration 0012 tells how), for less: the attempts a
+-- statement started or ended are read from its transition tables once, by one join, into
+-- one move per counter, which the statement's counters are locked by (in id order) and
+-- changed by; a statement whose rows name no counter (no limit concerns it: every
+-- statement of an unlimited drain) leaves before any join.
+create or replace function errands_count_slots() returns trigger language plpgsql as $$
+declare
+    woken boolean;
+    moved_counters bigint[];
+    moved_taken integer[];
+    moved_freed integer[];
+    moved_logged integer[];
+    moved_at timestamptz[];
+begin
+    if tg_op = 'DELETE' then
+        -- Running jobs deleted (errands never does; an operator might): their slots back.
+        update errands_limit_counters as c
+        set running = c.running - freed.n
+        from (select slot, count(*) as n from old_rows cross join unnest(old_rows.slots) as slot
+              where old_rows.state = 'in_progress' group by slot order by slot) as freed
+        where c.id = freed.slot;
+        return null;
+    end if;
+    -- A claim sets the counters of the attempts it starts; the statements that end attempts
+    -- leave them as they were.
+    if not exists (select from new_rows where slots is not null or rates is not null)
+       and not exists (select from old_rows where slots is not null) then
+        return null;
+    end if;
+    select array_agg(move.counter order by move.counter),
+           array_agg(move.taken order by move.counter),
+           array_agg(move.freed order by move.counter),
+           array_agg(move.logged order by move.counter),
+           array_agg(move.at order by move.counter)
+    into moved_counters, moved_taken, moved_freed, moved_logged, moved_at
+    from (
+        select each.counter, sum(each.taken)::integer as taken,
+               sum(each.freed)::integer as freed, sum(each.logged)::integer as logged,
+               max(each.at) as at
+        from new_rows as n join old_rows as o using (id)
+        cross join lateral (
+            select slot, 1, 0, 0, n.started_at from unnest(n.slots) as slot
+            where n.state = 'in_progress'
+            union all
+            select rate, 0, 0, 1, n.started_at from unnest(n.rates) as rate
+            where n.state = 'in_progress'
+            union all
+            select slot, 0, 1, 0, null::timestamptz from unnest(o.slots) as slot
+            where o.state = 'in_progress'
+        ) as each (counter, taken, freed, logged, at)
+        where (n.state = 'in_progress') <> (o.state = 'in_progress')
+        group by each.counter
+    ) as move;
+    if moved_counters is null then
+        return null;
+    end if;
+    -- Locked in id order, as claims lock them, so that neither waits on the other in a cycle.
+    perform from errands_limit_counters as c where c.id = any(moved_counters) order by c.id for update;
+    with moved as (
+        select move.counter, move.taken, move.freed, move.logged, move.at, l.amount,
+               l.per_seconds, c.waiting as was_waiting
+        from unnest(moved_counters, moved_taken, moved_freed, moved_logged, moved_at)
+            as move (counter, taken, freed, logged, at)
+        join errands_limit_counters as c on c.id = move.counter
+        left join errands_limits as l on (l.scope, l.name, l.kind) = (c.scope, c.name, c.kind)
+    ),
+    changed as (
+        update errands_limit_counters as c
+        set running = c.running + moved.taken - moved.freed,
+            started_at = case when moved.logged = 0 then c.started_at
+                else array(select log.at from unnest(c.started_at) as log(at)
+                           where log.at > moved.at - make_interval(secs => moved.per_seconds)
+                           order by log.at) || moved.at end,
+            started = case when moved.logged = 0 then c.started
+                else array(select log.n from unnest(c.started_at, c.started) as log(at, n)
+                           where log.at > moved.at - make_interval(secs => moved.per_seconds)
+                           order by log.at) || moved.logged end,
+            served_at = case when moved.taken + moved.logged > 0 then moved.at
+                             else c.served_at end,
+            -- A job a limit held back may start now: wake idle workers once, when a
+            -- counter jobs wait for keeps a free slot (a worker's completions and its own
+            -- next claim, which took the slots they gave back, wake nobody).
+            waiting = c.waiting
+                      and c.running + moved.taken - moved.freed >= coalesce(moved.amount, 0)
+        from moved
+        where c.id = moved.counter
+        returning moved.was_waiting and c.running < coalesce(moved.amount, 0) as woken_here
+    )
+    select coalesce(bool_or(woken_here), false) into woken from changed;
+    if woken then
+        perform pg_notify('errands_jobs', queue)
+        from (select distinct queue from old_rows where slots is not null) as queues;
+    end if;
+    return null;
+end
+$$;
