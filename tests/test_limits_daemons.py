@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from errands import Client
+from errands.harness.chaos import most_at_once
 from errands.harness.waiting import wait_for
 from tests.conftest import migrated_database
 from tests.daemon import Daemon
@@ -58,16 +59,6 @@ def _intervals(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], list[Inte
         assert end is not None, f"an attempt of {task} neither ended nor was released"
         found.setdefault((task, key), []).append((start, end))
     return found
-
-
-def most_at_once(intervals: list[Interval]) -> int:
-    """The most intervals open at one instant (one ending as another starts: not together)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    open_now = most = 0
-    for _, step in events:
-        open_now += step
-        most = max(most, open_now)
-    return most
 
 
 def _kill_a_worker_running(db_url: str, daemons: list[Daemon], task: str) -> bool:

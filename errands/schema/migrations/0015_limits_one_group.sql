@@ -34,7 +34,12 @@ begin
 end
 $$;
 
-create or replace function errands_admit_limited(queues text[], wanted integer, async_tasks text[],
+-- 0012's function, unchanged, serves every claim the short path below does not: its query
+-- stays written once.
+alter function errands_admit_limited(text[], integer, text[], bigint[], bigint[])
+    rename to errands_admit_groups;
+
+create function errands_admit_limited(queues text[], wanted integer, async_tasks text[],
                                       freed bigint[], unlimited bigint[])
 returns table (id bigint, on_loop boolean, priority integer, turn bigint,
                served_at timestamptz, run_at timestamptz, slots bigint[], rates bigint[],
@@ -45,8 +50,6 @@ as $$
 #variable_conflict use_column
 declare
     misfiled bigint[];
-    stale_groups text;
-    held_counters text;
     groups_waiting integer;
     one_queue text;
     one_group text;
@@ -206,263 +209,9 @@ begin
             return;
         end if;
     end if;
+    -- Several groups, keys or rates: the general admission, as migration 0012 wrote it.
     return query
-    with recursive
-    -- The limited groups with jobs waiting, per queue, in group order, with the best job of
-    -- each (by priority, then age; due or not): one index descent per group, no table read.
-    grouped (queue, limit_group, priority, run_at, id, depth) as (
-        select waiting.queue, first.limit_group, first.priority, first.run_at, first.id, 1
-        from unnest(queues) as waiting(queue)
-        cross join lateral (
-            select job.limit_group, job.priority, job.run_at, job.id from errands_jobs as job
-            where job.queue = waiting.queue and job.limit_group > ''
-              and job.state in ('pending', 'failed')
-            order by job.limit_group, job.priority desc, job.run_at, job.id
-            limit 1
-        ) as first
-        union all
-        select grouped.queue, next.limit_group, next.priority, next.run_at, next.id,
-               grouped.depth + 1
-        from grouped
-        cross join lateral (
-            select job.limit_group, job.priority, job.run_at, job.id from errands_jobs as job
-            where job.queue = grouped.queue and job.limit_group > grouped.limit_group
-              and job.state in ('pending', 'failed')
-            order by job.limit_group, job.priority desc, job.run_at, job.id
-            limit 1
-        ) as next
-        where grouped.depth < 10000
-    ),
-    -- Each group's limits, with the key value the group names for each (null: the group was
-    -- filed under other limits).
-    unit_limit as (
-        select grouped.queue, grouped.limit_group, l.scope, l.name, l.kind, l.amount,
-               l.per_seconds,
-               case when l.key is null then ''
-                    else errands_group_value(grouped.limit_group, l.key) end as value
-        from grouped
-        join errands_limits as l
-            on (l.scope = 'task' and l.name = split_part(grouped.limit_group, chr(31), 1))
-            or (l.scope = 'queue' and l.name = grouped.queue)
-    ),
-    stale as (
-        select distinct unit_limit.queue, unit_limit.limit_group from unit_limit
-        where unit_limit.value is null
-    ),
-    -- Each group's counters as last committed (not locked yet: a guess of its room).
-    unit_counter as (
-        select unit_limit.*, counter.id as counter, counter.running, counter.started_at,
-               counter.started, counter.served_at
-        from unit_limit
-        left join errands_limit_counters as counter
-            on (counter.scope, counter.name, counter.kind, counter.value)
-               = (unit_limit.scope, unit_limit.name, unit_limit.kind, unit_limit.value)
-        where unit_limit.value is not null
-    ),
-    first_use as (
-        insert into errands_limit_counters (scope, name, kind, value)
-        select distinct unit_counter.scope, unit_counter.name, unit_counter.kind,
-               unit_counter.value
-        from unit_counter where unit_counter.counter is null
-        on conflict do nothing
-        returning 1
-    ),
-    -- Each group's room (counting the slots `freed` as free), when it was last served, and
-    -- how long until a full rate frees a start.
-    unit as (
-        select grouped.queue, grouped.limit_group, grouped.priority, grouped.run_at, grouped.id,
-               min(case when u.counter is null then u.amount
-                        when u.kind = 'concurrency'
-                        then u.amount - u.running
-                             + (select count(*) from unnest(freed) as slot where slot = u.counter)
-                        else u.amount - errands_starts_since(u.started_at, u.started,
-                            now() - make_interval(secs => u.per_seconds))
-                   end) as room,
-               min(u.served_at) as served_at,
-               min(case when u.kind = 'rate' and u.amount <= errands_starts_since(
-                            u.started_at, u.started, now() - make_interval(secs => u.per_seconds))
-                        then (select min(log.at) from unnest(u.started_at) as log(at)
-                              where log.at > now() - make_interval(secs => u.per_seconds))
-                             + make_interval(secs => u.per_seconds) - now()
-                   end) as rate_wait
-        from grouped
-        left join unit_counter as u using (queue, limit_group)
-        where (grouped.queue, grouped.limit_group) not in (select queue, limit_group from stale)
-        group by grouped.queue, grouped.limit_group, grouped.priority, grouped.run_at, grouped.id
-    ),
-    -- Due groups first, then by priority, least recently served first, each up to its room,
-    -- until `wanted` jobs are found.
-    chosen as (
-        select sized.queue, sized.limit_group, sized.served_at, sized.quota
-        from (
-            select unit.*, least(coalesce(unit.room, wanted), wanted) as quota,
-                   sum(least(coalesce(unit.room, wanted), wanted)) over (
-                       order by unit.run_at <= now() desc, unit.priority desc,
-                                unit.served_at nulls first, unit.run_at, unit.id) as through
-            from unit
-        ) as sized
-        where sized.quota > 0 and sized.through - sized.quota < wanted
-    ),
-    limited as (
-        select job.id, chosen.queue, chosen.limit_group, job.priority, job.run_at,
-               job.task = any(async_tasks) as on_loop, chosen.served_at,
-               row_number() over (
-                   partition by chosen.queue, chosen.limit_group
-                   order by job.priority desc, job.run_at, job.id) as turn
-        from chosen
-        cross join lateral (
-            select job.id, job.task, job.priority, job.run_at from errands_jobs as job
-            where job.queue = chosen.queue and job.limit_group = chosen.limit_group
-              and job.state in ('pending', 'failed') and job.run_at <= now()
-              -- filed by this claim above: a row the claim must not change twice
-              and job.id <> all(coalesce(unlimited, '{}'))
-            order by job.priority desc, job.run_at, job.id
-            limit chosen.quota
-            for update skip locked
-        ) as job
-    ),
-    -- Each job comes under its group's counters.
-    bound as (
-        select limited.id, u.kind, u.amount, u.per_seconds, u.counter
-        from limited join unit_counter as u using (queue, limit_group)
-    ),
-    -- The counters of each group: the slots a job of it holds, the rates it starts under.
-    unit_slots as (
-        select u.queue, u.limit_group,
-               array_agg(u.counter order by u.counter)
-                   filter (where u.kind = 'concurrency') as slots,
-               array_agg(u.counter order by u.counter) filter (where u.kind = 'rate') as rates
-        from unit_counter as u
-        where (u.queue, u.limit_group) in (select chosen.queue, chosen.limit_group from chosen)
-        group by u.queue, u.limit_group
-    ),
-    -- In id order, as every statement that changes counters locks them.
-    locked as (
-        select counter.id, counter.running, counter.started_at, counter.started
-        from errands_limit_counters as counter
-        where counter.id in (select bound.counter from bound union all select unnest(freed))
-        order by counter.id
-        for update
-    ),
-    -- Claims that share a counter read it in the order they lock it.
-    moment as (
-        select clock_timestamp() as at from (select count(*) from locked) as every_lock
-    ),
-    free as (
-        select locked.id as counter, limits.kind, limits.per_seconds, locked.started_at,
-               limits.amount - case
-                   when limits.kind = 'concurrency' then locked.running - (
-                       select count(*) from unnest(freed) as slot where slot = locked.id)
-                   else errands_starts_since(locked.started_at, locked.started,
-                       moment.at - make_interval(secs => limits.per_seconds))
-               end as free
-        from locked
-        join (select distinct bound.counter, bound.kind, bound.amount, bound.per_seconds
-              from bound) as limits on limits.counter = locked.id
-        cross join moment
-    ),
-    -- Jobs none of whose counters is full (a counter not there yet, or deleted since it
-    -- was read, counts as full).
-    eligible as (
-        select limited.* from limited
-        where not exists (
-            select from bound left join free on free.counter = bound.counter
-            where bound.id = limited.id and coalesce(free.free, 0) <= 0)
-    ),
-    -- Round robin: each group's first job before any group's second.
-    placed as (
-        select eligible.id, bound.counter, free.free,
-               row_number() over (
-                   partition by bound.counter
-                   order by eligible.priority desc, eligible.turn, eligible.served_at nulls first,
-                            eligible.run_at, eligible.id) as place
-        from eligible
-        join bound on bound.id = eligible.id
-        join free on free.counter = bound.counter
-    ),
-    admitted as (
-        select eligible.* from eligible
-        where not exists (
-            select from placed where placed.id = eligible.id and placed.place > placed.free)
-    ),
-    -- A job passed over, every counter of which has a slot left (the ranks of jobs passed
-    -- over for another counter's sake filled one): the next claim takes it.
-    passed_over as (
-        select from eligible
-        where eligible.id not in (select admitted.id from admitted)
-          and (select count(*) from admitted) < wanted
-          and not exists (
-              select from placed
-              where placed.id = eligible.id
-                and placed.free <= (select count(*) from placed as taken
-                                    where taken.counter = placed.counter
-                                      and taken.id in (select admitted.id from admitted)))
-    ),
-    -- Stale groups and held counters, for the statements after this one (transaction-local
-    -- settings: a query's results go to the claim, not back to this function).
-    noted as (
-        select set_config('errands.stale_groups',
-                          coalesce(json_agg(json_build_array(stale.queue, stale.limit_group))::text,
-                                   ''), true) as stale,
-               set_config('errands.held', coalesce((select counters from held)::text, ''), true)
-                   as held
-        from stale
-    ),
-    waits as (
-        select unit.rate_wait as wait from unit
-        union all
-        select (select min(log.at) from unnest(free.started_at) as log(at)
-                where log.at > moment.at - make_interval(secs => free.per_seconds))
-               + make_interval(secs => free.per_seconds) - moment.at
-        from free cross join moment
-        where free.kind = 'rate' and free.free <= 0
-    ),
-    -- When nothing is admitted (the claim's worker is about to wait for a wake-up), the
-    -- full counters due jobs wait for: marked waiting, so that a slot they free wakes it.
-    -- (A claim that took jobs marks none: its worker claims again when they end, and
-    -- marking would make it wait for the locks of counters it does not use.)
-    held as (
-        select array_agg(distinct counter) as counters from (
-            select u.counter from unit join unit_counter as u using (queue, limit_group)
-            where unit.run_at <= now() and unit.room <= 0 and u.counter is not null
-            union all
-            select free.counter from free where free.free <= 0
-        ) as full_counters
-        where not exists (select from admitted)
-    ),
-    summary as (
-        select moment.at,
-               case when exists (select from first_use) or exists (select from stale)
-                      or exists (select from passed_over)
-                      or exists (select from bound where bound.counter is not null
-                                 and bound.counter not in (select locked.id from locked))
-                    then 0.0
-                    else (select greatest(extract(epoch from min(waits.wait)), 0.0) from waits
-                          having min(waits.wait) is not null)
-               end::double precision as recheck
-        from moment
-    )
-    select admitted.id, admitted.on_loop, admitted.priority, admitted.turn, admitted.served_at,
-           admitted.run_at, unit_slots.slots, unit_slots.rates, summary.at, summary.recheck,
-           false
-    from summary
-    cross join noted
-    left join admitted on true
-    left join unit_slots using (queue, limit_group);
-    held_counters := current_setting('errands.held', true);
-    if held_counters <> '' then  -- nothing admitted: a freed slot of these wakes this claim's worker
-        update errands_limit_counters as counter
-        set waiting = true
-        where counter.id = any(held_counters::bigint[]) and not counter.waiting;
-    end if;
-    stale_groups := current_setting('errands.stale_groups', true);
-    if stale_groups <> '' then
-        update errands_jobs as job
-        set limit_group = errands_limit_group(job.queue, job.task, job.payload)
-        from json_array_elements(stale_groups::json) as stale(pair)
-        where job.queue = stale.pair ->> 0 and job.limit_group = stale.pair ->> 1
-          and job.state in ('pending', 'failed');
-    end if;
+    select * from errands_admit_groups(queues, wanted, async_tasks, freed, unlimited);
 end
 $$;
 -- The counters follow the attempts (migration 0012 tells how), for less: the attempts a
