@@ -284,6 +284,28 @@ def test_the_runner_runs_django_tasks_of_errands_backends_only(
         run(runner, payload)
 
 
+@pytest.mark.parametrize("task_path", ["this.s", "tests.contrib_django.outside.shout"])
+def test_the_runner_refuses_a_path_outside_the_project_without_importing_it(
+    django_db: str, task_path: str
+) -> None:
+    module = task_path.rpartition(".")[0]
+    payload = {"task_path": task_path, "args": ["hi"], "kwargs": {}, "backend": "default"}
+    with pytest.raises(errands.Fail, match="not loaded, nor in an installed app"):
+        run(runner, payload)
+    assert module not in sys.modules
+
+
+def test_the_runner_imports_a_task_module_of_the_settings_package_on_first_use(
+    django_db: str,
+) -> None:
+    path = "tests.contrib_django.project.late_tasks.double"
+    payload = {"task_path": path, "args": [21], "kwargs": {}, "backend": "default"}
+    # As `manage.py errands_worker` runs with DJANGO_SETTINGS_MODULE set (these tests
+    # configure settings in code, which names no module).
+    with override_settings(SETTINGS_MODULE="tests.contrib_django.project.settings"):
+        assert run(runner, payload) == 42
+
+
 def test_a_database_that_is_not_postgresql_is_refused() -> None:
     with pytest.raises(ImproperlyConfigured, match="sqlite"):
         ErrandsBackend("x", {"OPTIONS": {"DATABASE": "local"}})

@@ -13,10 +13,13 @@ Django defines no cancelled status; a cancelled job has no error of its own.
 from __future__ import annotations
 
 import re
+import sys
 import traceback
 from datetime import datetime
 from typing import Any
 
+from django.apps import apps
+from django.conf import settings
 from django.utils.module_loading import import_string
 
 from errands import Job, JobState
@@ -69,10 +72,33 @@ def new_result(
     )
 
 
+def django_task_at(task_path: str) -> Any:
+    """What `task_path` names, imported only from a module loaded already, or from the
+    package of an installed app or of the settings.
+
+    A job's payload may come from anyone who can enqueue (the HTTP API, say), and
+    importing a module runs its code: a path into any other installed module is refused
+    before it is imported (ImportError).
+    """
+    module = task_path.rpartition(".")[0]
+    if module not in sys.modules and not _in_project(task_path):
+        raise ImportError(
+            f"{module or task_path!r} is not loaded, nor in an installed app or the "
+            "settings' package"
+        )
+    return import_string(task_path)
+
+
+def _in_project(task_path: str) -> bool:
+    project = settings.SETTINGS_MODULE.rpartition(".")[0] if settings.SETTINGS_MODULE else ""
+    in_settings_package = bool(project) and task_path.startswith(f"{project}.")
+    return in_settings_package or apps.get_containing_app_config(task_path) is not None
+
+
 def result_of(job: Job) -> Any:
     """The TaskResult of a job that runs a Django task (see `runner`), as stored now."""
     payload = job.payload
-    task = import_string(payload["task_path"]).using(
+    task = django_task_at(payload["task_path"]).using(
         priority=job.priority, queue_name=job.queue, backend=payload["backend"]
     )
     status = STATUSES[job.state]

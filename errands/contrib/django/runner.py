@@ -19,7 +19,6 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, reset_queries
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 import errands
 from errands.contrib.django.backend import RUN, backend_named
@@ -31,7 +30,7 @@ from errands.contrib.django.compat import (
     task_finished,
     task_started,
 )
-from errands.contrib.django.results import error_of, new_result
+from errands.contrib.django.results import django_task_at, error_of, new_result
 
 
 @errands.task(RUN)
@@ -75,13 +74,14 @@ def _django_task(task_path: str, backend: str, queue: str) -> Any:
     """The Django task a job names; anything else fails the job for good.
 
     The job may come from anyone who can enqueue (the HTTP API, say): only a
-    Django Task, sent through an errands backend, ever runs.
+    Django Task, sent through an errands backend, ever runs, and no module outside
+    the project is imported to find out (django_task_at).
     """
     if not isinstance(task_path, str) or not isinstance(backend, str):
         raise errands.Fail("the payload's task_path and backend must be strings")
     try:
         backend_named(backend)
-        task = import_string(task_path)
+        task = django_task_at(task_path)
     except (ImproperlyConfigured, ImportError) as exc:
         raise errands.Fail(f"cannot run the Django task {task_path!r}: {exc}") from exc
     if not isinstance(task, Task) or task.module_path != task_path:
