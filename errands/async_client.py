@@ -27,6 +27,7 @@ from errands.client import (
     ClientCore,
     batch_requests,
     capture,
+    capture_workflow,
     check_id,
     conn_problem,
     deadline_of,
@@ -147,6 +148,8 @@ class AsyncClient(ClientCore):
         """Store a workflow in one transaction, all of it or none (as `Client.enqueue_workflow`);
         its jobs, parents before children, each carrying the `workflow_id`."""
         planned = workflow_plan(jobs)
+        if (captured := capture_workflow(planned)) is not None:
+            return captured
         async with self._connection(conn) as db:
             return (await run_async(db, store_workflow_steps(planned)))[1]
 

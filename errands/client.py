@@ -37,6 +37,7 @@ from errands.queue.admin import Stats
 from errands.queue.finished import FinishWatcher, is_finished
 from errands.queue.jobs import Job, JobState
 from errands.queue.requests import (
+    JobFields,
     JobFilter,
     JobId,
     JobRequest,
@@ -78,7 +79,9 @@ def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
         ConnectionPool.check_connection(conn)
 
 
-Recorder = Callable[[Sequence[JobRequest]], list[Job]]
+# What errands.testing records instead of storing: requests, with their workflow's plan when
+# they are one (same order).
+Recorder = Callable[[Sequence[JobFields], Sequence[PlannedJob] | None], list[Job]]
 _JOB_ID: TypeAdapter[int] = TypeAdapter(JobId)
 
 
@@ -266,6 +269,8 @@ class Client(ClientCore):
         these for you.
         """
         planned = workflow_plan(jobs)
+        if (captured := capture_workflow(planned)) is not None:
+            return captured
         with self._connection(conn) as db:
             return run(db, store_workflow_steps(planned))[1]
 
@@ -437,7 +442,13 @@ def batch_requests(specs: object) -> builtins.list[JobRequest]:
 def capture(requests: Sequence[JobRequest]) -> builtins.list[Job] | None:
     """The jobs errands.testing records instead of storing them, while it captures; else None."""
     recorder = _Process.recorder
-    return None if recorder is None else recorder(requests)
+    return None if recorder is None else recorder(requests, None)
+
+
+def capture_workflow(planned: Sequence[PlannedJob]) -> builtins.list[Job] | None:
+    """`capture`, for a workflow's jobs in the order they would be stored."""
+    recorder = _Process.recorder
+    return None if recorder is None else recorder([job.request for job in planned], planned)
 
 
 def job_filter(

@@ -12,8 +12,10 @@ No daemon and no database are needed::
         assert run(send_email, job.payload) == {"delivered": True}
 
 `capture_jobs` records every job enqueued in the process (by `Task.enqueue`,
-`Client.enqueue` or `Client.enqueue_many`, from any thread) after the same
-validation as a real enqueue, and stores nothing. `run` calls a task the way
+`Client.enqueue`, `Client.enqueue_many` or `Client.enqueue_workflow` and the canvas,
+from any thread) after the same validation as a real enqueue, and stores nothing; a
+workflow's jobs come with their `workflow_id` and `parents`, those with parents
+`waiting`, as the database would store them. `run` calls a task the way
 a worker does: payload checked against the signature and passed through JSON,
 `errands.current_job()` set, a coroutine run to its end, the result returned
 as the job would store it. What the task raises (`errands.Fail`,
@@ -28,8 +30,9 @@ import asyncio
 import itertools
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +40,7 @@ from errands.client import recording
 from errands.errors import ErrandsError
 from errands.queue.jobs import Job, JobState
 from errands.queue.lease import encode_result
-from errands.queue.requests import JobRequest, parse_request
+from errands.queue.requests import JobFields, PlannedJob, parse_request
 from errands.registry import registered
 from errands.tasks import CurrentJob, Task, running
 
@@ -70,10 +73,14 @@ class CapturedJobs(list[Job]):
                 done += 1
         return results
 
-    def record(self, requests: Any) -> list[Job]:
+    def record(
+        self, requests: Sequence[JobFields], workflow: Sequence[PlannedJob] | None
+    ) -> list[Job]:
         now = datetime.now(UTC)
         with self._lock:
             jobs = [_pending_job(next(self._ids), request, now) for request in requests]
+            if workflow is not None:
+                jobs = _as_workflow(jobs, workflow)
             self.extend(jobs)
         return jobs
 
@@ -169,7 +176,26 @@ def _stored(result: Any) -> Any:
     return json.loads(encode_result(result))
 
 
-def _pending_job(job_id: int, request: JobRequest, now: datetime) -> Job:
+def _as_workflow(jobs: list[Job], planned: Sequence[PlannedJob]) -> list[Job]:
+    """A workflow's jobs as stored: its first job's id as the workflow's, each job's parents
+    (stored ones, then those of the workflow), and those with parents waiting."""
+    workflow_id = jobs[0].id
+    linked = []
+    for job, plan in zip(jobs, planned, strict=True):
+        parents = [*plan.stored_parents, *(jobs[place].id for place in plan.parents_here)]
+        linked.append(
+            replace(
+                job,
+                workflow_id=workflow_id,
+                parents=parents or None,
+                on_parent_failure=plan.request.on_parent_failure,
+                state=JobState.WAITING if parents else JobState.PENDING,
+            )
+        )
+    return linked
+
+
+def _pending_job(job_id: int, request: JobFields, now: datetime) -> Job:
     return Job(
         id=job_id,
         queue=request.queue,

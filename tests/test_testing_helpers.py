@@ -83,3 +83,31 @@ def test_current_job_is_set_only_while_the_task_runs() -> None:
         run(send_welcome, {"to": "ada@example.com"})
     with pytest.raises(errands.ErrandsError):
         errands.current_job()
+
+
+def test_a_captured_workflow_comes_back_linked_as_the_database_would_store_it() -> None:
+    with capture_jobs() as jobs:
+        workflow = errands.chain(
+            send_welcome.s(to="ada@example.com"),
+            errands.group(
+                send_follow_up.s(to="ada@example.com"), send_follow_up.s(to="bob@example.com")
+            ),
+        ).enqueue()
+    first, *rest = workflow.jobs
+    assert list(jobs) == workflow.jobs
+    assert {job.workflow_id for job in jobs} == {workflow.id}
+    assert (first.state, first.parents) == (errands.JobState.PENDING, None)
+    assert [(job.state, job.parents) for job in rest] == [
+        (errands.JobState.WAITING, [first.id]),
+        (errands.JobState.WAITING, [first.id]),
+    ]
+
+
+def test_running_a_captured_workflow_runs_parents_before_children() -> None:
+    with capture_jobs() as jobs:
+        errands.chain(
+            send_welcome.s(to="ada@example.com"), send_follow_up.s(to="ada@example.com")
+        ).enqueue()
+    results = jobs.run_all()
+    assert [job.task for job in jobs] == ["send_welcome", "send_follow_up", "send_follow_up"]
+    assert results[1] == "follow-up to ada@example.com"
