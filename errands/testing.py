@@ -74,7 +74,7 @@ class CapturedJobs(list[Job]):
         return results
 
     def record(
-        self, requests: Sequence[JobFields], workflow: Sequence[PlannedJob] | None
+        self, requests: Sequence[JobFields], workflow: Sequence[PlannedJob] | None = None
     ) -> list[Job]:
         now = datetime.now(UTC)
         with self._lock:
