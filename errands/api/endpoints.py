@@ -16,10 +16,11 @@ import psycopg
 from pydantic import BaseModel, Field, ValidationError
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from it before 3.12
 
 from errands import tracing
+from errands.api.answers import JSONAnswer
 from errands.api.errors import HTTPError, invalid
 from errands.api.inputs import header, json_body
 from errands.errors import FieldError, IdempotencyConflict, InvalidJob, InvalidState, JobNotFound
@@ -172,9 +173,7 @@ def submit(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
     with tracing.continuing(call.headers):  # a traceparent header: the job continues that trace
         (answer,) = _stored(lambda: [enqueue(conn, request)])
     call.job_id = answer.job.id
-    return JSONResponse(
-        answer.job.to_dict(), 201 if answer.created else 200, _replay_headers(answer)
-    )
+    return JSONAnswer(answer.job, 201 if answer.created else 200, _replay_headers(answer))
 
 
 def _replay_headers(answer: Enqueued) -> dict[str, str]:
@@ -199,7 +198,7 @@ def submit_batch(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
     requests = _parsed(parse_batch, json_body(call.headers, call.body), defaults)
     with tracing.continuing(call.headers):
         answers = _stored(lambda: enqueue_many(conn, requests, field_prefix="jobs[{}]."))
-    return JSONResponse({"jobs": [a.job.to_dict() for a in answers]}, 201)
+    return JSONAnswer({"jobs": [a.job for a in answers]}, 201)
 
 
 def submit_workflow(conn: Conn, call: Call, defaults: Defaults | None) -> Response:
@@ -213,10 +212,10 @@ def submit_workflow(conn: Conn, call: Call, defaults: Defaults | None) -> Respon
     in_request_order = sorted(zip(planned, jobs, strict=True), key=lambda pair: pair[0].place)
     body = {
         "id": workflow_id,
-        "jobs": [job.to_dict() for _, job in in_request_order],
+        "jobs": [job for _, job in in_request_order],
         "refs": {planned_job.ref: job.id for planned_job, job in in_request_order},
     }
-    return JSONResponse(body, 201, {"Location": f"/workflows/{workflow_id}"})
+    return JSONAnswer(body, 201, {"Location": f"/workflows/{workflow_id}"})
 
 
 def get_workflow(conn: Conn, call: Call) -> Response:
@@ -224,7 +223,7 @@ def get_workflow(conn: Conn, call: Call) -> Response:
     jobs = run(conn, admin.workflow_steps(workflow_id)) if 1 <= workflow_id <= MAX_JOB_ID else []
     if not jobs:
         raise HTTPError(404, "not_found", f"workflow {workflow_id} does not exist")
-    return JSONResponse({"id": workflow_id, "jobs": [job.to_dict() for job in jobs]})
+    return JSONAnswer({"id": workflow_id, "jobs": jobs})
 
 
 def get_job(conn: Conn, call: Call) -> Response:
@@ -240,14 +239,14 @@ def read_job(conn: Conn, call: Call) -> Job:
 
 def job_response(call: Call, job: Job) -> Response:
     call.job_id = job.id
-    return JSONResponse(job.to_dict())
+    return JSONAnswer(job)
 
 
 def list_jobs(conn: Conn, call: Call) -> Response:
     where: JobFilter = call.query
     jobs = admin.list_jobs(conn, **where.model_dump())
     next_after = jobs[-1].id if len(jobs) == where.limit else None
-    return JSONResponse({"jobs": [j.to_dict() for j in jobs], "next_after": next_after})
+    return JSONAnswer({"jobs": jobs, "next_after": next_after})
 
 
 def retry_job(conn: Conn, call: Call) -> Response:
@@ -259,15 +258,15 @@ def cancel_job(conn: Conn, call: Call) -> Response:
 
 
 def stats(conn: Conn, call: Call, lease_seconds: float) -> Response:
-    return JSONResponse(admin.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
+    return JSONAnswer(admin.stats(conn, worker_silence_seconds=lease_seconds).to_dict())
 
 
 def schedules(conn: Conn, call: Call) -> Response:
-    return JSONResponse({"schedules": [s.to_dict() for s in list_schedules(conn)]})
+    return JSONAnswer({"schedules": [s.to_dict() for s in list_schedules(conn)]})
 
 
 def list_queues(conn: Conn, call: Call) -> Response:
-    return JSONResponse({"queues": [q.to_dict() for q in control.queues(conn)]})
+    return JSONAnswer({"queues": [q.to_dict() for q in control.queues(conn)]})
 
 
 def set_queue_limits(conn: Conn, call: Call) -> Response:
@@ -294,7 +293,7 @@ def ready(conn: Conn, call: Call, readiness: Callable[[], str | None] | None) ->
     conn.execute("select 1")
     if readiness is not None and (reason := readiness()):
         raise HTTPError(503, "not_ready", reason)
-    return JSONResponse({"status": "ready"})
+    return JSONAnswer({"status": "ready"})
 
 
 def prometheus(conn: Conn, call: Call) -> Response:
@@ -365,7 +364,7 @@ def _manage(conn: Conn, call: Call, action: Callable[[Conn, int], Job]) -> Respo
 
 def _control(conn: Conn, call: Call, action: Callable[[Conn, str], QueueInfo]) -> Response:
     try:
-        return JSONResponse(action(conn, call.params["name"]).to_dict())
+        return JSONAnswer(action(conn, call.params["name"]).to_dict())
     except InvalidJob as exc:
         raise invalid(exc.errors) from None
 

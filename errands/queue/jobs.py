@@ -83,7 +83,8 @@ class Job:
         object.__setattr__; filling the instance's dict at once does the same (there
         is no __post_init__), and claims and batch submissions build thousands a second.
         """
-        assert len(values) == len(JOB_COLUMNS), "every field, no other"
+        # In the class's order, as __init__ would store them: orjson writes them so.
+        assert tuple(values) == JOB_COLUMNS, "every field, no other, in order"
         job = object.__new__(cls)
         job.__dict__.update(values)
         return job
