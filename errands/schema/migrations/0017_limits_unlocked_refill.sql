@@ -2,8 +2,8 @@
 -- A drain under one concurrency limit, again (migration 0015 gave it its short path). When
 -- the limit is full, every claim of its group locked the group's counter and held it until
 -- it committed, through the WAL flush, so the workers of a busy limit took turns: each
--- waited for the other's claim to commit before its own could read the counter (the bench
--- found about 9 ms of waiting per claim, two workers, limit of 50).
+-- waited for the other's claim to commit before its own could read the counter (1 to 9 ms
+-- of waiting per claim in the bench's drain under a limit of 50, by pg_stat_statements).
 --
 -- Most of those claims only take back the slots their own completions give up in the same
 -- statement: the counter holds as many attempts after them as before. Such a claim needs
@@ -137,6 +137,8 @@ begin
                 select * into one_ids, one_tasks, one_priorities, one_run_ats
                 from errands_due_jobs(
                     one_queue, one_group, least(one_room, wanted)::integer, unlimited);
+                -- After the completions' finished_at (now()): the recorded attempts of a slot
+                -- taken back never overlap.
                 one_at := clock_timestamp();
                 if one_ids is not null then
                     perform set_config('errands.unread_counters', one_counters::text, true);
