@@ -277,21 +277,26 @@ def test_lowering_a_limit_lets_running_jobs_finish_and_starts_none_until_below_i
     assert len(claim_all(conn)) == 1
 
 
+@pytest.mark.parametrize("key", ["k", None], ids=["per key", "one limit"])
 def test_racing_claims_never_put_more_in_progress_than_the_limit(
-    db_url: str, conn: Conn, client: Client
+    db_url: str, conn: Conn, client: Client, key: str | None
 ) -> None:
-    declare_task_limits(conn, {"sync": TaskLimits(concurrency=3, concurrency_key="k")})
+    """Per key, claims take the general path; under one limit alone, the short one, whose
+    claims take back the slots their completions free without locking the counter."""
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=3, concurrency_key=key)})
     client.enqueue_many([{"task": "sync", "payload": {"k": n % 2}} for n in range(300)])
     seen: list[int] = []
     stop = threading.Event()
+    count = (
+        "select count(*) from errands_jobs where state = 'in_progress' group by payload->>'k'"
+        if key
+        else "select count(*) from errands_jobs where state = 'in_progress'"
+    )
 
     def watch() -> None:  # each count is one statement's snapshot: never more than allowed
         with psycopg.connect(db_url, autocommit=True) as watcher:
             while not stop.is_set():
-                rows = watcher.execute(
-                    "select count(*) from errands_jobs where state = 'in_progress'"
-                    " group by payload->>'k'"
-                ).fetchall()
+                rows = watcher.execute(count).fetchall()
                 seen.extend(n for (n,) in rows)
 
     def work(owner: str) -> None:
@@ -462,6 +467,27 @@ def test_a_group_filed_under_limits_no_longer_in_force_is_filed_anew_by_a_claim(
     answer = complete_and_claim(conn, "w1", (), ("default",), 10, LEASE)
     assert answer.jobs == [] and answer.recheck_seconds == 0.0
     assert sorted(j.payload["region"] for j in claim_all(conn)) == ["eu", "us"]
+
+
+def test_a_claim_taking_back_the_slots_it_frees_does_not_wait_for_the_counter(
+    db_url: str, conn: Conn, client: Client
+) -> None:
+    """A full limit's claims that only refill what their completions free leave the counter
+    unread and unwritten: they do not queue behind one another's commits."""
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=2)})
+    for _ in range(4):
+        client.enqueue("sync")
+    held = claim_all(conn, "w1")
+    with psycopg.connect(db_url) as other:
+        other.execute("select from errands_limit_counters for update")  # held until rollback
+        conn.execute("set lock_timeout = '100ms'")  # waiting for `other` would raise
+        answer = complete_and_claim(conn, "w1", done(held), ("default",), 2, LEASE)
+        conn.execute("reset lock_timeout")
+        other.rollback()
+    assert answer.completed.ids == {j.id for j in held}
+    assert len(answer.jobs) == 2
+    assert counters(conn) == {("sync", "concurrency", ""): 2}
+    slots_match_the_jobs(conn)
 
 
 def test_a_freed_slot_that_jobs_wait_for_wakes_idle_workers_once(
