@@ -186,13 +186,13 @@ def complete_and_claim(
         rows = cur.execute(query("complete_and_claim"), params).fetchall()
     claimed = [Job.from_row(row) for row in rows if row["id"] is not None]
     claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
-    first = rows[0]
-    recheck = first["recheck_seconds"]
+    outcome = next(row for row in rows if row["completed_ids"] is not None)  # one row says
+    recheck = outcome["recheck_seconds"]
     return Claimed(
-        Completed(set(first["completed_ids"]), set(first["cancelled_ids"])),
+        Completed(set(outcome["completed_ids"]), set(outcome["cancelled_ids"])),
         claimed,
         None if recheck is None else float(recheck),
-        set(first["awaited_ids"]),
+        set(outcome["awaited_ids"]),
     )
 
 

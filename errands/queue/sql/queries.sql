@@ -283,12 +283,17 @@ where id = any(%(ids)s::bigint[]) and (select exists (select from errands_limits
 -- limited group's first job before any group's second), then age; the counters
 -- take exactly the limited jobs claimed.
 --
--- The answer is one row per claimed job (at least one row: a claim of nothing
--- comes back as nulls), each carrying the ids actually completed (the others'
--- leases were lost), among them those a cancel request turned cancelled,
+-- The answer is one row per claimed job, the job's fields by name (at least one row: a
+-- claim of nothing comes back as nulls). One row, the claimed job of least id (or the
+-- row of nulls), also carries what the statement did: the ids actually completed (the
+-- others' leases were lost), among them those a cancel request turned cancelled,
 -- `recheck_seconds`: when a claim may find jobs held back now (0: at once; a rate's
 -- next free start), else null, and the ids of the claimed jobs that other jobs
--- wait for (errands_awaited).
+-- wait for (errands_awaited). The other rows carry nulls there: a worker reads each row
+-- it is sent, and a batch of 31 sent the same arrays 31 times. Fields by name, not
+-- job.*: the answer keeps its shape when a migration adds a column, which a statement
+-- the worker prepared before it could not survive (PostgreSQL refuses to run a cached
+-- plan whose result type changed).
 with completed as (
     update errands_jobs as job
     set state = 'completed',
@@ -380,14 +385,32 @@ claimed as (
     join claimable on claimable.id = picked.id
     where job.id = picked.id
     returning job.*
+),
+outcome as (
+    select (select coalesce(array_agg(id), '{}') from completed) as completed_ids,
+           (select coalesce(array_agg(id), '{}') from completed where state = 'cancelled')
+               as cancelled_ids,
+           (select errands_awaited(array_agg(id)) from claimed) as awaited_ids,
+           (select min(recheck) from limited) as recheck_seconds,
+           (select min(id) from claimed) as on_job
 )
-select (select coalesce(array_agg(id), '{}') from completed) as completed_ids,
-       (select coalesce(array_agg(id), '{}') from completed where state = 'cancelled')
+select case when claimed.id is not distinct from outcome.on_job then outcome.completed_ids end
+           as completed_ids,
+       case when claimed.id is not distinct from outcome.on_job then outcome.cancelled_ids end
            as cancelled_ids,
-       (select errands_awaited(array_agg(id)) from claimed) as awaited_ids,
-       (select min(recheck) from limited) as recheck_seconds,
-       claimed.*
-from (values (1)) as answer (one)
+       case when claimed.id is not distinct from outcome.on_job then outcome.awaited_ids end
+           as awaited_ids,
+       case when claimed.id is not distinct from outcome.on_job then outcome.recheck_seconds end
+           as recheck_seconds,
+       claimed.id, claimed.queue, claimed.task, claimed.payload, claimed.state,
+       claimed.priority, claimed.run_at, claimed.attempts, claimed.max_attempts,
+       claimed.idempotency_key, claimed.unique_key, claimed.lease_owner,
+       claimed.lease_expires_at, claimed.last_error, claimed.errors, claimed.result,
+       claimed.created_at, claimed.started_at, claimed.finished_at, claimed.updated_at,
+       claimed.trace_context, claimed.cancel_requested_at, claimed.progress,
+       claimed.parents, claimed.workflow_id, claimed.on_parent_failure,
+       claimed.cancelled_by
+from outcome
 left join claimed on true;
 
 -- name: heartbeat
