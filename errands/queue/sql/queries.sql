@@ -337,14 +337,19 @@ candidate as (
 ),
 -- The limited jobs that fit (errands_admit_limited), and the jobs read above as no
 -- limit's that a limit applies to after all (stored while it was being declared), which
--- it filed under their groups (`refile`): this claim leaves them to later ones.
+-- it filed under their groups (`refile`): this claim leaves them to later ones. Only the
+-- jobs read above whose task or queue a limit names are handed over for that check,
+-- told from the names read already: the function would read each job's row again to
+-- find out (about 150 us a claim of 31 jobs, paid by every claim once any limit exists).
 limited as (
     select limited.* from errands_admit_limited(
         (select array_agg(queue) from running),
         (%(limit)s + %(async_limit)s)::integer,
         %(async_tasks)s::text[],
         (select array_agg(slot) from completed cross join unnest(completed.slots) as slot),
-        (select array_agg(id) from candidate)
+        (select array_agg(id) from candidate
+         where candidate.task in (select name from errands_limits where scope = 'task')
+            or candidate.queue in (select name from errands_limits where scope = 'queue'))
     ) as limited
     where (select exists (select from errands_limits))
 ),
