@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
+
 from errands import Client
 from errands.api.answers import JSONAnswer
 
@@ -36,3 +38,18 @@ def test_an_integer_past_64_bits_in_a_payload_is_written_as_json_wrote_it(
     [job] = client.enqueue_many([{"task": "send_email", "payload": {"big": 10**23}}])
     assert JSONAnswer({"jobs": [job]}).body == as_json_wrote_it({"jobs": [job.to_dict()]})
     assert b"100000000000000000000000" in JSONAnswer(job).body
+
+
+def test_an_answer_past_what_orjson_writes_reaches_a_client_of_the_real_server(
+    api: httpx.Client, conn: Any
+) -> None:
+    payload = {"big": 10**23, "small": -(2**70), "text": "é\u2028", "n": [1e-7, 2**63 - 1]}
+    created = api.post("/jobs", json={"task": "t", "payload": payload})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    (stored,) = conn.execute("select payload from errands_jobs where id = %s", [job_id]).fetchone()
+    assert created.json()["payload"] == stored
+    assert api.get(f"/jobs/{job_id}").json()["payload"] == stored
+    batch = api.post("/jobs/batch", json={"jobs": [{"task": "t", "payload": payload}] * 2})
+    assert batch.status_code == 201, batch.text
+    assert [job["payload"] for job in batch.json()["jobs"]] == [stored, stored]
