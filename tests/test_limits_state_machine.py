@@ -17,7 +17,8 @@ slot of it, and it counts only the jobs started under it (docs/guides/limits.md)
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -92,6 +93,20 @@ def _in_progress_by_limit(conn: psycopg.Connection[Any]) -> Counter[str]:
     row = conn.execute(Q1_HELD).fetchone()
     counted["q1:concurrency:"] = row[0] if row else 0
     return counted
+
+
+T = TypeVar("T")
+
+
+def pick(data: st.DataObject, items: Sequence[T]) -> T:
+    """One of `items` (the state's: jobs, leases, owners), by an index drawn from a fixed range.
+
+    A draw whose range followed the state broke hypothesis's replay once in a CI rehearsal
+    (a loaded machine): the same steps had left a list one element longer, and hypothesis
+    refused the run (FlakyStrategyDefinition) before any invariant was checked. Which
+    element the index picks still follows the state; every invariant is checked as before.
+    """
+    return items[data.draw(st.integers(0, 255)) % len(items)]
 
 
 class LimitedQueueMachine(RuleBasedStateMachine):
@@ -211,18 +226,17 @@ class LimitedQueueMachine(RuleBasedStateMachine):
         self, data: st.DataObject, queues: tuple[str, ...], limit: int
     ) -> None:
         """A worker's usual statement: its finished jobs completed, their slots taken back."""
-        owner = data.draw(st.sampled_from([o for o in OWNERS if self.leases[o]]))
+        owner = pick(data, [o for o in OWNERS if self.leases[o]])
         held = sorted(self.leases[owner], key=lambda h: (h.id, h.attempts))
-        done = data.draw(st.lists(st.sampled_from(held), min_size=1, unique=True))
+        first, count = pick(data, range(len(held))), data.draw(st.integers(1, 8))
+        done = [held[(first + n) % len(held)] for n in range(min(count, len(held)))]
         self._claim(owner, queues, limit, tuple(done))
 
     @precondition(lambda self: any(self.leases.values()))
     @rule(data=st.data(), outcome=st.sampled_from(("complete", "fail", "reschedule")))
     def finish(self, data: st.DataObject, outcome: str) -> None:
-        owner = data.draw(st.sampled_from([o for o in OWNERS if self.leases[o]]))
-        lease = data.draw(
-            st.sampled_from(sorted(self.leases[owner], key=lambda h: (h.id, h.attempts)))
-        )
+        owner = pick(data, [o for o in OWNERS if self.leases[o]])
+        lease = pick(data, sorted(self.leases[owner], key=lambda h: (h.id, h.attempts)))
         self.leases[owner].discard(lease)
         if outcome == "complete":
             complete(self.conn, owner, [Completion(lease.id, lease.attempts, "null")])
@@ -252,7 +266,7 @@ class LimitedQueueMachine(RuleBasedStateMachine):
             r[0] for r in self.conn.execute("select id from errands_jobs where state = 'pending'")
         ]
         if ids:
-            cancel(self.conn, data.draw(st.sampled_from(ids)))
+            cancel(self.conn, pick(data, ids))
 
     @rule(limited=st.booleans())
     def operator_sets_q1(self, limited: bool) -> None:
