@@ -46,7 +46,7 @@ def test_enqueue_keeps_every_field_given(client: Client) -> None:
 
 
 def test_enqueue_returns_the_job_as_stored(client: Client) -> None:
-    # The statement sends back only what the request cannot say (errands_enqueue).
+    # The statement sends back only what the request cannot say (errands_enqueue_job).
     jobs = [
         client.enqueue("t", {"b": 2, "a": [1.5, None], "n": 1e23}, priority=3, delay=2.5),
         client.enqueue("t", run_at=datetime(2030, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))),
@@ -89,6 +89,18 @@ def test_a_key_blocks_new_jobs_even_after_its_job_finished(client: Client, conn:
     client.cancel(job.id)
     assert client.enqueue("send_email", {}, idempotency_key="k1").id == job.id
     assert count_jobs(conn) == 1
+
+
+def test_the_index_that_keeps_keys_unique_holds_only_jobs_with_a_key(conn: Any) -> None:
+    # Every claim and completion rewrites its job into each index the job is in: a
+    # keyless job must not be in this one (migration 0019).
+    (definition,) = conn.execute(
+        "select pg_get_indexdef(i.indexrelid) from pg_index as i"
+        " join pg_attribute as a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]"
+        " where i.indrelid = 'errands_jobs'::regclass and i.indisunique"
+        " and a.attname = 'idempotency_key'"
+    ).fetchall()
+    assert definition[0].endswith("WHERE (idempotency_key IS NOT NULL)")
 
 
 def test_enqueue_many_stores_all_jobs_in_order(client: Client) -> None:
