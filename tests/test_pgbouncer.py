@@ -118,7 +118,7 @@ def test_the_client_works_through_pgbouncer_whatever_server_connection_it_gets(
 def test_jobs_enqueued_one_by_one_on_changing_server_connections_come_back_as_stored(
     either_pooled_client: Client, bouncer_url: str
 ) -> None:
-    # errands_enqueue's INSERT is planned by PL/pgSQL and cached per server connection
+    # errands_enqueue_job's INSERT is planned by PL/pgSQL and cached per server connection
     # (custom plans for the first five calls, then a generic one), whichever client the
     # pooler lends that connection to: more than five calls on each of two of them.
     client = either_pooled_client

@@ -76,8 +76,8 @@ def _enqueue_once(request: JobRequest, params: dict[str, Any]) -> Operation[Enqu
     """One try: the new job, or the job a key names; None when a key's holder was gone by the
     time it was looked up (the key is free again: try once more)."""
     rows = yield Execute(query("enqueue"), params)
-    if rows:
-        job_id, run_at, now, payload = rows[0]
+    job_id, run_at, now, payload = rows[0]
+    if job_id is not None:
         job = _new_job(request, job_id, payload, run_at, now, params["trace_context"])
         return Enqueued(job, created=True)
     if request.idempotency_key is not None:

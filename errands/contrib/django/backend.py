@@ -120,7 +120,7 @@ class ErrandsBackend(BaseTaskBackend):
             )
         except InvalidArgument as exc:
             raise InvalidTask(str(exc)) from exc
-        # Checked, or not yet: no table, or no function of a later migration (errands_enqueue).
+        # Checked, or not yet: no table, or no procedure of a later migration (errands_enqueue_job).
         except (
             SchemaMismatch,
             psycopg.errors.UndefinedTable,

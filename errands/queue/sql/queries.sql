@@ -4,15 +4,15 @@
 -- worker whose lease was taken away changes nothing.
 
 -- name: enqueue
--- Insert one job (errands_enqueue, in migration 0014, says how and why in a
--- function); no row when its idempotency key is already stored, or a live job
--- holds its unique key: then enqueue_replay, enqueue_replace or enqueue_unique
--- read the stored job.
+-- Insert one job (errands_enqueue_job, migrations 0014 and 0020 say how and why by a
+-- procedure); its id is null when its idempotency key is already stored, or a live job
+-- holds its unique key: then enqueue_replay, enqueue_replace or enqueue_unique read the
+-- stored job. The nulls at the end stand for the procedure's answer (its out arguments).
 -- enqueue_many's COPY could serve one job too, but costs four round trips
 -- where this statement needs one.
-select * from errands_enqueue(%(task)s, %(queue)s, %(payload)s, %(priority)s::int4, %(run_at)s,
-                              %(delay)s::float8, %(max_attempts)s::int4, %(idempotency_key)s,
-                              %(trace_context)s, %(unique_key)s);
+call errands_enqueue_job(%(task)s, %(queue)s, %(payload)s, %(priority)s::int4, %(run_at)s,
+                         %(delay)s::float8, %(max_attempts)s::int4, %(idempotency_key)s,
+                         %(trace_context)s, %(unique_key)s, null, null, null, null);
 
 -- name: enqueue_replay
 -- The stored job holding a key that enqueue found taken (created = false),
