@@ -881,17 +881,29 @@ def prune(ctx: Context, older_than: float, as_json: bool) -> None:
 )
 @click.option("--drain-jobs", type=Integer(1, 10_000_000), help="Jobs the drain workloads run.")
 @click.option(
+    "--rounds",
+    type=Integer(1, 100),
+    help="Times the drain and the drains given as ratios to it run, one after the other; "
+    "each figure is the median of its rounds [default: 3, 1 with --quick]",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures here."
 )
 @pass_context
 def bench(
-    ctx: Context, quick: bool, only: str | None, drain_jobs: int | None, json_path: str | None
+    ctx: Context,
+    quick: bool,
+    only: str | None,
+    drain_jobs: int | None,
+    rounds: int | None,
+    json_path: str | None,
 ) -> None:
     """Measure errands against pgbench on the same PostgreSQL, in a fresh database."""
     with _harness("bench"):
         from errands.harness.bench import Bench, as_json, table  # noqa: PLC0415
     url = ctx.database_url()
-    runner = Bench(url, quick, lambda line: click.echo(line, err=True), drain_jobs)
+    rounds = rounds or (1 if quick else 3)
+    runner = Bench(url, quick, lambda line: click.echo(line, err=True), drain_jobs, rounds)
     figures = runner.run(set(_split(only)) if only else None)
     click.echo(table(figures))
     if json_path:

@@ -15,6 +15,7 @@ from errands.harness.bench import (
     Figure,
     chosen_workloads,
     limited_job,
+    medians,
     per_key_job,
 )
 from errands.harness.waiting import drained, wait_until_drained
@@ -98,3 +99,66 @@ def test_the_limited_drains_are_ratios_to_the_plain_drain_which_runs_with_them()
     bench._add(Figure("drain-limited", "limited", 800.0, "jobs/s", ratio_to="drain"))
 
     assert bench.figures[0].ratio == 0.8
+
+
+class ScriptedDrains(Bench):
+    """A Bench whose drains add the rates they are given, in order, without a database."""
+
+    def __init__(self, rounds: int, rates: dict[str, list[float]]) -> None:
+        super().__init__("postgresql:///unused", quick=True, report=lambda line: None)
+        self.rounds, self.rates, self.order = rounds, rates, []
+
+    def _scripted(self, figure_id: str) -> None:
+        self.order.append(figure_id)
+        rate = self.rates[figure_id].pop(0)
+        if figure_id == "drain":
+            self.drains["drain"] = rate
+        self._add(Figure(figure_id, "", rate, "jobs/s", ratio_to="drain"))
+
+    def drain(self, *args: Any, **kwargs: Any) -> None:
+        self._scripted("drain")
+
+    def drain_limited(self) -> None:
+        self._scripted("drain-limited")
+
+    def _reset(self) -> None:
+        pass
+
+
+def test_the_drains_run_in_rounds_one_after_the_other() -> None:
+    bench = ScriptedDrains(3, {"drain": [10.0, 10.0, 10.0], "drain-limited": [8.0, 8.0, 8.0]})
+
+    bench._run_in_rounds(["drain", "drain-limited"])
+
+    assert bench.order == ["drain", "drain-limited"] * 3
+
+
+def test_each_drain_figure_is_the_median_of_its_rounds_and_its_ratio_the_median_ratio() -> None:
+    bench = ScriptedDrains(3, {"drain": [10.0, 20.0, 12.0], "drain-limited": [9.0, 10.0, 6.0]})
+
+    bench._run_in_rounds(["drain", "drain-limited"])
+
+    drain, limited = bench.figures
+    assert (drain.id, drain.value, drain.details["rounds"]) == ("drain", 12.0, [10.0, 20.0, 12.0])
+    # Each round's ratio is to its own drain: 0.9, 0.5, 0.5.
+    assert (limited.value, limited.ratio) == (9.0, 0.5)
+    assert limited.details["round_ratios"] == [0.9, 0.5, 0.5]
+
+
+def test_one_round_keeps_the_figures_as_they_were_measured() -> None:
+    bench = ScriptedDrains(1, {"drain": [10.0], "drain-limited": [8.0]})
+
+    bench._run_in_rounds(["drain", "drain-limited"])
+
+    assert [(f.id, f.value, f.ratio, f.details) for f in bench.figures] == [
+        ("drain", 10.0, 1.0, {}),
+        ("drain-limited", 8.0, 0.8, {}),
+    ]
+
+
+def test_medians_of_figures_without_a_ratio_have_none() -> None:
+    rounds = [[Figure("memory", "", v, "MB")] for v in (200.0, 210.0)]
+
+    (memory,) = medians(rounds)
+
+    assert (memory.value, memory.ratio, memory.details) == (205.0, None, {"rounds": [200.0, 210.0]})

@@ -155,6 +155,10 @@ WORKLOADS = (
 OPT_IN = frozenset({"scale"})
 # Figures given as ratios to another workload's, which runs with them whatever --only says.
 REFERENCES = {"drain-limited": "drain", "drain-per-key": "drain"}
+# The drain and the drains whose figures are ratios to it run in rounds, one after the other,
+# and each figure is the median of its rounds: on two cores a drain's rate moves by a tenth
+# from one run to the next (autovacuum, the host), which a ratio of two single runs doubles.
+ROUNDS = ("drain", "drain-limited", "drain-per-key")
 SCALE_WORKERS = (1, 2, 4, 8)
 SCALE_SUPERVISORS = (1, 2, 4)
 IDLE_SUPERVISORS, IDLE_WORKERS_EACH = 4, 8
@@ -166,6 +170,31 @@ def chosen_workloads(only: set[str] | None) -> list[str]:
     named = set(WORKLOADS) - OPT_IN if only is None else set(only)
     named |= {"baseline"} | {REFERENCES[w] for w in named if w in REFERENCES}
     return [w for w in WORKLOADS if w in named]
+
+
+def medians(rounds: list[list[Figure]]) -> list[Figure]:
+    """Each figure of `rounds` once, in the order of the first round: its value the median of
+    its rounds' values, its ratio the median of their ratios (each to its own round's
+    reference), every round's value and ratio kept in its details."""
+    by_id: dict[str, list[Figure]] = {}
+    for figure in (f for one_round in rounds for f in one_round):
+        by_id.setdefault(figure.id, []).append(figure)
+    merged = []
+    for runs in by_id.values():
+        ratios = [f.ratio for f in runs if f.ratio is not None]
+        merged.append(
+            dataclasses.replace(
+                runs[0],
+                value=statistics.median(f.value for f in runs),
+                ratio=statistics.median(ratios) if ratios else None,
+                details={
+                    **runs[0].details,
+                    "rounds": [f.value for f in runs],
+                    **({"round_ratios": ratios} if ratios else {}),
+                },
+            )
+        )
+    return merged
 
 
 def limited_job(n: int) -> dict[str, Any]:
@@ -185,12 +214,14 @@ class Bench:
         quick: bool,
         report: Callable[[str], None],
         drain_jobs: int | None = None,
+        rounds: int = 1,
     ) -> None:
         self.server_url = server_url
         self.sizes = Sizes.for_run(quick)
         if drain_jobs:
             self.sizes = dataclasses.replace(self.sizes, drain=drain_jobs)
         self.quick = quick
+        self.rounds = rounds
         self.report = report
         self.figures: list[Figure] = []
         self.pgbench_tps: dict[str, float] = {}
@@ -207,11 +238,34 @@ class Bench:
             for line in server.summary(self.server):
                 self.report(line)
             chosen = chosen_workloads(only)
+            in_rounds = [w for w in chosen if w in ROUNDS]
             for workload in chosen:
-                self.report(f"running {workload} ...")
-                getattr(self, workload.replace("-", "_"))()
-                self._reset()
+                if workload not in in_rounds:
+                    self._run(workload)
+                elif workload == in_rounds[0]:
+                    self._run_in_rounds(in_rounds)
         return self.figures
+
+    def _run(self, workload: str) -> None:
+        self.report(f"running {workload} ...")
+        getattr(self, workload.replace("-", "_"))()
+        self._reset()
+
+    def _run_in_rounds(self, workloads: list[str]) -> None:
+        """`workloads` one after the other, `self.rounds` times; their figures the medians."""
+        before, rounds = len(self.figures), []
+        for n in range(self.rounds):
+            if self.rounds > 1:
+                self.report(f"round {n + 1} of {self.rounds}")
+            start = len(self.figures)
+            for workload in workloads:
+                self._run(workload)
+            rounds.append(self.figures[start:])
+        if self.rounds > 1:
+            del self.figures[before:]
+            self.report(f"medians of {self.rounds} rounds:")
+            for figure in medians(rounds):
+                self._keep(figure)
 
     @contextmanager
     def _fresh_database(self) -> Iterator[str]:
@@ -240,6 +294,9 @@ class Bench:
             # To a pgbench figure; or, for the limited drains, to the unlimited drain.
             reference = self.pgbench_tps.get(figure.ratio_to) or self.drains.get(figure.ratio_to)
             figure.ratio = figure.value / reference if reference else None
+        self._keep(figure)
+
+    def _keep(self, figure: Figure) -> None:
         self.figures.append(figure)
         ratio = f"  ({figure.ratio:.2f} x {figure.ratio_to})" if figure.ratio is not None else ""
         self.report(f"  {figure.id:<30} {figure.value:>12,.3f} {figure.unit}{ratio}")
