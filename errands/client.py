@@ -439,16 +439,17 @@ def batch_requests(specs: object) -> builtins.list[JobRequest]:
     return parse_requests(builtins.list(specs), defaults=task_defaults)
 
 
-def capture(requests: Sequence[JobRequest]) -> builtins.list[Job] | None:
+def capture(
+    requests: Sequence[JobFields], workflow: Sequence[PlannedJob] | None = None
+) -> builtins.list[Job] | None:
     """The jobs errands.testing records instead of storing them, while it captures; else None."""
     recorder = _Process.recorder
-    return None if recorder is None else recorder(requests, None)
+    return None if recorder is None else recorder(requests, workflow)
 
 
 def capture_workflow(planned: Sequence[PlannedJob]) -> builtins.list[Job] | None:
     """`capture`, for a workflow's jobs in the order they would be stored."""
-    recorder = _Process.recorder
-    return None if recorder is None else recorder([job.request for job in planned], planned)
+    return capture([job.request for job in planned], planned)
 
 
 def job_filter(
