@@ -8,8 +8,8 @@ directory, decides which errands is imported):
     cd /tmp && PYTHONPATH=/path/to/other/checkout /path/to/.venv/bin/python \\
         /path/to/bench/ab_enqueue.py URL single 3000
 
-URL is a local PostgreSQL server (its CPU is read from /proc); the script creates and
-drops the database errands_enqueue_ab. WHAT is `single` (Client.enqueue), `batch`
+URL is a local PostgreSQL server (its CPU is read from /proc); the script measures on a
+new database of its own, dropped afterwards. WHAT is `single` (Client.enqueue), `batch`
 (Client.enqueue_many of 1,000 jobs), `single-floor` (the enqueue statement alone,
 psycopg, prepared after 5 runs) or `batch-floor` (COPY into errands_jobs).
 """
@@ -22,16 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from errands import Client
+from errands.harness.bench import fresh_database
 from errands.harness.process import ProcStat, tree_cpu_seconds
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
 from errands.queue.submit import enqueue_params
-from errands.schema.migrator import migrate
 
-DATABASE = "errands_enqueue_ab"
 NOOP = "bench.noop"
 
 
@@ -69,29 +67,24 @@ def workload(
 
 
 def main(server_url: str, what: str, jobs: int) -> None:
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"drop database if exists {DATABASE} with (force)")
-        admin.execute(f"create database {DATABASE}")
-    url = make_conninfo(server_url, dbname=DATABASE)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn, Client(url) as client:
-            migrate(conn)
-            stat = ProcStat.read(conn.info.backend_pid)
-            assert stat is not None, "PostgreSQL must run on this machine"
-            client.enqueue(NOOP)
-            client.enqueue_many([{"task": NOOP}])
-            run = workload(what, jobs, client, conn)
-            postgres, own, started = (
-                tree_cpu_seconds(stat.ppid),
-                time.process_time(),
-                time.perf_counter(),
-            )
-            run()
-            seconds = time.perf_counter() - started
-            own, postgres = time.process_time() - own, tree_cpu_seconds(stat.ppid) - postgres
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f"drop database {DATABASE} with (force)")
+    with (
+        fresh_database(server_url) as url,
+        psycopg.connect(url, autocommit=True) as conn,
+        Client(url) as client,
+    ):
+        stat = ProcStat.read(conn.info.backend_pid)
+        assert stat is not None, "PostgreSQL must run on this machine"
+        client.enqueue(NOOP)
+        client.enqueue_many([{"task": NOOP}])
+        run = workload(what, jobs, client, conn)
+        postgres, own, started = (
+            tree_cpu_seconds(stat.ppid),
+            time.process_time(),
+            time.perf_counter(),
+        )
+        run()
+        seconds = time.perf_counter() - started
+        own, postgres = time.process_time() - own, tree_cpu_seconds(stat.ppid) - postgres
     print(
         f"{what}: {jobs / seconds:,.0f} jobs/s, CPU per job: client {own / jobs * 1e6:.1f} us,"
         f" PostgreSQL {postgres / jobs * 1e6:.1f} us"

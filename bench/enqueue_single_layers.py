@@ -16,8 +16,8 @@ of this process: the server's CPU is the same statement's in every layer).
 
     .venv/bin/python bench/enqueue_single_layers.py URL [ROUNDS] [JOBS]
 
-URL is a PostgreSQL server; the script creates and drops the database
-errands_enqueue_layers.
+URL is a PostgreSQL server; the script measures on a new database of its own, dropped
+afterwards.
 """
 
 from __future__ import annotations
@@ -29,17 +29,15 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from errands import Client
 from errands.client import POOLED, job_request
 from errands.database import configure
+from errands.harness.bench import fresh_database
 from errands.queue.queries import query
 from errands.queue.steps import run
 from errands.queue.submit import enqueue_params, enqueue_steps
-from errands.schema.migrator import migrate
 
-DATABASE = "errands_enqueue_layers"
 NOOP = "bench.noop"
 
 
@@ -63,29 +61,23 @@ def measure(layer: Callable[[], Any], jobs: int) -> tuple[float, float]:
 
 
 def main(server_url: str, rounds: int, jobs: int) -> None:
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"drop database if exists {DATABASE}")
-        admin.execute(f"create database {DATABASE}")
-    url = make_conninfo(server_url, dbname=DATABASE)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            migrate(conn)
-        with Client(url) as client, psycopg.connect(url, **POOLED) as conn:
-            configure(conn)
-            chosen = layers(client, conn)
-            for layer in chosen.values():  # warm: caches, the pool, the server's plans
-                measure(layer, 200)
-            figures: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
-            for _ in range(rounds):
-                for name, layer in chosen.items():
-                    figures[name].append(measure(layer, jobs))
-        for name, runs in figures.items():
-            wall = statistics.median(w for w, _ in runs)
-            cpu = statistics.median(c for _, c in runs)
-            print(f"{name:10} {wall:5.0f} us a job, client CPU {cpu:4.0f} us")
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as admin:
-            admin.execute(f"drop database if exists {DATABASE}")
+    with (
+        fresh_database(server_url) as url,
+        Client(url) as client,
+        psycopg.connect(url, **POOLED) as conn,
+    ):
+        configure(conn)
+        chosen = layers(client, conn)
+        for layer in chosen.values():  # warm: caches, the pool, the server's plans
+            measure(layer, 200)
+        figures: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
+        for _ in range(rounds):
+            for name, layer in chosen.items():
+                figures[name].append(measure(layer, jobs))
+    for name, runs in figures.items():
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        print(f"{name:10} {wall:5.0f} us a job, client CPU {cpu:4.0f} us")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from errands.harness.bench import Bench
+from errands.harness.bench import Bench, fresh_database
 
 STATEMENTS = """
 select query, calls, total_exec_time, rows, shared_blks_hit, toplevel
@@ -56,7 +56,7 @@ def report(workload: str, rows: list[tuple[Any, ...]], jobs: int) -> None:
 
 def main(server_url: str) -> None:
     bench = MeasuredBench(server_url, quick=False, report=lambda line: None, drain_jobs=20_000)
-    with bench._fresh_database() as url:
+    with fresh_database(server_url) as url:
         bench.url = url
         for workload in ("drain", "drain_limited"):
             getattr(bench, workload)()

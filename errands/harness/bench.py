@@ -197,6 +197,23 @@ def medians(rounds: list[list[Figure]]) -> list[Figure]:
     return merged
 
 
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new database on `server_url`'s server, migrated; its URL, and dropped afterwards
+    (the bench's runs and the scripts of bench/ measure each on a database of its own)."""
+    name = f"errands_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"create database {name}")
+    url = make_conninfo(server_url, dbname=name)
+    try:
+        with open_connection(url, autocommit=True) as conn:
+            migrate(conn)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"drop database {name} with (force)")
+
+
 def limited_job(n: int) -> dict[str, Any]:
     """Job n of the drain under a limit of 50."""
     return {"task": LIMITED}
@@ -232,7 +249,7 @@ class Bench:
     # -- running ---------------------------------------------------------------------------
 
     def run(self, only: set[str] | None = None) -> list[Figure]:
-        with self._fresh_database() as url:
+        with fresh_database(self.server_url) as url:
             self.url = url
             self.server = server.describe(url)
             for line in server.summary(self.server):
@@ -266,20 +283,6 @@ class Bench:
             self.report(f"medians of {self.rounds} rounds:")
             for figure in medians(rounds):
                 self._keep(figure)
-
-    @contextmanager
-    def _fresh_database(self) -> Iterator[str]:
-        name = f"errands_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(self.server_url, autocommit=True) as admin:
-            admin.execute(f"create database {name}")
-        url = make_conninfo(self.server_url, dbname=name)
-        try:
-            with open_connection(url, autocommit=True) as conn:
-                migrate(conn)
-            yield url
-        finally:
-            with psycopg.connect(self.server_url, autocommit=True) as admin:
-                admin.execute(f"drop database {name} with (force)")
 
     def _reset(self) -> None:
         with open_connection(self.url, autocommit=True) as conn:
