@@ -490,6 +490,19 @@ def test_a_claim_taking_back_the_slots_it_frees_does_not_wait_for_the_counter(
     slots_match_the_jobs(conn)
 
 
+def test_a_refill_finding_fewer_jobs_than_it_frees_gives_the_other_slots_back(
+    conn: Conn, client: Client
+) -> None:
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=2)})
+    for _ in range(3):
+        client.enqueue("sync")
+    held = claim_all(conn, "w1")
+    answer = complete_and_claim(conn, "w1", done(held), ("default",), 2, LEASE)
+    assert len(answer.jobs) == 1
+    assert counters(conn) == {("sync", "concurrency", ""): 1}
+    slots_match_the_jobs(conn)
+
+
 def test_a_freed_slot_that_jobs_wait_for_wakes_idle_workers_once(
     db_url: str, conn: Conn, client: Client
 ) -> None:

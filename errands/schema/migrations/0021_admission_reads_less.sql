@@ -3,9 +3,9 @@
 -- the bench's drain under a limit of 50 showed in pg_stat_statements, each paid by every
 -- claim and neither needed by it:
 -- * the question of which limited groups have jobs waiting read the claimable index from
---   the near end, through the entries of the jobs claimed a moment before (82 us and 91
---   buffers a claim); it now reads from the far end;
--- * the slot trigger joined the statement's old rows to its new ones (112 us a claim) to
+--   the near end, through the entries of the jobs claimed a moment before (80-100 us and
+--   91 buffers a claim); it now reads from the far end;
+-- * the slot trigger joined the statement's old rows to its new ones (110-125 us a claim) to
 --   learn that a claim had only taken back the slots its completions gave up, in counters
 --   it was told to leave alone; it now learns that from the two sides counted apart.
 -- Everything else is 0015's, restated because a function is replaced whole.
@@ -205,6 +205,8 @@ begin
     select * from errands_admit_groups(queues, wanted, async_tasks, freed, unlimited);
 end
 $$;
+
+-- The slot trigger, restated with its early return for a claim's taken-back slots.
 create or replace function errands_count_slots() returns trigger language plpgsql as $$
 declare
     woken boolean;
