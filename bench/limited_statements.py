@@ -35,7 +35,7 @@ class MeasuredBench(Bench):
 
 
 def report(workload: str, rows: list[tuple[Any, ...]], jobs: int) -> None:
-    claims = [r for r in rows if r[5] and "-- Store the results of finished jobs" in r[0]]
+    claims = [r for r in rows if r[5] and r[0].startswith("with completed as (")]
     calls = sum(r[1] for r in claims)
     carried = sum(r[3] for r in claims)
     locked = sum(

@@ -411,14 +411,10 @@ select case when claimed.id is not distinct from outcome.on_job then outcome.com
            as awaited_ids,
        case when claimed.id is not distinct from outcome.on_job then outcome.recheck_seconds end
            as recheck_seconds,
-       claimed.id, claimed.queue, claimed.task, claimed.payload, claimed.state,
-       claimed.priority, claimed.run_at, claimed.attempts, claimed.max_attempts,
-       claimed.idempotency_key, claimed.unique_key, claimed.lease_owner,
-       claimed.lease_expires_at, claimed.last_error, claimed.errors, claimed.result,
-       claimed.created_at, claimed.started_at, claimed.finished_at, claimed.updated_at,
-       claimed.trace_context, claimed.cancel_requested_at, claimed.progress,
-       claimed.parents, claimed.workflow_id, claimed.on_parent_failure,
-       claimed.cancelled_by
+       id, queue, task, payload, state, priority, run_at, attempts, max_attempts,
+       idempotency_key, unique_key, lease_owner, lease_expires_at, last_error, errors,
+       result, created_at, started_at, finished_at, updated_at, trace_context,
+       cancel_requested_at, progress, parents, workflow_id, on_parent_failure, cancelled_by
 from outcome
 left join claimed on true;
 
