@@ -50,6 +50,19 @@ def test_a_clean_record_passes() -> None:
     assert failed_checks(evidence) == []
 
 
+def test_a_job_left_pending_fails() -> None:
+    evidence = Evidence({1: stored(1, "pending", attempts=0)}, [], [])
+    assert failed_checks(evidence) == [
+        "every job completed, or is dead with its budget spent when it always fails"
+    ]
+
+
+def test_a_tick_enqueued_after_the_storm_settled_may_stay_pending() -> None:
+    # The daemons' schedulers may enqueue one while they stop; no worker claims it then.
+    tick = stored(1, "pending", attempts=0, enqueued_after_settling=True)
+    assert failed_checks(Evidence({1: tick}, [], [])) == []
+
+
 def test_a_result_written_by_an_earlier_attempt_fails_the_fencing_check() -> None:
     # Attempt 2 finished the job, but the stored result came from attempt 1 (a zombie).
     job = stored(1, "completed", 2, result={"attempt": 1, "token": "old"})
