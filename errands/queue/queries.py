@@ -1,13 +1,13 @@
 """The named SQL statements of `sql/queries.sql`, loaded once.
 
 Keeping SQL in a .sql file (as Procrastinate does) lets it read as SQL, with
-its comments, instead of as Python strings. The comments and the indentation stay in the
-file: a statement is sent without them. psycopg converts a statement longer
-than 4,096 bytes anew at every execution, scanning it for placeholders (it
-keeps the conversions of shorter ones): the claim, commented, is twice that,
-and the scan took about a quarter of a worker's CPU per claim of one job
-(bench/RESULTS.md). Without its comments, a `%` in one cannot be taken for a
-placeholder either.
+its comments, instead of as Python strings. The comments and the indentation
+stay in the file: a statement is sent without them. psycopg converts a
+statement longer than 4,096 bytes anew at every execution, scanning it for
+placeholders (it keeps the conversions of shorter ones): the claim, commented,
+is twice that, and the scan took about a quarter of the client's CPU per claim
+of 25 jobs (bench/RESULTS.md). Without its comments, a `%` in one cannot be
+taken for a placeholder either.
 """
 
 from __future__ import annotations
