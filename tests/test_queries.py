@@ -25,5 +25,5 @@ def test_a_per_cent_sign_in_a_comment_never_reaches_psycopg() -> None:
 @pytest.mark.parametrize("name", sorted(_all()))
 def test_every_statement_is_short_enough_for_psycopg_to_keep_its_conversion(name: str) -> None:
     # psycopg converts a longer statement anew at every execution, scanning it for placeholders
-    # (the claim, as it was, spent about a quarter of a worker's CPU per claim of one job there).
+    # (the claim, commented, took about a quarter of the client's CPU per claim of 25 jobs).
     assert len(_all()[name]) <= psycopg._queries.MAX_CACHED_STATEMENT_LENGTH
