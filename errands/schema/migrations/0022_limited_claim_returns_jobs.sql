@@ -4,17 +4,60 @@
 -- jobs under a limit of 50 (every counter full: a drain's steady state):
 -- * the due jobs were locked by errands_due_jobs, which packed them into four arrays (four
 --   sorts), to be unpacked by a second query: 250-270 us a claim together; when every
---   counter is full the room is known before they are read, so they are now returned by
---   the query that locks them (errands_due_jobs stays, for the path that reads them before
---   locking the counters);
+--   counter is full the room is known before they are read, so they are now returned as
+--   they are read, by errands_due_rows (errands_due_jobs now packs that function's rows,
+--   for the path that reads them before locking the counters);
 -- * the group's counters and their room were read by two queries: now one;
 -- * the slot trigger scanned the statement's new rows twice, once for rates: now once.
--- The full limit's path runs six statements where it ran nine. By pg_stat_statements in
--- that loop, the due jobs cost 216 us a claim where errands_due_jobs and the unpacking
--- cost 268. The backend's CPU per claim, three series of twelve alternated pairs
+-- The full limit's path runs seven statements where it ran nine. By pg_stat_statements in
+-- that loop, two alternated pairs: the due jobs 255 and 111 us a claim, where
+-- errands_due_jobs and the unpacking cost 318 and 224. The backend's CPU per claim, three series of twelve alternated pairs
 -- (bench/claim_costs.py), moved by -73, -319 and +40 us: less than the noise there.
 -- Everything else is 0021's, restated because a function is replaced whole.
 
+
+-- The due jobs of one group, locked (skip locked), best first, numbered in that order: the
+-- one query that reads them, for the path that returns them as they are and for
+-- errands_due_jobs, which keeps them in arrays for the path that reads them before it
+-- locks the counters. PL/pgSQL keeps its plan for the session (a SQL function's would be
+-- planned anew at every claim).
+create function errands_due_rows(job_queue text, job_group text, wanted integer,
+                                 unlimited bigint[])
+returns table (id bigint, task text, priority integer, run_at timestamptz, turn bigint)
+language plpgsql volatile rows 10
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+begin
+    return query
+    select job.id, job.task, job.priority, job.run_at,
+           row_number() over (order by job.priority desc, job.run_at, job.id)
+    from (
+        select job.id, job.task, job.priority, job.run_at from errands_jobs as job
+        where job.queue = job_queue and job.limit_group = job_group
+          and job.state in ('pending', 'failed') and job.run_at <= now()
+          and job.id <> all(coalesce(unlimited, '{}'))
+        order by job.priority desc, job.run_at, job.id
+        limit wanted
+        for update skip locked
+    ) as job;
+end
+$$;
+
+create or replace function errands_due_jobs(job_queue text, job_group text, wanted integer,
+                                            unlimited bigint[],
+                                            out ids bigint[], out tasks text[],
+                                            out priorities integer[], out run_ats timestamptz[])
+language plpgsql volatile
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    select array_agg(due.id order by due.turn), array_agg(due.task order by due.turn),
+           array_agg(due.priority order by due.turn), array_agg(due.run_at order by due.turn)
+    into ids, tasks, priorities, run_ats
+    from errands_due_rows(job_queue, job_group, wanted, unlimited) as due;
+end
+$$;
 
 create or replace function errands_admit_limited(queues text[], wanted integer, async_tasks text[],
                                       freed bigint[], unlimited bigint[])
@@ -125,19 +168,11 @@ begin
                 -- slot taken back never overlap.
                 one_at := clock_timestamp();
                 return query
-                select job.id, job.task = any(async_tasks), job.priority,
-                       row_number() over (order by job.priority desc, job.run_at, job.id),
-                       one_served, job.run_at, one_counters, null::bigint[], one_at,
+                select due.id, due.task = any(async_tasks), due.priority, due.turn, one_served,
+                       due.run_at, one_counters, null::bigint[], one_at,
                        null::double precision, false
-                from (
-                    select job.id, job.task, job.priority, job.run_at from errands_jobs as job
-                    where job.queue = one_queue and job.limit_group = one_group
-                      and job.state in ('pending', 'failed') and job.run_at <= now()
-                      and job.id <> all(coalesce(unlimited, '{}'))
-                    order by job.priority desc, job.run_at, job.id
-                    limit least(one_room, wanted)
-                    for update skip locked
-                ) as job;
+                from errands_due_rows(
+                    one_queue, one_group, least(one_room, wanted)::integer, unlimited) as due;
                 if found then
                     perform set_config('errands.unread_counters', one_counters::text, true);
                 end if;
