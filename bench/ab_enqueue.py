@@ -10,7 +10,8 @@ directory, decides which errands is imported):
 
 URL is a local PostgreSQL server (its CPU is read from /proc); the script measures on a
 new database of its own, dropped afterwards. WHAT is `single` (Client.enqueue), `batch`
-(Client.enqueue_many of 1,000 jobs), `single-floor` (the enqueue statement alone,
+(Client.enqueue_many of 1,000 jobs), `batch-limited` (the same, of a task under a
+concurrency limit, declared first), `single-floor` (the enqueue statement alone,
 psycopg, prepared after 5 runs) or `batch-floor` (COPY into errands_jobs).
 """
 
@@ -24,13 +25,13 @@ from typing import Any
 import psycopg
 
 from errands import Client
-from errands.harness.bench import fresh_database
+from errands.harness import bench_tasks
+from errands.harness.bench import LIMITED, NOOP, fresh_database
 from errands.harness.process import ProcStat, tree_cpu_seconds
 from errands.queue.queries import query
 from errands.queue.requests import JobRequest
 from errands.queue.submit import enqueue_params
-
-NOOP = "bench.noop"
+from errands.queue.throttles import declare_task_limits
 
 
 def workload(
@@ -40,8 +41,8 @@ def workload(
         for _ in range(jobs):
             client.enqueue(NOOP)
 
-    def batch() -> None:
-        specs = [{"task": NOOP}] * 1000
+    def batch(task: str = NOOP) -> None:
+        specs = [{"task": task}] * 1000
         for _ in range(jobs // 1000):
             client.enqueue_many(specs)
 
@@ -61,6 +62,7 @@ def workload(
     return {
         "single": single,
         "batch": batch,
+        "batch-limited": lambda: batch(LIMITED),
         "single-floor": single_floor,
         "batch-floor": batch_floor,
     }[what]
@@ -74,6 +76,8 @@ def main(server_url: str, what: str, jobs: int) -> None:
     ):
         stat = ProcStat.read(conn.info.backend_pid)
         assert stat is not None, "PostgreSQL must run on this machine"
+        if what == "batch-limited":
+            declare_task_limits(conn, {LIMITED: bench_tasks.limited.limits})
         client.enqueue(NOOP)
         client.enqueue_many([{"task": NOOP}])
         run = workload(what, jobs, client, conn)

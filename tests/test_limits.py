@@ -26,8 +26,9 @@ from errands.queue.lease import (
     release,
     reschedule,
 )
-from errands.queue.requests import QueueLimits
+from errands.queue.requests import JobRequest, QueueLimits
 from errands.queue.steps import run
+from errands.queue.submit import enqueue_many
 from errands.queue.throttles import (
     Rate,
     TaskLimits,
@@ -212,6 +213,22 @@ def test_a_batch_is_filed_under_its_limits_as_it_is_stored(conn: Conn, client: C
     assert filed == (0,)
     claimed = claim_all(conn)
     assert sorted(j.payload["account"] for j in claimed) == ["a", "b", "c"]
+
+
+def test_a_batch_under_a_limit_is_inserted_filed_never_updated(conn: Conn) -> None:
+    """A row updated after COPY would leave its first version's entry among the jobs under no
+    limit in the claimable index, which every claim of the queue reads through until a
+    vacuum: the batch's jobs are inserted under their groups, one write each."""
+    declare_task_limits(conn, {"sync": TaskLimits(concurrency=1)})
+    with conn.transaction():
+        enqueue_many(conn, [JobRequest(task="sync"), JobRequest(task="other")] * 25)
+        writes = conn.execute(
+            "select n_tup_ins, n_tup_upd from pg_stat_xact_user_tables"
+            " where relname = 'errands_jobs'"
+        ).fetchone()
+    assert writes == (50, 0)
+    filed = conn.execute("select limit_group, count(*) from errands_jobs group by 1 order by 1")
+    assert filed.fetchall() == [("", 25), ("sync", 25)]
 
 
 def test_a_key_value_is_its_text(conn: Conn, client: Client) -> None:

@@ -120,9 +120,10 @@ def enqueue_many(
     replay the first); otherwise IdempotencyConflict names both copies (`field_prefix`
     formatted with their index) before the database sees anything. The batch
     travels by COPY, which sends rows without parsing or planning a parameter per
-    value: without idempotency keys straight into the jobs table, with ids drawn
-    beforehand; with keys into a staging table, and into the jobs table in one
-    statement, which returns each new job's id and stored payload. The rest of a
+    value: without keys, while no limit exists, straight into the jobs table, with
+    ids drawn beforehand; otherwise into a staging table, and into the jobs table in
+    one statement, which files each job under its limit group and returns each new
+    job's id and stored payload. The rest of a
     new job is the request and the transaction's time, which every new job of the
     batch is stamped with.
     """
@@ -226,7 +227,9 @@ def _store_batch(
     requests: Sequence[JobFields], trace_context: str | None, links: _Links | None = None
 ) -> Operation[list[Enqueued]]:
     if links is None and all(r.idempotency_key is None and r.unique_key is None for r in requests):
-        return (yield from _copy_batch(requests, trace_context))
+        copied = yield from _copy_batch(requests, trace_context)
+        if copied is not None:
+            return copied
     if links is not None and links.stored:
         yield from _lock_parents(links)
     now = yield from _stage(requests, trace_context, links)
@@ -275,11 +278,21 @@ def _settle(answers: list[Enqueued], links: _Links) -> Operation[list[Enqueued]]
 
 def _copy_batch(
     requests: Sequence[JobFields], trace_context: str | None
-) -> Operation[list[Enqueued]]:
+) -> Operation[list[Enqueued] | None]:
     """A batch with no key to look up: COPY into the jobs table, with ids drawn first. The
-    rows are built as they travel, and the answers while the server stores them."""
+    rows are built as they travel, and the answers while the server stores them.
+
+    None, with nothing stored, once any limit exists: the batch then goes through the
+    staging table, whose insert files each job under its limit group. COPY stores every
+    job outside all groups, and filing them afterwards wrote each row twice: each first
+    version's entry stayed in the claimable index's range of jobs under no limit, which
+    every claim of the queue read through until a vacuum (215 index pages a claim after a
+    batch of 20,000 limited jobs, bench/RESULTS.md).
+    """
     rows = yield Execute(query("draw_job_ids"), {"count": len(requests)})
     now, ids, limited = rows[0]
+    if limited:
+        return None
     due = [request.due(now) for request in requests]
     copied = (
         (
@@ -305,8 +318,6 @@ def _copy_batch(
         ]
 
     stored: list[Enqueued] = yield Copy(query("copy_jobs"), _JOB_TYPES, copied, answers)
-    if limited:  # a round trip, and a list of ids sent, saved while no limit exists
-        yield Execute(query("file_copied_jobs"), {"ids": ids})
     return stored
 
 

@@ -237,25 +237,18 @@ select * from errands_jobs where id = any(%(ids)s);
 -- The ids of a batch COPYied straight into the jobs table (copy_jobs), in
 -- ascending order; the transaction's time, which its jobs get as created_at
 -- and updated_at (and as run_at when they name none); and whether any limit
--- exists, without which file_copied_jobs has nothing to do and is not sent.
-select now(), array(select nextval('errands_jobs_id_seq') from generate_series(1, %(count)s)),
-       exists (select from errands_limits);
+-- exists: COPY cannot file jobs under their limit groups, so the batch then goes
+-- through the staging table (enqueue_staged) and no id is drawn.
+select now(),
+       array(select nextval('errands_jobs_id_seq')
+             from generate_series(1, case when limited then 0 else %(count)s end)),
+       limited
+from (select exists (select from errands_limits) as limited) as limits;
 
 -- name: copy_jobs
 copy errands_jobs
     (id, task, queue, payload, priority, run_at, max_attempts, attempt_budget, trace_context)
 from stdin;
-
--- name: file_copied_jobs
--- COPY stores a batch outside every limit group: where a limit applies to its jobs,
--- file them under their groups before they can be claimed (a claim would find them
--- misfiled and file them, a round later). Sent only when draw_job_ids saw a limit: a
--- limit declared since is the claim's to apply, as it is for one declared while
--- this statement ran. Touches nothing while no limit exists.
-update errands_jobs
-set limit_group = errands_limit_group(queue, task, payload)
-where id = any(%(ids)s::bigint[]) and (select exists (select from errands_limits))
-  and errands_limit_group(queue, task, payload) <> '';
 
 -- name: complete_and_claim
 -- Store the results of finished jobs, then take claimable jobs of the given
