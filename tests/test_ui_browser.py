@@ -15,7 +15,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -80,6 +84,12 @@ def click(driver: WebDriver, css: str) -> None:
             driver.find_element(By.CSS_SELECTOR, css).click()
         except (StaleElementReferenceException, NoSuchElementException):
             return False
+        except WebDriverException as exc:
+            # Chromedriver's word for an element swapped out between finding it and clicking
+            # it, at times, instead of a stale reference: nothing was clicked.
+            if "does not belong to the document" in str(exc):
+                return False
+            raise
         return True
 
     wait_for(clicked, 10, f"a click on {css}")
