@@ -63,14 +63,25 @@ def base_of(api: httpx.Client) -> str:
     return str(api.base_url).rstrip("/")
 
 
+def swapped(exc: WebDriverException) -> bool:
+    """Whether an element went out of the page between finding it and using it (the live
+    part was swapped meanwhile): a stale reference, or chromedriver's other word for it,
+    which it gives at times instead. Either way the element was not used."""
+    return isinstance(exc, StaleElementReferenceException) or (
+        "does not belong to the document" in str(exc)
+    )
+
+
 def shown(driver: WebDriver, css: str, text: str, timeout: float = 10) -> None:
     """Wait until the element at `css` shows `text`."""
 
     def showing() -> bool:
         try:
             return any(text in e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
-        except StaleElementReferenceException:  # the live part was swapped meanwhile
-            return False
+        except WebDriverException as exc:
+            if swapped(exc):
+                return False
+            raise
 
     wait_for(showing, timeout, f"{text!r} in {css}")
 
@@ -82,12 +93,10 @@ def click(driver: WebDriver, css: str) -> None:
     def clicked() -> bool:
         try:
             driver.find_element(By.CSS_SELECTOR, css).click()
-        except (StaleElementReferenceException, NoSuchElementException):
+        except NoSuchElementException:
             return False
         except WebDriverException as exc:
-            # Chromedriver's word for an element swapped out between finding it and clicking
-            # it, at times, instead of a stale reference: nothing was clicked.
-            if "does not belong to the document" in str(exc):
+            if swapped(exc):
                 return False
             raise
         return True
